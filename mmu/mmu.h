@@ -1,0 +1,76 @@
+#pragma once
+// The software MMU: guest-virtual accesses through the page walker and the
+// soft TLBs (one per privilege: kernel and user accesses see different
+// permissions), with guest-physical addresses outside RAM routed to MMIO.
+
+#include <cstdint>
+
+#include "base/cpu_state.h"
+#include "base/exception.h"
+#include "base/types.h"
+#include "devices/bus.h"
+#include "mmu/guest_memory.h"
+#include "mmu/page_walker.h"
+#include "mmu/soft_tlb.h"
+
+namespace btvm {
+
+enum MmuIndex : unsigned { kMmuKernel = 0, kMmuUser = 1, kMmuCount = 2 };
+
+inline PagingMode PagingModeOf(const CpuState& cpu, bool user) {
+  PagingMode m;
+  m.cr0 = cpu.cr0;
+  m.cr3 = cpu.cr3;
+  m.cr4 = cpu.cr4;
+  m.efer = cpu.efer;
+  m.user = user;
+  m.smap_allowed = cpu.rflags & rflags::kAC;
+  return m;
+}
+
+class Mmu {
+ public:
+  // `tlbs` is an array of kMmuCount TLBs that outlives the Mmu (translated
+  // code reads them at a fixed offset from its context).
+  Mmu(GuestMemory& memory, MmioBus& mmio, SoftTlb* tlbs);
+
+  struct Lookup {
+    enum Kind : uint8_t { kRam, kMmio, kFault } kind = kFault;
+    uint8_t* host = nullptr;  // kRam: host address of the byte
+    GuestPhys phys;           // kRam, kMmio
+    GuestException fault;     // kFault
+  };
+
+  // Translates one access that does not cross a page, filling the TLB of
+  // `index` on success. Non-canonical addresses give #GP(0).
+  Lookup Translate(const CpuState& cpu, GuestVirt addr, Access access, MmuIndex index);
+
+  // Copies between guest-virtual memory and the monitor, across pages and
+  // MMIO; on a fault, nothing is written and *fault says why.
+  bool ReadVirt(const CpuState& cpu, GuestVirt addr, void* out, uint64_t size, MmuIndex index,
+                GuestException* fault, Access access = Access::kRead);
+  bool WriteVirt(const CpuState& cpu, GuestVirt addr, const void* in, uint64_t size,
+                 MmuIndex index, GuestException* fault);
+
+  void ReadMmio(GuestPhys phys, uint8_t* dst, uint64_t size);
+  void WriteMmio(GuestPhys phys, const uint8_t* src, uint64_t size);
+
+  void FlushTlb();
+  void FlushPage(GuestVirt addr);
+
+  GuestMemory& memory() { return memory_; }
+  MmioBus& mmio() { return mmio_; }
+  SoftTlb& tlb(MmuIndex index) { return tlbs_[index]; }
+
+  uint64_t walks = 0;
+  uint64_t flushes = 0;
+
+ private:
+  GuestMemory& memory_;
+  MmioBus& mmio_;
+  SoftTlb* tlbs_;
+};
+
+inline MmuIndex MmuIndexFor(const CpuState& cpu) { return cpu.Cpl() == 3 ? kMmuUser : kMmuKernel; }
+
+}  // namespace btvm

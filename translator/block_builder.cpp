@@ -1,0 +1,119 @@
+#include "translator/block_builder.h"
+
+#include <asmjit/x86.h>
+
+#include "translator/emitter.h"
+
+namespace btvm {
+
+namespace {
+
+constexpr uint32_t kArithFlags = ZYDIS_CPUFLAG_CF | ZYDIS_CPUFLAG_PF | ZYDIS_CPUFLAG_AF |
+                                 ZYDIS_CPUFLAG_ZF | ZYDIS_CPUFLAG_SF | ZYDIS_CPUFLAG_OF;
+
+uint32_t FlagsRead(const DecodedInsn& d) {
+  return d.insn.cpu_flags ? (d.insn.cpu_flags->tested & kArithFlags) : 0;
+}
+uint32_t FlagsWritten(const DecodedInsn& d) {
+  if (!d.insn.cpu_flags) return 0;
+  const auto* f = d.insn.cpu_flags;
+  return (f->modified | f->set_0 | f->set_1 | f->undefined) & kArithFlags;
+}
+
+}  // namespace
+
+BuildResult BuildBlock(CodeCache& cache, unsigned mmu_index, uint64_t rip, const FetchFn& fetch) {
+  BuildResult r;
+  Decoder decoder;
+  std::vector<DecodedInsn> insns;
+  uint64_t page_end = (rip & kPageMask) + kPageSize;
+  uint64_t pc = rip;
+  bool ended = false;
+  while (!ended && insns.size() < kMaxBlockInsns && pc < page_end) {
+    uint8_t buf[ZYDIS_MAX_INSTRUCTION_LENGTH];
+    GuestException fault;
+    size_t n = fetch(pc, buf, sizeof(buf), &fault);
+    DecodedInsn d;
+    if (!decoder.Decode(buf, n, pc, &d)) {
+      if (!insns.empty()) break;  // let the runtime meet it as a block of its own
+      if (n < sizeof(buf) && n == 0) {
+        r.kind = BuildResult::kFault;
+        r.fault = fault;
+      } else if (n < sizeof(buf)) {
+        // Undecodable with the bytes we could read: the missing bytes fault
+        // first if the instruction would need them (SDM: fetch precedes #UD).
+        r.kind = BuildResult::kFault;
+        r.fault = fault;
+      } else {
+        r.kind = BuildResult::kUndefined;
+      }
+      return r;
+    }
+    if (d.cls == InsnClass::kRuntime) {
+      if (insns.empty()) {  // the runtime emulates it; no block
+        r.kind = BuildResult::kEmulate;
+        return r;
+      }
+      break;
+    }
+    ended = d.cls == InsnClass::kBranch;
+    pc = d.NextRip();
+    insns.push_back(d);
+  }
+
+  // Flag liveness, backwards. Unknown successors: all flags live at the end.
+  std::vector<uint32_t> live_in(insns.size());
+  uint32_t live = kArithFlags;
+  for (size_t i = insns.size(); i-- > 0;) {
+    live = (live & ~FlagsWritten(insns[i])) | FlagsRead(insns[i]);
+    live_in[i] = live;
+  }
+
+  asmjit::CodeHolder code;
+  code.init(cache.environment());
+  asmjit::x86::Assembler a(&code);
+  BlockEmitter e(a, cache.EmitEnvFor(mmu_index));
+  size_t emitted = 0;
+  for (size_t i = 0; i < insns.size(); ++i) {
+    const DecodedInsn& d = insns[i];
+    // Flags the probe must keep: those live before this instruction.
+    uint32_t keep = live_in[i];
+    bool ok = true;
+    switch (d.cls) {
+      case InsnClass::kIdent: ok = e.EmitIdent(d, keep); break;
+      case InsnClass::kNop: break;
+      case InsnClass::kStack: ok = e.EmitStack(d, keep); break;
+      case InsnClass::kBranch: ok = e.EmitBranch(d, keep); break;
+      case InsnClass::kRuntime: ok = false; break;
+    }
+    if (!ok) {
+      if (emitted == 0) {
+        r.kind = BuildResult::kUnsupported;
+        r.message = e.why();
+        return r;
+      }
+      // End the block before it; it will start a block of its own and be
+      // reported there.
+      e.EmitExit(d.rip, BlockExit::kNext);
+      ended = true;
+      break;
+    }
+    ++emitted;
+    if (d.cls == InsnClass::kBranch) break;
+  }
+  if (emitted == insns.size() && (insns.empty() || insns.back().cls != InsnClass::kBranch)) {
+    e.EmitExit(pc, BlockExit::kNext);
+  }
+  e.EmitSlowPaths();
+  r.code = cache.Add(code);
+  if (!r.code) {
+    r.kind = BuildResult::kUnsupported;
+    r.message = "code cache full";
+    return r;
+  }
+  r.guest_insns = static_cast<unsigned>(emitted);
+  r.host_bytes = code.codeSize();
+  return r;
+}
+
+}  // namespace btvm

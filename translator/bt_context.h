@@ -1,0 +1,75 @@
+#pragma once
+// BtContext: the one block of memory translated code addresses, through host
+// register r15. It holds the guest CpuState (GPRs that are not live in host
+// registers, RIP, system state), the soft TLBs probed inline, and the slots
+// the generated sequences use. Every offset translated code uses is pinned
+// by a static_assert or taken with offsetof below.
+
+#include <cstddef>
+#include <cstdint>
+
+#include "base/cpu_state.h"
+#include "base/exception.h"
+#include "mmu/soft_tlb.h"
+
+namespace btvm {
+
+class Mmu;
+struct Counters;
+
+// Why translated code returned to the runtime.
+enum class BlockExit : uint32_t {
+  kNext = 0,       // RIP holds the next guest instruction to run
+  kEmulate = 1,    // RIP holds an instruction the runtime must emulate
+  kException = 2,  // RIP holds the faulting instruction; `exception` says what
+};
+
+// Register conventions inside translated code:
+//   r15          -> BtContext
+//   rsp          -> the monitor's own stack (guest RSP lives in cpu.gpr[kRsp])
+//   every other host GPR holds the guest GPR of the same number, except
+//   around one instruction, where scratch registers are spilled to their
+//   cpu.gpr slot and reloaded after it.
+struct alignas(64) BtContext {
+  CpuState cpu;
+  SoftTlb tlb[2];  // indexed by MmuIndex (kernel, user)
+
+  uint64_t host_flags = rflags::kFixed1;  // guest arithmetic flags + DF, as host RFLAGS
+  uint64_t saved_flags = 0;    // guest flags kept across an inline TLB probe
+  uint64_t slow_flags = 0;     // host flags kept across a helper call
+  uint64_t slow_result = 0;    // a helper's return value
+  uint64_t slow_addr = 0;      // the guest address a slow path asks about
+  uint64_t slow_info = 0;      // its size and access kind (emitter.h)
+  uint64_t call_save[16] = {};  // renamed registers parked across a helper call
+  uint64_t host_rsp = 0;       // the monitor's RSP at entry
+  uint64_t entry_target = 0;   // where the entry trampoline jumps
+  uint32_t host_mxcsr = 0x1f80;
+  uint16_t host_fcw = 0x37f;
+  uint16_t pad0 = 0;
+  BlockExit exit_reason = BlockExit::kNext;
+  uint32_t pad1 = 0;
+  GuestException exception{};
+
+  // Bounce buffer for an access the inline path cannot do on guest RAM in
+  // place: one that crosses a page, or one that reaches MMIO. The slow path
+  // points the instruction at `bounce`, then writes it back.
+  alignas(64) uint8_t bounce[64] = {};
+  uint64_t bounce_addr = 0;
+  uint32_t bounce_size = 0;
+  uint8_t bounce_active = 0;
+  uint8_t bounce_write = 0;
+
+  Mmu* mmu = nullptr;
+  Counters* counters = nullptr;
+};
+
+static_assert(offsetof(BtContext, cpu) == 0, "translated code addresses cpu at r15+0");
+static_assert(offsetof(BtContext, tlb) % 64 == 0);
+
+inline constexpr int32_t GprOffset(int reg) {
+  return static_cast<int32_t>(offsetof(BtContext, cpu) + offsetof(CpuState, gpr) + 8 * reg);
+}
+inline constexpr int32_t kRipOffset =
+    static_cast<int32_t>(offsetof(BtContext, cpu) + offsetof(CpuState, rip));
+
+}  // namespace btvm

@@ -1,0 +1,33 @@
+#include "translator/decoder.h"
+
+#include <string>
+
+namespace btvm {
+
+Decoder::Decoder() {
+  ZydisDecoderInit(&decoder_, ZYDIS_MACHINE_MODE_LONG_64, ZYDIS_STACK_WIDTH_64);
+}
+
+bool Decoder::Decode(const uint8_t* bytes, size_t len, uint64_t rip, DecodedInsn* out) const {
+  if (!ZYAN_SUCCESS(ZydisDecoderDecodeFull(&decoder_, bytes, len, &out->insn, out->ops))) {
+    return false;
+  }
+  out->rip = rip;
+  __builtin_memcpy(out->bytes, bytes, out->insn.length);
+  out->cls = ClassifyInsn(out->insn, out->ops);
+  return true;
+}
+
+std::string FormatInsn(const DecodedInsn& d) {
+  ZydisFormatter f;
+  ZydisFormatterInit(&f, ZYDIS_FORMATTER_STYLE_INTEL);
+  char buf[256];
+  if (!ZYAN_SUCCESS(ZydisFormatterFormatInstruction(&f, &d.insn, d.ops,
+                                                    d.insn.operand_count_visible, buf,
+                                                    sizeof(buf), d.rip, nullptr))) {
+    return "(unformattable)";
+  }
+  return buf;
+}
+
+}  // namespace btvm

@@ -1,0 +1,54 @@
+#pragma once
+// The front end: decodes guest code with Zydis, one block at a time, and
+// classifies each instruction by how it is translated (the instruction
+// table, insn_table.cpp).
+
+#include <Zydis/Zydis.h>
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace btvm {
+
+// How an instruction is translated (DESIGN.md, Translator).
+enum class InsnClass : uint8_t {
+  kIdent,      // re-emitted in its own form (memory operand through the soft TLB)
+  kNop,        // no architectural effect to emulate (nop with ModRM, prefetch)
+  kStack,      // push / pop / leave: explicit stack sequences
+  kBranch,     // ends the block: jmp, jcc, loop, call, ret
+  kRuntime,    // ends the block; the runtime emulates it against CpuState
+};
+
+struct DecodedInsn {
+  uint64_t rip = 0;
+  ZydisDecodedInstruction insn{};
+  ZydisDecodedOperand ops[ZYDIS_MAX_OPERAND_COUNT]{};
+  InsnClass cls = InsnClass::kIdent;
+  uint8_t bytes[ZYDIS_MAX_INSTRUCTION_LENGTH]{};  // the guest bytes
+
+  uint64_t NextRip() const { return rip + insn.length; }
+};
+
+// Reads up to `len` guest code bytes at guest-virtual `rip` into `buf`;
+// returns how many could be read (fewer at a fetch fault).
+using CodeFetcher = std::function<size_t(uint64_t rip, uint8_t* buf, size_t len)>;
+
+class Decoder {
+ public:
+  Decoder();
+  // Decodes one instruction in 64-bit mode. False if the bytes are not a
+  // valid instruction (the guest gets #UD) or could not be fetched.
+  bool Decode(const uint8_t* bytes, size_t len, uint64_t rip, DecodedInsn* out) const;
+
+ private:
+  ZydisDecoder decoder_;
+};
+
+InsnClass ClassifyInsn(const ZydisDecodedInstruction& insn, const ZydisDecodedOperand* ops);
+
+// Formats one instruction in Intel syntax (for traces and error messages).
+std::string FormatInsn(const DecodedInsn& d);
+
+}  // namespace btvm

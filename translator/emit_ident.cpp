@@ -1,0 +1,257 @@
+// Ident translation (DESIGN.md, Translator): an ordinary instruction is
+// re-emitted in its own form. Guest GPRs live in the host GPRs of the same
+// number, so most instructions are copied byte for byte; only guest RSP and
+// R15 (whose host registers belong to the monitor) are renamed into a free
+// host register around the instruction, and a memory operand becomes [s]
+// after the soft-TLB probe.
+
+#include <cstring>
+
+#include "translator/emitter.h"
+
+namespace btvm {
+
+using namespace asmjit;
+
+bool DecodeGpr(ZydisRegister r, GprRef* out) {
+  if (r >= ZYDIS_REGISTER_AL && r <= ZYDIS_REGISTER_R15B) {
+    int id = r - ZYDIS_REGISTER_AL;
+    out->size = 1;
+    out->high8 = id >= 4 && id < 8;
+    out->index = id < 4 ? id : id < 8 ? id - 4 : id - 4;
+    return true;
+  }
+  if (r >= ZYDIS_REGISTER_AX && r <= ZYDIS_REGISTER_R15W) {
+    *out = {r - ZYDIS_REGISTER_AX, 2, false};
+    return true;
+  }
+  if (r >= ZYDIS_REGISTER_EAX && r <= ZYDIS_REGISTER_R15D) {
+    *out = {r - ZYDIS_REGISTER_EAX, 4, false};
+    return true;
+  }
+  if (r >= ZYDIS_REGISTER_RAX && r <= ZYDIS_REGISTER_R15) {
+    *out = {r - ZYDIS_REGISTER_RAX, 8, false};
+    return true;
+  }
+  return false;
+}
+
+ZydisRegister EncodeGpr(int index, int size) {
+  switch (size) {
+    case 1:
+      return static_cast<ZydisRegister>(index < 4 ? ZYDIS_REGISTER_AL + index
+                                                  : ZYDIS_REGISTER_SPL + (index - 4));
+    case 2: return static_cast<ZydisRegister>(ZYDIS_REGISTER_AX + index);
+    case 4: return static_cast<ZydisRegister>(ZYDIS_REGISTER_EAX + index);
+    default: return static_cast<ZydisRegister>(ZYDIS_REGISTER_RAX + index);
+  }
+}
+
+bool BlockEmitter::Fail(std::string why) {
+  why_ = std::move(why);
+  return false;
+}
+
+// Collects the registers an instruction uses and renames guest RSP and R15,
+// whose host registers are the monitor's stack and the context pointer.
+bool BlockEmitter::PlanInsn(const DecodedInsn& d, Plan* p) {
+  auto note = [&](ZydisRegister r, bool hidden) -> bool {
+    if (r == ZYDIS_REGISTER_NONE || r == ZYDIS_REGISTER_RIP || r == ZYDIS_REGISTER_EIP) {
+      return true;
+    }
+    GprRef g;
+    if (!DecodeGpr(r, &g)) return true;  // not a GPR (xmm, flags, segment...)
+    if (g.high8) p->needs_low = true;
+    if (g.index == kRsp || g.index == kR15) {
+      if (hidden) return Fail("implicit use of rsp/r15 by " + FormatInsn(d));
+      p->rename[g.index] = -1;  // assigned below
+    } else {
+      p->used |= 1u << g.index;
+    }
+    return true;
+  };
+  for (unsigned i = 0; i < d.insn.operand_count; ++i) {
+    const ZydisDecodedOperand& op = d.ops[i];
+    bool hidden = op.visibility == ZYDIS_OPERAND_VISIBILITY_HIDDEN;
+    if (op.type == ZYDIS_OPERAND_TYPE_REGISTER) {
+      if (!note(op.reg.value, hidden)) return false;
+    } else if (op.type == ZYDIS_OPERAND_TYPE_MEMORY) {
+      if (!note(op.mem.base, hidden) || !note(op.mem.index, hidden)) return false;
+    }
+  }
+  for (int g : {kRsp, kR15}) {
+    if (p->rename[g] == -1) {
+      int h = PickScratch(p, p->needs_low);
+      if (h < 0) return Fail("no free host register for " + FormatInsn(d));
+      p->rename[g] = h;
+    }
+  }
+  return true;
+}
+
+int BlockEmitter::PickScratch(Plan* p, bool low_only) {
+  // Prefer registers without a REX prefix: shorter code, and the only ones
+  // an instruction naming AH..BH can use.
+  static constexpr int kOrder[] = {kRcx, kRdx, kRsi, kRdi, kRax, kRbx, kRbp,
+                                   kR8,  kR9,  kR10, kR11, kR12, kR13, kR14};
+  for (int h : kOrder) {
+    if (low_only && h >= 8) break;
+    if (p->used & (1u << h)) continue;
+    p->used |= 1u << h;
+    p->spilled |= 1u << h;
+    return h;
+  }
+  return -1;
+}
+
+void BlockEmitter::Spill(int host) {
+  a_.mov(x86::qword_ptr(x86::r15, GprOffset(host)), x86::gpq(host));
+}
+
+void BlockEmitter::Reload(int host) {
+  a_.mov(x86::gpq(host), x86::qword_ptr(x86::r15, GprOffset(host)));
+}
+
+void BlockEmitter::LoadRenamed(const Plan& p) {
+  for (int g : {kRsp, kR15}) {
+    if (p.rename[g] != g) a_.mov(x86::gpq(p.rename[g]), x86::qword_ptr(x86::r15, GprOffset(g)));
+  }
+}
+
+void BlockEmitter::StoreRenamed(const DecodedInsn& d, const Plan& p) {
+  for (int g : {kRsp, kR15}) {
+    if (p.rename[g] == g) continue;
+    bool written = false;
+    for (unsigned i = 0; i < d.insn.operand_count; ++i) {
+      GprRef r;
+      if (d.ops[i].type == ZYDIS_OPERAND_TYPE_REGISTER && DecodeGpr(d.ops[i].reg.value, &r) &&
+          r.index == g && (d.ops[i].actions & ZYDIS_OPERAND_ACTION_MASK_WRITE)) {
+        written = true;
+      }
+    }
+    if (written) a_.mov(x86::qword_ptr(x86::r15, GprOffset(g)), x86::gpq(p.rename[g]));
+  }
+}
+
+void BlockEmitter::ReloadSpilled(const Plan& p) {
+  for (int h = 0; h < 16; ++h) {
+    if (p.spilled & (1u << h)) Reload(h);
+  }
+}
+
+bool BlockEmitter::Reencode(const DecodedInsn& d, const Plan& p, int s,
+                            std::vector<uint8_t>* out) {
+  ZydisEncoderRequest req;
+  if (!ZYAN_SUCCESS(ZydisEncoderDecodedInstructionToEncoderRequest(
+          &d.insn, d.ops, d.insn.operand_count_visible, &req))) {
+    return Fail("cannot re-encode " + FormatInsn(d));
+  }
+  for (unsigned i = 0; i < req.operand_count; ++i) {
+    ZydisEncoderOperand& op = req.operands[i];
+    if (op.type == ZYDIS_OPERAND_TYPE_REGISTER) {
+      GprRef g;
+      if (DecodeGpr(op.reg.value, &g) && p.rename[g.index] != g.index) {
+        op.reg.value = EncodeGpr(p.rename[g.index], g.size);
+      }
+    } else if (op.type == ZYDIS_OPERAND_TYPE_MEMORY) {
+      op.mem.base = EncodeGpr(s, 8);
+      op.mem.index = ZYDIS_REGISTER_NONE;
+      op.mem.scale = 0;
+      op.mem.displacement = 0;
+    }
+  }
+  if (s >= 0) {
+    // The segment base is already in s; the host address is 64-bit.
+    req.prefixes &= ~(ZYDIS_ATTRIB_HAS_SEGMENT_CS | ZYDIS_ATTRIB_HAS_SEGMENT_SS |
+                      ZYDIS_ATTRIB_HAS_SEGMENT_DS | ZYDIS_ATTRIB_HAS_SEGMENT_ES |
+                      ZYDIS_ATTRIB_HAS_SEGMENT_FS | ZYDIS_ATTRIB_HAS_SEGMENT_GS);
+    req.address_size_hint = ZYDIS_ADDRESS_SIZE_HINT_64;
+  }
+  uint8_t buf[ZYDIS_MAX_INSTRUCTION_LENGTH];
+  ZyanUSize len = sizeof(buf);
+  if (!ZYAN_SUCCESS(ZydisEncoderEncodeInstruction(&req, buf, &len))) {
+    return Fail("cannot re-encode " + FormatInsn(d));
+  }
+  out->assign(buf, buf + len);
+  return true;
+}
+
+bool BlockEmitter::EmitIdent(const DecodedInsn& d, uint32_t flags_live) {
+  Plan p;
+  if (!PlanInsn(d, &p)) return false;
+
+  const ZydisDecodedOperand* mem = nullptr;
+  const ZydisDecodedOperand* agen = nullptr;
+  for (unsigned i = 0; i < d.insn.operand_count; ++i) {
+    const ZydisDecodedOperand& op = d.ops[i];
+    if (op.type != ZYDIS_OPERAND_TYPE_MEMORY) continue;
+    if (op.mem.type == ZYDIS_MEMOP_TYPE_AGEN) {
+      agen = &op;
+      continue;
+    }
+    if (op.mem.type != ZYDIS_MEMOP_TYPE_MEM || mem) {
+      return Fail("unsupported memory operand in " + FormatInsn(d));
+    }
+    if (op.visibility == ZYDIS_OPERAND_VISIBILITY_HIDDEN) {
+      return Fail("implicit memory operand in " + FormatInsn(d));
+    }
+    mem = &op;
+  }
+
+  // lea with a RIP-relative operand: the address is a constant.
+  if (agen && agen->mem.base == ZYDIS_REGISTER_RIP) {
+    GprRef dst;
+    if (!DecodeGpr(d.ops[0].reg.value, &dst)) return Fail("odd lea " + FormatInsn(d));
+    uint64_t value = d.NextRip() + agen->mem.disp.value;
+    for (int h = 0; h < 16; ++h) if (p.spilled & (1u << h)) Spill(h);
+    int host = p.rename[dst.index];
+    if (dst.size == 8) {
+      a_.mov(x86::gpq(host), value);
+    } else if (dst.size == 4) {
+      a_.mov(x86::gpd(host), static_cast<uint32_t>(value));
+    } else {
+      a_.mov(x86::gpw(host), static_cast<uint16_t>(value));
+    }
+    StoreRenamed(d, p);
+    ReloadSpilled(p);
+    return true;
+  }
+
+  if (!mem) {
+    if (p.spilled == 0) {  // nothing renamed: the guest bytes are the host code
+      a_.embed(d.bytes, d.insn.length);
+      return true;
+    }
+    std::vector<uint8_t> bytes;
+    if (!Reencode(d, p, -1, &bytes)) return false;
+    for (int h = 0; h < 16; ++h) if (p.spilled & (1u << h)) Spill(h);
+    LoadRenamed(p);
+    a_.embed(bytes.data(), bytes.size());
+    StoreRenamed(d, p);
+    ReloadSpilled(p);
+    return true;
+  }
+
+  unsigned size = mem->size / 8;
+  if (size == 0 || size > 64) return Fail("unsupported access size in " + FormatInsn(d));
+  bool read = mem->actions & ZYDIS_OPERAND_ACTION_MASK_READ;
+  bool write = mem->actions & ZYDIS_OPERAND_ACTION_MASK_WRITE;
+  int s = PickScratch(&p, p.needs_low);
+  int t = PickScratch(&p, false);
+  if (s < 0 || t < 0) return Fail("no scratch register for " + FormatInsn(d));
+  std::vector<uint8_t> bytes;
+  if (!Reencode(d, p, s, &bytes)) return false;
+
+  bool flags_live_now = flags_live != 0;
+  if (flags_live_now) SaveFlags(offsetof(BtContext, saved_flags));
+  for (int h = 0; h < 16; ++h) if (p.spilled & (1u << h)) Spill(h);
+  LoadRenamed(p);
+  EmitEffectiveAddress(d, *mem, p, s);
+  EmitAccess(d, p, s, t, size, read, write, flags_live_now,
+             [this, bytes] { a_.embed(bytes.data(), bytes.size()); });
+  StoreRenamed(d, p);
+  ReloadSpilled(p);
+  return true;
+}
+
+}  // namespace btvm

@@ -1,0 +1,195 @@
+// Memory operands (DESIGN.md, Translator): the effective address is computed
+// into a scratch register, probed in the soft TLB inline (hit: host pointer
+// in the same register), and the access then runs on the host pointer. A
+// miss goes to an out-of-line slow path that calls the MMU, runs the same
+// access there, and jumps back.
+//
+// The inline probe (s = guest address, t = scratch):
+//     mov t, s ; shr t, 7 ; and t, (kEntries-1)*32   ; t = entry offset
+//     xor s, [r15 + tlb + t + tag]                    ; s = offset in page on a hit
+//     cmp s, 4096 - size ; ja slow                    ; miss, or crosses the page
+//     add s, [r15 + tlb + t + host_page]              ; s = host pointer
+// It clobbers arithmetic flags, so flags live across it are saved
+// (flag liveness per block, computed in block_builder.cpp).
+
+#include "translator/emitter.h"
+
+namespace btvm {
+
+using namespace asmjit;
+
+namespace {
+constexpr uint16_t kCallerSaved = (1u << kRax) | (1u << kRcx) | (1u << kRdx) | (1u << kRsi) |
+                                  (1u << kRdi) | (1u << kR8) | (1u << kR9) | (1u << kR10) |
+                                  (1u << kR11);
+}  // namespace
+
+void BlockEmitter::SaveFlags(int32_t slot) {
+  a_.pushfq();
+  a_.pop(x86::qword_ptr(x86::r15, slot));
+}
+
+void BlockEmitter::RestoreFlags(int32_t slot) {
+  a_.push(x86::qword_ptr(x86::r15, slot));
+  a_.popfq();
+}
+
+void BlockEmitter::EmitEffectiveAddress(const DecodedInsn& d, const ZydisDecodedOperand& op,
+                                        const Plan& p, int s) {
+  const auto& m = op.mem;
+  bool addr32 = d.insn.address_width == 32;
+  if (m.base == ZYDIS_REGISTER_RIP || m.base == ZYDIS_REGISTER_EIP) {
+    uint64_t ea = d.NextRip() + m.disp.value;
+    if (addr32) ea &= 0xffffffff;
+    a_.mov(x86::gpq(s), ea);
+  } else {
+    GprRef b, i;
+    bool has_base = DecodeGpr(m.base, &b);
+    bool has_index = DecodeGpr(m.index, &i);
+    int32_t disp = static_cast<int32_t>(m.disp.value);
+    unsigned shift = m.scale == 8 ? 3 : m.scale == 4 ? 2 : m.scale == 2 ? 1 : 0;
+    // Flags are already saved when live, so add/shl may clobber them here.
+    if (has_base) {
+      x86::Mem ea = has_index ? x86::ptr(x86::gpq(p.rename[b.index]),
+                                         x86::gpq(p.rename[i.index]), shift, disp)
+                              : x86::ptr(x86::gpq(p.rename[b.index]), disp);
+      if (addr32) {
+        a_.lea(x86::gpd(s), ea);
+      } else {
+        a_.lea(x86::gpq(s), ea);
+      }
+    } else {
+      if (has_index) {
+        a_.mov(x86::gpq(s), x86::gpq(p.rename[i.index]));
+        if (shift) a_.shl(x86::gpq(s), shift);
+        if (disp) a_.add(x86::gpq(s), disp);
+      } else {
+        a_.mov(x86::gpq(s), static_cast<uint64_t>(static_cast<int64_t>(disp)));
+      }
+      if (addr32) a_.mov(x86::gpd(s), x86::gpd(s));
+    }
+  }
+  // In 64-bit mode only FS and GS have bases (SDM Vol. 3 §3.4.4).
+  if (m.segment == ZYDIS_REGISTER_FS || m.segment == ZYDIS_REGISTER_GS) {
+    int seg = m.segment == ZYDIS_REGISTER_FS ? kFs : kGs;
+    a_.add(x86::gpq(s), x86::qword_ptr(x86::r15, static_cast<int32_t>(
+                                                     offsetof(CpuState, seg) +
+                                                     seg * sizeof(SegmentReg) +
+                                                     offsetof(SegmentReg, base))));
+  }
+}
+
+void BlockEmitter::EmitAccess(const DecodedInsn& d, const Plan& p, int s, int t, unsigned size,
+                              bool read, bool write, bool flags_live,
+                              std::function<void()> body) {
+  SlowPath sp;
+  sp.entry = a_.newLabel();
+  sp.resume = a_.newLabel();
+  sp.fault = a_.newLabel();
+  sp.s = s;
+  sp.t = t;
+  sp.info = size | (read ? kAccessRead : 0) | (write ? kAccessWrite : 0);
+  sp.flags_saved = flags_live;
+  sp.spilled = p.spilled;
+  sp.rip = d.rip;
+  for (int i = 0; i < 16; ++i) sp.rename[i] = p.rename[i];
+  for (int g : {kRsp, kR15}) {
+    if (p.rename[g] != g) sp.renamed_live |= 1u << p.rename[g];
+  }
+  sp.body = body;
+
+  int32_t tlb = static_cast<int32_t>(offsetof(BtContext, tlb) + env_.mmu_index * sizeof(SoftTlb));
+  int32_t tag = tlb + static_cast<int32_t>(write ? offsetof(TlbEntry, write_tag)
+                                                 : offsetof(TlbEntry, read_tag));
+  int32_t host = tlb + static_cast<int32_t>(offsetof(TlbEntry, host_page));
+  x86::Gp S = x86::gpq(s), T = x86::gpq(t);
+  a_.mov(T, S);
+  a_.shr(T, 7);
+  a_.and_(T, (SoftTlb::kEntries - 1) * sizeof(TlbEntry));
+  a_.xor_(S, x86::qword_ptr(x86::r15, T, 0, tag));
+  a_.cmp(S, static_cast<int32_t>(kPageSize - size));
+  a_.ja(sp.entry);
+  a_.add(S, x86::qword_ptr(x86::r15, T, 0, host));
+  if (flags_live) RestoreFlags(offsetof(BtContext, saved_flags));
+  body();
+  a_.bind(sp.resume);
+  slow_paths_.push_back(std::move(sp));
+}
+
+// Calls a C++ helper from translated code: the guest values of caller-saved
+// registers go to CpuState and come back, the guest FPU/SSE state is saved
+// (the helper may use vector registers) and DF is cleared (SysV ABI).
+// `keep` are registers the caller reloads itself.
+void BlockEmitter::CallHelper(uint64_t fn, uint16_t keep, uint16_t renamed_live) {
+  SaveFlags(offsetof(BtContext, slow_flags));
+  a_.cld();
+  for (int h = 0; h < 16; ++h) {
+    uint16_t bit = 1u << h;
+    if (!(kCallerSaved & bit) || (keep & bit)) continue;
+    if (renamed_live & bit) {
+      // Holds a renamed guest RSP/R15, maybe just written: park it aside.
+      a_.mov(x86::qword_ptr(x86::r15, static_cast<int32_t>(offsetof(BtContext, call_save) + 8 * h)),
+             x86::gpq(h));
+    } else {
+      Spill(h);
+    }
+  }
+  a_.fxsave64(x86::ptr(x86::r15, static_cast<int32_t>(offsetof(CpuState, xsave))));
+  a_.ldmxcsr(x86::dword_ptr(x86::r15, offsetof(BtContext, host_mxcsr)));
+  a_.mov(x86::rdi, x86::r15);
+  a_.mov(x86::rax, fn);
+  a_.call(x86::rax);
+  a_.fxrstor64(x86::ptr(x86::r15, static_cast<int32_t>(offsetof(CpuState, xsave))));
+  a_.mov(x86::qword_ptr(x86::r15, offsetof(BtContext, slow_result)), x86::rax);
+  for (int h = 0; h < 16; ++h) {
+    uint16_t bit = 1u << h;
+    if (!(kCallerSaved & bit) || (keep & bit)) continue;
+    if (renamed_live & bit) {
+      a_.mov(x86::gpq(h), x86::qword_ptr(x86::r15, static_cast<int32_t>(
+                                                      offsetof(BtContext, call_save) + 8 * h)));
+    } else {
+      Reload(h);
+    }
+  }
+}
+
+void BlockEmitter::EmitSlowPaths() {
+  for (SlowPath& sp : slow_paths_) {
+    x86::Gp S = x86::gpq(sp.s), T = x86::gpq(sp.t);
+    int32_t tlb =
+        static_cast<int32_t>(offsetof(BtContext, tlb) + env_.mmu_index * sizeof(SoftTlb));
+    int32_t tag = tlb + static_cast<int32_t>((sp.info & kAccessWrite)
+                                                 ? offsetof(TlbEntry, write_tag)
+                                                 : offsetof(TlbEntry, read_tag));
+    a_.bind(sp.entry);
+    a_.xor_(S, x86::qword_ptr(x86::r15, T, 0, tag));  // the guest address again
+    // The helper takes the address and access from the context.
+    uint16_t keep = (1u << sp.s) | (1u << sp.t);
+    a_.mov(x86::qword_ptr(x86::r15, offsetof(BtContext, slow_addr)), S);
+    a_.mov(x86::qword_ptr(x86::r15, offsetof(BtContext, slow_info)), static_cast<int32_t>(sp.info));
+    CallHelper(env_.mem_slow_path, keep, sp.renamed_live);
+    a_.mov(S, x86::qword_ptr(x86::r15, offsetof(BtContext, slow_result)));
+    a_.test(S, S);
+    a_.jz(sp.fault);
+    RestoreFlags(offsetof(BtContext, slow_flags));  // DF as the guest had it
+    if (sp.flags_saved) RestoreFlags(offsetof(BtContext, saved_flags));
+    sp.body();
+    if (sp.info & kAccessWrite) {
+      CallHelper(env_.bounce_commit, keep, sp.renamed_live);
+      RestoreFlags(offsetof(BtContext, slow_flags));
+    }
+    a_.jmp(sp.resume);
+
+    // The access faulted: guest state is as before the instruction.
+    a_.bind(sp.fault);
+    RestoreFlags(offsetof(BtContext, slow_flags));
+    if (sp.flags_saved) RestoreFlags(offsetof(BtContext, saved_flags));
+    for (int h = 0; h < 16; ++h) {
+      if (sp.spilled & (1u << h)) Reload(h);
+    }
+    EmitExit(sp.rip, BlockExit::kException);
+  }
+  slow_paths_.clear();
+}
+
+}  // namespace btvm

@@ -1,0 +1,118 @@
+#pragma once
+// BlockEmitter: turns decoded guest instructions into host code with AsmJit.
+// The emitters are split by class: emit_ident.cpp (ordinary instructions,
+// re-emitted in their own form), emit_memory.cpp (the inline soft-TLB probe
+// and its slow path), emit_stack.cpp (push/pop/leave), emit_branch.cpp
+// (block exits, jumps, calls, returns).
+
+#include <asmjit/x86.h>
+#include <Zydis/Zydis.h>
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "translator/bt_context.h"
+#include "translator/decoder.h"
+
+namespace btvm {
+
+// A GPR as an instruction names it: index in encoding order, size in bytes,
+// and whether it is one of AH, CH, DH, BH.
+struct GprRef {
+  int index = -1;
+  int size = 0;
+  bool high8 = false;
+};
+bool DecodeGpr(ZydisRegister r, GprRef* out);
+ZydisRegister EncodeGpr(int index, int size);
+
+// Addresses of the runtime pieces translated code jumps to or calls.
+struct EmitEnv {
+  unsigned mmu_index = 0;       // which soft TLB (kernel or user) this block probes
+  uint64_t exit_stub = 0;       // stores guest registers and returns to the runtime
+  uint64_t mem_slow_path = 0;   // uint8_t* (*)(BtContext*): slow_addr, slow_info in
+  uint64_t bounce_commit = 0;   // void (*)(BtContext*)
+};
+
+// Access info passed to the slow path helper: size in bits 0..7, read and
+// write in bits 8 and 9.
+inline constexpr uint64_t kAccessRead = 1u << 8, kAccessWrite = 1u << 9;
+
+class BlockEmitter {
+ public:
+  BlockEmitter(asmjit::x86::Assembler& a, const EmitEnv& env) : a_(a), env_(env) {}
+
+  // Each returns false (with why()) when the instruction cannot be
+  // translated yet; the block then ends before it.
+  // `flags_live` = guest arithmetic flags live before the instruction.
+  bool EmitIdent(const DecodedInsn& d, uint32_t flags_live);
+  bool EmitStack(const DecodedInsn& d, uint32_t flags_live);
+  bool EmitBranch(const DecodedInsn& d, uint32_t flags_live);
+
+  // Leaves the block: RIP = rip, exit reason as given.
+  void EmitExit(uint64_t rip, BlockExit reason);
+  // Emits the out-of-line slow paths collected while emitting the block.
+  void EmitSlowPaths();
+
+  const std::string& why() const { return why_; }
+
+ private:
+  // Which host registers one instruction uses, and for what.
+  struct Plan {
+    uint16_t used = 0;     // host registers referenced by the instruction
+    bool needs_low = false;  // uses AH..BH: operands must avoid REX registers
+    int rename[16];        // guest index -> host register (only rsp, r15 renamed)
+    uint16_t spilled = 0;  // host registers whose guest value went to CpuState
+    Plan() {
+      for (int i = 0; i < 16; ++i) rename[i] = i;
+    }
+  };
+  struct SlowPath {
+    asmjit::Label entry, resume, fault;
+    int s = -1, t = -1;
+    uint64_t info = 0;
+    bool flags_saved = false;
+    uint16_t spilled = 0;
+    uint16_t renamed_live = 0;  // host regs holding renamed guest values (reload after calls)
+    int rename[16];
+    uint64_t rip = 0;
+    std::function<void()> body;
+  };
+
+  bool Fail(std::string why);
+  bool PlanInsn(const DecodedInsn& d, Plan* p);
+  int PickScratch(Plan* p, bool low_only);
+  void Spill(int host);
+  void Reload(int host);
+  void LoadRenamed(const Plan& p);
+  void StoreRenamed(const DecodedInsn& d, const Plan& p);
+  void ReloadSpilled(const Plan& p);
+
+  // Computes the effective address of memory operand `op` into host `s`.
+  void EmitEffectiveAddress(const DecodedInsn& d, const ZydisDecodedOperand& op, const Plan& p,
+                            int s);
+  // Probes the soft TLB for [s, s+size) and leaves the host pointer in s;
+  // `body` then does the access through [s]. On a fault the block exits with
+  // RIP = d.rip and all guest state as before the instruction.
+  void EmitAccess(const DecodedInsn& d, const Plan& p, int s, int t, unsigned size, bool read,
+                  bool write, bool flags_live, std::function<void()> body);
+  void SaveFlags(int32_t slot);
+  void RestoreFlags(int32_t slot);
+  void CallHelper(uint64_t fn, uint16_t keep, uint16_t renamed_live);
+
+  // Re-encodes an instruction with registers renamed and its memory operand
+  // replaced by [s] (s < 0: no memory operand).
+  bool Reencode(const DecodedInsn& d, const Plan& p, int s, std::vector<uint8_t>* out);
+
+  void StoreImm64(int32_t offset, uint64_t value);
+  void AdjustGuestRsp(int tmp, int32_t delta);
+
+  asmjit::x86::Assembler& a_;
+  EmitEnv env_;
+  std::vector<SlowPath> slow_paths_;
+  std::string why_;
+};
+
+}  // namespace btvm

@@ -1,0 +1,195 @@
+// The instruction table: how each Zydis mnemonic is translated. Anything not
+// listed is ident (re-emitted as is, memory operand through the soft TLB).
+
+#include <array>
+
+#include "translator/decoder.h"
+
+namespace btvm {
+namespace {
+
+struct Row {
+  ZydisMnemonic mnemonic;
+  InsnClass cls;
+  const char* why;  // the SDM section or the reason
+};
+
+constexpr Row kRows[] = {
+    // Control transfers end a block (SDM Vol. 1 §6.3).
+    {ZYDIS_MNEMONIC_JMP, InsnClass::kBranch, "Vol.2 JMP: near jumps; far jumps go to the runtime"},
+    {ZYDIS_MNEMONIC_JB, InsnClass::kBranch, "Vol.2 Jcc"},
+    {ZYDIS_MNEMONIC_JBE, InsnClass::kBranch, "Vol.2 Jcc"},
+    {ZYDIS_MNEMONIC_JL, InsnClass::kBranch, "Vol.2 Jcc"},
+    {ZYDIS_MNEMONIC_JLE, InsnClass::kBranch, "Vol.2 Jcc"},
+    {ZYDIS_MNEMONIC_JNB, InsnClass::kBranch, "Vol.2 Jcc"},
+    {ZYDIS_MNEMONIC_JNBE, InsnClass::kBranch, "Vol.2 Jcc"},
+    {ZYDIS_MNEMONIC_JNL, InsnClass::kBranch, "Vol.2 Jcc"},
+    {ZYDIS_MNEMONIC_JNLE, InsnClass::kBranch, "Vol.2 Jcc"},
+    {ZYDIS_MNEMONIC_JNO, InsnClass::kBranch, "Vol.2 Jcc"},
+    {ZYDIS_MNEMONIC_JNP, InsnClass::kBranch, "Vol.2 Jcc"},
+    {ZYDIS_MNEMONIC_JNS, InsnClass::kBranch, "Vol.2 Jcc"},
+    {ZYDIS_MNEMONIC_JNZ, InsnClass::kBranch, "Vol.2 Jcc"},
+    {ZYDIS_MNEMONIC_JO, InsnClass::kBranch, "Vol.2 Jcc"},
+    {ZYDIS_MNEMONIC_JP, InsnClass::kBranch, "Vol.2 Jcc"},
+    {ZYDIS_MNEMONIC_JS, InsnClass::kBranch, "Vol.2 Jcc"},
+    {ZYDIS_MNEMONIC_JZ, InsnClass::kBranch, "Vol.2 Jcc"},
+    {ZYDIS_MNEMONIC_JRCXZ, InsnClass::kBranch, "Vol.2 Jcc (rCX)"},
+    {ZYDIS_MNEMONIC_JECXZ, InsnClass::kBranch, "Vol.2 Jcc (ECX)"},
+    {ZYDIS_MNEMONIC_LOOP, InsnClass::kBranch, "Vol.2 LOOP"},
+    {ZYDIS_MNEMONIC_LOOPE, InsnClass::kBranch, "Vol.2 LOOPcc"},
+    {ZYDIS_MNEMONIC_LOOPNE, InsnClass::kBranch, "Vol.2 LOOPcc"},
+    {ZYDIS_MNEMONIC_CALL, InsnClass::kBranch, "Vol.2 CALL: pushes the guest return address"},
+    {ZYDIS_MNEMONIC_RET, InsnClass::kBranch, "Vol.2 RET (near)"},
+
+    // Explicit stack sequences: guest RSP is not host RSP.
+    {ZYDIS_MNEMONIC_PUSH, InsnClass::kStack, "Vol.2 PUSH"},
+    {ZYDIS_MNEMONIC_POP, InsnClass::kStack, "Vol.2 POP"},
+    {ZYDIS_MNEMONIC_LEAVE, InsnClass::kStack, "Vol.2 LEAVE"},
+
+    // No effect to translate.
+    {ZYDIS_MNEMONIC_NOP, InsnClass::kNop, "hint nop with ModRM: no memory access"},
+    {ZYDIS_MNEMONIC_PREFETCH, InsnClass::kNop, "prefetch: a hint"},
+    {ZYDIS_MNEMONIC_PREFETCHNTA, InsnClass::kNop, "prefetch: a hint"},
+    {ZYDIS_MNEMONIC_PREFETCHT0, InsnClass::kNop, "prefetch: a hint"},
+    {ZYDIS_MNEMONIC_PREFETCHT1, InsnClass::kNop, "prefetch: a hint"},
+    {ZYDIS_MNEMONIC_PREFETCHT2, InsnClass::kNop, "prefetch: a hint"},
+    {ZYDIS_MNEMONIC_PREFETCHW, InsnClass::kNop, "prefetch: a hint"},
+    {ZYDIS_MNEMONIC_PAUSE, InsnClass::kNop, "spin-loop hint"},
+
+    // Sensitive instructions: emulated by the runtime against CpuState
+    // (DESIGN.md, Translator; SDM Vol. 3 §2.8 system instructions).
+    {ZYDIS_MNEMONIC_HLT, InsnClass::kRuntime, "privileged"},
+    {ZYDIS_MNEMONIC_CLI, InsnClass::kRuntime, "virtual IF"},
+    {ZYDIS_MNEMONIC_STI, InsnClass::kRuntime, "virtual IF, interrupt shadow"},
+    {ZYDIS_MNEMONIC_PUSHFQ, InsnClass::kRuntime, "exposes virtual IF/IOPL"},
+    {ZYDIS_MNEMONIC_PUSHF, InsnClass::kRuntime, "exposes virtual IF/IOPL"},
+    {ZYDIS_MNEMONIC_POPFQ, InsnClass::kRuntime, "writes virtual IF/IOPL"},
+    {ZYDIS_MNEMONIC_POPF, InsnClass::kRuntime, "writes virtual IF/IOPL"},
+    {ZYDIS_MNEMONIC_IN, InsnClass::kRuntime, "port I/O"},
+    {ZYDIS_MNEMONIC_OUT, InsnClass::kRuntime, "port I/O"},
+    {ZYDIS_MNEMONIC_INSB, InsnClass::kRuntime, "string port I/O"},
+    {ZYDIS_MNEMONIC_INSW, InsnClass::kRuntime, "string port I/O"},
+    {ZYDIS_MNEMONIC_INSD, InsnClass::kRuntime, "string port I/O"},
+    {ZYDIS_MNEMONIC_OUTSB, InsnClass::kRuntime, "string port I/O"},
+    {ZYDIS_MNEMONIC_OUTSW, InsnClass::kRuntime, "string port I/O"},
+    {ZYDIS_MNEMONIC_OUTSD, InsnClass::kRuntime, "string port I/O"},
+    {ZYDIS_MNEMONIC_LGDT, InsnClass::kRuntime, "descriptor tables"},
+    {ZYDIS_MNEMONIC_LIDT, InsnClass::kRuntime, "descriptor tables"},
+    {ZYDIS_MNEMONIC_SGDT, InsnClass::kRuntime, "descriptor tables"},
+    {ZYDIS_MNEMONIC_SIDT, InsnClass::kRuntime, "descriptor tables"},
+    {ZYDIS_MNEMONIC_LLDT, InsnClass::kRuntime, "descriptor tables"},
+    {ZYDIS_MNEMONIC_SLDT, InsnClass::kRuntime, "descriptor tables"},
+    {ZYDIS_MNEMONIC_LTR, InsnClass::kRuntime, "task register"},
+    {ZYDIS_MNEMONIC_STR, InsnClass::kRuntime, "task register"},
+    {ZYDIS_MNEMONIC_SMSW, InsnClass::kRuntime, "CR0"},
+    {ZYDIS_MNEMONIC_LMSW, InsnClass::kRuntime, "CR0"},
+    {ZYDIS_MNEMONIC_CLTS, InsnClass::kRuntime, "CR0.TS"},
+    {ZYDIS_MNEMONIC_INVLPG, InsnClass::kRuntime, "TLB"},
+    {ZYDIS_MNEMONIC_INVPCID, InsnClass::kRuntime, "TLB"},
+    {ZYDIS_MNEMONIC_RDMSR, InsnClass::kRuntime, "MSRs"},
+    {ZYDIS_MNEMONIC_WRMSR, InsnClass::kRuntime, "MSRs"},
+    {ZYDIS_MNEMONIC_CPUID, InsnClass::kRuntime, "the virtual CPU model"},
+    {ZYDIS_MNEMONIC_RDTSC, InsnClass::kRuntime, "virtual TSC"},
+    {ZYDIS_MNEMONIC_RDTSCP, InsnClass::kRuntime, "virtual TSC"},
+    {ZYDIS_MNEMONIC_RDPID, InsnClass::kRuntime, "TSC_AUX"},
+    {ZYDIS_MNEMONIC_RDPMC, InsnClass::kRuntime, "performance counters"},
+    {ZYDIS_MNEMONIC_IRETQ, InsnClass::kRuntime, "privilege change"},
+    {ZYDIS_MNEMONIC_IRETD, InsnClass::kRuntime, "privilege change"},
+    {ZYDIS_MNEMONIC_IRET, InsnClass::kRuntime, "privilege change"},
+    {ZYDIS_MNEMONIC_SYSCALL, InsnClass::kRuntime, "privilege change"},
+    {ZYDIS_MNEMONIC_SYSRET, InsnClass::kRuntime, "privilege change"},
+    {ZYDIS_MNEMONIC_SYSENTER, InsnClass::kRuntime, "privilege change"},
+    {ZYDIS_MNEMONIC_SYSEXIT, InsnClass::kRuntime, "privilege change"},
+    {ZYDIS_MNEMONIC_SWAPGS, InsnClass::kRuntime, "GS base"},
+    {ZYDIS_MNEMONIC_RDFSBASE, InsnClass::kRuntime, "FS base lives in CpuState"},
+    {ZYDIS_MNEMONIC_RDGSBASE, InsnClass::kRuntime, "GS base lives in CpuState"},
+    {ZYDIS_MNEMONIC_WRFSBASE, InsnClass::kRuntime, "FS base lives in CpuState"},
+    {ZYDIS_MNEMONIC_WRGSBASE, InsnClass::kRuntime, "GS base lives in CpuState"},
+    {ZYDIS_MNEMONIC_INT, InsnClass::kRuntime, "interrupt delivery"},
+    {ZYDIS_MNEMONIC_INT1, InsnClass::kRuntime, "interrupt delivery"},
+    {ZYDIS_MNEMONIC_INT3, InsnClass::kRuntime, "interrupt delivery"},
+    {ZYDIS_MNEMONIC_INTO, InsnClass::kRuntime, "interrupt delivery"},
+    {ZYDIS_MNEMONIC_UD0, InsnClass::kRuntime, "#UD"},
+    {ZYDIS_MNEMONIC_UD1, InsnClass::kRuntime, "#UD"},
+    {ZYDIS_MNEMONIC_UD2, InsnClass::kRuntime, "#UD"},
+    {ZYDIS_MNEMONIC_FXSAVE, InsnClass::kRuntime, "FPU state lives in CpuState"},
+    {ZYDIS_MNEMONIC_FXSAVE64, InsnClass::kRuntime, "FPU state lives in CpuState"},
+    {ZYDIS_MNEMONIC_FXRSTOR, InsnClass::kRuntime, "FPU state lives in CpuState"},
+    {ZYDIS_MNEMONIC_FXRSTOR64, InsnClass::kRuntime, "FPU state lives in CpuState"},
+    {ZYDIS_MNEMONIC_XSAVE, InsnClass::kRuntime, "not exposed: #UD"},
+    {ZYDIS_MNEMONIC_XRSTOR, InsnClass::kRuntime, "not exposed: #UD"},
+    {ZYDIS_MNEMONIC_XGETBV, InsnClass::kRuntime, "not exposed: #UD"},
+    {ZYDIS_MNEMONIC_XSETBV, InsnClass::kRuntime, "not exposed: #UD"},
+    {ZYDIS_MNEMONIC_WBINVD, InsnClass::kRuntime, "privileged cache control"},
+    {ZYDIS_MNEMONIC_INVD, InsnClass::kRuntime, "privileged cache control"},
+    {ZYDIS_MNEMONIC_CLFLUSH, InsnClass::kRuntime, "cache line flush of a guest address"},
+    {ZYDIS_MNEMONIC_CLFLUSHOPT, InsnClass::kRuntime, "cache line flush of a guest address"},
+    {ZYDIS_MNEMONIC_ENTER, InsnClass::kRuntime, "rare nested frame"},
+    {ZYDIS_MNEMONIC_LAR, InsnClass::kRuntime, "descriptor access"},
+    {ZYDIS_MNEMONIC_LSL, InsnClass::kRuntime, "descriptor access"},
+    {ZYDIS_MNEMONIC_VERR, InsnClass::kRuntime, "descriptor access"},
+    {ZYDIS_MNEMONIC_VERW, InsnClass::kRuntime, "descriptor access"},
+    {ZYDIS_MNEMONIC_MONITOR, InsnClass::kRuntime, "not exposed: #UD"},
+    {ZYDIS_MNEMONIC_MWAIT, InsnClass::kRuntime, "not exposed: #UD"},
+    // String instructions: emulated through the MMU (correct across pages
+    // and when a fault interrupts a rep mid-way).
+    {ZYDIS_MNEMONIC_MOVSB, InsnClass::kRuntime, "string"},
+    {ZYDIS_MNEMONIC_MOVSW, InsnClass::kRuntime, "string"},
+    {ZYDIS_MNEMONIC_MOVSD, InsnClass::kRuntime, "string (or SSE2 movsd, see ClassifyInsn)"},
+    {ZYDIS_MNEMONIC_MOVSQ, InsnClass::kRuntime, "string"},
+    {ZYDIS_MNEMONIC_STOSB, InsnClass::kRuntime, "string"},
+    {ZYDIS_MNEMONIC_STOSW, InsnClass::kRuntime, "string"},
+    {ZYDIS_MNEMONIC_STOSD, InsnClass::kRuntime, "string"},
+    {ZYDIS_MNEMONIC_STOSQ, InsnClass::kRuntime, "string"},
+    {ZYDIS_MNEMONIC_LODSB, InsnClass::kRuntime, "string"},
+    {ZYDIS_MNEMONIC_LODSW, InsnClass::kRuntime, "string"},
+    {ZYDIS_MNEMONIC_LODSD, InsnClass::kRuntime, "string"},
+    {ZYDIS_MNEMONIC_LODSQ, InsnClass::kRuntime, "string"},
+    {ZYDIS_MNEMONIC_CMPSB, InsnClass::kRuntime, "string"},
+    {ZYDIS_MNEMONIC_CMPSW, InsnClass::kRuntime, "string"},
+    {ZYDIS_MNEMONIC_CMPSD, InsnClass::kRuntime, "string (or SSE2 cmpsd, see ClassifyInsn)"},
+    {ZYDIS_MNEMONIC_CMPSQ, InsnClass::kRuntime, "string"},
+    {ZYDIS_MNEMONIC_SCASB, InsnClass::kRuntime, "string"},
+    {ZYDIS_MNEMONIC_SCASW, InsnClass::kRuntime, "string"},
+    {ZYDIS_MNEMONIC_SCASD, InsnClass::kRuntime, "string"},
+    {ZYDIS_MNEMONIC_SCASQ, InsnClass::kRuntime, "string"},
+    {ZYDIS_MNEMONIC_XLAT, InsnClass::kRuntime, "implicit memory operand"},
+};
+
+constexpr auto BuildTable() {
+  std::array<InsnClass, ZYDIS_MNEMONIC_MAX_VALUE + 1> t{};
+  for (auto& c : t) c = InsnClass::kIdent;
+  for (const Row& r : kRows) t[r.mnemonic] = r.cls;
+  return t;
+}
+constexpr auto kTable = BuildTable();
+
+}  // namespace
+
+InsnClass ClassifyInsn(const ZydisDecodedInstruction& insn, const ZydisDecodedOperand* ops) {
+  InsnClass c = kTable[insn.mnemonic];
+  // Any explicit segment, control or debug register operand (mov to/from
+  // CRn, DRn or Sreg; push/pop of a segment register) is sensitive.
+  for (unsigned i = 0; i < insn.operand_count_visible; ++i) {
+    if (ops[i].type != ZYDIS_OPERAND_TYPE_REGISTER) continue;
+    ZydisRegisterClass rc = ZydisRegisterGetClass(ops[i].reg.value);
+    if (rc == ZYDIS_REGCLASS_SEGMENT || rc == ZYDIS_REGCLASS_CONTROL ||
+        rc == ZYDIS_REGCLASS_DEBUG) {
+      return InsnClass::kRuntime;
+    }
+  }
+  // Far forms of jmp/call load CS: the runtime does them.
+  if ((insn.mnemonic == ZYDIS_MNEMONIC_JMP || insn.mnemonic == ZYDIS_MNEMONIC_CALL ||
+       insn.mnemonic == ZYDIS_MNEMONIC_RET) &&
+      insn.meta.branch_type == ZYDIS_BRANCH_TYPE_FAR) {
+    return InsnClass::kRuntime;
+  }
+  // movsd/cmpsd are also SSE2 instructions with the same mnemonic.
+  if ((insn.mnemonic == ZYDIS_MNEMONIC_MOVSD || insn.mnemonic == ZYDIS_MNEMONIC_CMPSD) &&
+      insn.meta.category != ZYDIS_CATEGORY_STRINGOP) {
+    return InsnClass::kIdent;
+  }
+  return c;
+}
+
+}  // namespace btvm

@@ -51,7 +51,9 @@ InstId JccId(ZydisMnemonic m) {
 }  // namespace
 
 bool BlockEmitter::EmitBranch(const DecodedInsn& d, uint32_t flags_live) {
-  const ZydisDecodedOperand& op = d.ops[0];
+  // Hidden operands (RIP, RSP of call/ret) are handled explicitly here.
+  static const ZydisDecodedOperand kNone{};
+  const ZydisDecodedOperand& op = d.insn.operand_count_visible > 0 ? d.ops[0] : kNone;
   bool live = flags_live != 0;
   ZydisMnemonic m = d.insn.mnemonic;
   bool relative = op.type == ZYDIS_OPERAND_TYPE_IMMEDIATE && op.imm.is_relative;

@@ -153,6 +153,14 @@ bool BlockEmitter::Reencode(const DecodedInsn& d, const Plan& p, int s,
       if (DecodeGpr(op.reg.value, &g) && p.rename[g.index] != g.index) {
         op.reg.value = EncodeGpr(p.rename[g.index], g.size);
       }
+    } else if (op.type == ZYDIS_OPERAND_TYPE_MEMORY && s < 0) {
+      // lea: rename the registers of the address, keep its form.
+      for (ZydisRegister* r : {&op.mem.base, &op.mem.index}) {
+        GprRef g;
+        if (DecodeGpr(*r, &g) && p.rename[g.index] != g.index) {
+          *r = EncodeGpr(p.rename[g.index], g.size);
+        }
+      }
     } else if (op.type == ZYDIS_OPERAND_TYPE_MEMORY) {
       op.mem.base = EncodeGpr(s, 8);
       op.mem.index = ZYDIS_REGISTER_NONE;

@@ -1,0 +1,112 @@
+#include "runtime/machine.h"
+
+#include <poll.h>
+#include <unistd.h>
+
+#include "runtime/bt_engine.h"
+#include "runtime/loader.h"
+
+namespace btvm {
+
+class Machine::ConsolePort final : public PioDevice {
+ public:
+  ConsolePort(Machine& m, Uart16550& uart) : machine_(m), uart_(uart) {}
+  uint32_t PioRead(uint16_t offset, unsigned size) override {
+    machine_.PollConsoleInput();
+    return uart_.PioRead(offset, size);
+  }
+  void PioWrite(uint16_t offset, unsigned size, uint32_t value) override {
+    uart_.PioWrite(offset, size, value);
+  }
+
+ private:
+  Machine& machine_;
+  Uart16550& uart_;
+};
+
+Machine::Machine(GuestMemory memory, const MachineConfig& config)
+    : config_(config), memory_(std::move(memory)) {
+  config_.kernel.clear();  // loaded already; no second copy
+  std::FILE* out = config.console_out;
+  uart_ = std::make_unique<Uart16550>(IrqLine(this, Uart16550::kCom1Irq), [out](uint8_t byte) {
+    std::fputc(byte, out);
+    if (byte == '\n') std::fflush(out);
+  });
+  console_port_ = std::make_unique<ConsolePort>(*this, *uart_);
+  debug_exit_ = std::make_unique<DebugExit>(this);
+  i8042_ = std::make_unique<I8042>(this);
+  console_open_ = config.console_in >= 0;
+}
+
+Machine::~Machine() = default;
+
+Result<std::unique_ptr<Machine>> Machine::Create(const MachineConfig& config) {
+  if (config.engine != "bt") {
+    return MakeError("unknown engine '" + config.engine + "' (this build has: bt)");
+  }
+  Result<GuestMemory> memory = GuestMemory::Create(config.memory);
+  if (!memory) return memory.error();
+  std::unique_ptr<Machine> m(new Machine(std::move(memory.value()), config));
+
+  Status s = m->pio_.Register(Uart16550::kCom1Base, Uart16550::kRegisterCount,
+                              m->console_port_.get(), "com1");
+  if (s) s = m->pio_.Register(DebugExit::kIoBase, DebugExit::kIoSize, m->debug_exit_.get(),
+                              "isa-debug-exit");
+  if (s) s = m->i8042_->RegisterOn(m->pio_);
+  if (!s) return s.error();
+
+  Result<LoadedKernel> k = LoadElfKernel(config.kernel, m->memory_, &m->cpu_);
+  if (!k) return k.error();
+  m->engine_ = std::make_unique<BtEngine>(m->memory_, m->pio_, m->mmio_, m->stop_, m->counters_);
+  return m;
+}
+
+void Machine::PollConsoleInput() {
+  if (!console_open_) return;
+  while (uart_->CanReceive()) {
+    pollfd p{config_.console_in, POLLIN, 0};
+    if (poll(&p, 1, 0) <= 0 || !(p.revents & (POLLIN | POLLHUP))) return;
+    uint8_t byte;
+    ssize_t n = read(config_.console_in, &byte, 1);
+    if (n <= 0) {  // end of input: the line stays idle
+      console_open_ = false;
+      return;
+    }
+    uart_->Receive(byte);
+  }
+}
+
+RunOutcome Machine::Run() {
+  EngineExit e = engine_->Run(cpu_);
+  std::fflush(config_.console_out);
+  if (stop_.load()) return stop_outcome_;
+  RunOutcome o;
+  o.ok = false;
+  o.status = 125;
+  o.message = e.message;
+  return o;
+}
+
+void Machine::RequestExit(int status) {
+  stop_outcome_ = {status, true, ""};
+  stop_.store(true);
+}
+
+void Machine::RequestReset() {
+  // The guest asked for a reboot: as QEMU with -no-reboot, the run ends.
+  stop_outcome_ = {0, true, ""};
+  stop_.store(true);
+}
+
+void Machine::RequestPowerOff() {
+  stop_outcome_ = {0, true, ""};
+  stop_.store(true);
+}
+
+void Machine::SetIrqLevel(unsigned line, bool level) {
+  if (line >= 16) return;
+  irq_levels_ = static_cast<uint16_t>(level ? irq_levels_ | (1u << line)
+                                            : irq_levels_ & ~(1u << line));
+}
+
+}  // namespace btvm

@@ -1,0 +1,89 @@
+#pragma once
+// Machine: the one composition root (STYLE.md habit 4). It owns guest RAM,
+// the buses, the devices, the vCPU state and the engine; everything else
+// holds references. No globals: a test can build many machines.
+
+#include <atomic>
+#include <cstdint>
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "base/counters.h"
+#include "base/cpu_state.h"
+#include "base/result.h"
+#include "devices/bus.h"
+#include "devices/debug_exit.h"
+#include "devices/i8042.h"
+#include "devices/uart_16550.h"
+#include "mmu/guest_memory.h"
+#include "runtime/engine.h"
+
+namespace btvm {
+
+struct MachineConfig {
+  uint64_t memory = MiB(128);
+  std::string engine = "bt";
+  std::vector<uint8_t> kernel;  // an ELF64 image per docs/entry-contract.md
+  int console_in = 0;           // fd read for COM1 input (-1: none)
+  std::FILE* console_out = stdout;
+};
+
+// How a run ended, as the process exit status tells it.
+struct RunOutcome {
+  int status = 0;       // (v << 1) | 1 for a debug exit of v; 0 for reset/power-off
+  bool ok = true;       // false: btvm could not go on; `message` says why
+  std::string message;
+};
+
+class Machine final : public SystemControl, public IrqSink {
+ public:
+  static Result<std::unique_ptr<Machine>> Create(const MachineConfig& config);
+  ~Machine() override;
+
+  RunOutcome Run();
+
+  const Counters& counters() const { return counters_; }
+  CpuState& cpu() { return cpu_; }
+  GuestMemory& memory() { return memory_; }
+  PioBus& pio() { return pio_; }
+
+  // SystemControl
+  void RequestExit(int status) override;
+  void RequestReset() override;
+  void RequestPowerOff() override;
+  // IrqSink: no interrupt controller yet (the Linux boot issue adds the
+  // PIC and IOAPIC); levels are recorded for tests.
+  void SetIrqLevel(unsigned line, bool level) override;
+  bool irq_level(unsigned line) const { return line < 16 && (irq_levels_ >> line) & 1; }
+
+ private:
+  Machine(GuestMemory memory, const MachineConfig& config);
+  void PollConsoleInput();
+
+  MachineConfig config_;
+  GuestMemory memory_;
+  PioBus pio_;
+  MmioBus mmio_;
+  Counters counters_;
+  CpuState cpu_;
+  std::atomic<bool> stop_{false};
+  RunOutcome stop_outcome_;
+  uint16_t irq_levels_ = 0;
+  bool console_open_ = true;
+
+  // A PioDevice in front of the UART that feeds it console input before the
+  // guest reads a register (so input arrives while the guest polls).
+  class ConsolePort;
+  std::unique_ptr<Uart16550> uart_;
+  std::unique_ptr<ConsolePort> console_port_;
+  std::unique_ptr<DebugExit> debug_exit_;
+  std::unique_ptr<I8042> i8042_;
+  std::unique_ptr<Engine> engine_;
+};
+
+// The built-in default guest (tests/guest/default.c), linked into btvm.
+std::span<const uint8_t> DefaultGuestImage();
+
+}  // namespace btvm

@@ -1,0 +1,143 @@
+// btvm's command line: `btvm run [--engine bt] [--memory SIZE] [--kernel FILE] [--stats]`.
+// Exit status: the guest's, as QEMU gives it ((v << 1) | 1 for a write of v
+// to isa-debug-exit; 0 for a guest reset or power-off); 2 for a bad command
+// line; 125 when btvm cannot run the guest (bad kernel file, an instruction
+// btvm does not support yet, a triple fault, a halt nothing can end).
+
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <string_view>
+
+#include "runtime/loader.h"
+#include "runtime/machine.h"
+
+namespace btvm {
+namespace {
+
+constexpr int kUsageError = 2;
+constexpr int kRunError = 125;
+
+void PrintUsage(std::FILE* out) {
+  std::fputs(
+      "usage: btvm run [--engine bt] [--memory SIZE] [--kernel FILE] [--stats]\n"
+      "\n"
+      "  --engine bt      translate every guest instruction (the only engine so far)\n"
+      "  --memory SIZE    guest RAM: a number of MiB, or with a suffix K, M, G\n"
+      "                   (2M to 64G; default 128M)\n"
+      "  --kernel FILE    an ELF64 guest kernel with a btvm entry note\n"
+      "                   (docs/entry-contract.md); default: the built-in guest\n"
+      "  --stats          print counters to stderr when the run ends\n",
+      out);
+}
+
+int Fail(int code, const std::string& message) {
+  std::fprintf(stderr, "btvm: error: %s\n", message.c_str());
+  return code;
+}
+
+// Parses "128", "128M", "2G", "512K", "128MiB": a bare number is MiB, as
+// in QEMU's -m.
+Result<uint64_t> ParseSize(std::string_view text) {
+  if (text.empty()) return MakeError("empty memory size");
+  uint64_t value = 0;
+  size_t i = 0;
+  for (; i < text.size() && text[i] >= '0' && text[i] <= '9'; ++i) {
+    if (value > (~0ull - 9) / 10) return MakeError("memory size '" + std::string(text) + "' is too large");
+    value = value * 10 + (text[i] - '0');
+  }
+  if (i == 0) return MakeError("memory size '" + std::string(text) + "' is not a number");
+  std::string_view suffix = text.substr(i);
+  unsigned shift;
+  if (suffix.empty() || suffix == "M" || suffix == "m" || suffix == "MiB" || suffix == "MB") {
+    shift = 20;
+  } else if (suffix == "K" || suffix == "k" || suffix == "KiB" || suffix == "KB") {
+    shift = 10;
+  } else if (suffix == "G" || suffix == "g" || suffix == "GiB" || suffix == "GB") {
+    shift = 30;
+  } else if (suffix == "T" || suffix == "t" || suffix == "TiB" || suffix == "TB") {
+    shift = 40;
+  } else {
+    return MakeError("memory size '" + std::string(text) + "' has an unknown suffix");
+  }
+  if (value > (~0ull >> shift)) return MakeError("memory size '" + std::string(text) + "' is too large");
+  return value << shift;
+}
+
+int Run(int argc, char** argv) {
+  MachineConfig config;
+  std::string kernel_path;
+  bool stats = false;
+  for (int i = 2; i < argc; ++i) {
+    std::string_view arg = argv[i];
+    auto value = [&](const char* name) -> const char* {
+      if (i + 1 >= argc) return nullptr;
+      (void)name;
+      return argv[++i];
+    };
+    if (arg == "--engine" || arg == "--memory" || arg == "--kernel") {
+      const char* v = value(argv[i]);
+      if (!v) return Fail(kUsageError, std::string(arg) + " needs a value");
+      if (arg == "--engine") {
+        config.engine = v;
+        if (config.engine != "bt") {
+          return Fail(kUsageError, "unknown engine '" + config.engine + "' (this build has: bt)");
+        }
+      } else if (arg == "--memory") {
+        Result<uint64_t> size = ParseSize(v);
+        if (!size) return Fail(kUsageError, size.error().message);
+        config.memory = size.value();
+      } else {
+        kernel_path = v;
+      }
+    } else if (arg == "--stats") {
+      stats = true;
+    } else if (arg == "--help" || arg == "-h") {
+      PrintUsage(stdout);
+      return 0;
+    } else {
+      return Fail(kUsageError, "unknown argument '" + std::string(arg) + "' (see btvm --help)");
+    }
+  }
+
+  if (kernel_path.empty()) {
+    std::span<const uint8_t> image = DefaultGuestImage();
+    config.kernel.assign(image.begin(), image.end());
+  } else {
+    Result<std::vector<uint8_t>> file = ReadKernelFile(kernel_path);
+    if (!file) return Fail(kRunError, file.error().message);
+    config.kernel = std::move(file.value());
+  }
+
+  Result<std::unique_ptr<Machine>> machine = Machine::Create(config);
+  if (!machine) return Fail(kRunError, machine.error().message);
+  RunOutcome o = machine.value()->Run();
+  if (stats) {
+    std::fprintf(stderr, "btvm: statistics (engine %s)\n", config.engine.c_str());
+    machine.value()->counters().Print(stderr);
+  }
+  if (!o.ok) return Fail(kRunError, o.message);
+  return o.status;
+}
+
+}  // namespace
+}  // namespace btvm
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    btvm::PrintUsage(stderr);
+    return btvm::kUsageError;
+  }
+  std::string_view cmd = argv[1];
+  if (cmd == "--help" || cmd == "-h" || cmd == "help") {
+    btvm::PrintUsage(stdout);
+    return 0;
+  }
+  if (cmd != "run") {
+    return btvm::Fail(btvm::kUsageError,
+                      "unknown command '" + std::string(cmd) + "' (try: btvm run --help)");
+  }
+  return btvm::Run(argc, argv);
+}

@@ -399,6 +399,61 @@ EmulateOutcome Emulator::FarReturn(CpuState& cpu, const DecodedInsn& d, bool ire
   return Done();
 }
 
+// div/idiv r/m (SDM Vol. 2 DIV, IDIV): the dividend is AX, DX:AX, EDX:EAX
+// or RDX:RAX; #DE for a zero divisor or a quotient that does not fit.
+// Arithmetic flags are undefined after a division; they are left as they were.
+EmulateOutcome Emulator::Divide(CpuState& cpu, const DecodedInsn& d) {
+  GuestException fault;
+  unsigned size = d.ops[0].size / 8;
+  uint64_t divisor;
+  if (!ReadOperand(cpu, d, d.ops[0], &divisor, &fault)) return Fault(fault);
+  if (divisor == 0) return Fault({kDE, false, 0, 0});
+  const unsigned bits = size * 8;
+  const uint64_t m = Mask(size);
+  unsigned __int128 dividend;
+  if (size == 1) {
+    dividend = cpu.gpr[kRax] & 0xffff;
+  } else {
+    dividend = (static_cast<unsigned __int128>(cpu.gpr[kRdx] & m) << bits) | (cpu.gpr[kRax] & m);
+  }
+  uint64_t q, r;
+  if (d.insn.mnemonic == ZYDIS_MNEMONIC_DIV) {
+    unsigned __int128 qq = dividend / divisor;
+    if (qq > m) return Fault({kDE, false, 0, 0});
+    q = static_cast<uint64_t>(qq);
+    r = static_cast<uint64_t>(dividend % divisor);
+  } else {
+    // Sign-extend the 2*bits-wide dividend and the divisor.
+    __int128 sd;
+    if (bits == 64) {
+      sd = static_cast<__int128>(dividend);
+    } else {
+      unsigned total = 2 * bits;
+      sd = static_cast<__int128>(dividend << (128 - total)) >> (128 - total);
+    }
+    int64_t sv = static_cast<int64_t>(divisor << (64 - bits)) >> (64 - bits);
+    __int128 qq = sd / sv;  // sd = -2^127, sv = -1 cannot happen: sd fits 2*bits <= 128
+    if (bits == 64 && sd == (static_cast<__int128>(1) << 127) && sv == -1) {
+      return Fault({kDE, false, 0, 0});
+    }
+    __int128 lo = -(static_cast<__int128>(1) << (bits - 1));
+    __int128 hi = (static_cast<__int128>(1) << (bits - 1)) - 1;
+    if (qq < lo || qq > hi) return Fault({kDE, false, 0, 0});
+    q = static_cast<uint64_t>(qq) & m;
+    r = static_cast<uint64_t>(sd % sv) & m;
+  }
+  if (size == 1) {
+    cpu.gpr[kRax] = (cpu.gpr[kRax] & ~0xffffull) | (r << 8) | q;
+  } else if (size == 4) {
+    cpu.gpr[kRax] = q;
+    cpu.gpr[kRdx] = r;
+  } else {
+    cpu.gpr[kRax] = (cpu.gpr[kRax] & ~m) | q;
+    cpu.gpr[kRdx] = (cpu.gpr[kRdx] & ~m) | r;
+  }
+  return Done();
+}
+
 EmulateOutcome Emulator::Msr(CpuState& cpu, bool write) {
   if (cpu.Cpl() != 0) return Fault(GuestException::Gp(0));
   uint32_t msr = static_cast<uint32_t>(cpu.gpr[kRcx]);
@@ -612,14 +667,32 @@ EmulateOutcome Emulator::Emulate(CpuState& cpu, const DecodedInsn& d) {
       }
       return Unsupported(d);
     }
-    case ZYDIS_MNEMONIC_PUSH: {  // push of a segment register
+    case ZYDIS_MNEMONIC_PUSH: {  // push of a segment register or of memory
+      if (d.ops[0].type == ZYDIS_OPERAND_TYPE_MEMORY) {
+        uint64_t v;
+        if (!ReadOperand(cpu, d, d.ops[0], &v, &fault) ||
+            !Push(cpu, v, d.insn.operand_width / 8, &fault)) {
+          return Fault(fault);
+        }
+        break;
+      }
       int seg = d.ops[0].reg.value - ZYDIS_REGISTER_ES;
       if (!Push(cpu, cpu.seg[seg].selector, d.insn.operand_width / 8, &fault)) {
         return Fault(fault);
       }
       break;
     }
-    case ZYDIS_MNEMONIC_POP: {  // pop of a segment register
+    case ZYDIS_MNEMONIC_POP: {  // pop of a segment register or to memory
+      if (d.ops[0].type == ZYDIS_OPERAND_TYPE_MEMORY) {
+        CpuState probe = cpu;
+        uint64_t v;
+        if (!Pop(probe, &v, d.insn.operand_width / 8, &fault) ||
+            !WriteOperand(probe, d, d.ops[0], v, &fault)) {
+          return Fault(fault);
+        }
+        cpu = probe;
+        break;
+      }
       int seg = d.ops[0].reg.value - ZYDIS_REGISTER_ES;
       CpuState probe = cpu;
       uint64_t sel;
@@ -725,6 +798,12 @@ EmulateOutcome Emulator::Emulate(CpuState& cpu, const DecodedInsn& d) {
     case ZYDIS_MNEMONIC_CPUID:
       Cpuid(cpu);
       break;
+    case ZYDIS_MNEMONIC_DIV:
+    case ZYDIS_MNEMONIC_IDIV: {
+      EmulateOutcome o = Divide(cpu, d);
+      if (o.kind != EmulateOutcome::kDone) return o;
+      break;
+    }
     case ZYDIS_MNEMONIC_RDTSC: {
       if ((cpu.cr4 & (1ull << 2)) && !cpl0) return Fault(GuestException::Gp(0));  // CR4.TSD
       uint64_t t = GuestTsc(cpu);

@@ -52,6 +52,7 @@ class Emulator {
   EmulateOutcome LoadSegment(CpuState& cpu, int seg, uint16_t selector);
   EmulateOutcome FarReturn(CpuState& cpu, const DecodedInsn& d, bool iret);
   EmulateOutcome Msr(CpuState& cpu, bool write);
+  EmulateOutcome Divide(CpuState& cpu, const DecodedInsn& d);
   void Cpuid(CpuState& cpu);
 
   Mmu& mmu_;

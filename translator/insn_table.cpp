@@ -154,6 +154,11 @@ constexpr Row kRows[] = {
     {ZYDIS_MNEMONIC_SCASD, InsnClass::kRuntime, "string"},
     {ZYDIS_MNEMONIC_SCASQ, InsnClass::kRuntime, "string"},
     {ZYDIS_MNEMONIC_XLAT, InsnClass::kRuntime, "implicit memory operand"},
+    // A native div by zero or overflow would raise SIGFPE in the monitor;
+    // until host faults map back to guest RIPs (issue #3), the runtime
+    // divides and raises #DE itself (SDM Vol. 2 DIV, IDIV).
+    {ZYDIS_MNEMONIC_DIV, InsnClass::kRuntime, "#DE must not become a host SIGFPE"},
+    {ZYDIS_MNEMONIC_IDIV, InsnClass::kRuntime, "#DE must not become a host SIGFPE"},
 };
 
 constexpr auto BuildTable() {
@@ -182,6 +187,12 @@ InsnClass ClassifyInsn(const ZydisDecodedInstruction& insn, const ZydisDecodedOp
   if ((insn.mnemonic == ZYDIS_MNEMONIC_JMP || insn.mnemonic == ZYDIS_MNEMONIC_CALL ||
        insn.mnemonic == ZYDIS_MNEMONIC_RET) &&
       insn.meta.branch_type == ZYDIS_BRANCH_TYPE_FAR) {
+    return InsnClass::kRuntime;
+  }
+  // push/pop with a memory operand make two memory accesses: the runtime
+  // does them in order (SDM Vol. 2 POP: the address uses the new RSP).
+  if ((insn.mnemonic == ZYDIS_MNEMONIC_PUSH || insn.mnemonic == ZYDIS_MNEMONIC_POP) &&
+      ops[0].type == ZYDIS_OPERAND_TYPE_MEMORY) {
     return InsnClass::kRuntime;
   }
   // movsd/cmpsd are also SSE2 instructions with the same mnemonic.

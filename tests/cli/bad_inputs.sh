@@ -1,0 +1,56 @@
+#!/bin/sh
+# Bad command lines and bad kernel files: each must give exactly one line on
+# stderr, "btvm: error: ...", and a non-zero status that is not a crash
+# (a signal would show as 128+N).
+set -u
+btvm=$1
+good=$2     # a good guest kernel to corrupt
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+failures=0
+passes=0
+
+expect_error() {
+  name=$1; shift
+  "$btvm" "$@" </dev/null >"$tmp/out" 2>"$tmp/err"
+  status=$?
+  lines=$(wc -l <"$tmp/err")
+  if [ "$status" -ne 0 ] && [ "$status" -lt 128 ] && [ "$lines" -eq 1 ] &&
+     grep -q '^btvm: error: ' "$tmp/err"; then
+    passes=$((passes + 1))
+    echo "PASS: $name ($(cat "$tmp/err"))"
+  else
+    failures=$((failures + 1))
+    echo "FAIL: $name: status $status, $lines stderr lines:"
+    cat "$tmp/err"
+  fi
+}
+
+echo "just some text, not an ELF" >"$tmp/text"
+head -c 100 "$good" >"$tmp/truncated"
+head -c 600 "$good" >"$tmp/truncated2"
+cp "$good" "$tmp/outside"
+# First program header's p_paddr (e_phoff 64 + 24) := 1 GiB, past 128 MiB of RAM.
+printf '\000\000\000\100\000\000\000\000' |
+  dd of="$tmp/outside" bs=1 seek=88 conv=notrunc 2>/dev/null
+: >"$tmp/empty"
+
+expect_error "text file as kernel" run --kernel "$tmp/text"
+expect_error "truncated ELF header" run --kernel "$tmp/truncated"
+expect_error "truncated ELF body" run --kernel "$tmp/truncated2"
+expect_error "empty kernel" run --kernel "$tmp/empty"
+expect_error "missing kernel" run --kernel "$tmp/does-not-exist"
+expect_error "directory as kernel" run --kernel "$tmp"
+expect_error "segments outside RAM" run --memory 128M --kernel "$tmp/outside"
+expect_error "memory 0" run --memory 0
+expect_error "memory 1T" run --memory 1T
+expect_error "memory garbage" run --memory lots
+expect_error "memory unaligned" run --memory 3K
+expect_error "memory overflow" run --memory 99999999999999999999999G
+expect_error "unknown engine" run --engine qemu
+expect_error "missing value" run --kernel
+expect_error "unknown flag" run --frobnicate
+expect_error "unknown command" fly
+
+echo "$passes passed, $failures failed"
+[ "$failures" -eq 0 ]

@@ -1,0 +1,59 @@
+#!/bin/sh
+# Runs one guest kernel on btvm and on QEMU TCG and compares the two serial
+# outputs and exit statuses.
+#
+#   compare.sh [--qemu QEMU] [--out-dir DIR] [--timeout S] BTVM KERNEL.elf EXPECTED_STATUS
+#
+# btvm prints the guest's serial output on its stdout (`btvm run --kernel
+# KERNEL`); QEMU runs through run_qemu.sh. Both must exit with
+# EXPECTED_STATUS and print the same bytes. The outputs are kept as
+# DIR/<name>.compare.btvm.out and DIR/<name>.compare.qemu.out (DIR: a
+# temporary directory; the names differ from qemu.<name>'s <name>.qemu.out so
+# that both tests may run at once).
+set -u
+
+here=$(cd "$(dirname "$0")" && pwd)
+qemu="qemu-system-x86_64"
+out_dir=
+timeout_s=60
+while [ $# -gt 3 ]; do
+  case "$1" in
+    --qemu) qemu=$2; shift 2 ;;
+    --out-dir) out_dir=$2; shift 2 ;;
+    --timeout) timeout_s=$2; shift 2 ;;
+    *) echo "compare.sh: unknown option $1" >&2; exit 2 ;;
+  esac
+done
+if [ $# -ne 3 ]; then
+  echo "usage: compare.sh [--qemu QEMU] [--out-dir DIR] [--timeout S] BTVM KERNEL EXPECTED_STATUS" >&2
+  exit 2
+fi
+btvm=$1
+kernel=$2
+expect=$3
+[ -n "$out_dir" ] || out_dir=$(mktemp -d)
+name=$(basename "$kernel" .elf)
+btvm_out=$out_dir/$name.compare.btvm.out
+qemu_out=$out_dir/$name.compare.qemu.out
+
+timeout --kill-after=5 "$timeout_s" "$btvm" run --kernel "$kernel" </dev/null >"$btvm_out"
+btvm_status=$?
+"$here/run_qemu.sh" --qemu "$qemu" --expect "$expect" --timeout "$timeout_s" --out "$qemu_out" \
+  "$kernel" >/dev/null
+qemu_ok=$?
+
+fail=0
+if [ "$qemu_ok" -ne 0 ]; then
+  echo "compare.sh: $name: QEMU run failed (see $qemu_out); the expectation is wrong" >&2
+  fail=1
+fi
+if [ "$btvm_status" -ne "$expect" ]; then
+  echo "compare.sh: $name: btvm exit status $btvm_status, expected $expect" >&2
+  fail=1
+fi
+if ! diff -u --label "qemu: $name" --label "btvm: $name" "$qemu_out" "$btvm_out"; then
+  echo "compare.sh: $name: serial output differs between QEMU and btvm" >&2
+  fail=1
+fi
+[ "$fail" -eq 0 ] && echo "compare.sh: $name: btvm and QEMU agree (status $expect)"
+exit "$fail"

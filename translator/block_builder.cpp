@@ -36,12 +36,9 @@ BuildResult BuildBlock(CodeCache& cache, unsigned mmu_index, uint64_t rip, const
     DecodedInsn d;
     if (!decoder.Decode(buf, n, pc, &d)) {
       if (!insns.empty()) break;  // let the runtime meet it as a block of its own
-      if (n < sizeof(buf) && n == 0) {
-        r.kind = BuildResult::kFault;
-        r.fault = fault;
-      } else if (n < sizeof(buf)) {
+      if (n < sizeof(buf)) {
         // Undecodable with the bytes we could read: the missing bytes fault
-        // first if the instruction would need them (SDM: fetch precedes #UD).
+        // first, since the instruction may need them (fetch precedes #UD).
         r.kind = BuildResult::kFault;
         r.fault = fault;
       } else {
@@ -95,7 +92,6 @@ BuildResult BuildBlock(CodeCache& cache, unsigned mmu_index, uint64_t rip, const
       // End the block before it; it will start a block of its own and be
       // reported there.
       e.EmitExit(d.rip, BlockExit::kNext);
-      ended = true;
       break;
     }
     ++emitted;

@@ -64,7 +64,9 @@ void BlockEmitter::EmitEffectiveAddress(const DecodedInsn& d, const ZydisDecoded
         if (shift) a_.shl(x86::gpq(s), shift);
         if (disp) a_.add(x86::gpq(s), disp);
       } else {
-        a_.mov(x86::gpq(s), static_cast<uint64_t>(static_cast<int64_t>(disp)));
+        // Absolute: disp32 sign-extended, or the 64-bit moffs of mov
+        // al/ax/eax/rax <-> [imm64] (opcodes A0-A3), which Zydis gives whole.
+        a_.mov(x86::gpq(s), static_cast<uint64_t>(m.disp.value));
       }
       if (addr32) a_.mov(x86::gpd(s), x86::gpd(s));
     }

@@ -67,7 +67,9 @@ Mmu::Lookup Mmu::Translate(const CpuState& cpu, GuestVirt addr, Access access, M
   }
   e.host_page = reinterpret_cast<uint64_t>(page);
   e.read_tag = vpage;
-  if (w.translation.writable && w.translation.dirty) e.write_tag = vpage;
+  if (w.translation.writable && w.translation.dirty && !IsCodePage(out.phys)) {
+    e.write_tag = vpage;
+  }
   if (w.translation.executable) e.fetch_tag = vpage;
   return out;
 }
@@ -122,6 +124,7 @@ bool Mmu::WriteVirt(const CpuState& cpu, GuestVirt addr, const void* in, uint64_
     uint64_t chunk = p == 0 ? first : size - first;
     if (pages[p].kind == Lookup::kRam) {
       std::memcpy(pages[p].host, src + done, chunk);
+      if (observer_ && IsCodePage(pages[p].phys)) observer_->OnCodeWrite(pages[p].phys, chunk);
     } else {
       WriteMmio(pages[p].phys, src + done, chunk);
     }
@@ -133,10 +136,33 @@ bool Mmu::WriteVirt(const CpuState& cpu, GuestVirt addr, const void* in, uint64_
 void Mmu::FlushTlb() {
   ++flushes;
   for (unsigned i = 0; i < kMmuCount; ++i) tlbs_[i].Flush();
+  if (observer_) observer_->OnTlbFlush();
 }
 
 void Mmu::FlushPage(GuestVirt addr) {
   for (unsigned i = 0; i < kMmuCount; ++i) tlbs_[i].FlushPage(addr.PageBase());
+  if (observer_) observer_->OnTlbFlushPage(addr.PageBase());
 }
+
+void Mmu::MarkCodePage(GuestPhys page) {
+  uint64_t n = page.value >> 12;
+  if (n >= code_pages_.size() * 64) code_pages_.resize(n / 64 + 1, 0);
+  code_pages_[n / 64] |= 1ull << (n % 64);
+  // Entries that already allow writes to this page lose that right.
+  const uint8_t* host = memory_.HostPointer(page.PageBase(), kPageSize);
+  for (unsigned i = 0; i < kMmuCount; ++i) {
+    for (unsigned j = 0; j < SoftTlb::kEntries; ++j) {
+      TlbEntry& e = tlbs_[i].entries[j];
+      if (e.host_page == reinterpret_cast<uint64_t>(host)) e.write_tag = SoftTlb::InvalidTag(j);
+    }
+  }
+}
+
+void Mmu::UnmarkCodePage(GuestPhys page) {
+  uint64_t n = page.value >> 12;
+  if (n < code_pages_.size() * 64) code_pages_[n / 64] &= ~(1ull << (n % 64));
+}
+
+void Mmu::UnmarkAllCodePages() { std::fill(code_pages_.begin(), code_pages_.end(), 0); }
 
 }  // namespace btvm

@@ -22,14 +22,18 @@ uint32_t FlagsWritten(const DecodedInsn& d) {
 
 }  // namespace
 
-BuildResult BuildBlock(CodeCache& cache, unsigned mmu_index, uint64_t rip, const FetchFn& fetch) {
+BuildResult BuildBlock(CodeCache& cache, const BlockKey& key, const FetchFn& fetch,
+                       const PhysFn& phys_of) {
   BuildResult r;
+  const uint64_t rip = key.rip;
+  const bool single = key.flags & kBlockSingle;
+  const unsigned max_insns = single ? 1 : kMaxBlockInsns;
   Decoder decoder;
   std::vector<DecodedInsn> insns;
   uint64_t page_end = (rip & kPageMask) + kPageSize;
   uint64_t pc = rip;
   bool ended = false;
-  while (!ended && insns.size() < kMaxBlockInsns && pc < page_end) {
+  while (!ended && insns.size() < max_insns && pc < page_end) {
     uint8_t buf[ZYDIS_MAX_INSTRUCTION_LENGTH];
     GuestException fault;
     size_t n = fetch(pc, buf, sizeof(buf), &fault);
@@ -53,6 +57,9 @@ BuildResult BuildBlock(CodeCache& cache, unsigned mmu_index, uint64_t rip, const
       }
       break;
     }
+    // An instruction reaching into the next page ends the block before it,
+    // unless it is the first: such a block depends on two pages.
+    if (d.NextRip() > page_end && !insns.empty()) break;
     ended = d.cls == InsnClass::kBranch;
     pc = d.NextRip();
     insns.push_back(d);
@@ -66,18 +73,35 @@ BuildResult BuildBlock(CodeCache& cache, unsigned mmu_index, uint64_t rip, const
     live_in[i] = live;
   }
 
+  std::unique_ptr<Block> block = cache.NewBlock(key);
   asmjit::CodeHolder code;
-  code.init(cache.environment());
+  code.init(cache.environment(), cache.next_address());
   asmjit::x86::Assembler a(&code);
-  BlockEmitter e(a, cache.EmitEnvFor(mmu_index));
+  EmitEnv env = cache.EmitEnvFor(key.mmu_index);
+  env.block = block.get();
+  env.block_rip = rip;
+  env.single = single;
+  BlockEmitter e(a, env);
+  if (!single) e.EmitEntryCheck(live_in.empty() ? true : live_in[0] != 0);
+  struct InsnLabel {
+    asmjit::Label label;
+    uint16_t scratch;
+    uint64_t rip;
+  };
+  std::vector<InsnLabel> records;
   size_t emitted = 0;
   for (size_t i = 0; i < insns.size(); ++i) {
     const DecodedInsn& d = insns[i];
+    InsnLabel rec{a.newLabel(), 0xffff, d.rip};
+    a.bind(rec.label);
     // Flags the probe must keep: those live before this instruction.
     uint32_t keep = live_in[i];
     bool ok = true;
     switch (d.cls) {
-      case InsnClass::kIdent: ok = e.EmitIdent(d, keep); break;
+      case InsnClass::kIdent:
+        ok = e.EmitIdent(d, keep);
+        rec.scratch = e.last_scratch();
+        break;
       case InsnClass::kNop: break;
       case InsnClass::kStack: ok = e.EmitStack(d, keep); break;
       case InsnClass::kBranch: ok = e.EmitBranch(d, keep); break;
@@ -92,23 +116,42 @@ BuildResult BuildBlock(CodeCache& cache, unsigned mmu_index, uint64_t rip, const
       // End the block before it; it will start a block of its own and be
       // reported there.
       e.EmitExit(d.rip, BlockExit::kNext);
+      pc = d.rip;
       break;
     }
+    records.push_back(rec);
     ++emitted;
     if (d.cls == InsnClass::kBranch) break;
   }
   if (emitted == insns.size() && (insns.empty() || insns.back().cls != InsnClass::kBranch)) {
-    e.EmitExit(pc, BlockExit::kNext);
+    e.EmitJumpTo(pc);
   }
-  e.EmitSlowPaths();
-  r.code = cache.Add(code);
-  if (!r.code) {
-    r.kind = BuildResult::kUnsupported;
-    r.message = "code cache full";
+  e.EmitOutOfLine();
+
+  block->guest_insns = static_cast<uint32_t>(emitted);
+  block->guest_size = static_cast<uint32_t>(pc - rip);
+  if (pc > page_end) {
+    block->spans_pages = true;
+    block->phys2 = phys_of(page_end);
+  }
+  // Offsets are final once the cache has placed the code.
+  Block* b = block.get();
+  if (!cache.Install(std::move(block), code)) {
+    r.kind = BuildResult::kCacheFull;
     return r;
   }
+  for (const auto& x : e.exits()) {
+    b->exits.push_back({static_cast<uint32_t>(code.labelOffsetFromBase(x.jmp)),
+                        static_cast<uint32_t>(code.labelOffsetFromBase(x.stub)), x.target,
+                        nullptr});
+  }
+  for (const InsnLabel& rec : records) {
+    b->insns.push_back({static_cast<uint32_t>(code.labelOffsetFromBase(rec.label)), rec.scratch,
+                        0, rec.rip});
+  }
+  r.block = b;
   r.guest_insns = static_cast<unsigned>(emitted);
-  r.host_bytes = code.codeSize();
+  r.host_bytes = b->code_size;
   return r;
 }
 

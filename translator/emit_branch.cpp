@@ -1,8 +1,12 @@
-// Control transfers end a block (DESIGN.md, Translator). This first slice
-// returns to the dispatcher with the next guest RIP in CpuState; chaining
-// direct branches block to block and the return-address cache come with the
-// bt engine issue (#3).
+// Control transfers end a block (DESIGN.md, Translator). A direct branch to
+// the block's own page leaves through a patchable `jmp rel32` that the
+// runtime later points straight at the target block (chaining); a direct
+// branch elsewhere probes the jump cache inline; indirect branches probe the
+// jump cache, and returns first the return-address cache that calls fill.
+// What misses returns to the runtime with the target in CpuState.rip.
 
+#include "base/check.h"
+#include "translator/code_cache.h"
 #include "translator/emitter.h"
 
 namespace btvm {
@@ -18,6 +22,132 @@ void BlockEmitter::EmitExit(uint64_t rip, BlockExit reason) {
   StoreImm64(kRipOffset, rip);
   a_.mov(x86::dword_ptr(x86::r15, offsetof(BtContext, exit_reason)),
          static_cast<uint32_t>(reason));
+  a_.jmp(Imm(env_.exit_stub));
+}
+
+namespace {
+int32_t JumpCacheOffset(unsigned mmu_index, uint64_t rip) {
+  return static_cast<int32_t>(offsetof(BtContext, jump_cache) +
+                              (mmu_index * kJumpCacheEntries + JumpCacheIndex(rip)) *
+                                  sizeof(JumpCacheEntry));
+}
+}  // namespace
+
+void BlockEmitter::EmitJumpTo(uint64_t target) {
+  if (env_.single) {
+    EmitExit(target, BlockExit::kNext);
+    return;
+  }
+  if (((target ^ env_.block_rip) >> 12) != 0) {
+    EmitLookupConst(target);
+    return;
+  }
+  ExitLabels x{a_.newLabel(), a_.newLabel(), target};
+  uint32_t index = static_cast<uint32_t>(exits_.size());
+  exits_.push_back(x);
+  a_.bind(x.jmp);
+  a_.long_().jmp(x.stub);
+  out_of_line_.push_back([this, x, index] {
+    a_.bind(x.stub);
+    StoreImm64(kRipOffset, x.target);
+    StoreImm64(offsetof(BtContext, chain_block), reinterpret_cast<uint64_t>(env_.block));
+    a_.mov(x86::dword_ptr(x86::r15, offsetof(BtContext, chain_exit)), index);
+    a_.mov(x86::dword_ptr(x86::r15, offsetof(BtContext, exit_reason)),
+           static_cast<uint32_t>(BlockExit::kNext));
+    a_.jmp(Imm(env_.exit_stub));
+  });
+}
+
+// The jump-cache slot of a constant target is known now. The probe keeps
+// flags intact: rcx = slot.rip - target by lea, tested by jrcxz.
+void BlockEmitter::EmitLookupConst(uint64_t target) {
+  int64_t neg = -static_cast<int64_t>(target);
+  if (neg < INT32_MIN || neg > INT32_MAX) {
+    EmitExit(target, BlockExit::kNext);
+    return;
+  }
+  int32_t slot = JumpCacheOffset(env_.mmu_index, target);
+  Label hit = a_.newLabel(), miss = a_.newLabel();
+  a_.mov(x86::qword_ptr(x86::r15, offsetof(BtContext, rcx_save)), x86::rcx);
+  a_.mov(x86::rcx, x86::qword_ptr(x86::r15, slot));
+  a_.lea(x86::rcx, x86::ptr(x86::rcx, static_cast<int32_t>(neg)));
+  a_.jecxz(x86::rcx, hit);
+  a_.mov(x86::rcx, x86::qword_ptr(x86::r15, offsetof(BtContext, rcx_save)));
+  a_.jmp(miss);
+  a_.bind(hit);
+  a_.mov(x86::rcx, x86::qword_ptr(x86::r15, offsetof(BtContext, rcx_save)));
+  a_.jmp(x86::qword_ptr(x86::r15, slot + 8));
+  out_of_line_.push_back([this, miss, target] {
+    a_.bind(miss);
+    EmitExit(target, BlockExit::kNext);
+  });
+}
+
+void BlockEmitter::EmitEntryCheck(bool flags_live) {
+  Label out = a_.newLabel();
+  int32_t req = offsetof(BtContext, exit_request);
+  if (flags_live) {
+    Label go = a_.newLabel();
+    a_.mov(x86::qword_ptr(x86::r15, offsetof(BtContext, rcx_save)), x86::rcx);
+    a_.movzx(x86::ecx, x86::byte_ptr(x86::r15, req));
+    a_.jecxz(x86::rcx, go);
+    a_.mov(x86::rcx, x86::qword_ptr(x86::r15, offsetof(BtContext, rcx_save)));
+    a_.jmp(out);
+    a_.bind(go);
+    a_.mov(x86::rcx, x86::qword_ptr(x86::r15, offsetof(BtContext, rcx_save)));
+  } else {
+    a_.cmp(x86::byte_ptr(x86::r15, req), 0);
+    a_.jne(out);
+  }
+  uint64_t rip = env_.block_rip;
+  out_of_line_.push_back([this, out, rip] {
+    a_.bind(out);
+    EmitExit(rip, BlockExit::kNext);
+  });
+}
+
+void BlockEmitter::EmitIndirectJump(const Plan& p, int s, int t, bool flags_saved, bool is_ret) {
+  x86::Gp S = x86::gpq(s), T = x86::gpq(t);
+  Label lookup = a_.newLabel(), miss = a_.newLabel(), go = a_.newLabel();
+  a_.mov(x86::qword_ptr(x86::r15, kRipOffset), S);
+  if (env_.single) {
+    a_.jmp(miss);
+  } else {
+    if (is_ret) {
+      int32_t top = static_cast<int32_t>(offsetof(BtContext, ras_top) + env_.mmu_index);
+      int32_t rips = static_cast<int32_t>(offsetof(BtContext, ras_rip) +
+                                          env_.mmu_index * kRasEntries * 8);
+      int32_t codes = static_cast<int32_t>(offsetof(BtContext, ras_code) +
+                                           env_.mmu_index * kRasEntries * 8);
+      a_.movzx(T.r32(), x86::byte_ptr(x86::r15, top));
+      a_.cmp(S, x86::qword_ptr(x86::r15, T, 3, rips));
+      a_.jne(lookup);
+      a_.sub(x86::byte_ptr(x86::r15, top), 1);
+      a_.mov(S, x86::qword_ptr(x86::r15, T, 3, codes));
+      a_.jmp(go);
+    }
+    a_.bind(lookup);
+    int32_t jc = static_cast<int32_t>(offsetof(BtContext, jump_cache) +
+                                      env_.mmu_index * kJumpCacheEntries * sizeof(JumpCacheEntry));
+    a_.mov(T, S);
+    a_.shr(T, kJumpCacheBits);
+    a_.xor_(T, S);
+    a_.and_(T, kJumpCacheEntries - 1);
+    a_.shl(T, 4);
+    a_.cmp(S, x86::qword_ptr(x86::r15, T, 0, jc));
+    a_.jne(miss);
+    a_.mov(S, x86::qword_ptr(x86::r15, T, 0, jc + 8));
+    a_.bind(go);
+    a_.mov(x86::qword_ptr(x86::r15, offsetof(BtContext, jump_target)), S);
+    if (flags_saved) RestoreArith(offsetof(BtContext, saved_flags));
+    ReloadSpilled(p);
+    a_.jmp(x86::qword_ptr(x86::r15, offsetof(BtContext, jump_target)));
+  }
+  a_.bind(miss);
+  if (flags_saved) RestoreArith(offsetof(BtContext, saved_flags));
+  ReloadSpilled(p);
+  a_.mov(x86::dword_ptr(x86::r15, offsetof(BtContext, exit_reason)),
+         static_cast<uint32_t>(BlockExit::kNext));
   a_.jmp(Imm(env_.exit_stub));
 }
 
@@ -50,14 +180,16 @@ InstId JccId(ZydisMnemonic m) {
 }
 }  // namespace
 
-bool BlockEmitter::EmitBranch(const DecodedInsn& d, uint32_t flags_live) {
+// Flags are treated as live after any branch (its successors are unknown),
+// so `flags_live` does not change what is emitted here.
+bool BlockEmitter::EmitBranch(const DecodedInsn& d, uint32_t /*flags_live*/) {
   // Hidden operands (RIP, RSP of call/ret) are handled explicitly here.
   static const ZydisDecodedOperand kNone{};
   const ZydisDecodedOperand& op = d.insn.operand_count_visible > 0 ? d.ops[0] : kNone;
-  bool live = flags_live != 0;
   ZydisMnemonic m = d.insn.mnemonic;
   bool relative = op.type == ZYDIS_OPERAND_TYPE_IMMEDIATE && op.imm.is_relative;
   uint64_t target = relative ? d.NextRip() + op.imm.value.u : 0;
+  last_scratch_ = 0xffff;
   if (d.insn.operand_width != 64 && m != ZYDIS_MNEMONIC_JRCXZ && m != ZYDIS_MNEMONIC_LOOP &&
       m != ZYDIS_MNEMONIC_LOOPE && m != ZYDIS_MNEMONIC_LOOPNE && JccId(m) == x86::Inst::kIdNone) {
     return Fail("16-bit branch: " + FormatInsn(d));
@@ -71,18 +203,24 @@ bool BlockEmitter::EmitBranch(const DecodedInsn& d, uint32_t flags_live) {
     Label taken = a_.newLabel();
     if (m == ZYDIS_MNEMONIC_LOOP || m == ZYDIS_MNEMONIC_LOOPE || m == ZYDIS_MNEMONIC_LOOPNE ||
         m == ZYDIS_MNEMONIC_JRCXZ) {
-      a_.emit(id, x86::rcx, taken);
+      // rel8 only: hop over a near jump to the taken side.
+      Label not_taken = a_.newLabel(), hop = a_.newLabel();
+      a_.emit(id, x86::rcx, hop);
+      a_.jmp(not_taken);
+      a_.bind(hop);
+      a_.jmp(taken);
+      a_.bind(not_taken);
     } else {
       a_.emit(id, taken);
     }
-    EmitExit(d.NextRip(), BlockExit::kNext);
+    EmitJumpTo(d.NextRip());
     a_.bind(taken);
-    EmitExit(target, BlockExit::kNext);
+    EmitJumpTo(target);
     return true;
   }
 
   if (m == ZYDIS_MNEMONIC_JMP && relative) {
-    EmitExit(target, BlockExit::kNext);
+    EmitJumpTo(target);
     return true;
   }
 
@@ -109,77 +247,101 @@ bool BlockEmitter::EmitBranch(const DecodedInsn& d, uint32_t flags_live) {
     }
     s = PickScratch(&p, false);
     t = PickScratch(&p, false);
-    if (live) SaveFlags(offsetof(BtContext, saved_flags));
+    // The probes clobber flags, which are live across the branch.
+    SaveArith(offsetof(BtContext, saved_flags));
     for (int h = 0; h < 16; ++h) if (p.spilled & (1u << h)) Spill(h);
     LoadRenamed(p);
     return true;
   };
-  // The target of an indirect branch goes straight to CpuState.rip.
+  // The target of an indirect branch goes to the jump_target slot.
   auto load_target = [&] {
+    int32_t slot = offsetof(BtContext, jump_target);
     if (op.type == ZYDIS_OPERAND_TYPE_REGISTER) {
       GprRef r;
       DecodeGpr(op.reg.value, &r);
       if (r.index == kRsp || r.index == kR15) {
         a_.mov(x86::gpq(t), x86::qword_ptr(x86::r15, GprOffset(r.index)));
-        a_.mov(x86::qword_ptr(x86::r15, kRipOffset), x86::gpq(t));
+        a_.mov(x86::qword_ptr(x86::r15, slot), x86::gpq(t));
       } else {
-        a_.mov(x86::qword_ptr(x86::r15, kRipOffset), x86::gpq(r.index));
+        a_.mov(x86::qword_ptr(x86::r15, slot), x86::gpq(r.index));
       }
     } else {
       EmitEffectiveAddress(d, op, p, s);
-      EmitAccess(d, p, s, t, 8, true, false, live, [this, s] {
+      EmitAccess(d, p, s, t, 8, true, false, true, [this, s, slot] {
         a_.mov(x86::gpq(s), x86::qword_ptr(x86::gpq(s)));
-        a_.mov(x86::qword_ptr(x86::r15, kRipOffset), x86::gpq(s));
+        a_.mov(x86::qword_ptr(x86::r15, slot), x86::gpq(s));
       });
     }
   };
-  auto push_return = [&] {
+  // Pushes the return address, and the call's continuation on the
+  // return-address cache.
+  auto push_return = [&](Label continuation) {
     uint64_t ret = d.NextRip();
     a_.mov(x86::gpq(s), x86::qword_ptr(x86::r15, GprOffset(kRsp)));
     a_.lea(x86::gpq(s), x86::ptr(x86::gpq(s), -8));
-    EmitAccess(d, p, s, t, 8, false, true, live, [this, s, t, ret] {
+    EmitAccess(d, p, s, t, 8, false, true, true, [this, s, t, ret] {
       a_.mov(x86::gpq(t), ret);
       a_.mov(x86::qword_ptr(x86::gpq(s)), x86::gpq(t));
     });
     AdjustGuestRsp(t, -8);
+    if (env_.single) return;
+    int32_t top = static_cast<int32_t>(offsetof(BtContext, ras_top) + env_.mmu_index);
+    int32_t rips = static_cast<int32_t>(offsetof(BtContext, ras_rip) +
+                                        env_.mmu_index * kRasEntries * 8);
+    int32_t codes = static_cast<int32_t>(offsetof(BtContext, ras_code) +
+                                         env_.mmu_index * kRasEntries * 8);
+    a_.add(x86::byte_ptr(x86::r15, top), 1);
+    a_.movzx(x86::gpd(t), x86::byte_ptr(x86::r15, top));
+    a_.mov(x86::gpq(s), ret);
+    a_.mov(x86::qword_ptr(x86::r15, x86::gpq(t), 3, rips), x86::gpq(s));
+    a_.lea(x86::gpq(s), x86::ptr(continuation));
+    a_.mov(x86::qword_ptr(x86::r15, x86::gpq(t), 3, codes), x86::gpq(s));
   };
-  auto leave = [&](bool rip_set, uint64_t rip) {
-    if (live) RestoreFlags(offsetof(BtContext, saved_flags));
+  auto continuation_exit = [&](Label continuation) {
+    if (env_.single) return;
+    uint64_t ret = d.NextRip();
+    out_of_line_.push_back([this, continuation, ret] {
+      a_.bind(continuation);
+      EmitJumpTo(ret);
+    });
+  };
+  auto finish_direct = [&](uint64_t to) {
+    RestoreArith(offsetof(BtContext, saved_flags));
     ReloadSpilled(p);
-    if (!rip_set) StoreImm64(kRipOffset, rip);
-    a_.mov(x86::dword_ptr(x86::r15, offsetof(BtContext, exit_reason)),
-           static_cast<uint32_t>(BlockExit::kNext));
-    a_.jmp(Imm(env_.exit_stub));
+    EmitJumpTo(to);
   };
 
   if (m == ZYDIS_MNEMONIC_CALL) {
     if (!setup()) return false;
+    Label continuation = a_.newLabel();
     if (relative) {
-      push_return();
-      leave(false, target);
+      push_return(continuation);
+      finish_direct(target);
     } else {
       load_target();
-      push_return();
-      leave(true, 0);
+      push_return(continuation);
+      a_.mov(x86::gpq(s), x86::qword_ptr(x86::r15, offsetof(BtContext, jump_target)));
+      EmitIndirectJump(p, s, t, true, false);
     }
+    continuation_exit(continuation);
     return true;
   }
   if (m == ZYDIS_MNEMONIC_JMP) {
     if (!setup()) return false;
     load_target();
-    leave(true, 0);
+    a_.mov(x86::gpq(s), x86::qword_ptr(x86::r15, offsetof(BtContext, jump_target)));
+    EmitIndirectJump(p, s, t, true, false);
     return true;
   }
   if (m == ZYDIS_MNEMONIC_RET) {
     uint16_t pop = op.type == ZYDIS_OPERAND_TYPE_IMMEDIATE ? op.imm.value.u : 0;
     if (!setup()) return false;
     a_.mov(x86::gpq(s), x86::qword_ptr(x86::r15, GprOffset(kRsp)));
-    EmitAccess(d, p, s, t, 8, true, false, live, [this, s] {
+    EmitAccess(d, p, s, t, 8, true, false, true, [this, s] {
       a_.mov(x86::gpq(s), x86::qword_ptr(x86::gpq(s)));
-      a_.mov(x86::qword_ptr(x86::r15, kRipOffset), x86::gpq(s));
     });
     AdjustGuestRsp(t, 8 + pop);
-    leave(true, 0);
+    EmitIndirectJump(p, s, t, true, true);
     return true;
   }
   return Fail("unhandled branch " + FormatInsn(d));

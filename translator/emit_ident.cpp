@@ -187,6 +187,7 @@ bool BlockEmitter::Reencode(const DecodedInsn& d, const Plan& p, int s,
 bool BlockEmitter::EmitIdent(const DecodedInsn& d, uint32_t flags_live) {
   Plan p;
   if (!PlanInsn(d, &p)) return false;
+  last_scratch_ = 0;
 
   const ZydisDecodedOperand* mem = nullptr;
   const ZydisDecodedOperand* agen = nullptr;
@@ -232,6 +233,7 @@ bool BlockEmitter::EmitIdent(const DecodedInsn& d, uint32_t flags_live) {
     }
     std::vector<uint8_t> bytes;
     if (!Reencode(d, p, -1, &bytes)) return false;
+    last_scratch_ = p.spilled;
     for (int h = 0; h < 16; ++h) if (p.spilled & (1u << h)) Spill(h);
     LoadRenamed(p);
     a_.embed(bytes.data(), bytes.size());
@@ -247,11 +249,12 @@ bool BlockEmitter::EmitIdent(const DecodedInsn& d, uint32_t flags_live) {
   int s = PickScratch(&p, p.needs_low);
   int t = PickScratch(&p, false);
   if (s < 0 || t < 0) return Fail("no scratch register for " + FormatInsn(d));
+  last_scratch_ = p.spilled;
   std::vector<uint8_t> bytes;
   if (!Reencode(d, p, s, &bytes)) return false;
 
   bool flags_live_now = flags_live != 0;
-  if (flags_live_now) SaveFlags(offsetof(BtContext, saved_flags));
+  if (flags_live_now) SaveArith(offsetof(BtContext, saved_flags));
   for (int h = 0; h < 16; ++h) if (p.spilled & (1u << h)) Spill(h);
   LoadRenamed(p);
   EmitEffectiveAddress(d, *mem, p, s);

@@ -34,6 +34,24 @@ void BlockEmitter::RestoreFlags(int32_t slot) {
   a_.popfq();
 }
 
+// lahf keeps SF ZF AF PF CF in AH; seto puts OF in AL. Restoring, adding
+// 0x7f to AL sets OF exactly when AL was 1, and sahf restores the rest.
+void BlockEmitter::SaveArith(int32_t slot) {
+  a_.mov(x86::qword_ptr(x86::r15, offsetof(BtContext, rax_save)), x86::rax);
+  a_.lahf();
+  a_.seto(x86::al);
+  a_.mov(x86::word_ptr(x86::r15, slot), x86::ax);
+  a_.mov(x86::rax, x86::qword_ptr(x86::r15, offsetof(BtContext, rax_save)));
+}
+
+void BlockEmitter::RestoreArith(int32_t slot) {
+  a_.mov(x86::qword_ptr(x86::r15, offsetof(BtContext, rax_save)), x86::rax);
+  a_.mov(x86::ax, x86::word_ptr(x86::r15, slot));
+  a_.add(x86::al, 0x7f);
+  a_.sahf();
+  a_.mov(x86::rax, x86::qword_ptr(x86::r15, offsetof(BtContext, rax_save)));
+}
+
 void BlockEmitter::EmitEffectiveAddress(const DecodedInsn& d, const ZydisDecodedOperand& op,
                                         const Plan& p, int s) {
   const auto& m = op.mem;
@@ -112,7 +130,7 @@ void BlockEmitter::EmitAccess(const DecodedInsn& d, const Plan& p, int s, int t,
   a_.cmp(S, static_cast<int32_t>(kPageSize - size));
   a_.ja(sp.entry);
   a_.add(S, x86::qword_ptr(x86::r15, T, 0, host));
-  if (flags_live) RestoreFlags(offsetof(BtContext, saved_flags));
+  if (flags_live) RestoreArith(offsetof(BtContext, saved_flags));
   body();
   a_.bind(sp.resume);
   slow_paths_.push_back(std::move(sp));
@@ -155,8 +173,19 @@ void BlockEmitter::CallHelper(uint64_t fn, uint16_t keep, uint16_t renamed_live)
   }
 }
 
+void BlockEmitter::EmitOutOfLine() {
+  while (!slow_paths_.empty() || !out_of_line_.empty()) {
+    std::vector<std::function<void()>> pieces;
+    pieces.swap(out_of_line_);
+    for (auto& piece : pieces) piece();
+    EmitSlowPaths();
+  }
+}
+
 void BlockEmitter::EmitSlowPaths() {
-  for (SlowPath& sp : slow_paths_) {
+  std::vector<SlowPath> paths;
+  paths.swap(slow_paths_);
+  for (SlowPath& sp : paths) {
     x86::Gp S = x86::gpq(sp.s), T = x86::gpq(sp.t);
     int32_t tlb =
         static_cast<int32_t>(offsetof(BtContext, tlb) + env_.mmu_index * sizeof(SoftTlb));
@@ -174,7 +203,7 @@ void BlockEmitter::EmitSlowPaths() {
     a_.test(S, S);
     a_.jz(sp.fault);
     RestoreFlags(offsetof(BtContext, slow_flags));  // DF as the guest had it
-    if (sp.flags_saved) RestoreFlags(offsetof(BtContext, saved_flags));
+    if (sp.flags_saved) RestoreArith(offsetof(BtContext, saved_flags));
     sp.body();
     if (sp.info & kAccessWrite) {
       CallHelper(env_.bounce_commit, keep, sp.renamed_live);
@@ -182,16 +211,17 @@ void BlockEmitter::EmitSlowPaths() {
     }
     a_.jmp(sp.resume);
 
-    // The access faulted: guest state is as before the instruction.
+    // The access faulted, or stores into translated code (the helper set
+    // exit_reason): guest state is as before the instruction.
     a_.bind(sp.fault);
     RestoreFlags(offsetof(BtContext, slow_flags));
-    if (sp.flags_saved) RestoreFlags(offsetof(BtContext, saved_flags));
+    if (sp.flags_saved) RestoreArith(offsetof(BtContext, saved_flags));
     for (int h = 0; h < 16; ++h) {
       if (sp.spilled & (1u << h)) Reload(h);
     }
-    EmitExit(sp.rip, BlockExit::kException);
+    StoreImm64(kRipOffset, sp.rip);
+    a_.jmp(Imm(env_.exit_stub));
   }
-  slow_paths_.clear();
 }
 
 }  // namespace btvm

@@ -113,8 +113,10 @@ void BlockEmitter::EmitAccess(const DecodedInsn& d, const Plan& p, int s, int t,
   sp.spilled = p.spilled;
   sp.rip = d.rip;
   for (int i = 0; i < 16; ++i) sp.rename[i] = p.rename[i];
-  for (int g : {kRsp, kR15}) {
-    if (p.rename[g] != g) sp.renamed_live |= 1u << p.rename[g];
+  // Host registers holding values that are not the guest's own (renamed
+  // RSP/R15, a bit offset) survive the helper call in call_save.
+  for (int g = 0; g < 16; ++g) {
+    if (p.rename[g] != g && p.rename[g] >= 0) sp.renamed_live |= 1u << p.rename[g];
   }
   sp.body = body;
 

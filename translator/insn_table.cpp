@@ -154,11 +154,8 @@ constexpr Row kRows[] = {
     {ZYDIS_MNEMONIC_SCASD, InsnClass::kRuntime, "string"},
     {ZYDIS_MNEMONIC_SCASQ, InsnClass::kRuntime, "string"},
     {ZYDIS_MNEMONIC_XLAT, InsnClass::kRuntime, "implicit memory operand"},
-    // A native div by zero or overflow would raise SIGFPE in the monitor;
-    // until host faults map back to guest RIPs (issue #3), the runtime
-    // divides and raises #DE itself (SDM Vol. 2 DIV, IDIV).
-    {ZYDIS_MNEMONIC_DIV, InsnClass::kRuntime, "#DE must not become a host SIGFPE"},
-    {ZYDIS_MNEMONIC_IDIV, InsnClass::kRuntime, "#DE must not become a host SIGFPE"},
+    // div and idiv run natively: a #DE arrives as SIGFPE and becomes a
+    // guest #DE at the precise RIP (translator/host_fault.cpp).
 };
 
 constexpr auto BuildTable() {

@@ -12,8 +12,9 @@ namespace btvm {
   X(guest_insns_translated, "guest instructions translated")          \
   X(host_code_bytes, "host code bytes emitted")                       \
   X(block_entries, "block entries from the dispatcher")               \
-  X(block_lookups_missed, "block lookups that translated")            \
-  X(tlb_misses, "soft-TLB misses (slow path)")                        \
+  X(tlb_hits, "soft-TLB hits inline (counted with --stats)")         \
+  X(tlb_misses, "soft-TLB misses (slow path calls)")                  \
+  X(bounce_commits, "page-crossing or MMIO stores written back")      \
   X(page_walks, "guest page walks")                                   \
   X(tlb_flushes, "soft-TLB flushes")                                  \
   X(page_faults, "guest page faults raised")                          \
@@ -37,12 +38,12 @@ struct Counters {
 
   void Print(std::FILE* out) const {
 #define BTVM_PRINT_COUNTER(name, text) \
-  std::fprintf(out, "  %-40s %14llu\n", text, static_cast<unsigned long long>(name));
+  std::fprintf(out, "  %-48s %14llu\n", text, static_cast<unsigned long long>(name));
     BTVM_COUNTERS(BTVM_PRINT_COUNTER)
 #undef BTVM_PRINT_COUNTER
     for (unsigned v = 0; v < 256; ++v) {
       if (vectors[v] == 0) continue;
-      std::fprintf(out, "  delivered, vector %-3u%*s %14llu\n", v, 22, "",
+      std::fprintf(out, "  delivered, vector %-3u%*s %14llu\n", v, 30, "",
                    static_cast<unsigned long long>(vectors[v]));
     }
   }

@@ -35,6 +35,22 @@ Mmu::Mmu(GuestMemory& memory, MmioBus& mmio, SoftTlb* tlbs)
 
 Mmu::Lookup Mmu::Translate(const CpuState& cpu, GuestVirt addr, Access access, MmuIndex index) {
   Lookup out;
+  // A soft-TLB hit: the walk already checked this access and set A (and D
+  // for a write).
+  {
+    const TlbEntry& e = tlbs_[index].entries[SoftTlb::Index(addr.value)];
+    uint64_t tag = access == Access::kWrite   ? e.write_tag
+                   : access == Access::kFetch ? e.fetch_tag
+                                              : e.read_tag;
+    GuestPhys page;
+    if (SoftTlb::Hits(tag, addr.value, 1) &&
+        memory_.PhysOf(reinterpret_cast<const uint8_t*>(e.host_page), &page)) {
+      out.kind = Lookup::kRam;
+      out.phys = page + addr.PageOffset();
+      out.host = reinterpret_cast<uint8_t*>(e.host_page) + addr.PageOffset();
+      return out;
+    }
+  }
   if (cpu.LongMode() && !IsCanonical(addr.value)) {
     out.fault = GuestException::Gp(0);
     return out;

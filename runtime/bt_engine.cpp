@@ -2,6 +2,7 @@
 
 #include <time.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 
@@ -180,6 +181,7 @@ bool BtEngine::Emulate(EngineExit* exit) {
   const bool tf = c.rflags & rflags::kTF;
   const bool if_before = c.rflags & rflags::kIF;
   check_irq_ = true;
+  ++emulated_[d.insn.mnemonic];
   EmulateOutcome o = emulator_.Emulate(c, d);
   switch (o.kind) {
     case EmulateOutcome::kDone:
@@ -344,8 +346,30 @@ EngineExit BtEngine::Run(CpuState& cpu) {
     }
   }
 out:
+  counters_.tlb_hits += ctx.tlb_hits;
+  ctx.tlb_hits = 0;
+  counters_.page_walks += mmu_.walks;
+  mmu_.walks = 0;
+  counters_.tlb_flushes += mmu_.flushes;
+  mmu_.flushes = 0;
   cpu = ctx.cpu;
   return exit;
+}
+
+void BtEngine::PrintStats(std::FILE* out) const {
+  std::fprintf(out, "  %-48s %14zu\n", "code cache bytes in use", cache_.used_bytes());
+  std::fprintf(out, "  %-48s %14zu\n", "code cache capacity", cache_.capacity());
+  std::vector<std::pair<uint64_t, int>> top;
+  for (int m = 0; m <= ZYDIS_MNEMONIC_MAX_VALUE; ++m) {
+    if (emulated_[m]) top.emplace_back(emulated_[m], m);
+  }
+  std::sort(top.rbegin(), top.rend());
+  if (!top.empty()) std::fprintf(out, "  instructions emulated by the runtime:\n");
+  for (size_t i = 0; i < top.size() && i < 16; ++i) {
+    std::fprintf(out, "    %-46s %14llu\n",
+                 ZydisMnemonicGetString(static_cast<ZydisMnemonic>(top[i].second)),
+                 static_cast<unsigned long long>(top[i].first));
+  }
 }
 
 }  // namespace btvm

@@ -7,6 +7,7 @@
 // sensitive instruction to emulate, a guest exception to deliver, a store
 // into translated code, or a request from another thread.
 
+#include <array>
 #include <atomic>
 #include <condition_variable>
 #include <memory>
@@ -36,6 +37,9 @@ class BtEngine final : public Engine {
 
   const char* name() const override { return "bt"; }
   EngineExit Run(CpuState& cpu) override;
+  void PrintStats(std::FILE* out) const override;
+  // Count inline soft-TLB hits (a little slower; for --stats).
+  void set_count_tlb_hits(bool on) { cache_.set_count_tlb_hits(on); }
 
   // Thread-safe: makes translated code return to the loop soon.
   void Kick();
@@ -69,6 +73,7 @@ class BtEngine final : public Engine {
   Emulator emulator_;
   Decoder decoder_;
 
+  std::array<uint64_t, ZYDIS_MNEMONIC_MAX_VALUE + 1> emulated_{};  // by mnemonic
   bool check_irq_ = true;     // something may have changed INTR or IF
   bool irq_shadow_ = false;   // sti / mov ss: no interrupt before the next instruction
 

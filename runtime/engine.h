@@ -4,6 +4,7 @@
 // exit handler, test and benchmark serves all three.
 
 #include <cstdint>
+#include <cstdio>
 #include <string>
 
 #include "base/cpu_state.h"
@@ -43,6 +44,8 @@ class Engine {
   virtual const char* name() const = 0;
   // Runs from `cpu` and stores the final state back into it.
   virtual EngineExit Run(CpuState& cpu) = 0;
+  // Engine-specific statistics for --stats (after the shared counters).
+  virtual void PrintStats(std::FILE* /*out*/) const {}
 };
 
 }  // namespace btvm

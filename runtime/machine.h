@@ -28,6 +28,7 @@ struct MachineConfig {
   std::vector<uint8_t> kernel;  // an ELF64 image per docs/entry-contract.md
   int console_in = 0;           // fd read for COM1 input (-1: none)
   std::FILE* console_out = stdout;
+  bool stats = false;           // count what --stats reports (inline TLB hits cost a little)
 };
 
 // How a run ended, as the process exit status tells it.
@@ -48,6 +49,7 @@ class Machine final : public SystemControl, public IrqSink {
   CpuState& cpu() { return cpu_; }
   GuestMemory& memory() { return memory_; }
   PioBus& pio() { return pio_; }
+  const Engine& engine() const { return *engine_; }
 
   // SystemControl
   void RequestExit(int status) override;

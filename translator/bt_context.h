@@ -95,6 +95,7 @@ struct alignas(64) BtContext {
   Block* chain_block = nullptr;  // the block whose direct exit returned...
   uint32_t chain_exit = 0;       // ...and which exit (to patch it)
   uint32_t pad3 = 0;
+  uint64_t tlb_hits = 0;      // inline soft-TLB hits, counted only when asked (--stats)
   uint64_t smc_phys = 0;      // kSmc: the guest-physical range written
   uint64_t smc_size = 0;
 

@@ -109,6 +109,7 @@ void CodeCache::BuildTrampolines() {
 EmitEnv CodeCache::EmitEnvFor(unsigned mmu_index) const {
   EmitEnv env;
   env.mmu_index = mmu_index;
+  env.count_hits = count_tlb_hits_;
   env.exit_stub = reinterpret_cast<uint64_t>(exit_stub_);
   env.mem_slow_path = reinterpret_cast<uint64_t>(&BtMemSlowPath);
   env.bounce_commit = reinterpret_cast<uint64_t>(&BtBounceCommit);

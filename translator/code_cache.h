@@ -130,6 +130,8 @@ class CodeCache final : public MmuObserver {
 
   const asmjit::Environment& environment() const { return env_; }
   EmitEnv EmitEnvFor(unsigned mmu_index) const;
+  // Blocks translated from now on count their inline soft-TLB hits.
+  void set_count_tlb_hits(bool on) { count_tlb_hits_ = on; }
 
   // MmuObserver
   void OnTlbFlush() override;
@@ -154,6 +156,7 @@ class CodeCache final : public MmuObserver {
   uint8_t* exit_stub_ = nullptr;
   uint8_t* fault_exit_stub_ = nullptr;
   uint64_t flushes_ = 0;
+  bool count_tlb_hits_ = false;
 
   std::vector<std::unique_ptr<Block>> order_;  // every block, in address order
   std::unordered_map<BlockKey, Block*, BlockKeyHash> blocks_;

@@ -131,6 +131,8 @@ void BlockEmitter::EmitAccess(const DecodedInsn& d, const Plan& p, int s, int t,
   a_.xor_(S, x86::qword_ptr(x86::r15, T, 0, tag));
   a_.cmp(S, static_cast<int32_t>(kPageSize - size));
   a_.ja(sp.entry);
+  // Flags are clobbered here anyway (and restored below when live).
+  if (env_.count_hits) a_.add(x86::qword_ptr(x86::r15, offsetof(BtContext, tlb_hits)), 1);
   a_.add(S, x86::qword_ptr(x86::r15, T, 0, host));
   if (flags_live) RestoreArith(offsetof(BtContext, saved_flags));
   body();

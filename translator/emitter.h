@@ -36,6 +36,7 @@ struct EmitEnv {
   Block* block = nullptr;       // the block being emitted (its chain stubs name it)
   uint64_t block_rip = 0;       // its first guest instruction
   bool single = false;          // a one-instruction block: every exit returns to the runtime
+  bool count_hits = false;      // count inline soft-TLB hits in BtContext::tlb_hits
   uint64_t exit_stub = 0;       // stores guest registers and returns to the runtime
   uint64_t mem_slow_path = 0;   // uint8_t* (*)(BtContext*): slow_addr, slow_info in
   uint64_t bounce_commit = 0;   // void (*)(BtContext*)

@@ -84,6 +84,7 @@ extern "C" void BtBounceCommit(BtContext* ctx) {
   if (!ctx->bounce_active) return;
   ctx->bounce_active = 0;
   if (!ctx->bounce_write) return;
+  if (ctx->counters) ++ctx->counters->bounce_commits;
   GuestException fault;
   // Cannot fault: both pages were translated for write before the access.
   ctx->mmu->WriteVirt(ctx->cpu, GuestVirt(ctx->bounce_addr), ctx->bounce, ctx->bounce_size,

@@ -194,14 +194,13 @@ int main(void) {
   u32 a = smc_next(0x2a), b = smc_next(0x55);
   report(a == 0x2a && b == 0x55, "store to the next instruction's immediate: %#x, %#x", a, b);
   a = smc_later(0x1234), b = smc_later(0x5678);
-  report(a == 0x1234 && b == 0x5678, "store to an instruction three further on: %#x, %#x", a,
-         b);
+  report(a == 0x1234 && b == 0x5678, "store to an instruction three further on: %#x, %#x", a, b);
 
   /* A loop that patches an instruction ahead of it in its own body. */
   a = smc_loop(100);
   b = smc_loop(10);
-  report(a == 5050 && b == 55, "loop patching its own add each iteration: %u (5050), %u (55)",
-         a, b);
+  report(a == 5050 && b == 55, "loop patching its own add each iteration: %u (5050), %u (55)", a,
+         b);
 
   /* A loop that patches its own backward jump away. */
   const u16 jmp_bytes = *(volatile u16*)smc_exit_jmp;
@@ -209,8 +208,8 @@ int main(void) {
   *(volatile u16*)smc_exit_jmp = jmp_bytes;
   b = smc_exit_loop(300);
   *(volatile u16*)smc_exit_jmp = jmp_bytes;
-  report(a == 5 && b == 300, "loop overwriting its own jmp leaves in that iteration: %u (5), %u (300)",
-         a, b);
+  report(a == 5 && b == 300,
+         "loop overwriting its own jmp leaves in that iteration: %u (5), %u (300)", a, b);
 
   /* The instruction a return lands on, patched by the callee. */
   a = smc_ret_site(0x77);
@@ -257,14 +256,12 @@ int main(void) {
   poke32(ALIAS_VA + 1, 0x5eed);
   serialize();
   b = call_at(page0);
-  report(a == 0x600d && b == 0x5eed, "written through an alias, run at identity: %#x, %#x", a,
-         b);
+  report(a == 0x600d && b == 0x5eed, "written through an alias, run at identity: %#x, %#x", a, b);
   a = call_at(ALIAS_VA);
   poke32(page0 + 1, 0xa11a5);
   serialize();
   b = call_at(ALIAS_VA);
-  report(a == 0x5eed && b == 0xa11a5, "written at identity, run through the alias: %#x, %#x", a,
-         b);
+  report(a == 0x5eed && b == 0xa11a5, "written at identity, run through the alias: %#x, %#x", a, b);
   vm_unmap(ALIAS_VA);
 
   /* A whole function body replaced. */
@@ -299,8 +296,8 @@ int main(void) {
   text_poke_bp(ALIAS_VA, victim, old_insn, 5, during);
   after = call_at(victim);
   report(during[0] == 2 && during[1] == 2 && after == 1 && int3_hits == 4,
-         "text_poke_bp back: int3 steps %u %u, after %u, %d int3 hits", during[0], during[1],
-         after, int3_hits);
+         "text_poke_bp back: int3 steps %u %u, after %u, %d int3 hits", during[0], during[1], after,
+         int3_hits);
   vm_unmap(ALIAS_VA);
   handle_exception(BP_VECTOR, NULL);
 

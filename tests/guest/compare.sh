@@ -2,7 +2,8 @@
 # Runs one guest kernel on btvm and on QEMU TCG and compares the two serial
 # outputs and exit statuses.
 #
-#   compare.sh [--qemu QEMU] [--out-dir DIR] [--timeout S] BTVM KERNEL.elf EXPECTED_STATUS
+#   compare.sh [--qemu QEMU] [--qemu-cpu MODEL] [--out-dir DIR] [--timeout S]
+#              BTVM KERNEL.elf EXPECTED_STATUS
 #
 # btvm prints the guest's serial output on its stdout (`btvm run --kernel
 # KERNEL`); QEMU runs through run_qemu.sh. Both must exit with
@@ -14,18 +15,21 @@ set -u
 
 here=$(cd "$(dirname "$0")" && pwd)
 qemu="qemu-system-x86_64"
+qemu_cpu=
 out_dir=
 timeout_s=60
 while [ $# -gt 3 ]; do
   case "$1" in
     --qemu) qemu=$2; shift 2 ;;
+    --qemu-cpu) qemu_cpu=$2; shift 2 ;;
     --out-dir) out_dir=$2; shift 2 ;;
     --timeout) timeout_s=$2; shift 2 ;;
     *) echo "compare.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
 if [ $# -ne 3 ]; then
-  echo "usage: compare.sh [--qemu QEMU] [--out-dir DIR] [--timeout S] BTVM KERNEL EXPECTED_STATUS" >&2
+  echo "usage: compare.sh [--qemu QEMU] [--qemu-cpu MODEL] [--out-dir DIR] [--timeout S]" \
+    "BTVM KERNEL EXPECTED_STATUS" >&2
   exit 2
 fi
 btvm=$1
@@ -38,7 +42,9 @@ qemu_out=$out_dir/$name.compare.qemu.out
 
 timeout --kill-after=5 "$timeout_s" "$btvm" run --kernel "$kernel" </dev/null >"$btvm_out"
 btvm_status=$?
-"$here/run_qemu.sh" --qemu "$qemu" --expect "$expect" --timeout "$timeout_s" --out "$qemu_out" \
+set --
+[ -n "$qemu_cpu" ] && set -- --cpu "$qemu_cpu"
+"$here/run_qemu.sh" --qemu "$qemu" "$@" --expect "$expect" --timeout "$timeout_s" --out "$qemu_out" \
   "$kernel" >/dev/null
 qemu_ok=$?
 

@@ -120,11 +120,14 @@ DeliveryResult DeliverEvent(Mmu& mmu, CpuState& cpu, const GuestException& event
   bool df = (IsContributory(event.vector) && IsContributory(fault.vector)) ||
             (event.vector == kPF && (IsContributory(fault.vector) || fault.vector == kPF));
   GuestException next = df ? GuestException{kDF, true, 0, 0} : fault;
-  if (!df && fault.vector == kPF) cpu.cr2 = fault.cr2;
+  // A page fault during delivery loads CR2 whether or not it becomes #DF
+  // (a #DF handler reads it to recognise a stack overflow).
+  if (fault.vector == kPF) cpu.cr2 = fault.cr2;
   if (TryDeliver(mmu, cpu, next, EventSource::kException, &fault)) {
     return DeliveryResult::kDelivered;
   }
   if (next.vector == kDF) return DeliveryResult::kTripleFault;
+  if (fault.vector == kPF) cpu.cr2 = fault.cr2;
   GuestException df_event{kDF, true, 0, 0};
   return TryDeliver(mmu, cpu, df_event, EventSource::kException, &fault)
              ? DeliveryResult::kDelivered

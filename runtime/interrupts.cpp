@@ -88,8 +88,17 @@ bool TryDeliver(Mmu& mmu, CpuState& cpu, const GuestException& ev, EventSource s
   uint64_t new_rsp = rsp - 8 * n;
   CpuState as_target = cpu;
   as_target.seg[kCs].selector = (cs_sel & ~3u) | new_cpl;  // pushes are at the new CPL
-  if (!mmu.WriteVirt(as_target, GuestVirt(new_rsp), frame, 8 * n,
-                     new_cpl == 3 ? kMmuUser : kMmuKernel, fault)) {
+  const MmuIndex index = new_cpl == 3 ? kMmuUser : kMmuKernel;
+  if (!mmu.WriteVirt(as_target, GuestVirt(new_rsp), frame, 8 * n, index, fault)) {
+    // The CPU pushes SS first, at the top: the fault it reports is that of
+    // the highest slot that cannot be written.
+    for (int i = n - 1; i >= 0; --i) {
+      Mmu::Lookup l = mmu.Translate(as_target, GuestVirt(new_rsp + 8 * i), Access::kWrite, index);
+      if (l.kind == Mmu::Lookup::kFault) {
+        *fault = l.fault;
+        break;
+      }
+    }
     if (fault->vector == kPF) fault->error_code &= ~pf::kUser;
     return false;
   }

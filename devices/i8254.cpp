@@ -12,9 +12,9 @@ constexpr uint64_t kRefreshPeriodNs = 15'085;
 
 // Control word (port 0x43).
 constexpr unsigned kControlPort = 3;
-constexpr uint8_t kSelectReadBack = 3;        // bits 7-6
-constexpr uint8_t kReadBackNoCount = 0x20;    // read-back: do not latch the count
-constexpr uint8_t kReadBackNoStatus = 0x10;   // read-back: do not latch status
+constexpr uint8_t kSelectReadBack = 3;       // bits 7-6
+constexpr uint8_t kReadBackNoCount = 0x20;   // read-back: do not latch the count
+constexpr uint8_t kReadBackNoStatus = 0x10;  // read-back: do not latch status
 // Access (bits 5-4).
 enum : uint8_t { kAccessLatch = 0, kAccessLsb = 1, kAccessMsb = 2, kAccessLsbMsb = 3 };
 
@@ -51,7 +51,9 @@ uint32_t FromBcd(uint16_t value) {
 
 }  // namespace
 
-I8254::I8254(IrqLine irq0, const Clock& clock) : irq_(irq0), clock_(clock) { Reset(); }
+I8254::I8254(IrqLine irq0, const Clock& clock) : irq_(irq0), clock_(clock) {
+  Reset();
+}
 
 Status I8254::RegisterOn(PioBus& bus) {
   Status s = bus.Register(kBase, kPortCount, this, "pit");
@@ -73,7 +75,9 @@ void I8254::Reset() {
   Reschedule(tick);
 }
 
-uint64_t I8254::NowTick() const { return NsToTicks(clock_.NowNs()); }
+uint64_t I8254::NowTick() const {
+  return NsToTicks(clock_.NowNs());
+}
 
 // --- The counting element ---------------------------------------------------
 
@@ -204,9 +208,13 @@ void I8254::CatchUp(uint64_t tick) {
   missed_irqs_ += edges - 1;
 }
 
-void I8254::Reschedule(uint64_t tick) { next_irq_tick_ = NextRisingEdge(channels_[0], tick); }
+void I8254::Reschedule(uint64_t tick) {
+  next_irq_tick_ = NextRisingEdge(channels_[0], tick);
+}
 
-void I8254::Update() { CatchUp(NowTick()); }
+void I8254::Update() {
+  CatchUp(NowTick());
+}
 
 uint64_t I8254::NextEventNs() const {
   return next_irq_tick_ == UINT64_MAX ? kNever : TicksToNs(next_irq_tick_);
@@ -306,8 +314,8 @@ void I8254::LatchCount(Channel& ch, uint64_t tick) {
 void I8254::LatchStatus(Channel& ch, uint64_t tick) {
   if (ch.status_latched) return;
   const bool null_count = ch.null_count || (ch.reload_pending && tick < ch.reload_tick);
-  ch.latched_status = static_cast<uint8_t>(OutAt(ch, tick) << 7 | null_count << 6 |
-                                           ch.access << 4 | ch.mode_bits << 1 | ch.bcd);
+  ch.latched_status = static_cast<uint8_t>(OutAt(ch, tick) << 7 | null_count << 6 | ch.access << 4 |
+                                           ch.mode_bits << 1 | ch.bcd);
   ch.status_latched = true;
 }
 

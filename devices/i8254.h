@@ -183,7 +183,7 @@ class I8254 final : public PioDevice, public ClockedDevice {
   const Clock& clock_;
   PortB port_b_{this};
   Channel channels_[kChannelCount];
-  uint8_t port_b_bits_ = 0;             // bits 0-3 as written
+  uint8_t port_b_bits_ = 0;              // bits 0-3 as written
   uint64_t next_irq_tick_ = UINT64_MAX;  // next rising edge of channel 0's OUT
   uint64_t missed_irqs_ = 0;
 };

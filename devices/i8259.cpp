@@ -33,11 +33,11 @@ enum : uint8_t {
 };
 
 // OCW3.
-constexpr uint8_t kOcw3ReadIsr = 0x01;   // RIS
-constexpr uint8_t kOcw3ReadReg = 0x02;   // RR: RIS is valid
-constexpr uint8_t kOcw3Poll = 0x04;      // P
-constexpr uint8_t kOcw3Smm = 0x20;       // SMM
-constexpr uint8_t kOcw3SetSmm = 0x40;    // ESMM: SMM is valid
+constexpr uint8_t kOcw3ReadIsr = 0x01;  // RIS
+constexpr uint8_t kOcw3ReadReg = 0x02;  // RR: RIS is valid
+constexpr uint8_t kOcw3Poll = 0x04;     // P
+constexpr uint8_t kOcw3Smm = 0x20;      // SMM
+constexpr uint8_t kOcw3SetSmm = 0x40;   // ESMM: SMM is valid
 
 constexpr uint8_t kPollRequest = 0x80;  // poll word: an interrupt was pending
 constexpr unsigned kSpuriousInput = 7;
@@ -255,7 +255,9 @@ void I8259Pair::ElcrPort::PioWrite(uint16_t offset, unsigned size, uint32_t valu
 
 // --- The pair ---------------------------------------------------------------
 
-I8259Pair::I8259Pair() { Reset(); }
+I8259Pair::I8259Pair() {
+  Reset();
+}
 
 Status I8259Pair::RegisterOn(PioBus& bus) {
   Status s = bus.Register(kMasterBase, kPortCount, &master_, "pic-master");
@@ -293,7 +295,9 @@ void I8259Pair::Sync() {
   if (rose && intr_listener_) intr_listener_();
 }
 
-bool I8259Pair::InterruptPending() const { return master_.Output(); }
+bool I8259Pair::InterruptPending() const {
+  return master_.Output();
+}
 
 uint8_t I8259Pair::Acknowledge() {
   uint8_t vector;

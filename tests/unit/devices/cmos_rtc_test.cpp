@@ -114,7 +114,7 @@ TEST_F(CmosRtcTest, TwelveHourModeSetsBit7ForPm) {
   EXPECT_EQ(Read(kHour), 0x81);
   Boot(kLeapDay - 13 * 3600 - 15 * 60);  // 00:30
   Write(kB, 0x00);
-  EXPECT_EQ(Read(kHour), 0x12);  // 12 AM
+  EXPECT_EQ(Read(kHour), 0x12);     // 12 AM
   Boot(kLeapDay - 3600 - 15 * 60);  // 12:30
   Write(kB, 0x00);
   EXPECT_EQ(Read(kHour), 0x92);  // 12 PM
@@ -288,7 +288,7 @@ TEST_F(CmosRtcTest, WritingOneFieldWhileRunning) {
 
 TEST_F(CmosRtcTest, GuestSetsTimeInBinaryTwelveHourMode) {
   // Changing DM does not convert the registers: the guest writes them all.
-  Write(kB, 0x84);          // SET, binary, 12-hour
+  Write(kB, 0x84);  // SET, binary, 12-hour
   Write(kCentury, 20);
   Write(kYear, 24);
   Write(kMonth, 2);
@@ -328,7 +328,7 @@ TEST_F(CmosRtcTest, UpdateEndedInterrupt) {
   At(3 * kNs);
   rtc_->Update();
   EXPECT_EQ(pic_.changes.size(), 1u);  // a level: no second edge
-  EXPECT_EQ(Read(kC), 0xd0);  // IRQF, UF, and PF: flags are set even when disabled
+  EXPECT_EQ(Read(kC), 0xd0);           // IRQF, UF, and PF: flags are set even when disabled
   EXPECT_FALSE(Irq());
   EXPECT_EQ(Read(kC), 0x00);  // reading cleared them
   EXPECT_EQ(NextEvent(), static_cast<uint64_t>(4 * kNs));

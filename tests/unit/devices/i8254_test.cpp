@@ -525,7 +525,9 @@ TEST_F(I8254Test, PortBRefreshBitToggles) {
   EXPECT_EQ(In(kPortB) & 0x10, a);
 }
 
-TEST_F(I8254Test, ControlPortReadsZero) { EXPECT_EQ(In(kControl), 0x00); }
+TEST_F(I8254Test, ControlPortReadsZero) {
+  EXPECT_EQ(In(kControl), 0x00);
+}
 
 TEST_F(I8254Test, WideReadSplitsIntoCounterBytes) {
   Out(kControl, 0x90);  // channel 2, LSB only

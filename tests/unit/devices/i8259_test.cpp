@@ -536,7 +536,7 @@ TEST_F(I8259Test, IntrListenerHearsRisingIntr) {
   Pulse(4);  // INTR already high
   EXPECT_EQ(calls, 1);
   EXPECT_EQ(pic_.Acknowledge(), 0x23);  // 4 waits for the EOI: INTR low
-  Out(kMasterCmd, kNonSpecificEoi);      // INTR rises again
+  Out(kMasterCmd, kNonSpecificEoi);     // INTR rises again
   EXPECT_EQ(calls, 2);
   EXPECT_EQ(pic_.Acknowledge(), 0x24);
   Out(kMasterData, 0xff);
@@ -551,9 +551,9 @@ TEST_F(I8259Test, WideAccessesSplitIntoBytes) {
   Out(kMasterData, 0x5a);
   Pulse(3);
   EXPECT_EQ(bus_.Read(kMasterCmd, 2), 0x5a08u);  // IRR, then IMR
-  bus_.Write(kMasterCmd, 2, 0xa50a);               // OCW3 read IRR, then IMR 0xa5
+  bus_.Write(kMasterCmd, 2, 0xa50a);             // OCW3 read IRR, then IMR 0xa5
   EXPECT_EQ(In(kMasterData), 0xa5);
-  EXPECT_EQ(bus_.Read(kMasterData, 2), 0xffa5u);   // past the chip: floating bus
+  EXPECT_EQ(bus_.Read(kMasterData, 2), 0xffa5u);  // past the chip: floating bus
 }
 
 TEST_F(I8259Test, RegisteringTwiceIsRefused) {

@@ -65,8 +65,12 @@ constexpr uint8_t kAlarmDontCare = 0xc0;  // an alarm byte 0xc0-0xff matches any
 
 constexpr unsigned kBaseMemoryKiB = 640;
 
-int64_t FloorDiv(int64_t a, int64_t b) { return a / b - (a % b != 0 && (a < 0) != (b < 0)); }
-int64_t FloorMod(int64_t a, int64_t b) { return a - FloorDiv(a, b) * b; }
+int64_t FloorDiv(int64_t a, int64_t b) {
+  return a / b - (a % b != 0 && (a < 0) != (b < 0));
+}
+int64_t FloorMod(int64_t a, int64_t b) {
+  return a - FloorDiv(a, b) * b;
+}
 __int128 FloorDiv128(__int128 a, __int128 b) {
   return a / b - (a % b != 0 && (a < 0) != (b < 0));
 }
@@ -76,8 +80,9 @@ __int128 FloorDiv128(__int128 a, __int128 b) {
 int64_t DaysFromCivil(int64_t year, unsigned month, unsigned day) {
   year -= month <= 2;
   const int64_t era = FloorDiv(year, 400);
-  const int64_t year_of_era = year - era * 400;                                // 0..399
-  const int64_t day_of_year = (153 * (month + (month > 2 ? -3 : 9)) + 2) / 5 + day - 1;  // from March 1
+  const int64_t year_of_era = year - era * 400;  // 0..399
+  const int64_t day_of_year =
+      (153 * (month + (month > 2 ? -3 : 9)) + 2) / 5 + day - 1;  // from March 1
   const int64_t day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
   return era * 146'097 + day_of_era - 719'468;
 }
@@ -93,15 +98,20 @@ Civil CivilFromDays(int64_t days) {
   const int64_t day_of_era = days - era * 146'097;
   const int64_t year_of_era =
       (day_of_era - day_of_era / 1460 + day_of_era / 36'524 - day_of_era / 146'096) / 365;
-  const int64_t day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+  const int64_t day_of_year =
+      day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
   const int64_t mp = (5 * day_of_year + 2) / 153;  // month from March
   const auto day = static_cast<unsigned>(day_of_year - (153 * mp + 2) / 5 + 1);
   const auto month = static_cast<unsigned>(mp < 10 ? mp + 3 : mp - 9);
   return {year_of_era + era * 400 + (month <= 2), month, day};
 }
 
-uint8_t ToBcd(unsigned value) { return static_cast<uint8_t>(value / 10 % 10 << 4 | value % 10); }
-unsigned FromBcd(uint8_t value) { return (value >> 4) * 10 + (value & 0xf); }
+uint8_t ToBcd(unsigned value) {
+  return static_cast<uint8_t>(value / 10 % 10 << 4 | value % 10);
+}
+unsigned FromBcd(uint8_t value) {
+  return (value >> 4) * 10 + (value & 0xf);
+}
 
 bool IsTimeRegister(unsigned index) {
   switch (index) {
@@ -131,7 +141,9 @@ CmosRtc::CmosRtc(IrqLine irq8, const Clock& clock, int64_t unix_time_ns)
   LatchTime(now);
 }
 
-Status CmosRtc::RegisterOn(PioBus& bus) { return bus.Register(kBase, kPortCount, this, "rtc"); }
+Status CmosRtc::RegisterOn(PioBus& bus) {
+  return bus.Register(kBase, kPortCount, this, "rtc");
+}
 
 void CmosRtc::Reset() {
   Evaluate(clock_.NowNs());
@@ -158,8 +170,9 @@ void CmosRtc::SetMemorySize(uint64_t below_4g_bytes, uint64_t above_4g_bytes) {
   const uint64_t extended_kib = std::min<uint64_t>(total_kib > 1024 ? total_kib - 1024 : 0, 65535);
   cmos_[0x17] = cmos_[0x30] = static_cast<uint8_t>(extended_kib);
   cmos_[0x18] = cmos_[0x31] = static_cast<uint8_t>(extended_kib >> 8);
-  const uint64_t above_16m =
-      below_4g_bytes > MiB(16) ? std::min<uint64_t>((below_4g_bytes - MiB(16)) / KiB(64), 65535) : 0;
+  const uint64_t above_16m = below_4g_bytes > MiB(16)
+                                 ? std::min<uint64_t>((below_4g_bytes - MiB(16)) / KiB(64), 65535)
+                                 : 0;
   cmos_[0x34] = static_cast<uint8_t>(above_16m);
   cmos_[0x35] = static_cast<uint8_t>(above_16m >> 8);
   const uint64_t above_4g = above_4g_bytes / KiB(64);
@@ -174,16 +187,24 @@ bool CmosRtc::Running() const {
   return !(cmos_[kRegB] & kBSet) && (cmos_[kRegA] & kADivider) <= kADividerNormal;
 }
 
-bool CmosRtc::DividerRuns() const { return (cmos_[kRegA] & kADivider) <= kADividerNormal; }
+bool CmosRtc::DividerRuns() const {
+  return (cmos_[kRegA] & kADivider) <= kADividerNormal;
+}
 
-bool CmosRtc::Binary() const { return cmos_[kRegB] & kBBinary; }
-bool CmosRtc::Hours24() const { return cmos_[kRegB] & kB24Hour; }
+bool CmosRtc::Binary() const {
+  return cmos_[kRegB] & kBBinary;
+}
+bool CmosRtc::Hours24() const {
+  return cmos_[kRegB] & kB24Hour;
+}
 
 uint8_t CmosRtc::Encode(unsigned value) const {
   return Binary() ? static_cast<uint8_t>(value) : ToBcd(value);
 }
 
-unsigned CmosRtc::Decode(uint8_t value) const { return Binary() ? value : FromBcd(value); }
+unsigned CmosRtc::Decode(uint8_t value) const {
+  return Binary() ? value : FromBcd(value);
+}
 
 uint8_t CmosRtc::EncodeHour(unsigned hour) const {
   if (Hours24()) return Encode(hour);
@@ -276,7 +297,9 @@ void CmosRtc::Evaluate(uint64_t now_ns) {
   if (now_ns <= evaluated_ns_) return;
   const int64_t from = RtcNs(evaluated_ns_), to = RtcNs(now_ns);
   evaluated_ns_ = now_ns;
-  if (Running()) {
+  // A flag already set needs no looking for; in the steady state of a guest
+  // that never reads C (most), this is all an Update() costs.
+  if (Running() && (flags_ & (kCUf | kCAf)) != (kCUf | kCAf)) {
     const int64_t first = FloorDiv(from, kNsPerSecond) + 1, last = FloorDiv(to, kNsPerSecond);
     if (first <= last) {
       flags_ |= kCUf;
@@ -287,7 +310,7 @@ void CmosRtc::Evaluate(uint64_t now_ns) {
       }
     }
   }
-  if (const uint64_t period = PeriodTicks(); period != 0 && DividerRuns()) {
+  if (const uint64_t period = PeriodTicks(); !(flags_ & kCPf) && period != 0 && DividerRuns()) {
     const __int128 p = period;
     if (FloorDiv128(FloorDiv128(__int128{to} * kDividerHz, kNsPerSecond), p) >
         FloorDiv128(FloorDiv128(__int128{from} * kDividerHz, kNsPerSecond), p)) {
@@ -304,7 +327,9 @@ void CmosRtc::UpdateIrq() {
   irq_.Set(level);
 }
 
-void CmosRtc::Update() { Evaluate(clock_.NowNs()); }
+void CmosRtc::Update() {
+  Evaluate(clock_.NowNs());
+}
 
 uint64_t CmosRtc::NextEventNs() const {
   if (irq_level_) return kNever;  // the line stays up until the guest reads C

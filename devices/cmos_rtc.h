@@ -111,7 +111,7 @@ class CmosRtc final : public PioDevice, public ClockedDevice {
   unsigned DecodeHour(uint8_t value) const;
   bool AlarmMatches(unsigned alarm_index, uint8_t value) const;
   int64_t NextAlarm(int64_t second) const;  // in seconds since the epoch
-  uint64_t PeriodTicks() const;  // periodic rate in 32768 Hz ticks, 0 if off
+  uint64_t PeriodTicks() const;             // periodic rate in 32768 Hz ticks, 0 if off
 
   // Fills the time registers from the running clock at `now_ns`.
   void LatchTime(uint64_t now_ns);

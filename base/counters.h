@@ -15,6 +15,7 @@ namespace btvm {
   X(tlb_hits, "soft-TLB hits inline (counted with --stats)")         \
   X(tlb_misses, "soft-TLB misses (slow path calls)")                  \
   X(bounce_commits, "page-crossing or MMIO stores written back")      \
+  X(string_ops, "movs/stos/lods helper calls")                        \
   X(page_walks, "guest page walks")                                   \
   X(tlb_flushes, "soft-TLB flushes")                                  \
   X(page_faults, "guest page faults raised")                          \

@@ -116,11 +116,14 @@ bool BtEngine::Deliver(const GuestException& e, EventSource source, EngineExit* 
 bool BtEngine::TakeInterrupt(EngineExit* exit) {
   check_irq_ = false;
   const CpuState& c = ctx_->cpu;
-  if (!(c.rflags & rflags::kIF) || irq_shadow_) return true;
+  // Asked even with IF = 0: it brings the timers (and what the guest reads
+  // of the PIC) up to now.
   if (!irq_->InterruptPending()) {
     ArmTimer();
     return true;
   }
+  // Enabling interrupts goes through the runtime, which looks again.
+  if (!(c.rflags & rflags::kIF) || irq_shadow_) return true;
   uint8_t vector = irq_->AcknowledgeInterrupt();
   ++counters_.interrupts_delivered;
   if (!Deliver(GuestException{vector, false, 0, 0}, EventSource::kExternal, exit)) return false;

@@ -104,6 +104,7 @@ BuildResult BuildBlock(CodeCache& cache, const BlockKey& key, const FetchFn& fet
         break;
       case InsnClass::kNop: break;
       case InsnClass::kStack: ok = e.EmitStack(d, keep); break;
+      case InsnClass::kString: ok = e.EmitString(d); break;
       case InsnClass::kBranch: ok = e.EmitBranch(d, keep); break;
       case InsnClass::kRuntime: ok = false; break;
     }

@@ -113,6 +113,7 @@ EmitEnv CodeCache::EmitEnvFor(unsigned mmu_index) const {
   env.exit_stub = reinterpret_cast<uint64_t>(exit_stub_);
   env.mem_slow_path = reinterpret_cast<uint64_t>(&BtMemSlowPath);
   env.bounce_commit = reinterpret_cast<uint64_t>(&BtBounceCommit);
+  env.string_op = reinterpret_cast<uint64_t>(&BtStringOp);
   return env;
 }
 

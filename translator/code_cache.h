@@ -166,5 +166,6 @@ class CodeCache final : public MmuObserver {
 // Helpers translated code calls (helpers.cpp).
 extern "C" uint8_t* BtMemSlowPath(BtContext* ctx);
 extern "C" void BtBounceCommit(BtContext* ctx);
+extern "C" uint64_t BtStringOp(BtContext* ctx);
 
 }  // namespace btvm

@@ -40,6 +40,7 @@ struct EmitEnv {
   uint64_t exit_stub = 0;       // stores guest registers and returns to the runtime
   uint64_t mem_slow_path = 0;   // uint8_t* (*)(BtContext*): slow_addr, slow_info in
   uint64_t bounce_commit = 0;   // void (*)(BtContext*)
+  uint64_t string_op = 0;       // uint64_t (*)(BtContext*): slow_info in (emit_string.cpp)
 };
 
 // Access info passed to the slow path helper: size in bits 0..7, read and
@@ -56,6 +57,7 @@ class BlockEmitter {
   bool EmitIdent(const DecodedInsn& d, uint32_t flags_live);
   bool EmitStack(const DecodedInsn& d, uint32_t flags_live);
   bool EmitBranch(const DecodedInsn& d, uint32_t flags_live);
+  bool EmitString(const DecodedInsn& d);
 
   // Leaves the block: RIP = rip, exit reason as given.
   void EmitExit(uint64_t rip, BlockExit reason);

@@ -197,6 +197,20 @@ InsnClass ClassifyInsn(const ZydisDecodedInstruction& insn, const ZydisDecodedOp
       insn.meta.category != ZYDIS_CATEGORY_STRINGOP) {
     return InsnClass::kIdent;
   }
+  // movs, stos and lods with 64-bit addresses run in translated code
+  // through a helper (emit_string.cpp); the rest of the string family, and
+  // 32-bit addressing, stay with the runtime.
+  if (c == InsnClass::kRuntime && insn.address_width == 64 &&
+      insn.meta.category == ZYDIS_CATEGORY_STRINGOP) {
+    switch (insn.mnemonic) {
+      case ZYDIS_MNEMONIC_MOVSB: case ZYDIS_MNEMONIC_MOVSW: case ZYDIS_MNEMONIC_MOVSD:
+      case ZYDIS_MNEMONIC_MOVSQ: case ZYDIS_MNEMONIC_STOSB: case ZYDIS_MNEMONIC_STOSW:
+      case ZYDIS_MNEMONIC_STOSD: case ZYDIS_MNEMONIC_STOSQ: case ZYDIS_MNEMONIC_LODSB:
+      case ZYDIS_MNEMONIC_LODSW: case ZYDIS_MNEMONIC_LODSD: case ZYDIS_MNEMONIC_LODSQ:
+        return InsnClass::kString;
+      default: break;
+    }
+  }
   return c;
 }
 

@@ -134,9 +134,10 @@ bool Machine::InterruptPending() {
                            static_cast<ClockedDevice*>(rtc_.get())}) {
     if (d->NextEventNs() <= now) d->Update();
   }
-  // Console input raises the UART's interrupt only when it is looked at:
-  // at most every millisecond.
-  if (now >= next_input_poll_ns_) {
+  // Console input for a guest that takes it by interrupt, looked at every
+  // millisecond at most. (A polling guest gets it when it reads the UART:
+  // bytes fed before it set the UART up would be lost in its FIFO reset.)
+  if (now >= next_input_poll_ns_ && uart_->receive_interrupt_enabled()) {
     next_input_poll_ns_ = now + 1'000'000;
     PollConsoleInput();
   }

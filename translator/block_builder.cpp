@@ -2,6 +2,8 @@
 
 #include <asmjit/x86.h>
 
+#include <algorithm>
+
 #include "translator/emitter.h"
 
 namespace btvm {
@@ -18,6 +20,48 @@ uint32_t FlagsWritten(const DecodedInsn& d) {
   if (!d.insn.cpu_flags) return 0;
   const auto* f = d.insn.cpu_flags;
   return (f->modified | f->set_0 | f->set_1 | f->undefined) & kArithFlags;
+}
+
+bool IsJcc(ZydisMnemonic m) {
+  switch (m) {
+    case ZYDIS_MNEMONIC_JB: case ZYDIS_MNEMONIC_JBE: case ZYDIS_MNEMONIC_JL:
+    case ZYDIS_MNEMONIC_JLE: case ZYDIS_MNEMONIC_JNB: case ZYDIS_MNEMONIC_JNBE:
+    case ZYDIS_MNEMONIC_JNL: case ZYDIS_MNEMONIC_JNLE: case ZYDIS_MNEMONIC_JNO:
+    case ZYDIS_MNEMONIC_JNP: case ZYDIS_MNEMONIC_JNS: case ZYDIS_MNEMONIC_JNZ:
+    case ZYDIS_MNEMONIC_JO: case ZYDIS_MNEMONIC_JP: case ZYDIS_MNEMONIC_JS:
+    case ZYDIS_MNEMONIC_JZ: case ZYDIS_MNEMONIC_LOOP: case ZYDIS_MNEMONIC_LOOPE:
+    case ZYDIS_MNEMONIC_LOOPNE: case ZYDIS_MNEMONIC_JRCXZ:
+      return true;
+    default:
+      return false;
+  }
+}
+
+// The arithmetic flags the code at `rip` may read before writing them,
+// found by decoding ahead within `page` (the block's own page, so the same
+// translation); all of them where decoding stops before it knows. The
+// bytes decoded widen [*lo, *hi), the range whose modification must
+// invalidate the block that relies on this.
+uint32_t FlagsLiveAt(uint64_t rip, uint64_t page, const FetchFn& fetch, const Decoder& decoder,
+                     uint64_t* lo, uint64_t* hi) {
+  uint32_t unknown = kArithFlags, live = 0;
+  uint64_t pc = rip;
+  for (int i = 0; i < 16 && unknown; ++i) {
+    if ((pc & kPageMask) != page) break;
+    uint8_t buf[ZYDIS_MAX_INSTRUCTION_LENGTH];
+    GuestException fault;
+    size_t n = fetch(pc, buf, sizeof(buf), &fault);
+    DecodedInsn d;
+    if (!decoder.Decode(buf, n, pc, &d) || d.NextRip() > page + kPageSize) break;
+    if (d.cls == InsnClass::kRuntime) break;  // may read any flag (pushf)
+    *lo = std::min(*lo, pc);
+    *hi = std::max(*hi, d.NextRip());
+    live |= FlagsRead(d) & unknown;
+    unknown &= ~FlagsWritten(d);
+    if (d.cls == InsnClass::kBranch) break;
+    pc = d.NextRip();
+  }
+  return live | unknown;
 }
 
 }  // namespace
@@ -65,9 +109,32 @@ BuildResult BuildBlock(CodeCache& cache, const BlockKey& key, const FetchFn& fet
     insns.push_back(d);
   }
 
-  // Flag liveness, backwards. Unknown successors: all flags live at the end.
-  std::vector<uint32_t> live_in(insns.size());
+  // Flag liveness, backwards from what the block's direct successors in its
+  // own page read; other successors (returns, indirect branches, other
+  // pages) may read every flag.
+  uint64_t watch_lo = rip, watch_hi = pc;
   uint32_t live = kArithFlags;
+  if (!single && !insns.empty()) {
+    const uint64_t page = rip & kPageMask;
+    const DecodedInsn& last = insns.back();
+    auto at = [&](uint64_t target) {
+      return FlagsLiveAt(target, page, fetch, decoder, &watch_lo, &watch_hi);
+    };
+    const ZydisDecodedOperand& op = last.ops[0];
+    bool relative = last.insn.operand_count_visible > 0 &&
+                    op.type == ZYDIS_OPERAND_TYPE_IMMEDIATE && op.imm.is_relative;
+    uint64_t target = relative ? last.NextRip() + op.imm.value.u : 0;
+    if (last.cls != InsnClass::kBranch) {
+      live = at(pc);
+    } else if (relative && IsJcc(last.insn.mnemonic)) {
+      live = at(target) | at(last.NextRip());
+    } else if (relative && (last.insn.mnemonic == ZYDIS_MNEMONIC_JMP ||
+                            last.insn.mnemonic == ZYDIS_MNEMONIC_CALL)) {
+      // A call's flags go to its callee; the return restores its own.
+      live = at(target);
+    }
+  }
+  std::vector<uint32_t> live_in(insns.size());
   for (size_t i = insns.size(); i-- > 0;) {
     live = (live & ~FlagsWritten(insns[i])) | FlagsRead(insns[i]);
     live_in[i] = live;
@@ -131,6 +198,11 @@ BuildResult BuildBlock(CodeCache& cache, const BlockKey& key, const FetchFn& fet
 
   block->guest_insns = static_cast<uint32_t>(emitted);
   block->guest_size = static_cast<uint32_t>(pc - rip);
+  // What the translation relies on in its first page: its own bytes and
+  // the successors it read ahead for flag liveness.
+  block->watch_lo = static_cast<uint32_t>(std::min(watch_lo, rip) & (kPageSize - 1));
+  block->watch_hi = static_cast<uint32_t>(
+      std::min(std::max(watch_hi, pc), (rip & kPageMask) + kPageSize) - (rip & kPageMask));
   if (pc > page_end) {
     block->spans_pages = true;
     block->phys2 = phys_of(page_end);

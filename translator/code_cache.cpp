@@ -155,11 +155,11 @@ bool CodeCache::CanLink(const Block& from, const Block& to) {
 
 void CodeCache::Patch(Block* from, uint32_t exit, const uint8_t* dest) {
   uint8_t* jmp = from->code + from->exits[exit].jmp_offset;
-  // Invariant: the emitter wrote a 5-byte E9 jump here.
-  BTVM_CHECK(jmp[0] == 0xe9);
-  int64_t rel = dest - (jmp + 5);
-  int32_t rel32 = static_cast<int32_t>(rel);
-  std::memcpy(jmp + 1, &rel32, 4);
+  // Invariant: the emitter wrote a jmp rel32 (E9) or a jcc rel32 (0F 8x).
+  unsigned len = jmp[0] == 0xe9 ? 5 : 6;
+  BTVM_CHECK(jmp[0] == 0xe9 || (jmp[0] == 0x0f && (jmp[1] & 0xf0) == 0x80));
+  int32_t rel32 = static_cast<int32_t>(dest - (jmp + len));
+  std::memcpy(jmp + len - 4, &rel32, 4);
 }
 
 void CodeCache::Link(Block* from, uint32_t exit, Block* to) {
@@ -222,8 +222,8 @@ bool BlockOverlaps(const Block& b, uint64_t page, uint64_t phys, uint64_t size) 
   uint64_t first_page = b.key.phys & ~uint64_t{0xfff};
   uint64_t start, end;
   if (page == first_page) {
-    start = b.key.phys;
-    end = std::min(b.key.phys + b.guest_size, first_page + 0x1000);
+    start = first_page + b.watch_lo;
+    end = first_page + b.watch_hi;
   } else {  // the block's overhang into its second page
     start = b.phys2;
     end = b.phys2 + ((b.key.phys + b.guest_size) & 0xfff);

@@ -43,6 +43,10 @@ struct Block {
   uint32_t code_size = 0;
   uint32_t guest_size = 0;   // guest bytes [key.rip, key.rip + guest_size)
   uint32_t guest_insns = 0;
+  // Page offsets, in its first page, of the guest bytes the translation
+  // relies on (its own, and successors it looked at): a store there
+  // invalidates it.
+  uint32_t watch_lo = 0, watch_hi = 0;
   bool valid = true;
   bool spans_pages = false;  // its last instruction reaches into the next page
   uint64_t phys2 = 0;        // that page, guest-physical

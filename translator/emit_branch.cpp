@@ -13,6 +13,35 @@ namespace btvm {
 
 using namespace asmjit;
 
+namespace {
+// Jcc mnemonic -> AsmJit instruction (SDM Vol. 2, Jcc).
+InstId JccId(ZydisMnemonic m) {
+  switch (m) {
+    case ZYDIS_MNEMONIC_JB: return x86::Inst::kIdJb;
+    case ZYDIS_MNEMONIC_JBE: return x86::Inst::kIdJbe;
+    case ZYDIS_MNEMONIC_JL: return x86::Inst::kIdJl;
+    case ZYDIS_MNEMONIC_JLE: return x86::Inst::kIdJle;
+    case ZYDIS_MNEMONIC_JNB: return x86::Inst::kIdJnb;
+    case ZYDIS_MNEMONIC_JNBE: return x86::Inst::kIdJnbe;
+    case ZYDIS_MNEMONIC_JNL: return x86::Inst::kIdJnl;
+    case ZYDIS_MNEMONIC_JNLE: return x86::Inst::kIdJnle;
+    case ZYDIS_MNEMONIC_JNO: return x86::Inst::kIdJno;
+    case ZYDIS_MNEMONIC_JNP: return x86::Inst::kIdJnp;
+    case ZYDIS_MNEMONIC_JNS: return x86::Inst::kIdJns;
+    case ZYDIS_MNEMONIC_JNZ: return x86::Inst::kIdJnz;
+    case ZYDIS_MNEMONIC_JO: return x86::Inst::kIdJo;
+    case ZYDIS_MNEMONIC_JP: return x86::Inst::kIdJp;
+    case ZYDIS_MNEMONIC_JS: return x86::Inst::kIdJs;
+    case ZYDIS_MNEMONIC_JZ: return x86::Inst::kIdJz;
+    case ZYDIS_MNEMONIC_LOOP: return x86::Inst::kIdLoop;
+    case ZYDIS_MNEMONIC_LOOPE: return x86::Inst::kIdLoope;
+    case ZYDIS_MNEMONIC_LOOPNE: return x86::Inst::kIdLoopne;
+    case ZYDIS_MNEMONIC_JRCXZ: return x86::Inst::kIdJecxz;
+    default: return x86::Inst::kIdNone;
+  }
+}
+}  // namespace
+
 void BlockEmitter::StoreImm64(int32_t offset, uint64_t value) {
   a_.mov(x86::dword_ptr(x86::r15, offset), static_cast<uint32_t>(value));
   a_.mov(x86::dword_ptr(x86::r15, offset + 4), static_cast<uint32_t>(value >> 32));
@@ -33,20 +62,35 @@ int32_t JumpCacheOffset(unsigned mmu_index, uint64_t rip) {
 }
 }  // namespace
 
-void BlockEmitter::EmitJumpTo(uint64_t target) {
-  if (env_.single) {
-    EmitExit(target, BlockExit::kNext);
-    return;
-  }
-  if (((target ^ env_.block_rip) >> 12) != 0) {
-    EmitLookupConst(target);
+void BlockEmitter::EmitJumpTo(uint64_t target, InstId jcc) {
+  if (env_.single || ((target ^ env_.block_rip) >> 12) != 0) {
+    // Not chainable: the runtime, or an inline jump-cache probe.
+    Label go = a_.newLabel();
+    if (jcc != x86::Inst::kIdNone) {
+      a_.emit(jcc, go);
+      out_of_line_.push_back([this, go, target] {
+        a_.bind(go);
+        EmitJumpTo(target);
+      });
+      return;
+    }
+    if (env_.single) {
+      EmitExit(target, BlockExit::kNext);
+    } else {
+      EmitLookupConst(target);
+    }
     return;
   }
   ExitLabels x{a_.newLabel(), a_.newLabel(), target};
   uint32_t index = static_cast<uint32_t>(exits_.size());
   exits_.push_back(x);
   a_.bind(x.jmp);
-  a_.long_().jmp(x.stub);
+  // Patchable: a 5-byte jmp rel32 or a 6-byte jcc rel32 (code_cache.cpp).
+  if (jcc != x86::Inst::kIdNone) {
+    a_.long_().emit(jcc, x.stub);
+  } else {
+    a_.long_().jmp(x.stub);
+  }
   out_of_line_.push_back([this, x, index] {
     a_.bind(x.stub);
     StoreImm64(kRipOffset, x.target);
@@ -151,38 +195,10 @@ void BlockEmitter::EmitIndirectJump(const Plan& p, int s, int t, bool flags_save
   a_.jmp(Imm(env_.exit_stub));
 }
 
-namespace {
-// Jcc mnemonic -> AsmJit instruction (SDM Vol. 2, Jcc).
-InstId JccId(ZydisMnemonic m) {
-  switch (m) {
-    case ZYDIS_MNEMONIC_JB: return x86::Inst::kIdJb;
-    case ZYDIS_MNEMONIC_JBE: return x86::Inst::kIdJbe;
-    case ZYDIS_MNEMONIC_JL: return x86::Inst::kIdJl;
-    case ZYDIS_MNEMONIC_JLE: return x86::Inst::kIdJle;
-    case ZYDIS_MNEMONIC_JNB: return x86::Inst::kIdJnb;
-    case ZYDIS_MNEMONIC_JNBE: return x86::Inst::kIdJnbe;
-    case ZYDIS_MNEMONIC_JNL: return x86::Inst::kIdJnl;
-    case ZYDIS_MNEMONIC_JNLE: return x86::Inst::kIdJnle;
-    case ZYDIS_MNEMONIC_JNO: return x86::Inst::kIdJno;
-    case ZYDIS_MNEMONIC_JNP: return x86::Inst::kIdJnp;
-    case ZYDIS_MNEMONIC_JNS: return x86::Inst::kIdJns;
-    case ZYDIS_MNEMONIC_JNZ: return x86::Inst::kIdJnz;
-    case ZYDIS_MNEMONIC_JO: return x86::Inst::kIdJo;
-    case ZYDIS_MNEMONIC_JP: return x86::Inst::kIdJp;
-    case ZYDIS_MNEMONIC_JS: return x86::Inst::kIdJs;
-    case ZYDIS_MNEMONIC_JZ: return x86::Inst::kIdJz;
-    case ZYDIS_MNEMONIC_LOOP: return x86::Inst::kIdLoop;
-    case ZYDIS_MNEMONIC_LOOPE: return x86::Inst::kIdLoope;
-    case ZYDIS_MNEMONIC_LOOPNE: return x86::Inst::kIdLoopne;
-    case ZYDIS_MNEMONIC_JRCXZ: return x86::Inst::kIdJecxz;
-    default: return x86::Inst::kIdNone;
-  }
-}
-}  // namespace
 
-// Flags are treated as live after any branch (its successors are unknown),
-// so `flags_live` does not change what is emitted here.
-bool BlockEmitter::EmitBranch(const DecodedInsn& d, uint32_t /*flags_live*/) {
+// `flags_live`: flags live before the branch; for a call that is what its
+// callee reads (block_builder.cpp), for indirect branches all of them.
+bool BlockEmitter::EmitBranch(const DecodedInsn& d, uint32_t flags_live) {
   // Hidden operands (RIP, RSP of call/ret) are handled explicitly here.
   static const ZydisDecodedOperand kNone{};
   const ZydisDecodedOperand& op = d.insn.operand_count_visible > 0 ? d.ops[0] : kNone;
@@ -200,7 +216,6 @@ bool BlockEmitter::EmitBranch(const DecodedInsn& d, uint32_t /*flags_live*/) {
                                        m == ZYDIS_MNEMONIC_LOOPNE || m == ZYDIS_MNEMONIC_JRCXZ)) {
       return Fail("32-bit-address loop: " + FormatInsn(d));
     }
-    Label taken = a_.newLabel();
     if (m == ZYDIS_MNEMONIC_LOOP || m == ZYDIS_MNEMONIC_LOOPE || m == ZYDIS_MNEMONIC_LOOPNE ||
         m == ZYDIS_MNEMONIC_JRCXZ) {
       // rel8 only: hop over a near jump to the taken side.
@@ -208,14 +223,12 @@ bool BlockEmitter::EmitBranch(const DecodedInsn& d, uint32_t /*flags_live*/) {
       a_.emit(id, x86::rcx, hop);
       a_.jmp(not_taken);
       a_.bind(hop);
-      a_.jmp(taken);
+      EmitJumpTo(target);
       a_.bind(not_taken);
     } else {
-      a_.emit(id, taken);
+      EmitJumpTo(target, id);  // the jcc itself is the patchable exit
     }
     EmitJumpTo(d.NextRip());
-    a_.bind(taken);
-    EmitJumpTo(target);
     return true;
   }
 
@@ -226,6 +239,7 @@ bool BlockEmitter::EmitBranch(const DecodedInsn& d, uint32_t /*flags_live*/) {
 
   Plan p;
   int s = -1, t = -1;
+  const bool save = flags_live != 0;
   auto setup = [&]() -> bool {
     // Registers of the target operand (visible operand only: the hidden
     // RSP of call/ret is handled here explicitly).
@@ -247,8 +261,8 @@ bool BlockEmitter::EmitBranch(const DecodedInsn& d, uint32_t /*flags_live*/) {
     }
     s = PickScratch(&p, false);
     t = PickScratch(&p, false);
-    // The probes clobber flags, which are live across the branch.
-    SaveArith(offsetof(BtContext, saved_flags));
+    // The probes clobber flags.
+    if (save) SaveArith(offsetof(BtContext, saved_flags));
     for (int h = 0; h < 16; ++h) if (p.spilled & (1u << h)) Spill(h);
     LoadRenamed(p);
     return true;
@@ -267,7 +281,7 @@ bool BlockEmitter::EmitBranch(const DecodedInsn& d, uint32_t /*flags_live*/) {
       }
     } else {
       EmitEffectiveAddress(d, op, p, s);
-      EmitAccess(d, p, s, t, 8, true, false, true, [this, s, slot] {
+      EmitAccess(d, p, s, t, 8, true, false, save, [this, s, slot] {
         a_.mov(x86::gpq(s), x86::qword_ptr(x86::gpq(s)));
         a_.mov(x86::qword_ptr(x86::r15, slot), x86::gpq(s));
       });
@@ -279,7 +293,7 @@ bool BlockEmitter::EmitBranch(const DecodedInsn& d, uint32_t /*flags_live*/) {
     uint64_t ret = d.NextRip();
     a_.mov(x86::gpq(s), x86::qword_ptr(x86::r15, GprOffset(kRsp)));
     a_.lea(x86::gpq(s), x86::ptr(x86::gpq(s), -8));
-    EmitAccess(d, p, s, t, 8, false, true, true, [this, s, t, ret] {
+    EmitAccess(d, p, s, t, 8, false, true, save, [this, s, t, ret] {
       a_.mov(x86::gpq(t), ret);
       a_.mov(x86::qword_ptr(x86::gpq(s)), x86::gpq(t));
     });
@@ -306,7 +320,7 @@ bool BlockEmitter::EmitBranch(const DecodedInsn& d, uint32_t /*flags_live*/) {
     });
   };
   auto finish_direct = [&](uint64_t to) {
-    RestoreArith(offsetof(BtContext, saved_flags));
+    if (save) RestoreArith(offsetof(BtContext, saved_flags));
     ReloadSpilled(p);
     EmitJumpTo(to);
   };
@@ -321,7 +335,7 @@ bool BlockEmitter::EmitBranch(const DecodedInsn& d, uint32_t /*flags_live*/) {
       load_target();
       push_return(continuation);
       a_.mov(x86::gpq(s), x86::qword_ptr(x86::r15, offsetof(BtContext, jump_target)));
-      EmitIndirectJump(p, s, t, true, false);
+      EmitIndirectJump(p, s, t, save, false);
     }
     continuation_exit(continuation);
     return true;
@@ -330,18 +344,18 @@ bool BlockEmitter::EmitBranch(const DecodedInsn& d, uint32_t /*flags_live*/) {
     if (!setup()) return false;
     load_target();
     a_.mov(x86::gpq(s), x86::qword_ptr(x86::r15, offsetof(BtContext, jump_target)));
-    EmitIndirectJump(p, s, t, true, false);
+    EmitIndirectJump(p, s, t, save, false);
     return true;
   }
   if (m == ZYDIS_MNEMONIC_RET) {
     uint16_t pop = op.type == ZYDIS_OPERAND_TYPE_IMMEDIATE ? op.imm.value.u : 0;
     if (!setup()) return false;
     a_.mov(x86::gpq(s), x86::qword_ptr(x86::r15, GprOffset(kRsp)));
-    EmitAccess(d, p, s, t, 8, true, false, true, [this, s] {
+    EmitAccess(d, p, s, t, 8, true, false, save, [this, s] {
       a_.mov(x86::gpq(s), x86::qword_ptr(x86::gpq(s)));
     });
     AdjustGuestRsp(t, 8 + pop);
-    EmitIndirectJump(p, s, t, true, true);
+    EmitIndirectJump(p, s, t, save, true);
     return true;
   }
   return Fail("unhandled branch " + FormatInsn(d));

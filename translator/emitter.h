@@ -64,7 +64,8 @@ class BlockEmitter {
   // Leaves the block for a guest RIP known now: a patchable jump when the
   // target is in the block's page (chaining), else an inline jump-cache
   // probe, else the runtime.
-  void EmitJumpTo(uint64_t target);
+  // With `jcc`, only when that condition holds (else falls through).
+  void EmitJumpTo(uint64_t target, asmjit::InstId jcc = asmjit::x86::Inst::kIdNone);
   // At block entry: return to the runtime if it asked (exit_request).
   void EmitEntryCheck(bool flags_live);
   // Emits the out-of-line code collected while emitting the block (slow

@@ -3,8 +3,9 @@
 # under QEMU TCG, and prints a table of wall time, CPU time and in-loop TSC
 # cycles per configuration, each as a ratio to native.
 #
-#   loops.sh [--build DIR] [--btvm BTVM] [--qemu QEMU | --no-qemu]
-#            [--reps N] [--scale F] [--loops "reg mem call"] [--timeout S]
+#   loops.sh [--build DIR] [--btvm BTVM] [--qemu QEMU] [--no-qemu]
+#            [--configs "native btvm qemu"] [--reps N] [--scale F]
+#            [--loops "reg mem call"] [--timeout S]
 #   loops.sh --check [--build DIR] [--btvm BTVM]
 #
 # Each loop is one C source linked into a native program
@@ -36,7 +37,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 build=$here/../build
 btvm=
 qemu=qemu-system-x86_64
-use_qemu=1
+configs="native btvm qemu"
 reps=3
 scale=1
 loops="reg mem call"
@@ -47,14 +48,15 @@ while [ $# -gt 0 ]; do
     --build) build=$2; shift 2 ;;
     --btvm) btvm=$2; shift 2 ;;
     --qemu) qemu=$2; shift 2 ;;
-    --no-qemu) use_qemu=0; shift ;;
+    --no-qemu) configs="native btvm"; shift ;;
+    --configs) configs=$2; shift 2 ;;
     --reps) reps=$2; shift 2 ;;
     --scale) scale=$2; shift 2 ;;
     --loops) loops=$2; shift 2 ;;
     --timeout) timeout_s=$2; shift 2 ;;
     --check) check=1; shift ;;
-    *) echo "usage: loops.sh [--build DIR] [--btvm BTVM] [--qemu QEMU | --no-qemu] [--reps N]" \
-         "[--scale F] [--loops LIST] [--timeout S] | --check [--build DIR] [--btvm BTVM]" >&2
+    *) echo "usage: loops.sh [--build DIR] [--btvm BTVM] [--qemu QEMU] [--no-qemu] [--configs LIST]" \
+         "[--reps N] [--scale F] [--loops LIST] [--timeout S] | --check [--build DIR] [--btvm BTVM]" >&2
        exit 2 ;;
   esac
 done
@@ -134,8 +136,8 @@ if [ "$check" -eq 1 ]; then
   exit
 fi
 
-configs="native btvm"
-[ "$use_qemu" -eq 1 ] && configs="$configs qemu"
+# Native first: it is the reference every other result is checked against.
+configs="native $(echo "$configs" | tr ' ' '\n' | grep -vx native | tr '\n' ' ')"
 : >"$tmp/samples"
 for rep in $(seq "$reps"); do
   for loop in $loops; do

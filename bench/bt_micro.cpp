@@ -89,16 +89,23 @@ void BM_TranslateDefaultGuest(benchmark::State& state) {
     return n;
   };
   Decoder decoder;
-  CodeCache cache;
+  BtContext ctx;
+  CodeCache cache(&ctx, nullptr);
+  const PhysFn phys_of = [](uint64_t vpage) { return vpage; };
   uint64_t blocks = 0, insns = 0, bytes = 0;
   for (auto _ : state) {
     for (const KernelText::Range& r : text.ranges()) {
       uint64_t rip = r.begin;
       while (rip < r.end) {
-        BuildResult b = BuildBlock(cache, kMmuKernel, rip, fetch);
+        BuildResult b = BuildBlock(cache, BlockKey{rip, rip, kMmuKernel, 0}, fetch, phys_of);
+        if (b.kind == BuildResult::kCacheFull) {
+          state.PauseTiming();
+          cache.Flush();
+          state.ResumeTiming();
+          continue;
+        }
         unsigned advance = b.kind == BuildResult::kOk ? b.guest_insns : 1;
         if (b.kind == BuildResult::kOk) {
-          cache.Insert(BlockKey{rip, rip, kMmuKernel}, b.code);
           ++blocks;
           insns += b.guest_insns;
           bytes += b.host_bytes;

@@ -97,11 +97,44 @@ void CodeCache::BuildTrampolines() {
   a.pop(x86::rbp);
   a.ret();
 
+  // Helper stubs, called from blocks' slow paths: they keep every host
+  // register, the flags and the FPU/SSE state as they were, and call a C++
+  // helper with the context (result in slow_result).
+  auto helper_stub = [&](Label label, uint64_t fn) {
+    constexpr int kCallerSaved[] = {kRax, kRcx, kRdx, kRsi, kRdi, kR8, kR9, kR10, kR11};
+    a.align(AlignMode::kCode, 16);
+    a.bind(label);
+    a.pushfq();  // with the return address: RSP is 16-byte aligned again
+    for (int h : kCallerSaved) {
+      a.mov(x86::qword_ptr(x86::r15, static_cast<int32_t>(offsetof(BtContext, call_save) + 8 * h)),
+            x86::gpq(h));
+    }
+    a.fxsave64(x86::ptr(x86::r15, static_cast<int32_t>(offsetof(CpuState, xsave))));
+    a.cld();
+    a.ldmxcsr(x86::dword_ptr(x86::r15, offsetof(BtContext, host_mxcsr)));
+    a.mov(x86::rdi, x86::r15);
+    a.mov(x86::rax, fn);
+    a.call(x86::rax);
+    a.mov(x86::qword_ptr(x86::r15, offsetof(BtContext, slow_result)), x86::rax);
+    a.fxrstor64(x86::ptr(x86::r15, static_cast<int32_t>(offsetof(CpuState, xsave))));
+    for (int h : kCallerSaved) {
+      a.mov(x86::gpq(h),
+            x86::qword_ptr(x86::r15, static_cast<int32_t>(offsetof(BtContext, call_save) + 8 * h)));
+    }
+    a.popfq();
+    a.ret();
+  };
+  Label mem_stub = a.newLabel(), commit_stub = a.newLabel();
+  helper_stub(mem_stub, reinterpret_cast<uint64_t>(&BtMemSlowPath));
+  helper_stub(commit_stub, reinterpret_cast<uint64_t>(&BtBounceCommit));
+
   size_t size = Place(code, region_, capacity_);
   BTVM_CHECK(size != 0);
   enter_ = reinterpret_cast<EnterFn>(region_);
   exit_stub_ = region_ + code.labelOffsetFromBase(exit);
   fault_exit_stub_ = region_ + code.labelOffsetFromBase(fault_exit);
+  mem_stub_ = region_ + code.labelOffsetFromBase(mem_stub);
+  commit_stub_ = region_ + code.labelOffsetFromBase(commit_stub);
   blocks_start_ = region_ + ((size + 63) & ~size_t{63});
   next_ = blocks_start_;
 }
@@ -111,8 +144,8 @@ EmitEnv CodeCache::EmitEnvFor(unsigned mmu_index) const {
   env.mmu_index = mmu_index;
   env.count_hits = count_tlb_hits_;
   env.exit_stub = reinterpret_cast<uint64_t>(exit_stub_);
-  env.mem_slow_path = reinterpret_cast<uint64_t>(&BtMemSlowPath);
-  env.bounce_commit = reinterpret_cast<uint64_t>(&BtBounceCommit);
+  env.mem_slow_path = reinterpret_cast<uint64_t>(mem_stub_);
+  env.bounce_commit = reinterpret_cast<uint64_t>(commit_stub_);
   env.string_op = reinterpret_cast<uint64_t>(&BtStringOp);
   return env;
 }

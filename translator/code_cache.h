@@ -159,6 +159,8 @@ class CodeCache final : public MmuObserver {
   EnterFn enter_ = nullptr;
   uint8_t* exit_stub_ = nullptr;
   uint8_t* fault_exit_stub_ = nullptr;
+  uint8_t* mem_stub_ = nullptr;     // calls BtMemSlowPath, keeping every register
+  uint8_t* commit_stub_ = nullptr;  // calls BtBounceCommit, likewise
   uint64_t flushes_ = 0;
   bool count_tlb_hits_ = false;
 

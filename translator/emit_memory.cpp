@@ -198,27 +198,22 @@ void BlockEmitter::EmitSlowPaths() {
                                                  : offsetof(TlbEntry, read_tag));
     a_.bind(sp.entry);
     a_.xor_(S, x86::qword_ptr(x86::r15, T, 0, tag));  // the guest address again
-    // The helper takes the address and access from the context.
-    uint16_t keep = (1u << sp.s) | (1u << sp.t);
+    // The helper takes the address and access from the context; the stub
+    // keeps every register (DF included) as it is.
     a_.mov(x86::qword_ptr(x86::r15, offsetof(BtContext, slow_addr)), S);
     a_.mov(x86::qword_ptr(x86::r15, offsetof(BtContext, slow_info)), static_cast<int32_t>(sp.info));
-    CallHelper(env_.mem_slow_path, keep, sp.renamed_live);
+    a_.call(Imm(env_.mem_slow_path));
     a_.mov(S, x86::qword_ptr(x86::r15, offsetof(BtContext, slow_result)));
-    a_.test(S, S);
+    a_.test(S, S);  // arithmetic flags are in saved_flags if live
     a_.jz(sp.fault);
-    RestoreFlags(offsetof(BtContext, slow_flags));  // DF as the guest had it
     if (sp.flags_saved) RestoreArith(offsetof(BtContext, saved_flags));
     sp.body();
-    if (sp.info & kAccessWrite) {
-      CallHelper(env_.bounce_commit, keep, sp.renamed_live);
-      RestoreFlags(offsetof(BtContext, slow_flags));
-    }
+    if (sp.info & kAccessWrite) a_.call(Imm(env_.bounce_commit));
     a_.jmp(sp.resume);
 
     // The access faulted, or stores into translated code (the helper set
     // exit_reason): guest state is as before the instruction.
     a_.bind(sp.fault);
-    RestoreFlags(offsetof(BtContext, slow_flags));
     if (sp.flags_saved) RestoreArith(offsetof(BtContext, saved_flags));
     for (int h = 0; h < 16; ++h) {
       if (sp.spilled & (1u << h)) Reload(h);

@@ -38,8 +38,10 @@ struct EmitEnv {
   bool single = false;          // a one-instruction block: every exit returns to the runtime
   bool count_hits = false;      // count inline soft-TLB hits in BtContext::tlb_hits
   uint64_t exit_stub = 0;       // stores guest registers and returns to the runtime
-  uint64_t mem_slow_path = 0;   // uint8_t* (*)(BtContext*): slow_addr, slow_info in
-  uint64_t bounce_commit = 0;   // void (*)(BtContext*)
+  // Stubs (code_cache.cpp) that call BtMemSlowPath and BtBounceCommit
+  // keeping all registers, flags and FPU state; result in slow_result.
+  uint64_t mem_slow_path = 0;
+  uint64_t bounce_commit = 0;
   uint64_t string_op = 0;       // uint64_t (*)(BtContext*): slow_info in (emit_string.cpp)
 };
 

@@ -315,7 +315,7 @@ EngineExit BtEngine::Run(CpuState& cpu) {
     const bool tf = c.rflags & rflags::kTF;
     ctx.host_flags = c.rflags & kHostFlags;
     ctx.exit_reason = BlockExit::kNext;
-    ctx.chain_block = nullptr;
+    ctx.chain_site = 0;
     // Invariant: b's code lies in the cache and leaves it only through the
     // exit stubs; it reaches memory only through soft-TLB entries into
     // guest RAM.
@@ -324,9 +324,7 @@ EngineExit BtEngine::Run(CpuState& cpu) {
     c.rflags = (c.rflags & ~kHostFlags) | (ctx.host_flags & kHostFlags) | rflags::kFixed1;
     switch (ctx.exit_reason) {
       case BlockExit::kNext:
-        if (ctx.chain_block) {
-          link_from = ctx.chain_block;
-          link_exit = ctx.chain_exit;
+        if (ctx.chain_site && cache_.FindExit(ctx.chain_site, &link_from, &link_exit)) {
           link_epoch = cache_.flushes();
         }
         if (single && tf) {  // the instruction completed: single-step trap

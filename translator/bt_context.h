@@ -92,9 +92,9 @@ struct alignas(64) BtContext {
   uint64_t rcx_save = 0;      // guest RCX around flag-free checks (jrcxz)
   uint64_t rax_save = 0;      // guest RAX around lahf/sahf flag saves
   uint64_t jump_target = 0;   // host code an indirect jump goes to
-  Block* chain_block = nullptr;  // the block whose direct exit returned...
-  uint32_t chain_exit = 0;       // ...and which exit (to patch it)
-  uint32_t pad3 = 0;
+  // A chainable direct exit that returned: the host address of its data
+  // (code_cache.cpp, exit stubs), which names the block and the exit.
+  uint64_t chain_site = 0;
   uint64_t tlb_hits = 0;      // inline soft-TLB hits, counted only when asked (--stats)
   uint64_t smc_phys = 0;      // kSmc: the guest-physical range written
   uint64_t smc_size = 0;

@@ -124,6 +124,29 @@ void CodeCache::BuildTrampolines() {
     a.popfq();
     a.ret();
   };
+  // Compact exits: a block does `call stub; dq rip`. The stub takes the
+  // return address (the dq) off the monitor stack, stores RIP from it and
+  // leaves through the exit stub.
+  auto exit_variant = [&](Label label, bool chain, bool set_reason) {
+    a.align(AlignMode::kCode, 16);
+    a.bind(label);
+    a.mov(x86::qword_ptr(x86::r15, offsetof(BtContext, rax_save)), x86::rax);
+    a.pop(x86::rax);
+    if (chain) a.mov(x86::qword_ptr(x86::r15, offsetof(BtContext, chain_site)), x86::rax);
+    a.mov(x86::rax, x86::qword_ptr(x86::rax));
+    a.mov(x86::qword_ptr(x86::r15, kRipOffset), x86::rax);
+    a.mov(x86::rax, x86::qword_ptr(x86::r15, offsetof(BtContext, rax_save)));
+    if (set_reason) {
+      a.mov(x86::dword_ptr(x86::r15, offsetof(BtContext, exit_reason)),
+            static_cast<uint32_t>(BlockExit::kNext));
+    }
+    a.jmp(exit);
+  };
+  Label exit_next = a.newLabel(), exit_chain = a.newLabel(), exit_rip = a.newLabel();
+  exit_variant(exit_next, false, true);
+  exit_variant(exit_chain, true, true);
+  exit_variant(exit_rip, false, false);
+
   Label mem_stub = a.newLabel(), commit_stub = a.newLabel();
   helper_stub(mem_stub, reinterpret_cast<uint64_t>(&BtMemSlowPath));
   helper_stub(commit_stub, reinterpret_cast<uint64_t>(&BtBounceCommit));
@@ -133,6 +156,9 @@ void CodeCache::BuildTrampolines() {
   enter_ = reinterpret_cast<EnterFn>(region_);
   exit_stub_ = region_ + code.labelOffsetFromBase(exit);
   fault_exit_stub_ = region_ + code.labelOffsetFromBase(fault_exit);
+  exit_next_ = region_ + code.labelOffsetFromBase(exit_next);
+  exit_chain_ = region_ + code.labelOffsetFromBase(exit_chain);
+  exit_rip_ = region_ + code.labelOffsetFromBase(exit_rip);
   mem_stub_ = region_ + code.labelOffsetFromBase(mem_stub);
   commit_stub_ = region_ + code.labelOffsetFromBase(commit_stub);
   blocks_start_ = region_ + ((size + 63) & ~size_t{63});
@@ -144,6 +170,9 @@ EmitEnv CodeCache::EmitEnvFor(unsigned mmu_index) const {
   env.mmu_index = mmu_index;
   env.count_hits = count_tlb_hits_;
   env.exit_stub = reinterpret_cast<uint64_t>(exit_stub_);
+  env.exit_next = reinterpret_cast<uint64_t>(exit_next_);
+  env.exit_chain = reinterpret_cast<uint64_t>(exit_chain_);
+  env.exit_rip = reinterpret_cast<uint64_t>(exit_rip_);
   env.mem_slow_path = reinterpret_cast<uint64_t>(mem_stub_);
   env.bounce_commit = reinterpret_cast<uint64_t>(commit_stub_);
   env.string_op = reinterpret_cast<uint64_t>(&BtStringOp);
@@ -193,6 +222,20 @@ void CodeCache::Patch(Block* from, uint32_t exit, const uint8_t* dest) {
   BTVM_CHECK(jmp[0] == 0xe9 || (jmp[0] == 0x0f && (jmp[1] & 0xf0) == 0x80));
   int32_t rel32 = static_cast<int32_t>(dest - (jmp + len));
   std::memcpy(jmp + len - 4, &rel32, 4);
+}
+
+bool CodeCache::FindExit(uint64_t site, Block** block, uint32_t* exit) const {
+  const Block* b = FindByHostPc(site);
+  if (!b) return false;
+  uint32_t call_offset = static_cast<uint32_t>(site - reinterpret_cast<uint64_t>(b->code) - 5);
+  for (uint32_t i = 0; i < b->exits.size(); ++i) {
+    if (b->exits[i].stub_offset == call_offset) {
+      *block = const_cast<Block*>(b);
+      *exit = i;
+      return true;
+    }
+  }
+  return false;
 }
 
 void CodeCache::Link(Block* from, uint32_t exit, Block* to) {

@@ -100,6 +100,9 @@ class CodeCache final : public MmuObserver {
   uint64_t next_address() const { return reinterpret_cast<uint64_t>(next_); }
   Block* Install(std::unique_ptr<Block> block, asmjit::CodeHolder& code);
 
+  // The block and direct exit whose stub left data at `site`
+  // (BtContext::chain_site); false if none (the block was flushed).
+  bool FindExit(uint64_t site, Block** block, uint32_t* exit) const;
   // Points direct exit `exit` of `from` straight at `to`.
   void Link(Block* from, uint32_t exit, Block* to);
   // Whether a direct exit of `from` to `to` may be patched: same page (so
@@ -159,6 +162,9 @@ class CodeCache final : public MmuObserver {
   EnterFn enter_ = nullptr;
   uint8_t* exit_stub_ = nullptr;
   uint8_t* fault_exit_stub_ = nullptr;
+  uint8_t* exit_next_ = nullptr;
+  uint8_t* exit_chain_ = nullptr;
+  uint8_t* exit_rip_ = nullptr;
   uint8_t* mem_stub_ = nullptr;     // calls BtMemSlowPath, keeping every register
   uint8_t* commit_stub_ = nullptr;  // calls BtBounceCommit, likewise
   uint64_t flushes_ = 0;

@@ -48,10 +48,19 @@ void BlockEmitter::StoreImm64(int32_t offset, uint64_t value) {
 }
 
 void BlockEmitter::EmitExit(uint64_t rip, BlockExit reason) {
+  if (reason == BlockExit::kNext) {
+    EmitCompactExit(env_.exit_next, rip);
+    return;
+  }
   StoreImm64(kRipOffset, rip);
   a_.mov(x86::dword_ptr(x86::r15, offsetof(BtContext, exit_reason)),
          static_cast<uint32_t>(reason));
   a_.jmp(Imm(env_.exit_stub));
+}
+
+void BlockEmitter::EmitCompactExit(uint64_t stub, uint64_t rip) {
+  a_.call(Imm(stub));
+  a_.embedUInt64(rip);
 }
 
 namespace {
@@ -91,14 +100,10 @@ void BlockEmitter::EmitJumpTo(uint64_t target, InstId jcc) {
   } else {
     a_.long_().jmp(x.stub);
   }
-  out_of_line_.push_back([this, x, index] {
+  (void)index;
+  out_of_line_.push_back([this, x] {
     a_.bind(x.stub);
-    StoreImm64(kRipOffset, x.target);
-    StoreImm64(offsetof(BtContext, chain_block), reinterpret_cast<uint64_t>(env_.block));
-    a_.mov(x86::dword_ptr(x86::r15, offsetof(BtContext, chain_exit)), index);
-    a_.mov(x86::dword_ptr(x86::r15, offsetof(BtContext, exit_reason)),
-           static_cast<uint32_t>(BlockExit::kNext));
-    a_.jmp(Imm(env_.exit_stub));
+    EmitCompactExit(env_.exit_chain, x.target);
   });
 }
 

@@ -218,8 +218,7 @@ void BlockEmitter::EmitSlowPaths() {
     for (int h = 0; h < 16; ++h) {
       if (sp.spilled & (1u << h)) Reload(h);
     }
-    StoreImm64(kRipOffset, sp.rip);
-    a_.jmp(Imm(env_.exit_stub));
+    EmitCompactExit(env_.exit_rip, sp.rip);
   }
 }
 

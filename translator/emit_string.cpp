@@ -76,8 +76,7 @@ bool BlockEmitter::EmitString(const DecodedInsn& d) {
     a_.je(paused);
     // A fault or a store into code: the helper set exit_reason.
     RestoreFlags(offsetof(BtContext, slow_flags));
-    StoreImm64(kRipOffset, rip);
-    a_.jmp(Imm(env_.exit_stub));
+    EmitCompactExit(env_.exit_rip, rip);
     // Paused for the runtime: the instruction goes on from where it is.
     a_.bind(paused);
     RestoreFlags(offsetof(BtContext, slow_flags));

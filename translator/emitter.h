@@ -38,6 +38,10 @@ struct EmitEnv {
   bool single = false;          // a one-instruction block: every exit returns to the runtime
   bool count_hits = false;      // count inline soft-TLB hits in BtContext::tlb_hits
   uint64_t exit_stub = 0;       // stores guest registers and returns to the runtime
+  // Compact exits: `call stub; dq rip` (code_cache.cpp).
+  uint64_t exit_next = 0;       // RIP = rip, exit_reason = kNext
+  uint64_t exit_chain = 0;      // the same, and chain_site = the dq: patch me
+  uint64_t exit_rip = 0;        // RIP = rip, exit_reason as a helper set it
   // Stubs (code_cache.cpp) that call BtMemSlowPath and BtBounceCommit
   // keeping all registers, flags and FPU state; result in slow_result.
   uint64_t mem_slow_path = 0;
@@ -147,6 +151,7 @@ class BlockEmitter {
   bool Reencode(const DecodedInsn& d, const Plan& p, int s, std::vector<uint8_t>* out);
 
   void StoreImm64(int32_t offset, uint64_t value);
+  void EmitCompactExit(uint64_t stub, uint64_t rip);
   void AdjustGuestRsp(int tmp, int32_t delta);
 
   asmjit::x86::Assembler& a_;

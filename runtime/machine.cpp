@@ -73,7 +73,7 @@ Result<std::unique_ptr<Machine>> Machine::Create(const MachineConfig& config) {
   Result<LoadedKernel> k = LoadElfKernel(config.kernel, m->memory_, &m->cpu_);
   if (!k) return k.error();
   auto engine = std::make_unique<BtEngine>(m->memory_, m->pio_, m->mmio_, m->stop_,
-                                           m->counters_, m.get());
+                                           m->counters_, m.get(), config.code_cache);
   engine->set_count_tlb_hits(config.stats);
   m->engine_ = std::move(engine);
   return m;

@@ -32,6 +32,7 @@ struct MachineConfig {
   std::vector<uint8_t> kernel;  // an ELF64 image per docs/entry-contract.md
   int console_in = 0;           // fd read for COM1 input (-1: none)
   std::FILE* console_out = stdout;
+  uint64_t code_cache = uint64_t{64} << 20;  // bytes of translated code before a flush
   bool stats = false;           // count what --stats reports (inline TLB hits cost a little)
 };
 

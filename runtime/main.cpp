@@ -1,4 +1,4 @@
-// btvm's command line: `btvm run [--engine bt] [--memory SIZE] [--kernel FILE] [--stats]`.
+// btvm's command line: `btvm run [--engine bt] [--memory SIZE] [--kernel FILE] [--code-cache SIZE] [--stats]`.
 // Exit status: the guest's, as QEMU gives it ((v << 1) | 1 for a write of v
 // to isa-debug-exit; 0 for a guest reset or power-off); 2 for a bad command
 // line; 125 when btvm cannot run the guest (bad kernel file, an instruction
@@ -19,16 +19,21 @@ namespace {
 
 constexpr int kUsageError = 2;
 constexpr int kRunError = 125;
+constexpr uint64_t kMinCodeCache = uint64_t{64} << 10;
+constexpr uint64_t kMaxCodeCache = uint64_t{1} << 30;
 
 void PrintUsage(std::FILE* out) {
   std::fputs(
-      "usage: btvm run [--engine bt] [--memory SIZE] [--kernel FILE] [--stats]\n"
+      "usage: btvm run [--engine bt] [--memory SIZE] [--kernel FILE] [--code-cache SIZE]\n"
+      "                [--stats]\n"
       "\n"
       "  --engine bt      translate every guest instruction (the only engine so far)\n"
       "  --memory SIZE    guest RAM: a number of MiB, or with a suffix K, M, G\n"
       "                   (2M to 64G; default 128M)\n"
       "  --kernel FILE    an ELF64 guest kernel with a btvm entry note\n"
       "                   (docs/entry-contract.md); default: the built-in guest\n"
+      "  --code-cache SIZE  translated-code cache, flushed whole when full\n"
+      "                   (64K to 1G; default 64M)\n"
       "  --stats          print counters to stderr when the run ends\n",
       out);
 }
@@ -40,15 +45,15 @@ int Fail(int code, const std::string& message) {
 
 // Parses "128", "128M", "2G", "512K", "128MiB": a bare number is MiB, as
 // in QEMU's -m.
-Result<uint64_t> ParseSize(std::string_view text) {
-  if (text.empty()) return MakeError("empty memory size");
+Result<uint64_t> ParseSize(std::string_view text, std::string_view what) {
+  if (text.empty()) return MakeError("empty " + std::string(what));
   uint64_t value = 0;
   size_t i = 0;
   for (; i < text.size() && text[i] >= '0' && text[i] <= '9'; ++i) {
-    if (value > (~0ull - 9) / 10) return MakeError("memory size '" + std::string(text) + "' is too large");
+    if (value > (~0ull - 9) / 10) return MakeError(std::string(what) + " '" + std::string(text) + "' is too large");
     value = value * 10 + (text[i] - '0');
   }
-  if (i == 0) return MakeError("memory size '" + std::string(text) + "' is not a number");
+  if (i == 0) return MakeError(std::string(what) + " '" + std::string(text) + "' is not a number");
   std::string_view suffix = text.substr(i);
   unsigned shift;
   if (suffix.empty() || suffix == "M" || suffix == "m" || suffix == "MiB" || suffix == "MB") {
@@ -60,9 +65,9 @@ Result<uint64_t> ParseSize(std::string_view text) {
   } else if (suffix == "T" || suffix == "t" || suffix == "TiB" || suffix == "TB") {
     shift = 40;
   } else {
-    return MakeError("memory size '" + std::string(text) + "' has an unknown suffix");
+    return MakeError(std::string(what) + " '" + std::string(text) + "' has an unknown suffix");
   }
-  if (value > (~0ull >> shift)) return MakeError("memory size '" + std::string(text) + "' is too large");
+  if (value > (~0ull >> shift)) return MakeError(std::string(what) + " '" + std::string(text) + "' is too large");
   return value << shift;
 }
 
@@ -77,7 +82,7 @@ int Run(int argc, char** argv) {
       (void)name;
       return argv[++i];
     };
-    if (arg == "--engine" || arg == "--memory" || arg == "--kernel") {
+    if (arg == "--engine" || arg == "--memory" || arg == "--kernel" || arg == "--code-cache") {
       const char* v = value(argv[i]);
       if (!v) return Fail(kUsageError, std::string(arg) + " needs a value");
       if (arg == "--engine") {
@@ -86,9 +91,17 @@ int Run(int argc, char** argv) {
           return Fail(kUsageError, "unknown engine '" + config.engine + "' (this build has: bt)");
         }
       } else if (arg == "--memory") {
-        Result<uint64_t> size = ParseSize(v);
+        Result<uint64_t> size = ParseSize(v, "memory size");
         if (!size) return Fail(kUsageError, size.error().message);
         config.memory = size.value();
+      } else if (arg == "--code-cache") {
+        Result<uint64_t> size = ParseSize(v, "code cache size");
+        if (!size) return Fail(kUsageError, size.error().message);
+        if (size.value() < kMinCodeCache || size.value() > kMaxCodeCache) {
+          return Fail(kUsageError, "code cache size '" + std::string(v) +
+                                       "' is outside 64K to 1G");
+        }
+        config.code_cache = size.value();
       } else {
         kernel_path = v;
       }

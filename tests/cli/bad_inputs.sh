@@ -47,6 +47,9 @@ expect_error "memory 1T" run --memory 1T
 expect_error "memory garbage" run --memory lots
 expect_error "memory unaligned" run --memory 3K
 expect_error "memory overflow" run --memory 99999999999999999999999G
+expect_error "code cache too small" run --code-cache 4K
+expect_error "code cache too large" run --code-cache 2G
+expect_error "code cache garbage" run --code-cache big
 expect_error "unknown engine" run --engine qemu
 expect_error "missing value" run --kernel
 expect_error "unknown flag" run --frobnicate

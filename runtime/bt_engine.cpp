@@ -181,6 +181,11 @@ bool BtEngine::Emulate(EngineExit* exit) {
     return Deliver(n < sizeof(bytes) ? fault : GuestException::Ud(), EventSource::kException,
                    exit);
   }
+  return EmulateDecoded(d, exit);
+}
+
+bool BtEngine::EmulateDecoded(const DecodedInsn& d, EngineExit* exit) {
+  CpuState& c = ctx_->cpu;
   const bool tf = c.rflags & rflags::kTF;
   const bool if_before = c.rflags & rflags::kIF;
   check_irq_ = true;
@@ -224,7 +229,9 @@ bool BtEngine::FetchBlock(bool single, Block** block, EngineExit* exit) {
     Mmu::Lookup l = mmu_.Translate(c, GuestVirt(vpage), Access::kFetch, index);
     return l.kind == Mmu::Lookup::kFault ? ~uint64_t{0} : l.phys.value;
   };
-  Block* b = single ? nullptr : cache_.Find(key);
+  Block* b = cache_.Find(key);
+  if (b && b->emulated) return EmulateDecoded(*b->emulated, exit);
+  if (single) b = nullptr;
   // A block reaching into a second page is only valid while that page maps
   // where it did.
   if (b && b->spans_pages && phys_of((c.rip & kPageMask) + kPageSize) != b->phys2) b = nullptr;
@@ -244,7 +251,11 @@ bool BtEngine::FetchBlock(bool single, Block** block, EngineExit* exit) {
   }
   switch (r.kind) {
     case BuildResult::kOk: break;
-    case BuildResult::kEmulate: return Emulate(exit);
+    case BuildResult::kEmulate:
+      if (r.emulate.insn.length <= kPageSize - (c.rip & (kPageSize - 1))) {
+        return EmulateDecoded(*cache_.InstallEmulated(key, r.emulate)->emulated, exit);
+      }
+      return EmulateDecoded(r.emulate, exit);  // across a page: not kept
     case BuildResult::kFault: return Deliver(r.fault, EventSource::kException, exit);
     case BuildResult::kUndefined:
       return Deliver(GuestException::Ud(), EventSource::kException, exit);

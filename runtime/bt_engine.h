@@ -58,6 +58,7 @@ class BtEngine final : public Engine {
   // emulating the instruction there.
   bool FetchBlock(bool single, Block** block, EngineExit* exit);
   bool Emulate(EngineExit* exit);
+  bool EmulateDecoded(const DecodedInsn& d, EngineExit* exit);
   // Reads guest code at rip; returns bytes read, fewer with *fault set.
   size_t FetchCode(uint64_t rip, uint8_t* buf, size_t len, GuestException* fault);
   void ArmTimer();

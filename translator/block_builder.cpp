@@ -97,6 +97,7 @@ BuildResult BuildBlock(CodeCache& cache, const BlockKey& key, const FetchFn& fet
     if (d.cls == InsnClass::kRuntime) {
       if (insns.empty()) {  // the runtime emulates it; no block
         r.kind = BuildResult::kEmulate;
+        r.emulate = d;
         return r;
       }
       break;

@@ -20,6 +20,7 @@ struct BuildResult {
   enum Kind { kOk, kEmulate, kFault, kUndefined, kUnsupported, kCacheFull } kind = kOk;
   Block* block = nullptr;    // kOk: installed in the cache
   GuestException fault;      // kFault: fetching the first instruction faulted
+  DecodedInsn emulate;       // kEmulate: the instruction
   std::string message;       // kUnsupported
   unsigned guest_insns = 0;
   size_t host_bytes = 0;

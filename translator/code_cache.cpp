@@ -203,6 +203,21 @@ Block* CodeCache::Install(std::unique_ptr<Block> block, CodeHolder& code) {
   return b;
 }
 
+Block* CodeCache::InstallEmulated(const BlockKey& key, const DecodedInsn& insn) {
+  auto block = NewBlock(key);
+  Block* b = block.get();
+  b->emulated = std::make_unique<DecodedInsn>(insn);
+  b->guest_insns = 1;
+  b->guest_size = insn.insn.length;
+  uint64_t page = key.phys & ~uint64_t{0xfff};
+  b->watch_lo = static_cast<uint32_t>(key.phys - page);
+  b->watch_hi = static_cast<uint32_t>(std::min<uint64_t>(b->watch_lo + b->guest_size, 0x1000));
+  emulated_.push_back(std::move(block));
+  blocks_[key] = b;
+  AddToPage(page, b);
+  return b;
+}
+
 void CodeCache::AddToPage(uint64_t page, Block* b) {
   std::vector<Block*>& list = pages_[page];
   if (list.empty() && mmu_) mmu_->MarkCodePage(GuestPhys(page));
@@ -210,7 +225,7 @@ void CodeCache::AddToPage(uint64_t page, Block* b) {
 }
 
 bool CodeCache::CanLink(const Block& from, const Block& to) {
-  return from.valid && to.valid && !((from.key.flags | to.key.flags) & kBlockSingle) &&
+  return from.valid && to.valid && from.code && to.code && !((from.key.flags | to.key.flags) & kBlockSingle) &&
          !to.spans_pages && from.key.mmu_index == to.key.mmu_index &&
          ((from.key.rip ^ to.key.rip) >> 12) == 0;
 }
@@ -247,7 +262,7 @@ void CodeCache::Link(Block* from, uint32_t exit, Block* to) {
 }
 
 void CodeCache::RememberLookup(const Block& b) {
-  if (b.key.flags & kBlockSingle) return;
+  if ((b.key.flags & kBlockSingle) || !b.code) return;
   JumpCacheEntry& e = ctx_->jump_cache[b.key.mmu_index][JumpCacheIndex(b.key.rip)];
   ctx_->jump_cache_used = true;
   e.rip = b.key.rip;
@@ -278,7 +293,7 @@ void CodeCache::Invalidate(Block* b) {
     b->exits[i].linked = nullptr;
   }
   JumpCacheEntry& jc = ctx_->jump_cache[b->key.mmu_index][JumpCacheIndex(b->key.rip)];
-  if (jc.code == reinterpret_cast<uint64_t>(b->code)) jc = {kNoRip, 0};
+  if (b->code && jc.code == reinterpret_cast<uint64_t>(b->code)) jc = {kNoRip, 0};
   for (uint64_t page : {b->key.phys & ~uint64_t{0xfff}, b->phys2}) {
     if (page == b->phys2 && !b->spans_pages) continue;
     auto p = pages_.find(page);
@@ -336,6 +351,7 @@ void CodeCache::Flush() {
   blocks_.clear();
   pages_.clear();
   order_.clear();
+  emulated_.clear();
   next_ = blocks_start_;
   if (mmu_) mmu_->UnmarkAllCodePages();
   ctx_->ClearLookups();
@@ -353,9 +369,19 @@ const Block* CodeCache::FindByHostPc(uint64_t pc) const {
 
 void CodeCache::OnTlbFlush() { ctx_->ClearLookups(); }
 
-void CodeCache::OnTlbFlushPage(GuestVirt) {
-  // The jump cache is not organised by page; a page flush drops it whole.
-  ctx_->ClearLookups();
+void CodeCache::OnTlbFlushPage(GuestVirt page) {
+  // Lookups that go to code in that page (the return-address cache too).
+  const uint64_t vpn = page.value >> 12;
+  for (auto& jc : ctx_->jump_cache) {
+    for (auto& e : jc) {
+      if ((e.rip >> 12) == vpn) e = {kNoRip, 0};
+    }
+  }
+  for (auto& rips : ctx_->ras_rip) {
+    for (auto& r : rips) {
+      if ((r >> 12) == vpn) r = kNoRip;
+    }
+  }
 }
 
 void CodeCache::OnCodeWrite(GuestPhys addr, uint64_t size) { InvalidateRange(addr.value, size); }

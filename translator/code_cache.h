@@ -72,6 +72,11 @@ struct Block {
     uint64_t rip;
   };
   std::vector<InsnRecord> insns;
+
+  // A sensitive instruction the runtime emulates has no code: the block
+  // keeps its decoding (so it is fetched and decoded once, and a store to
+  // it invalidates it like any block).
+  std::unique_ptr<DecodedInsn> emulated;
 };
 
 class CodeCache final : public MmuObserver {
@@ -99,6 +104,8 @@ class CodeCache final : public MmuObserver {
   std::unique_ptr<Block> NewBlock(const BlockKey& key) const;
   uint64_t next_address() const { return reinterpret_cast<uint64_t>(next_); }
   Block* Install(std::unique_ptr<Block> block, asmjit::CodeHolder& code);
+  // Records a decoded sensitive instruction for the runtime (no code).
+  Block* InstallEmulated(const BlockKey& key, const DecodedInsn& insn);
 
   // The block and direct exit whose stub left data at `site`
   // (BtContext::chain_site); false if none (the block was flushed).
@@ -170,7 +177,8 @@ class CodeCache final : public MmuObserver {
   uint64_t flushes_ = 0;
   bool count_tlb_hits_ = false;
 
-  std::vector<std::unique_ptr<Block>> order_;  // every block, in address order
+  std::vector<std::unique_ptr<Block>> order_;  // every block with code, in address order
+  std::vector<std::unique_ptr<Block>> emulated_;  // code-less blocks
   std::unordered_map<BlockKey, Block*, BlockKeyHash> blocks_;
   std::unordered_map<uint64_t, std::vector<Block*>> pages_;  // guest-physical page -> blocks
 };

@@ -174,7 +174,8 @@ BuildResult BuildBlock(CodeCache& cache, const BlockKey& key, const FetchFn& fet
       case InsnClass::kStack: ok = e.EmitStack(d, keep); break;
       case InsnClass::kString: ok = e.EmitString(d); break;
       case InsnClass::kBranch: ok = e.EmitBranch(d, keep); break;
-      case InsnClass::kRuntime: ok = false; break;
+      case InsnClass::kRuntime:
+      case InsnClass::kUndefined: ok = false; break;
     }
     if (!ok) {
       if (emitted == 0) {

@@ -20,7 +20,7 @@ bool Decoder::Decode(const uint8_t* bytes, size_t len, uint64_t rip, DecodedInsn
   out->rip = rip;
   __builtin_memcpy(out->bytes, bytes, out->insn.length);
   out->cls = ClassifyInsn(out->insn, out->ops);
-  return true;
+  return out->cls != InsnClass::kUndefined;
 }
 
 std::string FormatInsn(const DecodedInsn& d) {

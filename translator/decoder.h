@@ -20,6 +20,7 @@ enum class InsnClass : uint8_t {
   kBranch,     // ends the block: jmp, jcc, loop, call, ret
   kString,     // movs / stos / lods: a helper call that works page by page
   kRuntime,    // ends the block; the runtime emulates it against CpuState
+  kUndefined,  // outside the virtual CPU: the decoder reports it as #UD
 };
 
 struct DecodedInsn {

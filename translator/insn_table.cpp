@@ -158,10 +158,36 @@ constexpr Row kRows[] = {
     // guest #DE at the precise RIP (translator/host_fault.cpp).
 };
 
+// Instructions outside the virtual CPU model: the decoder turns them into
+// #UD. Some would be dangerous to re-emit (they change the host's RIP
+// (TSX, user interrupts), its protection keys, or write where a register
+// points); the rest are extensions CPUID does not expose.
+constexpr ZydisMnemonic kNotInModel[] = {
+    ZYDIS_MNEMONIC_WRPKRU, ZYDIS_MNEMONIC_RDPKRU, ZYDIS_MNEMONIC_XBEGIN,
+    ZYDIS_MNEMONIC_XABORT, ZYDIS_MNEMONIC_XEND, ZYDIS_MNEMONIC_XTEST,
+    ZYDIS_MNEMONIC_XSUSLDTRK, ZYDIS_MNEMONIC_XRESLDTRK, ZYDIS_MNEMONIC_UIRET,
+    ZYDIS_MNEMONIC_SENDUIPI, ZYDIS_MNEMONIC_CLUI, ZYDIS_MNEMONIC_STUI,
+    ZYDIS_MNEMONIC_TESTUI, ZYDIS_MNEMONIC_ENCLU, ZYDIS_MNEMONIC_ENCLS,
+    ZYDIS_MNEMONIC_ENCLV, ZYDIS_MNEMONIC_MOVDIR64B, ZYDIS_MNEMONIC_ENQCMD,
+    ZYDIS_MNEMONIC_ENQCMDS, ZYDIS_MNEMONIC_INCSSPD, ZYDIS_MNEMONIC_INCSSPQ,
+    ZYDIS_MNEMONIC_RDSSPD, ZYDIS_MNEMONIC_RDSSPQ, ZYDIS_MNEMONIC_SAVEPREVSSP,
+    ZYDIS_MNEMONIC_RSTORSSP, ZYDIS_MNEMONIC_WRSSD, ZYDIS_MNEMONIC_WRSSQ,
+    ZYDIS_MNEMONIC_WRUSSD, ZYDIS_MNEMONIC_WRUSSQ, ZYDIS_MNEMONIC_SETSSBSY,
+    ZYDIS_MNEMONIC_CLRSSBSY, ZYDIS_MNEMONIC_PCONFIG, ZYDIS_MNEMONIC_MONITORX,
+    ZYDIS_MNEMONIC_MWAITX, ZYDIS_MNEMONIC_CLZERO, ZYDIS_MNEMONIC_RDPRU,
+    ZYDIS_MNEMONIC_UMONITOR, ZYDIS_MNEMONIC_UMWAIT, ZYDIS_MNEMONIC_TPAUSE,
+    ZYDIS_MNEMONIC_INVLPGA, ZYDIS_MNEMONIC_INVLPGB, ZYDIS_MNEMONIC_TLBSYNC,
+    ZYDIS_MNEMONIC_VMRUN, ZYDIS_MNEMONIC_VMLOAD, ZYDIS_MNEMONIC_VMSAVE,
+    ZYDIS_MNEMONIC_SKINIT, ZYDIS_MNEMONIC_STGI, ZYDIS_MNEMONIC_CLGI,
+    ZYDIS_MNEMONIC_RMPADJUST, ZYDIS_MNEMONIC_PSMASH, ZYDIS_MNEMONIC_PVALIDATE,
+    ZYDIS_MNEMONIC_RMPUPDATE, ZYDIS_MNEMONIC_LOADIWKEY, ZYDIS_MNEMONIC_GETSEC,
+};
+
 constexpr auto BuildTable() {
   std::array<InsnClass, ZYDIS_MNEMONIC_MAX_VALUE + 1> t{};
   for (auto& c : t) c = InsnClass::kIdent;
   for (const Row& r : kRows) t[r.mnemonic] = r.cls;
+  for (ZydisMnemonic m : kNotInModel) t[m] = InsnClass::kUndefined;
   return t;
 }
 constexpr auto kTable = BuildTable();
@@ -170,6 +196,20 @@ constexpr auto kTable = BuildTable();
 
 InsnClass ClassifyInsn(const ZydisDecodedInstruction& insn, const ZydisDecodedOperand* ops) {
   InsnClass c = kTable[insn.mnemonic];
+  // Anything else that moves RIP would be re-emitted with a host-relative
+  // target: the tables above must know every branch, so an unknown one is
+  // refused rather than copied.
+  if (c == InsnClass::kIdent || c == InsnClass::kNop) {
+    if (insn.meta.branch_type != ZYDIS_BRANCH_TYPE_NONE) return InsnClass::kUndefined;
+    for (unsigned i = 0; i < insn.operand_count; ++i) {
+      const ZydisDecodedOperand& op = ops[i];
+      bool rip_written = op.type == ZYDIS_OPERAND_TYPE_REGISTER &&
+                         op.reg.value == ZYDIS_REGISTER_RIP &&
+                         (op.actions & ZYDIS_OPERAND_ACTION_MASK_WRITE);
+      bool relative_imm = op.type == ZYDIS_OPERAND_TYPE_IMMEDIATE && op.imm.is_relative;
+      if (rip_written || relative_imm) return InsnClass::kUndefined;
+    }
+  }
   // Any explicit segment, control or debug register operand (mov to/from
   // CRn, DRn or Sreg; push/pop of a segment register) is sensitive.
   for (unsigned i = 0; i < insn.operand_count_visible; ++i) {

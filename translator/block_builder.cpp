@@ -16,8 +16,31 @@ constexpr uint32_t kArithFlags = ZYDIS_CPUFLAG_CF | ZYDIS_CPUFLAG_PF | ZYDIS_CPU
 uint32_t FlagsRead(const DecodedInsn& d) {
   return d.insn.cpu_flags ? (d.insn.cpu_flags->tested & kArithFlags) : 0;
 }
+// Shifts and rotates whose masked count is 0 leave every flag alone (SDM
+// Vol. 2 SAL/SAR/SHL/SHR, RCL/RCR/ROL/ROR, SHLD/SHRD), so they may only
+// count as writing flags when the count is an immediate known not to be 0.
+bool MayLeaveFlags(const DecodedInsn& d) {
+  switch (d.insn.mnemonic) {
+    case ZYDIS_MNEMONIC_SHL: case ZYDIS_MNEMONIC_SHR: case ZYDIS_MNEMONIC_SAR:
+    case ZYDIS_MNEMONIC_ROL: case ZYDIS_MNEMONIC_ROR: case ZYDIS_MNEMONIC_RCL:
+    case ZYDIS_MNEMONIC_RCR: case ZYDIS_MNEMONIC_SHLD: case ZYDIS_MNEMONIC_SHRD:
+      break;
+    default:
+      return false;
+  }
+  const ZydisDecodedOperand* count = nullptr;
+  for (unsigned i = 1; i < d.insn.operand_count_visible; ++i) count = &d.ops[i];
+  if (!count || count->type != ZYDIS_OPERAND_TYPE_IMMEDIATE) return true;  // CL (or implicit 1)
+  unsigned bits = d.insn.operand_width;
+  uint64_t masked = count->imm.value.u & (bits == 64 ? 63 : 31);
+  if (masked == 0) return true;
+  // 8/16-bit rcl/rcr rotate through CF by count mod 9/17.
+  bool rc = d.insn.mnemonic == ZYDIS_MNEMONIC_RCL || d.insn.mnemonic == ZYDIS_MNEMONIC_RCR;
+  return rc && bits < 32 && masked % (bits + 1) == 0;
+}
+
 uint32_t FlagsWritten(const DecodedInsn& d) {
-  if (!d.insn.cpu_flags) return 0;
+  if (!d.insn.cpu_flags || MayLeaveFlags(d)) return 0;
   const auto* f = d.insn.cpu_flags;
   return (f->modified | f->set_0 | f->set_1 | f->undefined) & kArithFlags;
 }
@@ -224,6 +247,14 @@ BuildResult BuildBlock(CodeCache& cache, const BlockKey& key, const FetchFn& fet
     b->insns.push_back({static_cast<uint32_t>(code.labelOffsetFromBase(rec.label)), rec.scratch,
                         0, rec.rip});
   }
+  for (const auto& rec : e.out_of_line_insns()) {
+    b->insns.push_back({static_cast<uint32_t>(code.labelOffsetFromBase(rec.label)), rec.scratch,
+                        0, rec.rip});
+  }
+  std::sort(b->insns.begin(), b->insns.end(),
+            [](const Block::InsnRecord& x, const Block::InsnRecord& y) {
+              return x.host_offset < y.host_offset;
+            });
   r.block = b;
   r.guest_insns = static_cast<unsigned>(emitted);
   r.host_bytes = b->code_size;

@@ -78,8 +78,10 @@ struct alignas(64) BtContext {
 
   // Bounce buffer for an access the inline path cannot do on guest RAM in
   // place: one that crosses a page, or one that reaches MMIO. The slow path
-  // points the instruction at `bounce`, then writes it back.
-  alignas(64) uint8_t bounce[64] = {};
+  // points the instruction at `bounce` + (guest address % 64), so that the
+  // host checks alignment as it would on the guest address (a misaligned
+  // movdqa still faults), then writes it back.
+  alignas(64) uint8_t bounce[128] = {};
   uint64_t bounce_addr = 0;
   uint32_t bounce_size = 0;
   uint8_t bounce_active = 0;

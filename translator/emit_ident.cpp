@@ -276,26 +276,20 @@ bool BlockEmitter::EmitIdent(const DecodedInsn& d, uint32_t flags_live) {
   EmitEffectiveAddress(d, *mem, p, s);
   if (u >= 0) {
     x86::Gp U = x86::gpq(u);
-    // u = sign-extended bit offset (a renamed source was loaded by LoadRenamed,
-    // a spilled one is still in its host register until reused: read the slot).
-    bool in_slot = bit_src == bit_reg.index && (p.spilled & (1u << bit_src));
+    // A renamed source (RSP, R15) was loaded into u itself by LoadRenamed
+    // (the rename map points it there): keep a copy in the scratch that
+    // was meant for it.
+    if (bit_reg.index == kRsp || bit_reg.index == kR15) a_.mov(x86::gpq(bit_src), U);
     x86::Gp src = x86::gpq(bit_src);
-    if (in_slot) {
-      a_.mov(U, x86::qword_ptr(x86::r15, GprOffset(bit_src)));
-      src = U;
-    }
+    // u = the sign-extended bit offset, scaled to operand units in bytes.
     if (size == 2) a_.movsx(U, src.r16());
     else if (size == 4) a_.movsxd(U, src.r32());
-    else if (src != U) a_.mov(U, src);
+    else a_.mov(U, src);
     a_.sar(U, 3);
     a_.and_(U, -static_cast<int32_t>(size));
     a_.add(x86::gpq(s), U);
     // The offset within the operand: the low bits of the source.
-    if (in_slot) {
-      a_.mov(U, x86::qword_ptr(x86::r15, GprOffset(bit_src)));
-    } else {
-      a_.mov(U, x86::gpq(bit_src));
-    }
+    a_.mov(U, src);
     a_.and_(U, static_cast<int32_t>(size * 8 - 1));
   }
   EmitAccess(d, p, s, t, size, read, write, flags_live_now,

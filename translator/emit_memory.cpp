@@ -109,6 +109,12 @@ void BlockEmitter::EmitAccess(const DecodedInsn& d, const Plan& p, int s, int t,
   sp.s = s;
   sp.t = t;
   sp.info = size | (read ? kAccessRead : 0) | (write ? kAccessWrite : 0);
+  for (unsigned i = 0; i < d.insn.operand_count; ++i) {
+    if (d.ops[i].type == ZYDIS_OPERAND_TYPE_MEMORY && d.ops[i].mem.type == ZYDIS_MEMOP_TYPE_MEM &&
+        d.ops[i].mem.segment == ZYDIS_REGISTER_SS) {
+      sp.info |= kAccessStack;
+    }
+  }
   sp.flags_saved = flags_live;
   sp.spilled = p.spilled;
   sp.rip = d.rip;
@@ -207,6 +213,9 @@ void BlockEmitter::EmitSlowPaths() {
     a_.test(S, S);  // arithmetic flags are in saved_flags if live
     a_.jz(sp.fault);
     if (sp.flags_saved) RestoreArith(offsetof(BtContext, saved_flags));
+    OutOfLineInsn copy{a_.newLabel(), sp.spilled, sp.rip};
+    a_.bind(copy.label);
+    out_of_line_insns_.push_back(copy);
     sp.body();
     if (sp.info & kAccessWrite) a_.call(Imm(env_.bounce_commit));
     a_.jmp(sp.resume);

@@ -52,6 +52,9 @@ struct EmitEnv {
 // Access info passed to the slow path helper: size in bits 0..7, read and
 // write in bits 8 and 9.
 inline constexpr uint64_t kAccessRead = 1u << 8, kAccessWrite = 1u << 9;
+// The access is a stack-segment reference (RSP/RBP-based, or push/pop):
+// a non-canonical address raises #SS(0), not #GP(0) (SDM Vol. 3 §6.15).
+inline constexpr uint64_t kAccessStack = 1u << 10;
 
 class BlockEmitter {
  public:
@@ -87,6 +90,15 @@ class BlockEmitter {
   // Host registers whose guest values sat in CpuState while the last
   // emitted instruction's own code ran (for the host-fault side table).
   uint16_t last_scratch() const { return last_scratch_; }
+  // Copies of instructions emitted out of line (a slow path runs the
+  // instruction on the pointer the MMU gave): they can fault on the host
+  // too, so the side table maps them as well.
+  struct OutOfLineInsn {
+    asmjit::Label label;
+    uint16_t scratch;
+    uint64_t rip;
+  };
+  const std::vector<OutOfLineInsn>& out_of_line_insns() const { return out_of_line_insns_; }
 
   const std::string& why() const { return why_; }
 
@@ -159,6 +171,7 @@ class BlockEmitter {
   std::vector<SlowPath> slow_paths_;
   std::vector<std::function<void()>> out_of_line_;
   std::vector<ExitLabels> exits_;
+  std::vector<OutOfLineInsn> out_of_line_insns_;
   uint16_t last_scratch_ = 0;
   std::string why_;
 };

@@ -19,6 +19,14 @@ uint8_t* Fault(BtContext* ctx, const GuestException& e) {
   return nullptr;
 }
 
+// A non-canonical stack reference is #SS(0), not #GP(0).
+GuestException StackFault(const BtContext* ctx, uint64_t addr, const GuestException& e) {
+  if ((ctx->slow_info & kAccessStack) && e.vector == kGP && !IsCanonical(addr)) {
+    return {kSS, true, 0, 0};
+  }
+  return e;
+}
+
 // A store into bytes some block was translated from: the block (maybe the
 // one running) is stale. Nothing is written; the runtime invalidates and
 // runs the store as a block of its own (code_cache.h, kBlockSingle).
@@ -49,7 +57,7 @@ extern "C" uint8_t* BtMemSlowPath(BtContext* ctx) {
   const bool crosses = (addr & (kPageSize - 1)) + size > kPageSize;
   if (!crosses) {
     Mmu::Lookup l = mmu.Translate(ctx->cpu, GuestVirt(addr), access, index);
-    if (l.kind == Mmu::Lookup::kFault) return Fault(ctx, l.fault);
+    if (l.kind == Mmu::Lookup::kFault) return Fault(ctx, StackFault(ctx, addr, l.fault));
     if (write && StoresIntoCode(ctx, l, size)) return nullptr;
     if (l.kind == Mmu::Lookup::kRam) return l.host;
   }
@@ -64,20 +72,21 @@ extern "C" uint8_t* BtMemSlowPath(BtContext* ctx) {
     for (uint64_t a : {addr, addr + first}) {
       if (a >= addr + size) break;
       Mmu::Lookup l = mmu.Translate(ctx->cpu, GuestVirt(a), Access::kWrite, index);
-      if (l.kind == Mmu::Lookup::kFault) return Fault(ctx, l.fault);
+      if (l.kind == Mmu::Lookup::kFault) return Fault(ctx, StackFault(ctx, a, l.fault));
       uint64_t n = a == addr ? first : size - first;
       if (StoresIntoCode(ctx, l, n)) return nullptr;
     }
   }
   std::memset(ctx->bounce, 0, sizeof(ctx->bounce));
-  if (read && !mmu.ReadVirt(ctx->cpu, GuestVirt(addr), ctx->bounce, size, index, &fault)) {
-    return Fault(ctx, fault);
+  uint8_t* data = ctx->bounce + (addr & 63);
+  if (read && !mmu.ReadVirt(ctx->cpu, GuestVirt(addr), data, size, index, &fault)) {
+    return Fault(ctx, StackFault(ctx, addr, fault));
   }
   ctx->bounce_addr = addr;
   ctx->bounce_size = size;
   ctx->bounce_write = write;
   ctx->bounce_active = 1;
-  return ctx->bounce;
+  return data;
 }
 
 extern "C" void BtBounceCommit(BtContext* ctx) {
@@ -87,7 +96,8 @@ extern "C" void BtBounceCommit(BtContext* ctx) {
   if (ctx->counters) ++ctx->counters->bounce_commits;
   GuestException fault;
   // Cannot fault: both pages were translated for write before the access.
-  ctx->mmu->WriteVirt(ctx->cpu, GuestVirt(ctx->bounce_addr), ctx->bounce, ctx->bounce_size,
+  ctx->mmu->WriteVirt(ctx->cpu, GuestVirt(ctx->bounce_addr),
+                      ctx->bounce + (ctx->bounce_addr & 63), ctx->bounce_size,
                       IndexOf(ctx), &fault);
 }
 

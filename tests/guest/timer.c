@@ -104,7 +104,9 @@ static void timer_handler(struct ex_regs* r) {
       break;
     case USER_FLAG:
     case USER_JMP:
-      if ((r->cs & 3) == 3) {
+      /* In USER_JMP only the loop instruction counts: on a loaded host
+         another tick may fall on the instructions after it. */
+      if ((r->cs & 3) == 3 && (mode == USER_FLAG || r->rip == ADDR(user_jmp_insn))) {
         seen.in_target++;
         seen.cs = r->cs;
         seen.ss = r->ss;

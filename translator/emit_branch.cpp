@@ -36,7 +36,8 @@ InstId JccId(ZydisMnemonic m) {
     case ZYDIS_MNEMONIC_LOOP: return x86::Inst::kIdLoop;
     case ZYDIS_MNEMONIC_LOOPE: return x86::Inst::kIdLoope;
     case ZYDIS_MNEMONIC_LOOPNE: return x86::Inst::kIdLoopne;
-    case ZYDIS_MNEMONIC_JRCXZ: return x86::Inst::kIdJecxz;
+    case ZYDIS_MNEMONIC_JRCXZ:
+    case ZYDIS_MNEMONIC_JECXZ: return x86::Inst::kIdJecxz;
     default: return x86::Inst::kIdNone;
   }
 }
@@ -211,21 +212,19 @@ bool BlockEmitter::EmitBranch(const DecodedInsn& d, uint32_t flags_live) {
   bool relative = op.type == ZYDIS_OPERAND_TYPE_IMMEDIATE && op.imm.is_relative;
   uint64_t target = relative ? d.NextRip() + op.imm.value.u : 0;
   last_scratch_ = 0xffff;
-  if (d.insn.operand_width != 64 && m != ZYDIS_MNEMONIC_JRCXZ && m != ZYDIS_MNEMONIC_LOOP &&
+  if (d.insn.operand_width != 64 && m != ZYDIS_MNEMONIC_JRCXZ && m != ZYDIS_MNEMONIC_JECXZ && m != ZYDIS_MNEMONIC_LOOP &&
       m != ZYDIS_MNEMONIC_LOOPE && m != ZYDIS_MNEMONIC_LOOPNE && JccId(m) == x86::Inst::kIdNone) {
     return Fail("16-bit branch: " + FormatInsn(d));
   }
 
   if (InstId id = JccId(m); id != x86::Inst::kIdNone) {
-    if (d.insn.address_width != 64 && (m == ZYDIS_MNEMONIC_LOOP || m == ZYDIS_MNEMONIC_LOOPE ||
-                                       m == ZYDIS_MNEMONIC_LOOPNE || m == ZYDIS_MNEMONIC_JRCXZ)) {
-      return Fail("32-bit-address loop: " + FormatInsn(d));
-    }
     if (m == ZYDIS_MNEMONIC_LOOP || m == ZYDIS_MNEMONIC_LOOPE || m == ZYDIS_MNEMONIC_LOOPNE ||
-        m == ZYDIS_MNEMONIC_JRCXZ) {
+        m == ZYDIS_MNEMONIC_JRCXZ || m == ZYDIS_MNEMONIC_JECXZ) {
       // rel8 only: hop over a near jump to the taken side.
       Label not_taken = a_.newLabel(), hop = a_.newLabel();
-      a_.emit(id, x86::rcx, hop);
+      // 32-bit addressing counts in ECX (the 0x67 prefix).
+      bool ecx = d.insn.address_width == 32;
+      a_.emit(id, ecx ? x86::Gp(x86::ecx) : x86::Gp(x86::rcx), hop);
       a_.jmp(not_taken);
       a_.bind(hop);
       EmitJumpTo(target);

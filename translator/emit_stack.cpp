@@ -37,7 +37,9 @@ bool BlockEmitter::EmitStack(const DecodedInsn& d, uint32_t flags_live) {
     return true;
   }
 
-  if (d.insn.operand_width != 64) return Fail("16-bit push/pop: " + FormatInsn(d));
+  // 64-bit, or 16-bit with the operand-size prefix (SDM Vol. 2 PUSH/POP).
+  const int width = d.insn.operand_width / 8;
+  if (width != 8 && width != 2) return Fail("push/pop of this size: " + FormatInsn(d));
   GprRef reg;
   bool is_reg = op.type == ZYDIS_OPERAND_TYPE_REGISTER && DecodeGpr(op.reg.value, &reg);
   bool is_imm = op.type == ZYDIS_OPERAND_TYPE_IMMEDIATE;
@@ -51,26 +53,35 @@ bool BlockEmitter::EmitStack(const DecodedInsn& d, uint32_t flags_live) {
   a_.mov(x86::gpq(s), x86::qword_ptr(x86::r15, GprOffset(kRsp)));
 
   if (d.insn.mnemonic == ZYDIS_MNEMONIC_PUSH) {
-    a_.lea(x86::gpq(s), x86::ptr(x86::gpq(s), -8));
-    EmitAccess(d, p, s, t, 8, false, true, live, [this, s, t, is_imm, special, reg, op] {
-      x86::Mem dst = x86::qword_ptr(x86::gpq(s));
+    a_.lea(x86::gpq(s), x86::ptr(x86::gpq(s), -width));
+    EmitAccess(d, p, s, t, width, false, true, live,
+               [this, s, t, is_imm, special, reg, op, width] {
+      x86::Mem dst = x86::ptr(x86::gpq(s), 0, width);
       if (is_imm) {
-        a_.mov(dst, static_cast<int32_t>(op.imm.value.s));
+        if (width == 2) a_.mov(dst, static_cast<int32_t>(op.imm.value.s & 0xffff));
+        else a_.mov(dst, static_cast<int32_t>(op.imm.value.s));
       } else if (special) {  // push rsp pushes the value before the push
         a_.mov(x86::gpq(t), x86::qword_ptr(x86::r15, GprOffset(reg.index)));
-        a_.mov(dst, x86::gpq(t));
+        a_.mov(dst, width == 2 ? x86::Gp(x86::gpw(t)) : x86::Gp(x86::gpq(t)));
       } else {
-        a_.mov(dst, x86::gpq(reg.index));
+        a_.mov(dst, width == 2 ? x86::Gp(x86::gpw(reg.index)) : x86::Gp(x86::gpq(reg.index)));
       }
     });
-    AdjustGuestRsp(t, -8);
+    AdjustGuestRsp(t, -width);
   } else {  // POP
     if (!is_reg) return Fail("pop to non-register");
-    EmitAccess(d, p, s, t, 8, true, false, live,
-               [this, s, t] { a_.mov(x86::gpq(t), x86::qword_ptr(x86::gpq(s))); });
-    AdjustGuestRsp(s, 8);
-    if (special) {  // pop rsp: RSP takes the value read (SDM Vol. 2 POP)
-      a_.mov(x86::qword_ptr(x86::r15, GprOffset(reg.index)), x86::gpq(t));
+    EmitAccess(d, p, s, t, width, true, false, live, [this, s, t, width] {
+      if (width == 2) a_.movzx(x86::gpd(t), x86::word_ptr(x86::gpq(s)));
+      else a_.mov(x86::gpq(t), x86::qword_ptr(x86::gpq(s)));
+    });
+    AdjustGuestRsp(s, width);
+    // pop rsp: RSP takes the value read (SDM Vol. 2 POP); a 16-bit pop
+    // replaces only the low 16 bits.
+    if (special) {
+      if (width == 2) a_.mov(x86::word_ptr(x86::r15, GprOffset(reg.index)), x86::gpw(t));
+      else a_.mov(x86::qword_ptr(x86::r15, GprOffset(reg.index)), x86::gpq(t));
+    } else if (width == 2) {
+      a_.mov(x86::gpw(reg.index), x86::gpw(t));
     } else {
       a_.mov(x86::gpq(reg.index), x86::gpq(t));
     }

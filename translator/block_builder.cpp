@@ -172,6 +172,10 @@ BuildResult BuildBlock(CodeCache& cache, const BlockKey& key, const FetchFn& fet
   env.block = block.get();
   env.block_rip = rip;
   env.single = single;
+  env.flags_live_at = [&](uint64_t target) -> uint32_t {
+    if ((target & kPageMask) != (rip & kPageMask)) return kArithFlags;
+    return FlagsLiveAt(target, rip & kPageMask, fetch, decoder, &watch_lo, &watch_hi);
+  };
   BlockEmitter e(a, env);
   if (!single) e.EmitEntryCheck(live_in.empty() ? true : live_in[0] != 0);
   struct InsnLabel {

@@ -174,7 +174,11 @@ void BlockEmitter::EmitIndirectJump(const Plan& p, int s, int t, bool flags_save
       a_.jne(lookup);
       a_.sub(x86::byte_ptr(x86::r15, top), 1);
       a_.mov(S, x86::qword_ptr(x86::r15, T, 3, codes));
-      a_.jmp(go);
+      // A hit goes to the call's continuation exit, which restores the
+      // flags from saved_flags only if the code after the call reads them.
+      a_.mov(x86::qword_ptr(x86::r15, offsetof(BtContext, jump_target)), S);
+      ReloadSpilled(p);
+      a_.jmp(x86::qword_ptr(x86::r15, offsetof(BtContext, jump_target)));
     }
     a_.bind(lookup);
     int32_t jc = static_cast<int32_t>(offsetof(BtContext, jump_cache) +
@@ -315,11 +319,15 @@ bool BlockEmitter::EmitBranch(const DecodedInsn& d, uint32_t flags_live) {
     a_.lea(x86::gpq(s), x86::ptr(continuation));
     a_.mov(x86::qword_ptr(x86::r15, x86::gpq(t), 3, codes), x86::gpq(s));
   };
+  // Reached from a ret's return-address-cache hit, with the flags at the
+  // ret in saved_flags (EmitIndirectJump).
   auto continuation_exit = [&](Label continuation) {
     if (env_.single) return;
     uint64_t ret = d.NextRip();
-    out_of_line_.push_back([this, continuation, ret] {
+    bool restore = !env_.flags_live_at || env_.flags_live_at(ret) != 0;
+    out_of_line_.push_back([this, continuation, ret, restore] {
       a_.bind(continuation);
+      if (restore) RestoreArith(offsetof(BtContext, saved_flags));
       EmitJumpTo(ret);
     });
   };

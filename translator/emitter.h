@@ -37,6 +37,9 @@ struct EmitEnv {
   uint64_t block_rip = 0;       // its first guest instruction
   bool single = false;          // a one-instruction block: every exit returns to the runtime
   bool count_hits = false;      // count inline soft-TLB hits in BtContext::tlb_hits
+  // Arithmetic flags the code at a RIP in the block's page may read before
+  // writing them (block_builder.cpp); null: all of them.
+  std::function<uint32_t(uint64_t)> flags_live_at;
   uint64_t exit_stub = 0;       // stores guest registers and returns to the runtime
   // Compact exits: `call stub; dq rip` (code_cache.cpp).
   uint64_t exit_next = 0;       // RIP = rip, exit_reason = kNext

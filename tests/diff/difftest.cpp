@@ -95,17 +95,9 @@ uint64_t UndefinedFlags(const Encoded& e, uint64_t stop_offset) {
   // What each instruction defines and leaves undefined.
   std::vector<uint64_t> defines(n, 0), undefines(n, 0);
   for (size_t i = 0; i < n; ++i) {
-    ZydisDisassembledInstruction d;
-    if (!ZYAN_SUCCESS(ZydisDisassembleIntel(ZYDIS_MACHINE_MODE_LONG_64,
-                                            kCodeAddress + e.insns[i].offset,
-                                            e.code.data() + e.insns[i].offset, e.insns[i].length,
-                                            &d)) ||
-        d.info.cpu_flags == nullptr) {
-      continue;
-    }
-    const ZydisAccessedFlags& f = *d.info.cpu_flags;
+    const FlagEffect f = FlagEffectOf(e.code.data() + e.insns[i].offset, e.insns[i].length);
     undefines[i] = f.undefined & kArith;
-    defines[i] = (f.modified | f.set_0 | f.set_1) & kArith & ~undefines[i];
+    defines[i] = f.defined & kArith;
   }
 
   // Forward dataflow to a fixpoint (a ret edge goes backwards).

@@ -161,29 +161,13 @@ Op RawOp(std::initializer_list<uint8_t> bytes) {
   return op;
 }
 
-// What an op does to the arithmetic flags (Zydis `cpu_flags`, RFLAGS bit
-// positions).
-struct FlagEffect {
-  uint64_t tested = 0, defined = 0, undefined = 0;
-};
 constexpr uint64_t kArithFlags = 0x8d5;  // CF PF AF ZF SF OF
 
 FlagEffect EffectOf(const Op& op) {
   std::vector<uint8_t> b = op.raw;
   if (b.empty() && !EncodeAt(Patched(op, op.req, kCodeAddress), kCodeAddress, &b)) return {};
-  ZydisDisassembledInstruction d;
-  if (!ZYAN_SUCCESS(ZydisDisassembleIntel(kMode, kCodeAddress, b.data(), b.size(), &d)) ||
-      d.info.cpu_flags == nullptr) {
-    return {};
-  }
-  const ZydisAccessedFlags& f = *d.info.cpu_flags;
-  FlagEffect e;
-  e.tested = f.tested & kArithFlags;
-  e.undefined = f.undefined & kArithFlags;
-  e.defined = (f.modified | f.set_0 | f.set_1) & kArithFlags & ~e.undefined;
-  return e;
+  return FlagEffectOf(b.data(), b.size());
 }
-
 
 // ---------------------------------------------------------------------------
 // Instruction tables. A form is a space-separated list of alternatives; each
@@ -399,6 +383,7 @@ class Gen {
   bool Enter(Item& it);
   bool FaultRmw(Item& it);
   bool FaultSs(Item& it);
+  bool Xlat(Item& it);
   bool MulDiv(Item& it);
   bool Bits(Item& it);
   bool Cmov(Item& it);
@@ -512,7 +497,7 @@ bool Gen::Build(Category c, Item& it) {
       &Gen::Alu,     &Gen::Unary,  &Gen::Shift,    &Gen::MulDiv, &Gen::Bits,   &Gen::Cmov,
       &Gen::Xchg,    &Gen::Lock,   &Gen::Movx,     &Gen::Lea,    &Gen::Mem,    &Gen::Stack,
       &Gen::Branch,  &Gen::String, &Gen::Flags,    &Gen::Sse,    &Gen::SseFp,  &Gen::Fault,
-      &Gen::Shift0,  &Gen::Enter,  &Gen::Stack16,  &Gen::Branch32, &Gen::FaultRmw,
+      &Gen::Shift0,  &Gen::Enter,  &Gen::Xlat,     &Gen::Stack16, &Gen::Branch32, &Gen::FaultRmw,
       &Gen::FaultSs, &Gen::HostFault,
   };
   static_assert(std::size(kBuilders) == kCategoryCount, "one builder per category");
@@ -741,6 +726,10 @@ void Gen::InlineAlu(Item& it) {
 // --- Categories -----------------------------------------------------------
 
 bool Gen::Alu(Item& it) {
+  if (cfg_.host.adx && rng_.Chance(5)) {
+    // adcx / adox: add with carry through CF or OF alone (SDM Vol. 2 ADCX).
+    return InsnFromRow(it, rng_.Chance(50) ? MN(ADCX) : MN(ADOX), "Rr Rm", PickSize(4 | 8));
+  }
   const IntRow& row = rng_.Pick(kAluRows);
   const unsigned size = PickSize(row.sizes);
   if (row.m == MN(MOV) && size == 8 && rng_.Chance(20)) {
@@ -893,7 +882,7 @@ bool Gen::Bits(Item& it) {
     const ZydisMnemonic m = rng_.Pick(ms);
     const unsigned size = PickSize(kWide);
     if (rng_.Chance(25)) {
-      int src = PickGpr(0), dst = PickGpr(Bit(kRsp));
+      int src = PickGpr(Bit(kRsp)), dst = PickGpr(Bit(kRsp));
       if (rng_.Chance(50)) it.ops.push_back(MovImm(src, 0));
       it.ops.push_back(MakeOp(Req(m, {RegOp(Gpr(dst, size)), RegOp(Gpr(src, size))})));
       return true;
@@ -1028,11 +1017,22 @@ bool Gen::Movx(Item& it) {
 }
 
 bool Gen::Lea(Item& it) {
+  // lea, and the instructions that name memory without touching it (a hint
+  // nop with ModRM, prefetch): any address, mapped or not, never faults.
   ZydisAddressSizeHint hint;
   ZydisEncoderOperand mem = RandomAgen(&hint);
-  const unsigned size = PickSize(kWide);
-  mem.mem.size = static_cast<ZyanU16>(size);  // Zydis wants the destination's size
-  ZydisEncoderRequest r = Req(MN(LEA), {RegOp(Gpr(PickGpr(Bit(kRsp)), size)), mem});
+  ZydisEncoderRequest r;
+  if (rng_.Chance(80)) {
+    const unsigned size = PickSize(kWide);
+    mem.mem.size = static_cast<ZyanU16>(size);  // Zydis wants the destination's size
+    r = Req(MN(LEA), {RegOp(Gpr(PickGpr(Bit(kRsp)), size)), mem});
+  } else {
+    static constexpr ZydisMnemonic kHints[] = {MN(NOP), MN(PREFETCHT0), MN(PREFETCHNTA),
+                                               MN(PREFETCHW)};
+    const ZydisMnemonic m = rng_.Pick(kHints);
+    mem.mem.size = m == MN(NOP) ? 4 : 1;
+    r = Req(m, {mem});
+  }
   r.address_size_hint = hint;
   std::vector<uint8_t> probe;
   if (!EncodeAt(r, kCodeAddress, &probe)) return false;
@@ -1043,10 +1043,22 @@ bool Gen::Lea(Item& it) {
 bool Gen::Mem(Item& it) {
   const unsigned roll = static_cast<unsigned>(rng_.Below(100));
   const unsigned size = PickSize(kAll);
-  if (roll < 85) return InsnFromRow(it, MN(MOV), "Rm Mr Mi", size);
-  if (roll < 92 && size >= 4) return Insn(it, MN(MOVNTI), "Mr", size);
-  if (size >= 2 && cfg_.host.movbe) return InsnFromRow(it, MN(MOVBE), "Rm Mr", size);
-  return InsnFromRow(it, MN(MOV), "Rm Mr Mi", size);
+  if (roll < 80) return InsnFromRow(it, MN(MOV), "Rm Mr Mi", size);
+  if (roll < 86 && size >= 4) return Insn(it, MN(MOVNTI), "Mr", size);
+  if (roll < 92 && size >= 2 && cfg_.host.movbe) return InsnFromRow(it, MN(MOVBE), "Rm Mr", size);
+  // clflush: a memory operand the runtime checks and then ignores.
+  InsnOptions o;
+  return Insn(it, MN(CLFLUSH), "m", 1, o);
+}
+
+bool Gen::Xlat(Item& it) {
+  // xlat: AL = [RBX + AL] (SDM Vol. 2 XLAT), a memory operand with no
+  // ModRM; RBX at least 256 bytes from the end of its region.
+  const uint64_t base = rng_.Chance(70) ? kDataAddress + rng_.Below(kDataSize - 0x100)
+                                        : kReadOnlyAddress + rng_.Below(kReadOnlySize - 0x100);
+  it.ops.push_back(MovImm(kRbx, base));
+  it.ops.push_back(RawOp({0xd7}));
+  return true;
 }
 
 bool Gen::Stack(Item& it) {
@@ -1418,6 +1430,7 @@ bool Gen::Flags(Item& it) {
     case 2:
       // pushfq; pop r: what the guest sees of RFLAGS (IF set, IOPL 0).
       if (!StackFits(-8)) return false;
+      it.changes_rsp = true;
       it.ops.push_back(MakeOp(Req(MN(PUSHFQ), {})));
       it.ops.push_back(MakeOp(Req(MN(POP), {RegOp(Gpr(PickGpr(Bit(kRsp)), 8))})));
       return true;
@@ -1435,6 +1448,7 @@ bool Gen::Flags(Item& it) {
       top.type = ZYDIS_OPERAND_TYPE_MEMORY;
       top.mem.base = ZYDIS_REGISTER_RSP;
       top.mem.size = 8;
+      it.changes_rsp = true;
       it.ops.push_back(MakeOp(Req(MN(PUSHFQ), {})));
       it.ops.push_back(MakeOp(Req(MN(XOR), {top, ImmOp(mask)})));
       it.ops.push_back(MakeOp(Req(MN(POPFQ), {})));
@@ -1445,6 +1459,7 @@ bool Gen::Flags(Item& it) {
       if (!StackFits(-8)) return false;
       const int r = PickGpr(Bit(kRsp));
       const uint64_t v = 0x202 | (rng_.Bits() & 0xcd5);
+      it.changes_rsp = true;
       it.ops.push_back(MovImm(r, v));
       it.ops.push_back(MakeOp(Req(MN(PUSH), {RegOp(Gpr(r, 8))})));
       it.ops.push_back(MakeOp(Req(MN(POPFQ), {})));
@@ -1696,14 +1711,22 @@ void Gen::InitialState(native::MachineState* s) {
   s->memory = {std::move(data), std::move(ro), std::move(stack)};
 }
 
-// True if every op of `it` whose encoding does not depend on its layout
-// encodes (the others are checked by Encode()).
+// True if `it` is sound: every op encodes, and only an item that says so
+// writes RSP (a branch may skip any other, and RSP must stay known).
 bool Encodes(const Item& it) {
   if (it.ops.empty()) return false;
   for (const Op& op : it.ops) {
-    std::vector<uint8_t> b;
-    if (op.raw.empty() && op.patch == Op::Patch::kNone && !EncodeAt(op.req, kCodeAddress, &b)) {
-      return false;
+    std::vector<uint8_t> b = op.raw;
+    if (b.empty() && !EncodeAt(Patched(op, op.req, kCodeAddress), kCodeAddress, &b)) return false;
+    if (it.changes_rsp) continue;
+    ZydisDisassembledInstruction d;
+    if (!ZYAN_SUCCESS(ZydisDisassembleIntel(kMode, kCodeAddress, b.data(), b.size(), &d))) continue;
+    for (unsigned k = 0; k < d.info.operand_count; ++k) {
+      const ZydisDecodedOperand& o = d.operands[k];
+      if (o.type == ZYDIS_OPERAND_TYPE_REGISTER && (o.actions & ZYDIS_OPERAND_ACTION_MASK_WRITE) &&
+          ZydisRegisterGetLargestEnclosing(kMode, o.reg.value) == ZYDIS_REGISTER_RSP) {
+        return false;
+      }
     }
   }
   return true;
@@ -1766,6 +1789,49 @@ Sequence Gen::Generate() {
 
 // ---------------------------------------------------------------------------
 
+FlagEffect FlagEffectOf(const uint8_t* code, size_t length) {
+  ZydisDisassembledInstruction d;
+  if (!ZYAN_SUCCESS(ZydisDisassembleIntel(kMode, kCodeAddress, code, length, &d)) ||
+      d.info.cpu_flags == nullptr) {
+    return {};
+  }
+  const ZydisAccessedFlags& f = *d.info.cpu_flags;
+  FlagEffect e;
+  e.tested = f.tested & kArithFlags;
+  e.undefined = f.undefined & kArithFlags;
+  e.defined = (f.modified | f.set_0 | f.set_1) & kArithFlags & ~e.undefined;
+  const ZydisMnemonic m = d.info.mnemonic;
+  // rep cmps/scas with RCX = 0 compare nothing and write no flag.
+  if (d.info.attributes & (ZYDIS_ATTRIB_HAS_REPE | ZYDIS_ATTRIB_HAS_REPNE)) e.defined = 0;
+  const bool shift = m == MN(SHL) || m == MN(SHR) || m == MN(SAR) ||
+                     m == MN(ROL) || m == MN(ROR) || m == MN(RCL) || m == MN(RCR) ||
+                     m == MN(SHLD) || m == MN(SHRD);
+  if (shift) {
+    const ZydisDecodedOperand& count = d.operands[d.info.operand_count_visible - 1];
+    const unsigned size = d.operands[0].size / 8;
+    if (count.type != ZYDIS_OPERAND_TYPE_IMMEDIATE) {
+      e.defined = 0;  // by CL: perhaps by 0, which writes nothing
+    } else {
+      const unsigned n = static_cast<unsigned>(count.imm.value.u);
+      const unsigned masked = n & (size == 8 ? 63 : 31);
+      if (KeepsFlags(m, size, n)) {
+        e.defined = e.undefined = 0;
+      } else if ((m == MN(SHL) || m == MN(SHR)) && masked >= 8 * size) {
+        // SDM Vol. 2 SAL/SAR/SHL/SHR: CF undefined once the count reaches
+        // the operand size.
+        e.undefined |= 1;
+        e.defined &= ~uint64_t{1};
+      } else if ((m == MN(SHLD) || m == MN(SHRD)) && masked > 8 * size) {
+        // SDM Vol. 2 SHLD/SHRD: a count beyond the operand size leaves the
+        // result and the flags undefined.
+        e.undefined |= e.defined;
+        e.defined = 0;
+      }
+    }
+  }
+  return e;
+}
+
 const char* CategoryName(Category c) {
   static constexpr const char* kNames[] = {
 #define BTVM_DIFF_NAME(id, name, text) name,
@@ -1809,7 +1875,10 @@ HostFeatures HostFeatures::Detect() {
     f.sse41 = c & (1u << 19);
     f.popcnt = c & (1u << 23);
   }
-  if (__get_cpuid_count(7, 0, &a, &b, &c, &d)) f.bmi1 = b & (1u << 3);
+  if (__get_cpuid_count(7, 0, &a, &b, &c, &d)) {
+    f.bmi1 = b & (1u << 3);
+    f.adx = b & (1u << 19);
+  }
   if (__get_cpuid(0x80000001, &a, &b, &c, &d)) {
     f.lahf = c & (1u << 0);
     f.lzcnt = c & (1u << 5);

@@ -57,8 +57,8 @@ inline constexpr uint64_t kStackHigh = kStackAddress + 0xf00;
   X(kXchg, "xchg", "xchg, xadd, cmpxchg, cmpxchg8b/16b")                         \
   X(kLock, "lock", "lock-prefixed read-modify-write on memory")                  \
   X(kMovx, "movx", "movzx/movsx/movsxd, cbw/cwde/cdqe/cwd/cdq/cqo")              \
-  X(kLea, "lea", "lea with random addressing modes, 16/32/64-bit")               \
-  X(kMem, "mem", "loads and stores through every addressing mode")               \
+  X(kLea, "lea", "lea, nop and prefetch with random addressing modes")           \
+  X(kMem, "mem", "loads/stores in every addressing mode, movnti, movbe, clflush") \
   X(kStack, "stack", "push/pop, call/ret, rsp arithmetic, leave")                \
   X(kBranch, "branch", "forward jcc/jmp/jrcxz/loop/indirect jmp")                \
   X(kString, "string", "movs/stos/lods/cmps/scas, rep/repe/repne, both DF")      \
@@ -68,6 +68,7 @@ inline constexpr uint64_t kStackHigh = kStackAddress + 0xf00;
   X(kFault, "fault", "a final #DE, #PF (load, store, fetch, rep), #UD, #GP, #BP") \
   X(kShift0, "shift0", "shifts/rotates by a count that changes no flag")        \
   X(kEnter, "enter", "enter")                                                    \
+  X(kXlat, "xlat", "xlat")                                                       \
   X(kStack16, "stack16", "16-bit push/pop (66 prefix)")                          \
   X(kBranch32, "branch32", "jecxz and loop with a 32-bit address size")          \
   X(kFaultRmw, "faultrmw", "a final #PF in a flag-writing read-modify-write")   \
@@ -92,7 +93,7 @@ CategorySet DefaultCategories();
 // What the host CPU implements (CPUID); the generator emits nothing else.
 struct HostFeatures {
   bool popcnt = false, lzcnt = false, bmi1 = false, ssse3 = false, sse41 = false;
-  bool cx16 = false, lahf = false, movbe = false;
+  bool cx16 = false, lahf = false, movbe = false, adx = false;
   static HostFeatures Detect();
 };
 
@@ -150,6 +151,17 @@ struct Encoded {
   std::vector<uint8_t> code;
   std::vector<Insn> insns;
 };
+
+// What one instruction does to the arithmetic flags (RFLAGS bit positions):
+// Zydis's `cpu_flags`, corrected where the effect depends on operand values
+// Zydis cannot see — a rep cmps/scas may run no iteration, a shift by CL or
+// by a count that masks to 0 may write nothing, a large count leaves more
+// undefined. `defined` are flags surely written with a defined value,
+// `undefined` flags that may hold anything afterwards.
+struct FlagEffect {
+  uint64_t tested = 0, defined = 0, undefined = 0;
+};
+FlagEffect FlagEffectOf(const uint8_t* code, size_t length);
 
 // Lays the sequence out; an error names the op that does not encode.
 bool Encode(const Sequence& seq, Encoded* out, std::string* error);

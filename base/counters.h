@@ -12,8 +12,10 @@ namespace btvm {
   X(guest_insns_translated, "guest instructions translated")          \
   X(host_code_bytes, "host code bytes emitted")                       \
   X(block_entries, "block entries from the dispatcher")               \
-  X(block_lookups_missed, "block lookups that translated")            \
-  X(tlb_misses, "soft-TLB misses (slow path)")                        \
+  X(tlb_hits, "soft-TLB hits inline (counted with --stats)")         \
+  X(tlb_misses, "soft-TLB misses (slow path calls)")                  \
+  X(bounce_commits, "page-crossing or MMIO stores written back")      \
+  X(string_ops, "movs/stos/lods helper calls")                        \
   X(page_walks, "guest page walks")                                   \
   X(tlb_flushes, "soft-TLB flushes")                                  \
   X(page_faults, "guest page faults raised")                          \
@@ -21,18 +23,30 @@ namespace btvm {
   X(exits_hlt, "exits for hlt")                                       \
   X(exits_sensitive, "exits for other sensitive instructions")        \
   X(exceptions_delivered, "guest exceptions delivered")               \
-  X(cache_flushes, "code-cache flushes")
+  X(cache_flushes, "code-cache flushes")                              \
+  X(chain_links, "direct exits chained block to block")               \
+  X(exits_to_runtime, "exits from translated code to the runtime")   \
+  X(smc_stores, "stores into translated code (block invalidated)")    \
+  X(single_blocks, "one-instruction blocks (TF, shadows, SMC)")       \
+  X(host_faults, "host faults mapped to guest exceptions")            \
+  X(interrupts_delivered, "external interrupts delivered")
 
 struct Counters {
 #define BTVM_DECLARE_COUNTER(name, text) uint64_t name = 0;
   BTVM_COUNTERS(BTVM_DECLARE_COUNTER)
 #undef BTVM_DECLARE_COUNTER
+  uint64_t vectors[256] = {};  // exceptions and interrupts delivered, by vector
 
   void Print(std::FILE* out) const {
 #define BTVM_PRINT_COUNTER(name, text) \
-  std::fprintf(out, "  %-40s %14llu\n", text, static_cast<unsigned long long>(name));
+  std::fprintf(out, "  %-48s %14llu\n", text, static_cast<unsigned long long>(name));
     BTVM_COUNTERS(BTVM_PRINT_COUNTER)
 #undef BTVM_PRINT_COUNTER
+    for (unsigned v = 0; v < 256; ++v) {
+      if (vectors[v] == 0) continue;
+      std::fprintf(out, "  delivered, vector %-3u%*s %14llu\n", v, 30, "",
+                   static_cast<unsigned long long>(vectors[v]));
+    }
   }
 };
 

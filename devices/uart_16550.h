@@ -64,6 +64,8 @@ class Uart16550 final : public PioDevice {
   uint16_t divisor() const { return divisor_; }
   uint8_t line_control() const { return lcr_; }
   bool irq_level() const { return irq_level_; }
+  // IER.ERBFI: the guest takes received data by interrupt.
+  bool receive_interrupt_enabled() const { return ier_ & 1; }
 
  private:
   uint8_t ReadRegister(uint16_t offset);

@@ -81,6 +81,17 @@ const uint8_t* GuestMemory::HostPointer(GuestPhys addr, uint64_t len) const {
   return nullptr;
 }
 
+bool GuestMemory::PhysOf(const uint8_t* host, GuestPhys* out) const {
+  for (const RamRegion& r : regions_) {
+    const uint8_t* base = host_ + r.fd_offset;
+    if (host >= base && host < base + r.size) {
+      *out = GuestPhys(r.base.value + static_cast<uint64_t>(host - base));
+      return true;
+    }
+  }
+  return false;
+}
+
 uint8_t* GuestMemory::HostPointer(GuestPhys addr, uint64_t len) {
   return const_cast<uint8_t*>(std::as_const(*this).HostPointer(addr, len));
 }

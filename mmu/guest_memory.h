@@ -51,6 +51,9 @@ class GuestMemory {
   uint8_t* HostPointer(GuestPhys addr, uint64_t len);
   const uint8_t* HostPointer(GuestPhys addr, uint64_t len) const;
 
+  // The guest-physical address of a host pointer HostPointer returned.
+  bool PhysOf(const uint8_t* host, GuestPhys* out) const;
+
   // Copy in and out; fail unless the whole range is RAM.
   Status Write(GuestPhys addr, std::span<const uint8_t> bytes);
   Status Read(GuestPhys addr, std::span<uint8_t> bytes) const;

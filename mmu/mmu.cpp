@@ -35,6 +35,22 @@ Mmu::Mmu(GuestMemory& memory, MmioBus& mmio, SoftTlb* tlbs)
 
 Mmu::Lookup Mmu::Translate(const CpuState& cpu, GuestVirt addr, Access access, MmuIndex index) {
   Lookup out;
+  // A soft-TLB hit: the walk already checked this access and set A (and D
+  // for a write).
+  {
+    const TlbEntry& e = tlbs_[index].entries[SoftTlb::Index(addr.value)];
+    uint64_t tag = access == Access::kWrite   ? e.write_tag
+                   : access == Access::kFetch ? e.fetch_tag
+                                              : e.read_tag;
+    GuestPhys page;
+    if (SoftTlb::Hits(tag, addr.value, 1) &&
+        memory_.PhysOf(reinterpret_cast<const uint8_t*>(e.host_page), &page)) {
+      out.kind = Lookup::kRam;
+      out.phys = page + addr.PageOffset();
+      out.host = reinterpret_cast<uint8_t*>(e.host_page) + addr.PageOffset();
+      return out;
+    }
+  }
   if (cpu.LongMode() && !IsCanonical(addr.value)) {
     out.fault = GuestException::Gp(0);
     return out;
@@ -67,7 +83,9 @@ Mmu::Lookup Mmu::Translate(const CpuState& cpu, GuestVirt addr, Access access, M
   }
   e.host_page = reinterpret_cast<uint64_t>(page);
   e.read_tag = vpage;
-  if (w.translation.writable && w.translation.dirty) e.write_tag = vpage;
+  if (w.translation.writable && w.translation.dirty && !IsCodePage(out.phys)) {
+    e.write_tag = vpage;
+  }
   if (w.translation.executable) e.fetch_tag = vpage;
   return out;
 }
@@ -122,6 +140,7 @@ bool Mmu::WriteVirt(const CpuState& cpu, GuestVirt addr, const void* in, uint64_
     uint64_t chunk = p == 0 ? first : size - first;
     if (pages[p].kind == Lookup::kRam) {
       std::memcpy(pages[p].host, src + done, chunk);
+      if (observer_ && IsCodePage(pages[p].phys)) observer_->OnCodeWrite(pages[p].phys, chunk);
     } else {
       WriteMmio(pages[p].phys, src + done, chunk);
     }
@@ -133,10 +152,33 @@ bool Mmu::WriteVirt(const CpuState& cpu, GuestVirt addr, const void* in, uint64_
 void Mmu::FlushTlb() {
   ++flushes;
   for (unsigned i = 0; i < kMmuCount; ++i) tlbs_[i].Flush();
+  if (observer_) observer_->OnTlbFlush();
 }
 
 void Mmu::FlushPage(GuestVirt addr) {
   for (unsigned i = 0; i < kMmuCount; ++i) tlbs_[i].FlushPage(addr.PageBase());
+  if (observer_) observer_->OnTlbFlushPage(addr.PageBase());
 }
+
+void Mmu::MarkCodePage(GuestPhys page) {
+  uint64_t n = page.value >> 12;
+  if (n >= code_pages_.size() * 64) code_pages_.resize(n / 64 + 1, 0);
+  code_pages_[n / 64] |= 1ull << (n % 64);
+  // Entries that already allow writes to this page lose that right.
+  const uint8_t* host = memory_.HostPointer(page.PageBase(), kPageSize);
+  for (unsigned i = 0; i < kMmuCount; ++i) {
+    for (unsigned j = 0; j < SoftTlb::kEntries; ++j) {
+      TlbEntry& e = tlbs_[i].entries[j];
+      if (e.host_page == reinterpret_cast<uint64_t>(host)) e.write_tag = SoftTlb::InvalidTag(j);
+    }
+  }
+}
+
+void Mmu::UnmarkCodePage(GuestPhys page) {
+  uint64_t n = page.value >> 12;
+  if (n < code_pages_.size() * 64) code_pages_[n / 64] &= ~(1ull << (n % 64));
+}
+
+void Mmu::UnmarkAllCodePages() { std::fill(code_pages_.begin(), code_pages_.end(), 0); }
 
 }  // namespace btvm

@@ -4,6 +4,7 @@
 // permissions), with guest-physical addresses outside RAM routed to MMIO.
 
 #include <cstdint>
+#include <vector>
 
 #include "base/cpu_state.h"
 #include "base/exception.h"
@@ -27,6 +28,18 @@ inline PagingMode PagingModeOf(const CpuState& cpu, bool user) {
   m.smap_allowed = cpu.rflags & rflags::kAC;
   return m;
 }
+
+// Told about what makes translated code or cached lookups stale: the
+// translator's code cache listens.
+class MmuObserver {
+ public:
+  virtual ~MmuObserver() = default;
+  virtual void OnTlbFlush() = 0;                  // every translation dropped
+  virtual void OnTlbFlushPage(GuestVirt page) = 0;  // one page's translation dropped
+  // The runtime (not translated code) wrote [addr, addr+size) of a page
+  // that holds translated code.
+  virtual void OnCodeWrite(GuestPhys addr, uint64_t size) = 0;
+};
 
 class Mmu {
  public:
@@ -58,6 +71,18 @@ class Mmu {
   void FlushTlb();
   void FlushPage(GuestVirt addr);
 
+  // Pages holding translated code are write-tracked: no soft-TLB entry lets
+  // a write to them through inline, so every write reaches a slow path that
+  // can invalidate the code (DESIGN.md, Self-modifying code).
+  void MarkCodePage(GuestPhys page);
+  void UnmarkCodePage(GuestPhys page);
+  void UnmarkAllCodePages();
+  bool IsCodePage(GuestPhys addr) const {
+    uint64_t n = addr.value >> 12;
+    return n < code_pages_.size() * 64 && (code_pages_[n / 64] >> (n % 64)) & 1;
+  }
+  void set_observer(MmuObserver* observer) { observer_ = observer; }
+
   GuestMemory& memory() { return memory_; }
   MmioBus& mmio() { return mmio_; }
   SoftTlb& tlb(MmuIndex index) { return tlbs_[index]; }
@@ -69,6 +94,8 @@ class Mmu {
   GuestMemory& memory_;
   MmioBus& mmio_;
   SoftTlb* tlbs_;
+  MmuObserver* observer_ = nullptr;
+  std::vector<uint64_t> code_pages_;  // bitmap by guest-physical page number
 };
 
 inline MmuIndex MmuIndexFor(const CpuState& cpu) { return cpu.Cpl() == 3 ? kMmuUser : kMmuKernel; }

@@ -1,37 +1,109 @@
 #include "runtime/bt_engine.h"
 
+#include <time.h>
+
+#include <algorithm>
+#include <chrono>
 #include <cstdio>
 
 #include "translator/block_builder.h"
+#include "translator/host_fault.h"
 
 namespace btvm {
 
 namespace {
 constexpr uint64_t kHostFlags = rflags::kArith | rflags::kDF;
+constexpr uint64_t kDr6SingleStep = 1ull << 14;  // DR6.BS
 
 std::string Hex(uint64_t v) {
   char buf[32];
   std::snprintf(buf, sizeof(buf), "%#llx", static_cast<unsigned long long>(v));
   return buf;
 }
+
+uint64_t MonotonicNs() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
+}
+
+// Instructions after which the CPU takes no interrupt before the next one
+// (SDM Vol. 3 §6.8.3): sti that sets IF, and loads of SS.
+bool OpensShadow(const DecodedInsn& d, bool if_before, const CpuState& after) {
+  if (d.insn.mnemonic == ZYDIS_MNEMONIC_STI) return !if_before && (after.rflags & rflags::kIF);
+  if (d.insn.mnemonic == ZYDIS_MNEMONIC_MOV || d.insn.mnemonic == ZYDIS_MNEMONIC_POP) {
+    return d.ops[0].type == ZYDIS_OPERAND_TYPE_REGISTER && d.ops[0].reg.value == ZYDIS_REGISTER_SS;
+  }
+  return false;
+}
 }  // namespace
 
 BtEngine::BtEngine(GuestMemory& memory, PioBus& pio, MmioBus& mmio,
-                   const std::atomic<bool>& stop, Counters& counters)
+                   const std::atomic<bool>& stop, Counters& counters, InterruptSource* irq,
+                   size_t code_cache_bytes)
     : ctx_(std::make_unique<BtContext>()),
       mmu_(memory, mmio, ctx_->tlb),
       pio_(pio),
       stop_(stop),
       counters_(counters),
+      irq_(irq),
+      cache_(ctx_.get(), &mmu_, code_cache_bytes),
       emulator_(mmu_, pio, counters) {
   ctx_->mmu = &mmu_;
+  ctx_->cache = &cache_;
   ctx_->counters = &counters_;
+  InstallHostFaultHandlers();
+  if (irq_) timer_ = std::thread([this] { TimerThread(); });
 }
 
-BtEngine::~BtEngine() = default;
+BtEngine::~BtEngine() {
+  if (timer_.joinable()) {
+    {
+      std::lock_guard<std::mutex> lock(timer_mu_);
+      timer_quit_ = true;
+    }
+    timer_cv_.notify_all();
+    timer_.join();
+  }
+}
+
+void BtEngine::Kick() {
+  std::atomic_ref<uint8_t>(ctx_->exit_request).store(1, std::memory_order_relaxed);
+}
+
+void BtEngine::ArmTimer() {
+  uint64_t deadline = irq_->NextDeadlineNs();
+  std::lock_guard<std::mutex> lock(timer_mu_);
+  if (deadline != timer_deadline_) {
+    timer_deadline_ = deadline;
+    timer_cv_.notify_all();
+  }
+}
+
+// Sleeps until the armed deadline, then makes translated code come back so
+// the loop looks at the interrupt controller.
+void BtEngine::TimerThread() {
+  std::unique_lock<std::mutex> lock(timer_mu_);
+  while (!timer_quit_) {
+    if (timer_deadline_ == UINT64_MAX) {
+      timer_cv_.wait(lock);
+      continue;
+    }
+    uint64_t now = MonotonicNs();
+    if (now >= timer_deadline_) {
+      timer_deadline_ = UINT64_MAX;
+      Kick();
+      continue;
+    }
+    timer_cv_.wait_for(lock, std::chrono::nanoseconds(timer_deadline_ - now));
+  }
+}
 
 bool BtEngine::Deliver(const GuestException& e, EventSource source, EngineExit* exit) {
   ++counters_.exceptions_delivered;
+  ++counters_.vectors[e.vector];
+  if (e.vector == kPF) ++counters_.page_faults;
+  check_irq_ = true;  // delivery changes IF
   if (DeliverEvent(mmu_, ctx_->cpu, e, source) == DeliveryResult::kTripleFault) {
     exit->kind = EngineExit::kTripleFault;
     exit->message = "triple fault (vector " + std::to_string(e.vector) + " at rip " +
@@ -41,115 +113,264 @@ bool BtEngine::Deliver(const GuestException& e, EventSource source, EngineExit* 
   return true;
 }
 
+bool BtEngine::TakeInterrupt(EngineExit* exit) {
+  check_irq_ = false;
+  const CpuState& c = ctx_->cpu;
+  // Asked even with IF = 0: it brings the timers (and what the guest reads
+  // of the PIC) up to now.
+  if (!irq_->InterruptPending()) {
+    ArmTimer();
+    return true;
+  }
+  // Enabling interrupts goes through the runtime, which looks again.
+  if (!(c.rflags & rflags::kIF) || irq_shadow_) return true;
+  uint8_t vector = irq_->AcknowledgeInterrupt();
+  ++counters_.interrupts_delivered;
+  if (!Deliver(GuestException{vector, false, 0, 0}, EventSource::kExternal, exit)) return false;
+  check_irq_ = true;  // another may be waiting behind it
+  return true;
+}
+
+bool BtEngine::Halt(EngineExit* exit) {
+  CpuState& c = ctx_->cpu;
+  if (!(c.rflags & rflags::kIF)) {
+    exit->kind = EngineExit::kHalt;
+    exit->message = "guest halted with interrupts disabled";
+    return false;
+  }
+  if (!irq_) {
+    exit->kind = EngineExit::kHalt;
+    exit->message = "guest halted; this machine has no interrupt sources";
+    return false;
+  }
+  ++counters_.exits_hlt;
+  while (!stop_.load(std::memory_order_relaxed)) {
+    if (irq_->InterruptPending()) {
+      check_irq_ = true;
+      return true;
+    }
+    // Input may arrive without a deadline: look again every 10 ms.
+    uint64_t now = MonotonicNs();
+    irq_->WaitUntil(std::min(irq_->NextDeadlineNs(), now + 10'000'000));
+  }
+  return true;
+}
+
+size_t BtEngine::FetchCode(uint64_t rip, uint8_t* buf, size_t len, GuestException* fault) {
+  const CpuState& c = ctx_->cpu;
+  size_t n = 0;
+  // Byte-exact up to the first page that cannot be fetched.
+  while (n < len) {
+    size_t chunk = std::min<size_t>(len - n, kPageSize - ((rip + n) & (kPageSize - 1)));
+    if (!mmu_.ReadVirt(c, GuestVirt(rip + n), buf + n, chunk, MmuIndexFor(c), fault,
+                       Access::kFetch)) {
+      break;
+    }
+    n += chunk;
+  }
+  return n;
+}
+
+bool BtEngine::Emulate(EngineExit* exit) {
+  CpuState& c = ctx_->cpu;
+  uint8_t bytes[ZYDIS_MAX_INSTRUCTION_LENGTH];
+  GuestException fault;
+  size_t n = FetchCode(c.rip, bytes, sizeof(bytes), &fault);
+  DecodedInsn d;
+  if (!decoder_.Decode(bytes, n, c.rip, &d)) {
+    return Deliver(n < sizeof(bytes) ? fault : GuestException::Ud(), EventSource::kException,
+                   exit);
+  }
+  const bool tf = c.rflags & rflags::kTF;
+  const bool if_before = c.rflags & rflags::kIF;
+  check_irq_ = true;
+  ++emulated_[d.insn.mnemonic];
+  EmulateOutcome o = emulator_.Emulate(c, d);
+  switch (o.kind) {
+    case EmulateOutcome::kDone:
+      if (OpensShadow(d, if_before, c)) irq_shadow_ = true;
+      if (tf) {
+        c.dr[6] |= kDr6SingleStep;
+        return Deliver(GuestException{kDB, false, 0, 0}, EventSource::kException, exit);
+      }
+      return true;
+    case EmulateOutcome::kFault:
+      return Deliver(o.exception, EventSource::kException, exit);
+    case EmulateOutcome::kSoftwareInt:
+      return Deliver(o.exception, EventSource::kSoftware, exit);
+    case EmulateOutcome::kHalt:
+      return Halt(exit);
+    case EmulateOutcome::kUnsupported:
+      exit->kind = EngineExit::kError;
+      exit->message = o.message + " at rip " + Hex(c.rip);
+      return false;
+  }
+  return true;
+}
+
+bool BtEngine::FetchBlock(bool single, Block** block, EngineExit* exit) {
+  *block = nullptr;
+  CpuState& c = ctx_->cpu;
+  const MmuIndex index = MmuIndexFor(c);
+  Mmu::Lookup where = mmu_.Translate(c, GuestVirt(c.rip), Access::kFetch, index);
+  if (where.kind == Mmu::Lookup::kFault) return Deliver(where.fault, EventSource::kException, exit);
+  if (where.kind == Mmu::Lookup::kMmio) {
+    exit->kind = EngineExit::kError;
+    exit->message = "guest executes from MMIO at rip " + Hex(c.rip);
+    return false;
+  }
+  const BlockKey key{c.rip, where.phys.value, index, single ? kBlockSingle : 0u};
+  const auto phys_of = [&](uint64_t vpage) -> uint64_t {
+    Mmu::Lookup l = mmu_.Translate(c, GuestVirt(vpage), Access::kFetch, index);
+    return l.kind == Mmu::Lookup::kFault ? ~uint64_t{0} : l.phys.value;
+  };
+  Block* b = single ? nullptr : cache_.Find(key);
+  // A block reaching into a second page is only valid while that page maps
+  // where it did.
+  if (b && b->spans_pages && phys_of((c.rip & kPageMask) + kPageSize) != b->phys2) b = nullptr;
+  if (b) {
+    *block = b;
+    return true;
+  }
+
+  const auto fetch = [this](uint64_t rip, uint8_t* buf, size_t len, GuestException* fault) {
+    return FetchCode(rip, buf, len, fault);
+  };
+  BuildResult r = BuildBlock(cache_, key, fetch, phys_of);
+  if (r.kind == BuildResult::kCacheFull) {
+    cache_.Flush();
+    ++counters_.cache_flushes;
+    r = BuildBlock(cache_, key, fetch, phys_of);
+  }
+  switch (r.kind) {
+    case BuildResult::kOk: break;
+    case BuildResult::kEmulate: return Emulate(exit);
+    case BuildResult::kFault: return Deliver(r.fault, EventSource::kException, exit);
+    case BuildResult::kUndefined:
+      return Deliver(GuestException::Ud(), EventSource::kException, exit);
+    case BuildResult::kUnsupported:
+      exit->kind = EngineExit::kError;
+      exit->message = r.message + " at rip " + Hex(c.rip);
+      return false;
+    case BuildResult::kCacheFull:
+      exit->kind = EngineExit::kError;
+      exit->message = "a block does not fit the empty code cache at rip " + Hex(c.rip);
+      return false;
+  }
+  if (single) {
+    ++counters_.single_blocks;
+  } else {
+    ++counters_.blocks_translated;
+  }
+  counters_.guest_insns_translated += r.guest_insns;
+  counters_.host_code_bytes += r.host_bytes;
+  *block = r.block;
+  return true;
+}
+
 EngineExit BtEngine::Run(CpuState& cpu) {
   BtContext& ctx = *ctx_;
   ctx.cpu = cpu;
   mmu_.FlushTlb();
   EngineExit exit;
-  const auto fetch = [this](uint64_t rip, uint8_t* buf, size_t len, GuestException* fault) {
-    size_t n = 0;
-    // Byte-exact up to the first page that cannot be fetched.
-    while (n < len) {
-      size_t chunk = std::min<size_t>(len - n, kPageSize - ((rip + n) & (kPageSize - 1)));
-      if (!mmu_.ReadVirt(ctx_->cpu, GuestVirt(rip + n), buf + n, chunk,
-                         MmuIndexFor(ctx_->cpu), fault, Access::kFetch)) {
-        break;
-      }
-      n += chunk;
-    }
-    return n;
-  };
+  HostFaultScope fault_scope(&ctx, &cache_);
+  // The direct exit that brought us here, to link it to the block it wants.
+  Block* link_from = nullptr;
+  uint32_t link_exit = 0;
+  uint64_t link_epoch = 0;
+  bool store_alone = false;  // the next instruction stored into code: run it alone
+  check_irq_ = true;
 
-  for (;;) {
-    if (stop_.load(std::memory_order_relaxed)) break;
+  while (!stop_.load(std::memory_order_relaxed)) {
     CpuState& c = ctx.cpu;
-    // Find the block: keyed by RIP, the physical page it was fetched from,
-    // and the privilege it runs at.
-    Mmu::Lookup where = mmu_.Translate(c, GuestVirt(c.rip), Access::kFetch, MmuIndexFor(c));
-    if (where.kind == Mmu::Lookup::kFault) {
-      if (!Deliver(where.fault, EventSource::kException, &exit)) break;
+    if (std::atomic_ref<uint8_t>(ctx.exit_request).exchange(0, std::memory_order_relaxed)) {
+      check_irq_ = true;
+    }
+    bool single = store_alone || (c.rflags & rflags::kTF);
+    if (irq_shadow_) {
+      // One instruction runs before an interrupt may be taken.
+      irq_shadow_ = false;
+      if (irq_ && (c.rflags & rflags::kIF) && irq_->InterruptPending()) single = true;
+      check_irq_ = true;
+    } else if (irq_ && check_irq_) {
+      if (!TakeInterrupt(&exit)) break;
+    }
+    store_alone = false;
+
+    Block* b = nullptr;
+    if (!FetchBlock(single, &b, &exit)) break;
+    if (!b) {
+      link_from = nullptr;
       continue;
     }
-    if (where.kind == Mmu::Lookup::kMmio) {
-      exit.kind = EngineExit::kError;
-      exit.message = "guest executes from MMIO at rip " + Hex(c.rip);
-      break;
+    if (link_from && link_epoch == cache_.flushes() && link_from->valid &&
+        link_from->exits[link_exit].target == b->key.rip && CodeCache::CanLink(*link_from, *b)) {
+      cache_.Link(link_from, link_exit, b);
+      ++counters_.chain_links;
     }
-    unsigned index = MmuIndexFor(c);
-    BlockKey key{c.rip, where.phys.value, index};
-    void* code = cache_.Find(key);
-    if (!code) {
-      BuildResult b = BuildBlock(cache_, index, c.rip, fetch);
-      if (b.kind == BuildResult::kFault) {
-        if (!Deliver(b.fault, EventSource::kException, &exit)) break;
-        continue;
-      }
-      if (b.kind == BuildResult::kUndefined) {
-        if (!Deliver(GuestException::Ud(), EventSource::kException, &exit)) break;
-        continue;
-      }
-      if (b.kind == BuildResult::kUnsupported) {
-        exit.kind = EngineExit::kError;
-        exit.message = b.message + " at rip " + Hex(c.rip);
-        break;
-      }
-      if (b.kind == BuildResult::kEmulate) {
-        uint8_t bytes[ZYDIS_MAX_INSTRUCTION_LENGTH];
-        GuestException fault;
-        size_t n = fetch(c.rip, bytes, sizeof(bytes), &fault);
-        DecodedInsn d;
-        if (!decoder_.Decode(bytes, n, c.rip, &d)) {
-          if (!Deliver(n < sizeof(bytes) ? fault : GuestException::Ud(),
-                       EventSource::kException, &exit)) {
-            break;
-          }
-          continue;
-        }
-        EmulateOutcome o = emulator_.Emulate(c, d);
-        switch (o.kind) {
-          case EmulateOutcome::kDone: break;
-          case EmulateOutcome::kFault:
-            if (!Deliver(o.exception, EventSource::kException, &exit)) goto out;
-            break;
-          case EmulateOutcome::kSoftwareInt:
-            if (!Deliver(o.exception, EventSource::kSoftware, &exit)) goto out;
-            break;
-          case EmulateOutcome::kHalt:
-            // No interrupt controller or timer exists yet (the Linux boot
-            // issue adds them), so nothing could ever wake this vCPU.
-            exit.kind = EngineExit::kHalt;
-            exit.message = (c.rflags & rflags::kIF)
-                               ? "guest halted; this machine has no interrupt sources yet"
-                               : "guest halted with interrupts disabled";
-            goto out;
-          case EmulateOutcome::kUnsupported:
-            exit.kind = EngineExit::kError;
-            exit.message = o.message + " at rip " + Hex(c.rip);
-            goto out;
-        }
-        continue;
-      }
-      ++counters_.blocks_translated;
-      counters_.guest_insns_translated += b.guest_insns;
-      counters_.host_code_bytes += b.host_bytes;
-      code = b.code;
-      cache_.Insert(key, code);
-    }
+    link_from = nullptr;
+    cache_.RememberLookup(*b);
 
     ++counters_.block_entries;
+    const bool tf = c.rflags & rflags::kTF;
     ctx.host_flags = c.rflags & kHostFlags;
     ctx.exit_reason = BlockExit::kNext;
-    // Invariant: `code` came from this cache and ends in a jump to its exit
-    // stub; it reaches memory only through soft-TLB entries into guest RAM.
-    cache_.Enter(&ctx, code);
+    ctx.chain_site = 0;
+    // Invariant: b's code lies in the cache and leaves it only through the
+    // exit stubs; it reaches memory only through soft-TLB entries into
+    // guest RAM.
+    cache_.Enter(&ctx, b->code);
+    ++counters_.exits_to_runtime;
     c.rflags = (c.rflags & ~kHostFlags) | (ctx.host_flags & kHostFlags) | rflags::kFixed1;
-    if (ctx.exit_reason == BlockExit::kException) {
-      if (!Deliver(ctx.exception, EventSource::kException, &exit)) break;
+    switch (ctx.exit_reason) {
+      case BlockExit::kNext:
+        if (ctx.chain_site && cache_.FindExit(ctx.chain_site, &link_from, &link_exit)) {
+          link_epoch = cache_.flushes();
+        }
+        if (single && tf) {  // the instruction completed: single-step trap
+          c.dr[6] |= kDr6SingleStep;
+          if (!Deliver(GuestException{kDB, false, 0, 0}, EventSource::kException, &exit)) {
+            goto out;
+          }
+        }
+        break;
+      case BlockExit::kEmulate:
+        if (!Emulate(&exit)) goto out;
+        break;
+      case BlockExit::kException:
+        if (!Deliver(ctx.exception, EventSource::kException, &exit)) goto out;
+        break;
+      case BlockExit::kSmc:
+        cache_.InvalidateRange(ctx.smc_phys, ctx.smc_size);
+        store_alone = true;
+        break;
     }
   }
 out:
+  counters_.tlb_hits += ctx.tlb_hits;
+  ctx.tlb_hits = 0;
+  counters_.page_walks += mmu_.walks;
+  mmu_.walks = 0;
+  counters_.tlb_flushes += mmu_.flushes;
+  mmu_.flushes = 0;
   cpu = ctx.cpu;
   return exit;
+}
+
+void BtEngine::PrintStats(std::FILE* out) const {
+  std::fprintf(out, "  %-48s %14zu\n", "code cache bytes in use", cache_.used_bytes());
+  std::fprintf(out, "  %-48s %14zu\n", "code cache capacity", cache_.capacity());
+  std::vector<std::pair<uint64_t, int>> top;
+  for (int m = 0; m <= ZYDIS_MNEMONIC_MAX_VALUE; ++m) {
+    if (emulated_[m]) top.emplace_back(emulated_[m], m);
+  }
+  std::sort(top.rbegin(), top.rend());
+  if (!top.empty()) std::fprintf(out, "  instructions emulated by the runtime:\n");
+  for (size_t i = 0; i < top.size() && i < 16; ++i) {
+    std::fprintf(out, "    %-46s %14llu\n",
+                 ZydisMnemonicGetString(static_cast<ZydisMnemonic>(top[i].second)),
+                 static_cast<unsigned long long>(top[i].first));
+  }
 }
 
 }  // namespace btvm

@@ -1,12 +1,18 @@
 #pragma once
 // The bt engine (`--engine bt`): every guest instruction, kernel and user,
 // runs as translated code inside the monitor process (DESIGN.md, The three
-// engines). Its loop: find or translate the block at RIP, run it, and handle
-// what it exits for — a sensitive instruction to emulate, or a guest
-// exception to deliver through the guest IDT.
+// engines). Its loop: take a pending interrupt if the guest allows it, find
+// or translate the block at RIP, run it (blocks chain to each other and
+// return here only when they must), and handle what it returned for — a
+// sensitive instruction to emulate, a guest exception to deliver, a store
+// into translated code, or a request from another thread.
 
+#include <array>
 #include <atomic>
+#include <condition_variable>
 #include <memory>
+#include <mutex>
+#include <thread>
 
 #include "base/counters.h"
 #include "devices/bus.h"
@@ -22,26 +28,61 @@ namespace btvm {
 class BtEngine final : public Engine {
  public:
   // `stop` is raised by the machine (a device asked to stop); the engine
-  // checks it after every exit to the runtime.
+  // checks it after every exit to the runtime. `irq` (may be null: no
+  // interrupt controller) is asked about external interrupts.
   BtEngine(GuestMemory& memory, PioBus& pio, MmioBus& mmio, const std::atomic<bool>& stop,
-           Counters& counters);
+           Counters& counters, InterruptSource* irq = nullptr,
+           size_t code_cache_bytes = CodeCache::kDefaultCapacity);
   ~BtEngine() override;
 
   const char* name() const override { return "bt"; }
   EngineExit Run(CpuState& cpu) override;
+  void PrintStats(std::FILE* out) const override;
+  // Count inline soft-TLB hits (a little slower; for --stats).
+  void set_count_tlb_hits(bool on) { cache_.set_count_tlb_hits(on); }
+
+  // Thread-safe: makes translated code return to the loop soon.
+  void Kick();
+
+  const CodeCache& cache() const { return cache_; }
 
  private:
   // Returns false with *exit set when the run must end.
   bool Deliver(const GuestException& e, EventSource source, EngineExit* exit);
+  // Takes a pending external interrupt if RFLAGS.IF and no shadow allow it.
+  bool TakeInterrupt(EngineExit* exit);
+  // hlt: waits for an interrupt; false with *exit set if none can come.
+  bool Halt(EngineExit* exit);
+  // Finds or translates the block at the current RIP; false with *exit set
+  // when the run must end, or with *block null after delivering a fault or
+  // emulating the instruction there.
+  bool FetchBlock(bool single, Block** block, EngineExit* exit);
+  bool Emulate(EngineExit* exit);
+  // Reads guest code at rip; returns bytes read, fewer with *fault set.
+  size_t FetchCode(uint64_t rip, uint8_t* buf, size_t len, GuestException* fault);
+  void ArmTimer();
+  void TimerThread();
 
   std::unique_ptr<BtContext> ctx_;
   Mmu mmu_;
   PioBus& pio_;
   const std::atomic<bool>& stop_;
   Counters& counters_;
+  InterruptSource* irq_;
   CodeCache cache_;
   Emulator emulator_;
   Decoder decoder_;
+
+  std::array<uint64_t, ZYDIS_MNEMONIC_MAX_VALUE + 1> emulated_{};  // by mnemonic
+  bool check_irq_ = true;     // something may have changed INTR or IF
+  bool irq_shadow_ = false;   // sti / mov ss: no interrupt before the next instruction
+
+  // Deadline thread: sets exit_request when the next timer event is due.
+  std::mutex timer_mu_;
+  std::condition_variable timer_cv_;
+  uint64_t timer_deadline_ = UINT64_MAX;
+  bool timer_quit_ = false;
+  std::thread timer_;
 };
 
 }  // namespace btvm

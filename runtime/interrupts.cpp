@@ -88,8 +88,17 @@ bool TryDeliver(Mmu& mmu, CpuState& cpu, const GuestException& ev, EventSource s
   uint64_t new_rsp = rsp - 8 * n;
   CpuState as_target = cpu;
   as_target.seg[kCs].selector = (cs_sel & ~3u) | new_cpl;  // pushes are at the new CPL
-  if (!mmu.WriteVirt(as_target, GuestVirt(new_rsp), frame, 8 * n,
-                     new_cpl == 3 ? kMmuUser : kMmuKernel, fault)) {
+  const MmuIndex index = new_cpl == 3 ? kMmuUser : kMmuKernel;
+  if (!mmu.WriteVirt(as_target, GuestVirt(new_rsp), frame, 8 * n, index, fault)) {
+    // The CPU pushes SS first, at the top: the fault it reports is that of
+    // the highest slot that cannot be written.
+    for (int i = n - 1; i >= 0; --i) {
+      Mmu::Lookup l = mmu.Translate(as_target, GuestVirt(new_rsp + 8 * i), Access::kWrite, index);
+      if (l.kind == Mmu::Lookup::kFault) {
+        *fault = l.fault;
+        break;
+      }
+    }
     if (fault->vector == kPF) fault->error_code &= ~pf::kUser;
     return false;
   }
@@ -120,11 +129,14 @@ DeliveryResult DeliverEvent(Mmu& mmu, CpuState& cpu, const GuestException& event
   bool df = (IsContributory(event.vector) && IsContributory(fault.vector)) ||
             (event.vector == kPF && (IsContributory(fault.vector) || fault.vector == kPF));
   GuestException next = df ? GuestException{kDF, true, 0, 0} : fault;
-  if (!df && fault.vector == kPF) cpu.cr2 = fault.cr2;
+  // A page fault during delivery loads CR2 whether or not it becomes #DF
+  // (a #DF handler reads it to recognise a stack overflow).
+  if (fault.vector == kPF) cpu.cr2 = fault.cr2;
   if (TryDeliver(mmu, cpu, next, EventSource::kException, &fault)) {
     return DeliveryResult::kDelivered;
   }
   if (next.vector == kDF) return DeliveryResult::kTripleFault;
+  if (fault.vector == kPF) cpu.cr2 = fault.cr2;
   GuestException df_event{kDF, true, 0, 0};
   return TryDeliver(mmu, cpu, df_event, EventSource::kException, &fault)
              ? DeliveryResult::kDelivered

@@ -1,7 +1,10 @@
 #include "runtime/machine.h"
 
 #include <poll.h>
+#include <time.h>
 #include <unistd.h>
+
+#include <algorithm>
 
 #include "runtime/bt_engine.h"
 #include "runtime/loader.h"
@@ -34,6 +37,8 @@ Machine::Machine(GuestMemory memory, const MachineConfig& config)
   });
   console_port_ = std::make_unique<ConsolePort>(*this, *uart_);
   debug_exit_ = std::make_unique<DebugExit>(this);
+  pit_ = std::make_unique<I8254>(IrqLine(this, I8254::kIrq), clock_);
+  rtc_ = std::make_unique<CmosRtc>(IrqLine(this, 8), clock_, HostUnixTimeNs());
   i8042_ = std::make_unique<I8042>(this);
   console_open_ = config.console_in >= 0;
 }
@@ -53,11 +58,24 @@ Result<std::unique_ptr<Machine>> Machine::Create(const MachineConfig& config) {
   if (s) s = m->pio_.Register(DebugExit::kIoBase, DebugExit::kIoSize, m->debug_exit_.get(),
                               "isa-debug-exit");
   if (s) s = m->i8042_->RegisterOn(m->pio_);
+  if (s) s = m->pic_.RegisterOn(m->pio_);
+  if (s) s = m->pit_->RegisterOn(m->pio_);
+  if (s) s = m->rtc_->RegisterOn(m->pio_);
   if (!s) return s.error();
+  {
+    uint64_t below = 0, above = 0;
+    for (const RamRegion& r : m->memory_.regions()) {
+      (r.base.value < GiB(4) ? below : above) += r.size;
+    }
+    m->rtc_->SetMemorySize(below, above);
+  }
 
   Result<LoadedKernel> k = LoadElfKernel(config.kernel, m->memory_, &m->cpu_);
   if (!k) return k.error();
-  m->engine_ = std::make_unique<BtEngine>(m->memory_, m->pio_, m->mmio_, m->stop_, m->counters_);
+  auto engine = std::make_unique<BtEngine>(m->memory_, m->pio_, m->mmio_, m->stop_,
+                                           m->counters_, m.get());
+  engine->set_count_tlb_hits(config.stats);
+  m->engine_ = std::move(engine);
   return m;
 }
 
@@ -107,6 +125,44 @@ void Machine::SetIrqLevel(unsigned line, bool level) {
   if (line >= 16) return;
   irq_levels_ = static_cast<uint16_t>(level ? irq_levels_ | (1u << line)
                                             : irq_levels_ & ~(1u << line));
+  if (line != I8259Pair::kCascadeLine) pic_.SetIrqLevel(line, level);
+}
+
+bool Machine::InterruptPending() {
+  uint64_t now = clock_.NowNs();
+  for (ClockedDevice* d : {static_cast<ClockedDevice*>(pit_.get()),
+                           static_cast<ClockedDevice*>(rtc_.get())}) {
+    if (d->NextEventNs() <= now) d->Update();
+  }
+  // Console input for a guest that takes it by interrupt, looked at every
+  // millisecond at most. (A polling guest gets it when it reads the UART:
+  // bytes fed before it set the UART up would be lost in its FIFO reset.)
+  if (now >= next_input_poll_ns_ && uart_->receive_interrupt_enabled()) {
+    next_input_poll_ns_ = now + 1'000'000;
+    PollConsoleInput();
+  }
+  return pic_.InterruptPending();
+}
+
+uint8_t Machine::AcknowledgeInterrupt() { return pic_.Acknowledge(); }
+
+uint64_t Machine::NextDeadlineNs() {
+  return std::min(pit_->NextEventNs(), rtc_->NextEventNs());
+}
+
+void Machine::WaitUntil(uint64_t deadline_ns) {
+  uint64_t now = clock_.NowNs();
+  if (deadline_ns <= now) return;
+  uint64_t wait_ms = (deadline_ns - now + 999'999) / 1'000'000;
+  if (console_open_ && uart_->CanReceive()) {
+    pollfd p{config_.console_in, POLLIN, 0};
+    poll(&p, 1, static_cast<int>(std::min<uint64_t>(wait_ms, 1000)));
+    next_input_poll_ns_ = 0;
+  } else {
+    timespec ts{static_cast<time_t>((deadline_ns - now) / 1'000'000'000),
+                static_cast<long>((deadline_ns - now) % 1'000'000'000)};
+    nanosleep(&ts, nullptr);
+  }
 }
 
 }  // namespace btvm

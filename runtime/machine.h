@@ -14,8 +14,12 @@
 #include "base/cpu_state.h"
 #include "base/result.h"
 #include "devices/bus.h"
+#include "devices/clock.h"
+#include "devices/cmos_rtc.h"
 #include "devices/debug_exit.h"
 #include "devices/i8042.h"
+#include "devices/i8254.h"
+#include "devices/i8259.h"
 #include "devices/uart_16550.h"
 #include "mmu/guest_memory.h"
 #include "runtime/engine.h"
@@ -28,6 +32,7 @@ struct MachineConfig {
   std::vector<uint8_t> kernel;  // an ELF64 image per docs/entry-contract.md
   int console_in = 0;           // fd read for COM1 input (-1: none)
   std::FILE* console_out = stdout;
+  bool stats = false;           // count what --stats reports (inline TLB hits cost a little)
 };
 
 // How a run ended, as the process exit status tells it.
@@ -37,7 +42,7 @@ struct RunOutcome {
   std::string message;
 };
 
-class Machine final : public SystemControl, public IrqSink {
+class Machine final : public SystemControl, public IrqSink, public InterruptSource {
  public:
   static Result<std::unique_ptr<Machine>> Create(const MachineConfig& config);
   ~Machine() override;
@@ -48,15 +53,23 @@ class Machine final : public SystemControl, public IrqSink {
   CpuState& cpu() { return cpu_; }
   GuestMemory& memory() { return memory_; }
   PioBus& pio() { return pio_; }
+  const Engine& engine() const { return *engine_; }
 
   // SystemControl
   void RequestExit(int status) override;
   void RequestReset() override;
   void RequestPowerOff() override;
-  // IrqSink: no interrupt controller yet (the Linux boot issue adds the
-  // PIC and IOAPIC); levels are recorded for tests.
+  // IrqSink: ISA interrupt lines go to the i8259 pair (levels are also
+  // recorded for tests).
   void SetIrqLevel(unsigned line, bool level) override;
   bool irq_level(unsigned line) const { return line < 16 && (irq_levels_ >> line) & 1; }
+
+  // InterruptSource: the PIC's INTR, with the PIT and RTC brought up to
+  // host time first, and console input polled.
+  bool InterruptPending() override;
+  uint8_t AcknowledgeInterrupt() override;
+  uint64_t NextDeadlineNs() override;
+  void WaitUntil(uint64_t deadline_ns) override;
 
  private:
   Machine(GuestMemory memory, const MachineConfig& config);
@@ -76,6 +89,11 @@ class Machine final : public SystemControl, public IrqSink {
   // A PioDevice in front of the UART that feeds it console input before the
   // guest reads a register (so input arrives while the guest polls).
   class ConsolePort;
+  HostClock clock_;
+  I8259Pair pic_;
+  std::unique_ptr<I8254> pit_;
+  std::unique_ptr<CmosRtc> rtc_;
+  uint64_t next_input_poll_ns_ = 0;
   std::unique_ptr<Uart16550> uart_;
   std::unique_ptr<ConsolePort> console_port_;
   std::unique_ptr<DebugExit> debug_exit_;

@@ -94,6 +94,7 @@ int Run(int argc, char** argv) {
       }
     } else if (arg == "--stats") {
       stats = true;
+      config.stats = true;
     } else if (arg == "--help" || arg == "-h") {
       PrintUsage(stdout);
       return 0;
@@ -117,6 +118,7 @@ int Run(int argc, char** argv) {
   if (stats) {
     std::fprintf(stderr, "btvm: statistics (engine %s)\n", config.engine.c_str());
     machine.value()->counters().Print(stderr);
+    machine.value()->engine().PrintStats(stderr);
   }
   if (!o.ok) return Fail(kRunError, o.message);
   return o.status;

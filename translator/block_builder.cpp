@@ -2,6 +2,8 @@
 
 #include <asmjit/x86.h>
 
+#include <algorithm>
+
 #include "translator/emitter.h"
 
 namespace btvm {
@@ -20,16 +22,62 @@ uint32_t FlagsWritten(const DecodedInsn& d) {
   return (f->modified | f->set_0 | f->set_1 | f->undefined) & kArithFlags;
 }
 
+bool IsJcc(ZydisMnemonic m) {
+  switch (m) {
+    case ZYDIS_MNEMONIC_JB: case ZYDIS_MNEMONIC_JBE: case ZYDIS_MNEMONIC_JL:
+    case ZYDIS_MNEMONIC_JLE: case ZYDIS_MNEMONIC_JNB: case ZYDIS_MNEMONIC_JNBE:
+    case ZYDIS_MNEMONIC_JNL: case ZYDIS_MNEMONIC_JNLE: case ZYDIS_MNEMONIC_JNO:
+    case ZYDIS_MNEMONIC_JNP: case ZYDIS_MNEMONIC_JNS: case ZYDIS_MNEMONIC_JNZ:
+    case ZYDIS_MNEMONIC_JO: case ZYDIS_MNEMONIC_JP: case ZYDIS_MNEMONIC_JS:
+    case ZYDIS_MNEMONIC_JZ: case ZYDIS_MNEMONIC_LOOP: case ZYDIS_MNEMONIC_LOOPE:
+    case ZYDIS_MNEMONIC_LOOPNE: case ZYDIS_MNEMONIC_JRCXZ:
+      return true;
+    default:
+      return false;
+  }
+}
+
+// The arithmetic flags the code at `rip` may read before writing them,
+// found by decoding ahead within `page` (the block's own page, so the same
+// translation); all of them where decoding stops before it knows. The
+// bytes decoded widen [*lo, *hi), the range whose modification must
+// invalidate the block that relies on this.
+uint32_t FlagsLiveAt(uint64_t rip, uint64_t page, const FetchFn& fetch, const Decoder& decoder,
+                     uint64_t* lo, uint64_t* hi) {
+  uint32_t unknown = kArithFlags, live = 0;
+  uint64_t pc = rip;
+  for (int i = 0; i < 16 && unknown; ++i) {
+    if ((pc & kPageMask) != page) break;
+    uint8_t buf[ZYDIS_MAX_INSTRUCTION_LENGTH];
+    GuestException fault;
+    size_t n = fetch(pc, buf, sizeof(buf), &fault);
+    DecodedInsn d;
+    if (!decoder.Decode(buf, n, pc, &d) || d.NextRip() > page + kPageSize) break;
+    if (d.cls == InsnClass::kRuntime) break;  // may read any flag (pushf)
+    *lo = std::min(*lo, pc);
+    *hi = std::max(*hi, d.NextRip());
+    live |= FlagsRead(d) & unknown;
+    unknown &= ~FlagsWritten(d);
+    if (d.cls == InsnClass::kBranch) break;
+    pc = d.NextRip();
+  }
+  return live | unknown;
+}
+
 }  // namespace
 
-BuildResult BuildBlock(CodeCache& cache, unsigned mmu_index, uint64_t rip, const FetchFn& fetch) {
+BuildResult BuildBlock(CodeCache& cache, const BlockKey& key, const FetchFn& fetch,
+                       const PhysFn& phys_of) {
   BuildResult r;
+  const uint64_t rip = key.rip;
+  const bool single = key.flags & kBlockSingle;
+  const unsigned max_insns = single ? 1 : kMaxBlockInsns;
   Decoder decoder;
   std::vector<DecodedInsn> insns;
   uint64_t page_end = (rip & kPageMask) + kPageSize;
   uint64_t pc = rip;
   bool ended = false;
-  while (!ended && insns.size() < kMaxBlockInsns && pc < page_end) {
+  while (!ended && insns.size() < max_insns && pc < page_end) {
     uint8_t buf[ZYDIS_MAX_INSTRUCTION_LENGTH];
     GuestException fault;
     size_t n = fetch(pc, buf, sizeof(buf), &fault);
@@ -53,33 +101,77 @@ BuildResult BuildBlock(CodeCache& cache, unsigned mmu_index, uint64_t rip, const
       }
       break;
     }
+    // An instruction reaching into the next page ends the block before it,
+    // unless it is the first: such a block depends on two pages.
+    if (d.NextRip() > page_end && !insns.empty()) break;
     ended = d.cls == InsnClass::kBranch;
     pc = d.NextRip();
     insns.push_back(d);
   }
 
-  // Flag liveness, backwards. Unknown successors: all flags live at the end.
-  std::vector<uint32_t> live_in(insns.size());
+  // Flag liveness, backwards from what the block's direct successors in its
+  // own page read; other successors (returns, indirect branches, other
+  // pages) may read every flag.
+  uint64_t watch_lo = rip, watch_hi = pc;
   uint32_t live = kArithFlags;
+  if (!single && !insns.empty()) {
+    const uint64_t page = rip & kPageMask;
+    const DecodedInsn& last = insns.back();
+    auto at = [&](uint64_t target) {
+      return FlagsLiveAt(target, page, fetch, decoder, &watch_lo, &watch_hi);
+    };
+    const ZydisDecodedOperand& op = last.ops[0];
+    bool relative = last.insn.operand_count_visible > 0 &&
+                    op.type == ZYDIS_OPERAND_TYPE_IMMEDIATE && op.imm.is_relative;
+    uint64_t target = relative ? last.NextRip() + op.imm.value.u : 0;
+    if (last.cls != InsnClass::kBranch) {
+      live = at(pc);
+    } else if (relative && IsJcc(last.insn.mnemonic)) {
+      live = at(target) | at(last.NextRip());
+    } else if (relative && (last.insn.mnemonic == ZYDIS_MNEMONIC_JMP ||
+                            last.insn.mnemonic == ZYDIS_MNEMONIC_CALL)) {
+      // A call's flags go to its callee; the return restores its own.
+      live = at(target);
+    }
+  }
+  std::vector<uint32_t> live_in(insns.size());
   for (size_t i = insns.size(); i-- > 0;) {
     live = (live & ~FlagsWritten(insns[i])) | FlagsRead(insns[i]);
     live_in[i] = live;
   }
 
+  std::unique_ptr<Block> block = cache.NewBlock(key);
   asmjit::CodeHolder code;
-  code.init(cache.environment());
+  code.init(cache.environment(), cache.next_address());
   asmjit::x86::Assembler a(&code);
-  BlockEmitter e(a, cache.EmitEnvFor(mmu_index));
+  EmitEnv env = cache.EmitEnvFor(key.mmu_index);
+  env.block = block.get();
+  env.block_rip = rip;
+  env.single = single;
+  BlockEmitter e(a, env);
+  if (!single) e.EmitEntryCheck(live_in.empty() ? true : live_in[0] != 0);
+  struct InsnLabel {
+    asmjit::Label label;
+    uint16_t scratch;
+    uint64_t rip;
+  };
+  std::vector<InsnLabel> records;
   size_t emitted = 0;
   for (size_t i = 0; i < insns.size(); ++i) {
     const DecodedInsn& d = insns[i];
+    InsnLabel rec{a.newLabel(), 0xffff, d.rip};
+    a.bind(rec.label);
     // Flags the probe must keep: those live before this instruction.
     uint32_t keep = live_in[i];
     bool ok = true;
     switch (d.cls) {
-      case InsnClass::kIdent: ok = e.EmitIdent(d, keep); break;
+      case InsnClass::kIdent:
+        ok = e.EmitIdent(d, keep);
+        rec.scratch = e.last_scratch();
+        break;
       case InsnClass::kNop: break;
       case InsnClass::kStack: ok = e.EmitStack(d, keep); break;
+      case InsnClass::kString: ok = e.EmitString(d); break;
       case InsnClass::kBranch: ok = e.EmitBranch(d, keep); break;
       case InsnClass::kRuntime: ok = false; break;
     }
@@ -92,23 +184,47 @@ BuildResult BuildBlock(CodeCache& cache, unsigned mmu_index, uint64_t rip, const
       // End the block before it; it will start a block of its own and be
       // reported there.
       e.EmitExit(d.rip, BlockExit::kNext);
+      pc = d.rip;
       break;
     }
+    records.push_back(rec);
     ++emitted;
     if (d.cls == InsnClass::kBranch) break;
   }
   if (emitted == insns.size() && (insns.empty() || insns.back().cls != InsnClass::kBranch)) {
-    e.EmitExit(pc, BlockExit::kNext);
+    e.EmitJumpTo(pc);
   }
-  e.EmitSlowPaths();
-  r.code = cache.Add(code);
-  if (!r.code) {
-    r.kind = BuildResult::kUnsupported;
-    r.message = "code cache full";
+  e.EmitOutOfLine();
+
+  block->guest_insns = static_cast<uint32_t>(emitted);
+  block->guest_size = static_cast<uint32_t>(pc - rip);
+  // What the translation relies on in its first page: its own bytes and
+  // the successors it read ahead for flag liveness.
+  block->watch_lo = static_cast<uint32_t>(std::min(watch_lo, rip) & (kPageSize - 1));
+  block->watch_hi = static_cast<uint32_t>(
+      std::min(std::max(watch_hi, pc), (rip & kPageMask) + kPageSize) - (rip & kPageMask));
+  if (pc > page_end) {
+    block->spans_pages = true;
+    block->phys2 = phys_of(page_end);
+  }
+  // Offsets are final once the cache has placed the code.
+  Block* b = block.get();
+  if (!cache.Install(std::move(block), code)) {
+    r.kind = BuildResult::kCacheFull;
     return r;
   }
+  for (const auto& x : e.exits()) {
+    b->exits.push_back({static_cast<uint32_t>(code.labelOffsetFromBase(x.jmp)),
+                        static_cast<uint32_t>(code.labelOffsetFromBase(x.stub)), x.target,
+                        nullptr});
+  }
+  for (const InsnLabel& rec : records) {
+    b->insns.push_back({static_cast<uint32_t>(code.labelOffsetFromBase(rec.label)), rec.scratch,
+                        0, rec.rip});
+  }
+  r.block = b;
   r.guest_insns = static_cast<unsigned>(emitted);
-  r.host_bytes = code.codeSize();
+  r.host_bytes = b->code_size;
   return r;
 }
 

@@ -17,8 +17,8 @@ namespace btvm {
 inline constexpr unsigned kMaxBlockInsns = 64;
 
 struct BuildResult {
-  enum Kind { kOk, kEmulate, kFault, kUndefined, kUnsupported } kind = kOk;
-  void* code = nullptr;      // kOk
+  enum Kind { kOk, kEmulate, kFault, kUndefined, kUnsupported, kCacheFull } kind = kOk;
+  Block* block = nullptr;    // kOk: installed in the cache
   GuestException fault;      // kFault: fetching the first instruction faulted
   std::string message;       // kUnsupported
   unsigned guest_insns = 0;
@@ -28,6 +28,12 @@ struct BuildResult {
 // Reads guest code at rip; returns bytes read, or fewer with *fault set.
 using FetchFn = std::function<size_t(uint64_t rip, uint8_t* buf, size_t len, GuestException* fault)>;
 
-BuildResult BuildBlock(CodeCache& cache, unsigned mmu_index, uint64_t rip, const FetchFn& fetch);
+// The guest-physical page behind a virtual page of code (already fetched).
+using PhysFn = std::function<uint64_t(uint64_t vpage)>;
+
+// Translates the block `key` names (key.flags & kBlockSingle: one
+// instruction). kCacheFull: the caller flushes the cache and asks again.
+BuildResult BuildBlock(CodeCache& cache, const BlockKey& key, const FetchFn& fetch,
+                       const PhysFn& phys_of);
 
 }  // namespace btvm

@@ -15,6 +15,8 @@
 namespace btvm {
 
 class Mmu;
+class CodeCache;
+struct Block;
 struct Counters;
 
 // Why translated code returned to the runtime.
@@ -22,7 +24,31 @@ enum class BlockExit : uint32_t {
   kNext = 0,       // RIP holds the next guest instruction to run
   kEmulate = 1,    // RIP holds an instruction the runtime must emulate
   kException = 2,  // RIP holds the faulting instruction; `exception` says what
+  kSmc = 3,        // RIP holds a store into translated code: invalidate, then
+                   // run that one instruction on its own (smc_phys/smc_size)
 };
+
+// The guest-RIP -> host-code lookup translated code does inline for indirect
+// branches and for direct branches that leave the block's page (one per
+// MmuIndex). Direct-mapped by JumpCacheIndex; an empty slot has a
+// non-canonical rip, which no guest RIP can equal. Flushed with the soft TLB
+// (its entries are only valid under the translations it saw).
+struct JumpCacheEntry {
+  uint64_t rip;
+  uint64_t code;
+};
+inline constexpr unsigned kJumpCacheBits = 10;
+inline constexpr unsigned kJumpCacheEntries = 1u << kJumpCacheBits;
+inline constexpr uint64_t kNoRip = 0x8000000000000000ull;
+inline constexpr unsigned JumpCacheIndex(uint64_t rip) {
+  return static_cast<unsigned>((rip ^ (rip >> kJumpCacheBits)) & (kJumpCacheEntries - 1));
+}
+
+// The return-address cache: a stack of 256 (guest return RIP, host code)
+// pairs per MmuIndex, pushed by call and popped by ret. `top` is a byte so
+// it wraps without flag-clobbering arithmetic. A hit jumps to the call's
+// continuation exit, which chains to the block after the call.
+inline constexpr unsigned kRasEntries = 256;
 
 // Register conventions inside translated code:
 //   r15          -> BtContext
@@ -59,8 +85,44 @@ struct alignas(64) BtContext {
   uint8_t bounce_active = 0;
   uint8_t bounce_write = 0;
 
+  // Set from any thread to make translated code return to the runtime at
+  // the next block entry (timer deadlines, stop requests).
+  alignas(8) uint8_t exit_request = 0;
+  uint8_t pad2[7] = {};
+  uint64_t rcx_save = 0;      // guest RCX around flag-free checks (jrcxz)
+  uint64_t rax_save = 0;      // guest RAX around lahf/sahf flag saves
+  uint64_t jump_target = 0;   // host code an indirect jump goes to
+  // A chainable direct exit that returned: the host address of its data
+  // (code_cache.cpp, exit stubs), which names the block and the exit.
+  uint64_t chain_site = 0;
+  uint64_t tlb_hits = 0;      // inline soft-TLB hits, counted only when asked (--stats)
+  uint64_t smc_phys = 0;      // kSmc: the guest-physical range written
+  uint64_t smc_size = 0;
+
+  alignas(64) JumpCacheEntry jump_cache[2][kJumpCacheEntries];
+  uint64_t ras_rip[2][kRasEntries];
+  uint64_t ras_code[2][kRasEntries];
+  uint8_t ras_top[2] = {};
+
   Mmu* mmu = nullptr;
+  CodeCache* cache = nullptr;
   Counters* counters = nullptr;
+
+  BtContext() { ClearLookups(); }
+  // Forgets every cached guest-RIP -> host-code mapping (a TLB flush or a
+  // code-cache flush makes them stale).
+  void ClearLookups() {
+    if (jump_cache_used) {
+      for (auto& jc : jump_cache) {
+        for (auto& e : jc) e = {kNoRip, 0};
+      }
+      jump_cache_used = false;
+    }
+    for (auto& r : ras_rip) {
+      for (auto& e : r) e = kNoRip;
+    }
+  }
+  bool jump_cache_used = true;  // entries may be filled (the runtime fills them)
 };
 
 static_assert(offsetof(BtContext, cpu) == 0, "translated code addresses cpu at r15+0");

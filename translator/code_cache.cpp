@@ -1,5 +1,10 @@
 #include "translator/code_cache.h"
 
+#include <sys/mman.h>
+
+#include <algorithm>
+#include <cstring>
+
 #include "base/check.h"
 
 namespace btvm {
@@ -12,17 +17,41 @@ namespace {
 constexpr int kLiveGprs[] = {kRax, kRcx, kRdx, kRbx, kRbp, kRsi, kRdi,
                              kR8,  kR9,  kR10, kR11, kR12, kR13, kR14};
 constexpr uint64_t kHostFlagsMask = rflags::kArith | rflags::kDF | rflags::kFixed1;
+
+// Copies finished code to `dst`, which the holder was initialised for.
+size_t Place(CodeHolder& code, uint8_t* dst, size_t room) {
+  if (code.flatten() != kErrorOk || code.resolveUnresolvedLinks() != kErrorOk) return 0;
+  if (code.relocateToBase(reinterpret_cast<uint64_t>(dst)) != kErrorOk) return 0;
+  size_t size = code.codeSize();
+  if (size == 0 || size > room) return 0;
+  code.copyFlattenedData(dst, size, CopySectionFlags::kPadSectionBuffer);
+  return size;
+}
 }  // namespace
 
-CodeCache::CodeCache() { BuildTrampolines(); }
+CodeCache::CodeCache(BtContext* ctx, Mmu* mmu, size_t capacity)
+    : ctx_(ctx), mmu_(mmu), env_(Environment::host()), capacity_(capacity) {
+  // One region, so every jump between blocks and to the stubs is rel32.
+  void* p = mmap(nullptr, capacity_, PROT_READ | PROT_WRITE | PROT_EXEC,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  BTVM_CHECK(p != MAP_FAILED);
+  region_ = static_cast<uint8_t*>(p);
+  BuildTrampolines();
+  if (mmu_) mmu_->set_observer(this);
+}
+
+CodeCache::~CodeCache() {
+  if (mmu_) mmu_->set_observer(nullptr);
+  munmap(region_, capacity_);
+}
 
 void CodeCache::BuildTrampolines() {
   CodeHolder code;
-  code.init(runtime_.environment());
+  code.init(env_, reinterpret_cast<uint64_t>(region_));
   x86::Assembler a(&code);
-  Label exit = a.newLabel();
+  Label exit = a.newLabel(), fault_exit = a.newLabel();
 
-  // void Enter(BtContext* ctx /*rdi*/, void* block /*rsi*/)
+  // void Enter(BtContext* ctx /*rdi*/, const void* code /*rsi*/)
   // Saves the monitor's callee-saved registers and stack pointer, loads
   // guest GPRs, guest arithmetic flags and DF, and the guest FPU/SSE state,
   // then jumps to the block. RSP stays 16-byte aligned for helper calls.
@@ -47,10 +76,13 @@ void CodeCache::BuildTrampolines() {
   a.jmp(x86::qword_ptr(x86::r15, offsetof(BtContext, entry_target)));
 
   // The exit stub: blocks jump here with RIP and exit_reason stored.
+  a.align(AlignMode::kCode, 16);
   a.bind(exit);
   for (int g : kLiveGprs) a.mov(x86::qword_ptr(x86::r15, GprOffset(g)), x86::gpq(g));
   a.pushfq();
   a.pop(x86::qword_ptr(x86::r15, offsetof(BtContext, host_flags)));
+  // The fault exit: the host-fault handler already stored GPRs and flags.
+  a.bind(fault_exit);
   a.fxsave64(x86::ptr(x86::r15, static_cast<int32_t>(offsetof(CpuState, xsave))));
   a.cld();
   a.ldmxcsr(x86::dword_ptr(x86::r15, offsetof(BtContext, host_mxcsr)));
@@ -65,34 +97,267 @@ void CodeCache::BuildTrampolines() {
   a.pop(x86::rbp);
   a.ret();
 
-  void* base = nullptr;
-  BTVM_CHECK(runtime_.add(&base, &code) == kErrorOk);
-  // Invariant: `base` is the trampoline's first byte and `exit` lies in the
-  // same code; both stay valid as long as runtime_ lives.
-  enter_ = reinterpret_cast<EnterFn>(base);
-  exit_stub_ = static_cast<uint8_t*>(base) + code.labelOffsetFromBase(exit);
+  // Helper stubs, called from blocks' slow paths: they keep every host
+  // register, the flags and the FPU/SSE state as they were, and call a C++
+  // helper with the context (result in slow_result).
+  auto helper_stub = [&](Label label, uint64_t fn) {
+    constexpr int kCallerSaved[] = {kRax, kRcx, kRdx, kRsi, kRdi, kR8, kR9, kR10, kR11};
+    a.align(AlignMode::kCode, 16);
+    a.bind(label);
+    a.pushfq();  // with the return address: RSP is 16-byte aligned again
+    for (int h : kCallerSaved) {
+      a.mov(x86::qword_ptr(x86::r15, static_cast<int32_t>(offsetof(BtContext, call_save) + 8 * h)),
+            x86::gpq(h));
+    }
+    a.fxsave64(x86::ptr(x86::r15, static_cast<int32_t>(offsetof(CpuState, xsave))));
+    a.cld();
+    a.ldmxcsr(x86::dword_ptr(x86::r15, offsetof(BtContext, host_mxcsr)));
+    a.mov(x86::rdi, x86::r15);
+    a.mov(x86::rax, fn);
+    a.call(x86::rax);
+    a.mov(x86::qword_ptr(x86::r15, offsetof(BtContext, slow_result)), x86::rax);
+    a.fxrstor64(x86::ptr(x86::r15, static_cast<int32_t>(offsetof(CpuState, xsave))));
+    for (int h : kCallerSaved) {
+      a.mov(x86::gpq(h),
+            x86::qword_ptr(x86::r15, static_cast<int32_t>(offsetof(BtContext, call_save) + 8 * h)));
+    }
+    a.popfq();
+    a.ret();
+  };
+  // Compact exits: a block does `call stub; dq rip`. The stub takes the
+  // return address (the dq) off the monitor stack, stores RIP from it and
+  // leaves through the exit stub.
+  auto exit_variant = [&](Label label, bool chain, bool set_reason) {
+    a.align(AlignMode::kCode, 16);
+    a.bind(label);
+    a.mov(x86::qword_ptr(x86::r15, offsetof(BtContext, rax_save)), x86::rax);
+    a.pop(x86::rax);
+    if (chain) a.mov(x86::qword_ptr(x86::r15, offsetof(BtContext, chain_site)), x86::rax);
+    a.mov(x86::rax, x86::qword_ptr(x86::rax));
+    a.mov(x86::qword_ptr(x86::r15, kRipOffset), x86::rax);
+    a.mov(x86::rax, x86::qword_ptr(x86::r15, offsetof(BtContext, rax_save)));
+    if (set_reason) {
+      a.mov(x86::dword_ptr(x86::r15, offsetof(BtContext, exit_reason)),
+            static_cast<uint32_t>(BlockExit::kNext));
+    }
+    a.jmp(exit);
+  };
+  Label exit_next = a.newLabel(), exit_chain = a.newLabel(), exit_rip = a.newLabel();
+  exit_variant(exit_next, false, true);
+  exit_variant(exit_chain, true, true);
+  exit_variant(exit_rip, false, false);
+
+  Label mem_stub = a.newLabel(), commit_stub = a.newLabel();
+  helper_stub(mem_stub, reinterpret_cast<uint64_t>(&BtMemSlowPath));
+  helper_stub(commit_stub, reinterpret_cast<uint64_t>(&BtBounceCommit));
+
+  size_t size = Place(code, region_, capacity_);
+  BTVM_CHECK(size != 0);
+  enter_ = reinterpret_cast<EnterFn>(region_);
+  exit_stub_ = region_ + code.labelOffsetFromBase(exit);
+  fault_exit_stub_ = region_ + code.labelOffsetFromBase(fault_exit);
+  exit_next_ = region_ + code.labelOffsetFromBase(exit_next);
+  exit_chain_ = region_ + code.labelOffsetFromBase(exit_chain);
+  exit_rip_ = region_ + code.labelOffsetFromBase(exit_rip);
+  mem_stub_ = region_ + code.labelOffsetFromBase(mem_stub);
+  commit_stub_ = region_ + code.labelOffsetFromBase(commit_stub);
+  blocks_start_ = region_ + ((size + 63) & ~size_t{63});
+  next_ = blocks_start_;
 }
 
 EmitEnv CodeCache::EmitEnvFor(unsigned mmu_index) const {
   EmitEnv env;
   env.mmu_index = mmu_index;
+  env.count_hits = count_tlb_hits_;
   env.exit_stub = reinterpret_cast<uint64_t>(exit_stub_);
-  env.mem_slow_path = reinterpret_cast<uint64_t>(&BtMemSlowPath);
-  env.bounce_commit = reinterpret_cast<uint64_t>(&BtBounceCommit);
+  env.exit_next = reinterpret_cast<uint64_t>(exit_next_);
+  env.exit_chain = reinterpret_cast<uint64_t>(exit_chain_);
+  env.exit_rip = reinterpret_cast<uint64_t>(exit_rip_);
+  env.mem_slow_path = reinterpret_cast<uint64_t>(mem_stub_);
+  env.bounce_commit = reinterpret_cast<uint64_t>(commit_stub_);
+  env.string_op = reinterpret_cast<uint64_t>(&BtStringOp);
   return env;
 }
 
-void* CodeCache::Add(CodeHolder& code) {
-  void* fn = nullptr;
-  if (runtime_.add(&fn, &code) != kErrorOk) return nullptr;
-  return fn;
+std::unique_ptr<Block> CodeCache::NewBlock(const BlockKey& key) const {
+  auto b = std::make_unique<Block>();
+  b->key = key;
+  return b;
+}
+
+Block* CodeCache::Install(std::unique_ptr<Block> block, CodeHolder& code) {
+  size_t room = static_cast<size_t>(region_ + capacity_ - next_);
+  if (code.baseAddress() != next_address()) return nullptr;
+  size_t size = Place(code, next_, room);
+  if (size == 0) return nullptr;
+  Block* b = block.get();
+  b->code = next_;
+  b->code_size = static_cast<uint32_t>(size);
+  next_ += (size + 15) & ~size_t{15};
+  order_.push_back(std::move(block));
+  if (!(b->key.flags & kBlockSingle)) {
+    blocks_[b->key] = b;
+    AddToPage(b->key.phys & ~uint64_t{0xfff}, b);
+    if (b->spans_pages) AddToPage(b->phys2, b);
+  }
+  return b;
+}
+
+void CodeCache::AddToPage(uint64_t page, Block* b) {
+  std::vector<Block*>& list = pages_[page];
+  if (list.empty() && mmu_) mmu_->MarkCodePage(GuestPhys(page));
+  list.push_back(b);
+}
+
+bool CodeCache::CanLink(const Block& from, const Block& to) {
+  return from.valid && to.valid && !((from.key.flags | to.key.flags) & kBlockSingle) &&
+         !to.spans_pages && from.key.mmu_index == to.key.mmu_index &&
+         ((from.key.rip ^ to.key.rip) >> 12) == 0;
+}
+
+void CodeCache::Patch(Block* from, uint32_t exit, const uint8_t* dest) {
+  uint8_t* jmp = from->code + from->exits[exit].jmp_offset;
+  // Invariant: the emitter wrote a jmp rel32 (E9) or a jcc rel32 (0F 8x).
+  unsigned len = jmp[0] == 0xe9 ? 5 : 6;
+  BTVM_CHECK(jmp[0] == 0xe9 || (jmp[0] == 0x0f && (jmp[1] & 0xf0) == 0x80));
+  int32_t rel32 = static_cast<int32_t>(dest - (jmp + len));
+  std::memcpy(jmp + len - 4, &rel32, 4);
+}
+
+bool CodeCache::FindExit(uint64_t site, Block** block, uint32_t* exit) const {
+  const Block* b = FindByHostPc(site);
+  if (!b) return false;
+  uint32_t call_offset = static_cast<uint32_t>(site - reinterpret_cast<uint64_t>(b->code) - 5);
+  for (uint32_t i = 0; i < b->exits.size(); ++i) {
+    if (b->exits[i].stub_offset == call_offset) {
+      *block = const_cast<Block*>(b);
+      *exit = i;
+      return true;
+    }
+  }
+  return false;
+}
+
+void CodeCache::Link(Block* from, uint32_t exit, Block* to) {
+  Block::Exit& e = from->exits[exit];
+  if (e.linked) return;
+  Patch(from, exit, to->code);
+  e.linked = to;
+  to->incoming.emplace_back(from, exit);
+}
+
+void CodeCache::RememberLookup(const Block& b) {
+  if (b.key.flags & kBlockSingle) return;
+  JumpCacheEntry& e = ctx_->jump_cache[b.key.mmu_index][JumpCacheIndex(b.key.rip)];
+  ctx_->jump_cache_used = true;
+  e.rip = b.key.rip;
+  e.code = reinterpret_cast<uint64_t>(b.code);
+}
+
+void CodeCache::Invalidate(Block* b) {
+  if (!b->valid) return;
+  b->valid = false;
+  auto it = blocks_.find(b->key);
+  if (it != blocks_.end() && it->second == b) blocks_.erase(it);
+  // Jumps into it go back to their stubs.
+  for (auto [from, exit] : b->incoming) {
+    if (from->exits[exit].linked == b) {
+      Patch(from, exit, from->code + from->exits[exit].stub_offset);
+      from->exits[exit].linked = nullptr;
+    }
+  }
+  b->incoming.clear();
+  // Its own links go too: the runtime may still reach its code through a
+  // return-address-cache entry, which then exits to the runtime.
+  for (uint32_t i = 0; i < b->exits.size(); ++i) {
+    Block* to = b->exits[i].linked;
+    if (!to) continue;
+    auto& in = to->incoming;
+    in.erase(std::remove(in.begin(), in.end(), std::make_pair(b, i)), in.end());
+    Patch(b, i, b->code + b->exits[i].stub_offset);
+    b->exits[i].linked = nullptr;
+  }
+  JumpCacheEntry& jc = ctx_->jump_cache[b->key.mmu_index][JumpCacheIndex(b->key.rip)];
+  if (jc.code == reinterpret_cast<uint64_t>(b->code)) jc = {kNoRip, 0};
+  for (uint64_t page : {b->key.phys & ~uint64_t{0xfff}, b->phys2}) {
+    if (page == b->phys2 && !b->spans_pages) continue;
+    auto p = pages_.find(page);
+    if (p == pages_.end()) continue;
+    auto& list = p->second;
+    list.erase(std::remove(list.begin(), list.end(), b), list.end());
+    if (list.empty()) {
+      pages_.erase(p);
+      if (mmu_) mmu_->UnmarkCodePage(GuestPhys(page));
+    }
+  }
+}
+
+namespace {
+// Whether block b's guest bytes overlap [phys, phys+size) within `page`.
+bool BlockOverlaps(const Block& b, uint64_t page, uint64_t phys, uint64_t size) {
+  uint64_t first_page = b.key.phys & ~uint64_t{0xfff};
+  uint64_t start, end;
+  if (page == first_page) {
+    start = first_page + b.watch_lo;
+    end = first_page + b.watch_hi;
+  } else {  // the block's overhang into its second page
+    start = b.phys2;
+    end = b.phys2 + ((b.key.phys + b.guest_size) & 0xfff);
+  }
+  return phys < end && start < phys + size;
+}
+}  // namespace
+
+bool CodeCache::Overlaps(uint64_t phys, uint64_t size) const {
+  for (uint64_t page = phys & ~uint64_t{0xfff}; page < phys + size; page += 0x1000) {
+    auto p = pages_.find(page);
+    if (p == pages_.end()) continue;
+    for (const Block* b : p->second) {
+      if (BlockOverlaps(*b, page, phys, size)) return true;
+    }
+  }
+  return false;
+}
+
+void CodeCache::InvalidateRange(uint64_t phys, uint64_t size) {
+  for (uint64_t page = phys & ~uint64_t{0xfff}; page < phys + size; page += 0x1000) {
+    auto p = pages_.find(page);
+    if (p == pages_.end()) continue;
+    std::vector<Block*> hit;
+    for (Block* b : p->second) {
+      if (BlockOverlaps(*b, page, phys, size)) hit.push_back(b);
+    }
+    for (Block* b : hit) Invalidate(b);
+  }
 }
 
 void CodeCache::Flush() {
-  // Blocks are released with the runtime's allocator when the cache is
-  // rebuilt (bounded cache with eviction: issue #3).
-  for (auto& [key, code] : blocks_) runtime_.release(code);
+  ++flushes_;
   blocks_.clear();
+  pages_.clear();
+  order_.clear();
+  next_ = blocks_start_;
+  if (mmu_) mmu_->UnmarkAllCodePages();
+  ctx_->ClearLookups();
 }
+
+const Block* CodeCache::FindByHostPc(uint64_t pc) const {
+  auto it = std::upper_bound(order_.begin(), order_.end(), pc,
+                             [](uint64_t v, const std::unique_ptr<Block>& b) {
+                               return v < reinterpret_cast<uint64_t>(b->code);
+                             });
+  if (it == order_.begin()) return nullptr;
+  const Block* b = (--it)->get();
+  return pc < reinterpret_cast<uint64_t>(b->code) + b->code_size ? b : nullptr;
+}
+
+void CodeCache::OnTlbFlush() { ctx_->ClearLookups(); }
+
+void CodeCache::OnTlbFlushPage(GuestVirt) {
+  // The jump cache is not organised by page; a page flush drops it whole.
+  ctx_->ClearLookups();
+}
+
+void CodeCache::OnCodeWrite(GuestPhys addr, uint64_t size) { InvalidateRange(addr.value, size); }
 
 }  // namespace btvm

@@ -1,13 +1,19 @@
 #pragma once
-// The code cache: host code for translated guest blocks (AsmJit's
-// JitRuntime), the entry trampoline and the exit stub every block leaves
-// through, and the map from guest block to host code.
+// The code cache (DESIGN.md, Translator): one fixed region of host memory
+// holding the entry trampoline, the exit stub and every translated block,
+// allocated front to back and flushed whole when full. It also keeps what
+// the runtime needs to know about each block: where it came from (for
+// self-modifying code), its direct exits (for chaining), and the map from
+// host code back to guest instructions (for precise faults).
 
 #include <asmjit/x86.h>
 
 #include <cstdint>
+#include <memory>
 #include <unordered_map>
+#include <vector>
 
+#include "mmu/mmu.h"
 #include "translator/bt_context.h"
 #include "translator/emitter.h"
 
@@ -16,49 +22,162 @@ namespace btvm {
 struct BlockKey {
   uint64_t rip;
   uint64_t phys;  // guest-physical address of rip: a remapped page is a new block
-  unsigned mmu_index;
+  uint32_t mmu_index;
+  uint32_t flags;  // kBlockSingle...
   bool operator==(const BlockKey&) const = default;
 };
+// A block of one instruction, not chained and not found by lookups: single
+// stepping (TF), interrupt shadows, and the store that modified code.
+inline constexpr uint32_t kBlockSingle = 1;
+
 struct BlockKeyHash {
   size_t operator()(const BlockKey& k) const {
-    return std::hash<uint64_t>()(k.rip * 31 + k.phys * 7 + k.mmu_index);
+    return std::hash<uint64_t>()(k.rip * 31 + k.phys * 7 + k.mmu_index * 3 + k.flags);
   }
 };
 
-class CodeCache {
+// One translated guest block.
+struct Block {
+  BlockKey key{};
+  uint8_t* code = nullptr;  // host entry point
+  uint32_t code_size = 0;
+  uint32_t guest_size = 0;   // guest bytes [key.rip, key.rip + guest_size)
+  uint32_t guest_insns = 0;
+  // Page offsets, in its first page, of the guest bytes the translation
+  // relies on (its own, and successors it looked at): a store there
+  // invalidates it.
+  uint32_t watch_lo = 0, watch_hi = 0;
+  bool valid = true;
+  bool spans_pages = false;  // its last instruction reaches into the next page
+  uint64_t phys2 = 0;        // that page, guest-physical
+
+  // A direct exit: a 5-byte `jmp rel32` at code + jmp_offset that goes to
+  // its own stub (code + stub_offset) until the runtime links it straight
+  // to the block at `target`.
+  struct Exit {
+    uint32_t jmp_offset = 0;
+    uint32_t stub_offset = 0;
+    uint64_t target = 0;
+    Block* linked = nullptr;
+  };
+  std::vector<Exit> exits;
+  std::vector<std::pair<Block*, uint32_t>> incoming;  // (block, exit) linked here
+
+  // Host code offset -> guest instruction, in host order: the instruction
+  // whose code contains a host PC is the last record at or before it.
+  struct InsnRecord {
+    uint32_t host_offset;
+    uint16_t scratch;  // host registers holding scratch values, guest ones parked in CpuState
+    uint16_t pad = 0;
+    uint64_t rip;
+  };
+  std::vector<InsnRecord> insns;
+};
+
+class CodeCache final : public MmuObserver {
  public:
-  CodeCache();
+  static constexpr size_t kDefaultCapacity = size_t{64} << 20;
+
+  // `ctx` holds the inline lookups (jump cache, RAS) this cache keeps
+  // consistent; `mmu` tracks the pages blocks come from.
+  CodeCache(BtContext* ctx, Mmu* mmu, size_t capacity = kDefaultCapacity);
+  ~CodeCache() override;
   CodeCache(const CodeCache&) = delete;
   CodeCache& operator=(const CodeCache&) = delete;
 
-  // Runs translated code from `block` until it exits to the runtime.
-  void Enter(BtContext* ctx, void* block) { enter_(ctx, block); }
+  // Runs translated code from `code` until it exits to the runtime.
+  void Enter(BtContext* ctx, const void* code) { enter_(ctx, code); }
 
-  void* Find(const BlockKey& key) const {
+  Block* Find(const BlockKey& key) const {
     auto it = blocks_.find(key);
     return it == blocks_.end() ? nullptr : it->second;
   }
-  void Insert(const BlockKey& key, void* code) { blocks_[key] = code; }
-  void Flush();
-  size_t block_count() const { return blocks_.size(); }
 
-  const asmjit::Environment& environment() const { return runtime_.environment(); }
+  // Translation in two steps: NewBlock, emit into a CodeHolder initialised
+  // for next_address(), then Install. Install fails (nullptr) when the
+  // region is full; the caller flushes and translates again.
+  std::unique_ptr<Block> NewBlock(const BlockKey& key) const;
+  uint64_t next_address() const { return reinterpret_cast<uint64_t>(next_); }
+  Block* Install(std::unique_ptr<Block> block, asmjit::CodeHolder& code);
+
+  // The block and direct exit whose stub left data at `site`
+  // (BtContext::chain_site); false if none (the block was flushed).
+  bool FindExit(uint64_t site, Block** block, uint32_t* exit) const;
+  // Points direct exit `exit` of `from` straight at `to`.
+  void Link(Block* from, uint32_t exit, Block* to);
+  // Whether a direct exit of `from` to `to` may be patched: same page (so
+  // the same translation), same privilege, both plain blocks.
+  static bool CanLink(const Block& from, const Block& to);
+
+  // Records a block reached through the runtime in the inline jump cache.
+  void RememberLookup(const Block& block);
+
+  // Drops every block (the region is reused from the start).
+  void Flush();
+  // Invalidates the blocks whose guest bytes overlap [phys, phys+size).
+  void InvalidateRange(uint64_t phys, uint64_t size);
+  bool Overlaps(uint64_t phys, uint64_t size) const;
+
+  // The block whose host code contains `pc`, or nullptr.
+  const Block* FindByHostPc(uint64_t pc) const;
+  bool Contains(uint64_t pc) const {
+    return pc >= reinterpret_cast<uint64_t>(region_) &&
+           pc < reinterpret_cast<uint64_t>(region_) + capacity_;
+  }
+
+  size_t block_count() const { return blocks_.size(); }
+  size_t used_bytes() const { return static_cast<size_t>(next_ - blocks_start_); }
+  size_t capacity() const { return capacity_; }
+  uint64_t flushes() const { return flushes_; }
+
+  // The stub a host-fault handler resumes at: it leaves translated code
+  // without storing host GPRs (the handler took them from the signal
+  // context).
+  uint8_t* fault_exit_stub() const { return fault_exit_stub_; }
+
+  const asmjit::Environment& environment() const { return env_; }
   EmitEnv EmitEnvFor(unsigned mmu_index) const;
-  // Adds finished code; nullptr if the host refuses.
-  void* Add(asmjit::CodeHolder& code);
+  // Blocks translated from now on count their inline soft-TLB hits.
+  void set_count_tlb_hits(bool on) { count_tlb_hits_ = on; }
+
+  // MmuObserver
+  void OnTlbFlush() override;
+  void OnTlbFlushPage(GuestVirt page) override;
+  void OnCodeWrite(GuestPhys addr, uint64_t size) override;
 
  private:
   void BuildTrampolines();
+  void Invalidate(Block* b);
+  void Patch(Block* from, uint32_t exit, const uint8_t* dest);
+  void AddToPage(uint64_t page, Block* b);
 
-  asmjit::JitRuntime runtime_;
-  using EnterFn = void (*)(BtContext*, void*);
+  BtContext* ctx_;
+  Mmu* mmu_;
+  asmjit::Environment env_;
+  uint8_t* region_ = nullptr;
+  size_t capacity_ = 0;
+  uint8_t* blocks_start_ = nullptr;
+  uint8_t* next_ = nullptr;
+  using EnterFn = void (*)(BtContext*, const void*);
   EnterFn enter_ = nullptr;
-  void* exit_stub_ = nullptr;
-  std::unordered_map<BlockKey, void*, BlockKeyHash> blocks_;
+  uint8_t* exit_stub_ = nullptr;
+  uint8_t* fault_exit_stub_ = nullptr;
+  uint8_t* exit_next_ = nullptr;
+  uint8_t* exit_chain_ = nullptr;
+  uint8_t* exit_rip_ = nullptr;
+  uint8_t* mem_stub_ = nullptr;     // calls BtMemSlowPath, keeping every register
+  uint8_t* commit_stub_ = nullptr;  // calls BtBounceCommit, likewise
+  uint64_t flushes_ = 0;
+  bool count_tlb_hits_ = false;
+
+  std::vector<std::unique_ptr<Block>> order_;  // every block, in address order
+  std::unordered_map<BlockKey, Block*, BlockKeyHash> blocks_;
+  std::unordered_map<uint64_t, std::vector<Block*>> pages_;  // guest-physical page -> blocks
 };
 
 // Helpers translated code calls (helpers.cpp).
 extern "C" uint8_t* BtMemSlowPath(BtContext* ctx);
 extern "C" void BtBounceCommit(BtContext* ctx);
+extern "C" uint64_t BtStringOp(BtContext* ctx);
 
 }  // namespace btvm

@@ -12,6 +12,11 @@ bool Decoder::Decode(const uint8_t* bytes, size_t len, uint64_t rip, DecodedInsn
   if (!ZYAN_SUCCESS(ZydisDecoderDecodeFull(&decoder_, bytes, len, &out->insn, out->ops))) {
     return false;
   }
+  // VEX, EVEX, XOP and 3DNow! encodings are outside the virtual CPU: CPUID
+  // exposes no AVX (so no XCR0 can enable it), and a real CPU raises #UD.
+  // Gathers also address memory through vector registers, which the
+  // memory-operand rewriting could not check.
+  if (out->insn.encoding != ZYDIS_INSTRUCTION_ENCODING_LEGACY) return false;
   out->rip = rip;
   __builtin_memcpy(out->bytes, bytes, out->insn.length);
   out->cls = ClassifyInsn(out->insn, out->ops);

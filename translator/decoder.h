@@ -18,6 +18,7 @@ enum class InsnClass : uint8_t {
   kNop,        // no architectural effect to emulate (nop with ModRM, prefetch)
   kStack,      // push / pop / leave: explicit stack sequences
   kBranch,     // ends the block: jmp, jcc, loop, call, ret
+  kString,     // movs / stos / lods: a helper call that works page by page
   kRuntime,    // ends the block; the runtime emulates it against CpuState
 };
 

@@ -1,25 +1,17 @@
-// Control transfers end a block (DESIGN.md, Translator). This first slice
-// returns to the dispatcher with the next guest RIP in CpuState; chaining
-// direct branches block to block and the return-address cache come with the
-// bt engine issue (#3).
+// Control transfers end a block (DESIGN.md, Translator). A direct branch to
+// the block's own page leaves through a patchable `jmp rel32` that the
+// runtime later points straight at the target block (chaining); a direct
+// branch elsewhere probes the jump cache inline; indirect branches probe the
+// jump cache, and returns first the return-address cache that calls fill.
+// What misses returns to the runtime with the target in CpuState.rip.
 
+#include "base/check.h"
+#include "translator/code_cache.h"
 #include "translator/emitter.h"
 
 namespace btvm {
 
 using namespace asmjit;
-
-void BlockEmitter::StoreImm64(int32_t offset, uint64_t value) {
-  a_.mov(x86::dword_ptr(x86::r15, offset), static_cast<uint32_t>(value));
-  a_.mov(x86::dword_ptr(x86::r15, offset + 4), static_cast<uint32_t>(value >> 32));
-}
-
-void BlockEmitter::EmitExit(uint64_t rip, BlockExit reason) {
-  StoreImm64(kRipOffset, rip);
-  a_.mov(x86::dword_ptr(x86::r15, offsetof(BtContext, exit_reason)),
-         static_cast<uint32_t>(reason));
-  a_.jmp(Imm(env_.exit_stub));
-}
 
 namespace {
 // Jcc mnemonic -> AsmJit instruction (SDM Vol. 2, Jcc).
@@ -50,14 +42,175 @@ InstId JccId(ZydisMnemonic m) {
 }
 }  // namespace
 
+void BlockEmitter::StoreImm64(int32_t offset, uint64_t value) {
+  a_.mov(x86::dword_ptr(x86::r15, offset), static_cast<uint32_t>(value));
+  a_.mov(x86::dword_ptr(x86::r15, offset + 4), static_cast<uint32_t>(value >> 32));
+}
+
+void BlockEmitter::EmitExit(uint64_t rip, BlockExit reason) {
+  if (reason == BlockExit::kNext) {
+    EmitCompactExit(env_.exit_next, rip);
+    return;
+  }
+  StoreImm64(kRipOffset, rip);
+  a_.mov(x86::dword_ptr(x86::r15, offsetof(BtContext, exit_reason)),
+         static_cast<uint32_t>(reason));
+  a_.jmp(Imm(env_.exit_stub));
+}
+
+void BlockEmitter::EmitCompactExit(uint64_t stub, uint64_t rip) {
+  a_.call(Imm(stub));
+  a_.embedUInt64(rip);
+}
+
+namespace {
+int32_t JumpCacheOffset(unsigned mmu_index, uint64_t rip) {
+  return static_cast<int32_t>(offsetof(BtContext, jump_cache) +
+                              (mmu_index * kJumpCacheEntries + JumpCacheIndex(rip)) *
+                                  sizeof(JumpCacheEntry));
+}
+}  // namespace
+
+void BlockEmitter::EmitJumpTo(uint64_t target, InstId jcc) {
+  if (env_.single || ((target ^ env_.block_rip) >> 12) != 0) {
+    // Not chainable: the runtime, or an inline jump-cache probe.
+    Label go = a_.newLabel();
+    if (jcc != x86::Inst::kIdNone) {
+      a_.emit(jcc, go);
+      out_of_line_.push_back([this, go, target] {
+        a_.bind(go);
+        EmitJumpTo(target);
+      });
+      return;
+    }
+    if (env_.single) {
+      EmitExit(target, BlockExit::kNext);
+    } else {
+      EmitLookupConst(target);
+    }
+    return;
+  }
+  ExitLabels x{a_.newLabel(), a_.newLabel(), target};
+  uint32_t index = static_cast<uint32_t>(exits_.size());
+  exits_.push_back(x);
+  a_.bind(x.jmp);
+  // Patchable: a 5-byte jmp rel32 or a 6-byte jcc rel32 (code_cache.cpp).
+  if (jcc != x86::Inst::kIdNone) {
+    a_.long_().emit(jcc, x.stub);
+  } else {
+    a_.long_().jmp(x.stub);
+  }
+  (void)index;
+  out_of_line_.push_back([this, x] {
+    a_.bind(x.stub);
+    EmitCompactExit(env_.exit_chain, x.target);
+  });
+}
+
+// The jump-cache slot of a constant target is known now. The probe keeps
+// flags intact: rcx = slot.rip - target by lea, tested by jrcxz.
+void BlockEmitter::EmitLookupConst(uint64_t target) {
+  int64_t neg = -static_cast<int64_t>(target);
+  if (neg < INT32_MIN || neg > INT32_MAX) {
+    EmitExit(target, BlockExit::kNext);
+    return;
+  }
+  int32_t slot = JumpCacheOffset(env_.mmu_index, target);
+  Label hit = a_.newLabel(), miss = a_.newLabel();
+  a_.mov(x86::qword_ptr(x86::r15, offsetof(BtContext, rcx_save)), x86::rcx);
+  a_.mov(x86::rcx, x86::qword_ptr(x86::r15, slot));
+  a_.lea(x86::rcx, x86::ptr(x86::rcx, static_cast<int32_t>(neg)));
+  a_.jecxz(x86::rcx, hit);
+  a_.mov(x86::rcx, x86::qword_ptr(x86::r15, offsetof(BtContext, rcx_save)));
+  a_.jmp(miss);
+  a_.bind(hit);
+  a_.mov(x86::rcx, x86::qword_ptr(x86::r15, offsetof(BtContext, rcx_save)));
+  a_.jmp(x86::qword_ptr(x86::r15, slot + 8));
+  out_of_line_.push_back([this, miss, target] {
+    a_.bind(miss);
+    EmitExit(target, BlockExit::kNext);
+  });
+}
+
+void BlockEmitter::EmitEntryCheck(bool flags_live) {
+  Label out = a_.newLabel();
+  int32_t req = offsetof(BtContext, exit_request);
+  if (flags_live) {
+    Label go = a_.newLabel();
+    a_.mov(x86::qword_ptr(x86::r15, offsetof(BtContext, rcx_save)), x86::rcx);
+    a_.movzx(x86::ecx, x86::byte_ptr(x86::r15, req));
+    a_.jecxz(x86::rcx, go);
+    a_.mov(x86::rcx, x86::qword_ptr(x86::r15, offsetof(BtContext, rcx_save)));
+    a_.jmp(out);
+    a_.bind(go);
+    a_.mov(x86::rcx, x86::qword_ptr(x86::r15, offsetof(BtContext, rcx_save)));
+  } else {
+    a_.cmp(x86::byte_ptr(x86::r15, req), 0);
+    a_.jne(out);
+  }
+  uint64_t rip = env_.block_rip;
+  out_of_line_.push_back([this, out, rip] {
+    a_.bind(out);
+    EmitExit(rip, BlockExit::kNext);
+  });
+}
+
+void BlockEmitter::EmitIndirectJump(const Plan& p, int s, int t, bool flags_saved, bool is_ret) {
+  x86::Gp S = x86::gpq(s), T = x86::gpq(t);
+  Label lookup = a_.newLabel(), miss = a_.newLabel(), go = a_.newLabel();
+  a_.mov(x86::qword_ptr(x86::r15, kRipOffset), S);
+  if (env_.single) {
+    a_.jmp(miss);
+  } else {
+    if (is_ret) {
+      int32_t top = static_cast<int32_t>(offsetof(BtContext, ras_top) + env_.mmu_index);
+      int32_t rips = static_cast<int32_t>(offsetof(BtContext, ras_rip) +
+                                          env_.mmu_index * kRasEntries * 8);
+      int32_t codes = static_cast<int32_t>(offsetof(BtContext, ras_code) +
+                                           env_.mmu_index * kRasEntries * 8);
+      a_.movzx(T.r32(), x86::byte_ptr(x86::r15, top));
+      a_.cmp(S, x86::qword_ptr(x86::r15, T, 3, rips));
+      a_.jne(lookup);
+      a_.sub(x86::byte_ptr(x86::r15, top), 1);
+      a_.mov(S, x86::qword_ptr(x86::r15, T, 3, codes));
+      a_.jmp(go);
+    }
+    a_.bind(lookup);
+    int32_t jc = static_cast<int32_t>(offsetof(BtContext, jump_cache) +
+                                      env_.mmu_index * kJumpCacheEntries * sizeof(JumpCacheEntry));
+    a_.mov(T, S);
+    a_.shr(T, kJumpCacheBits);
+    a_.xor_(T, S);
+    a_.and_(T, kJumpCacheEntries - 1);
+    a_.shl(T, 4);
+    a_.cmp(S, x86::qword_ptr(x86::r15, T, 0, jc));
+    a_.jne(miss);
+    a_.mov(S, x86::qword_ptr(x86::r15, T, 0, jc + 8));
+    a_.bind(go);
+    a_.mov(x86::qword_ptr(x86::r15, offsetof(BtContext, jump_target)), S);
+    if (flags_saved) RestoreArith(offsetof(BtContext, saved_flags));
+    ReloadSpilled(p);
+    a_.jmp(x86::qword_ptr(x86::r15, offsetof(BtContext, jump_target)));
+  }
+  a_.bind(miss);
+  if (flags_saved) RestoreArith(offsetof(BtContext, saved_flags));
+  ReloadSpilled(p);
+  a_.mov(x86::dword_ptr(x86::r15, offsetof(BtContext, exit_reason)),
+         static_cast<uint32_t>(BlockExit::kNext));
+  a_.jmp(Imm(env_.exit_stub));
+}
+
+
+// `flags_live`: flags live before the branch; for a call that is what its
+// callee reads (block_builder.cpp), for indirect branches all of them.
 bool BlockEmitter::EmitBranch(const DecodedInsn& d, uint32_t flags_live) {
   // Hidden operands (RIP, RSP of call/ret) are handled explicitly here.
   static const ZydisDecodedOperand kNone{};
   const ZydisDecodedOperand& op = d.insn.operand_count_visible > 0 ? d.ops[0] : kNone;
-  bool live = flags_live != 0;
   ZydisMnemonic m = d.insn.mnemonic;
   bool relative = op.type == ZYDIS_OPERAND_TYPE_IMMEDIATE && op.imm.is_relative;
   uint64_t target = relative ? d.NextRip() + op.imm.value.u : 0;
+  last_scratch_ = 0xffff;
   if (d.insn.operand_width != 64 && m != ZYDIS_MNEMONIC_JRCXZ && m != ZYDIS_MNEMONIC_LOOP &&
       m != ZYDIS_MNEMONIC_LOOPE && m != ZYDIS_MNEMONIC_LOOPNE && JccId(m) == x86::Inst::kIdNone) {
     return Fail("16-bit branch: " + FormatInsn(d));
@@ -68,26 +221,30 @@ bool BlockEmitter::EmitBranch(const DecodedInsn& d, uint32_t flags_live) {
                                        m == ZYDIS_MNEMONIC_LOOPNE || m == ZYDIS_MNEMONIC_JRCXZ)) {
       return Fail("32-bit-address loop: " + FormatInsn(d));
     }
-    Label taken = a_.newLabel();
     if (m == ZYDIS_MNEMONIC_LOOP || m == ZYDIS_MNEMONIC_LOOPE || m == ZYDIS_MNEMONIC_LOOPNE ||
         m == ZYDIS_MNEMONIC_JRCXZ) {
-      a_.emit(id, x86::rcx, taken);
+      // rel8 only: hop over a near jump to the taken side.
+      Label not_taken = a_.newLabel(), hop = a_.newLabel();
+      a_.emit(id, x86::rcx, hop);
+      a_.jmp(not_taken);
+      a_.bind(hop);
+      EmitJumpTo(target);
+      a_.bind(not_taken);
     } else {
-      a_.emit(id, taken);
+      EmitJumpTo(target, id);  // the jcc itself is the patchable exit
     }
-    EmitExit(d.NextRip(), BlockExit::kNext);
-    a_.bind(taken);
-    EmitExit(target, BlockExit::kNext);
+    EmitJumpTo(d.NextRip());
     return true;
   }
 
   if (m == ZYDIS_MNEMONIC_JMP && relative) {
-    EmitExit(target, BlockExit::kNext);
+    EmitJumpTo(target);
     return true;
   }
 
   Plan p;
   int s = -1, t = -1;
+  const bool save = flags_live != 0;
   auto setup = [&]() -> bool {
     // Registers of the target operand (visible operand only: the hidden
     // RSP of call/ret is handled here explicitly).
@@ -109,77 +266,101 @@ bool BlockEmitter::EmitBranch(const DecodedInsn& d, uint32_t flags_live) {
     }
     s = PickScratch(&p, false);
     t = PickScratch(&p, false);
-    if (live) SaveFlags(offsetof(BtContext, saved_flags));
+    // The probes clobber flags.
+    if (save) SaveArith(offsetof(BtContext, saved_flags));
     for (int h = 0; h < 16; ++h) if (p.spilled & (1u << h)) Spill(h);
     LoadRenamed(p);
     return true;
   };
-  // The target of an indirect branch goes straight to CpuState.rip.
+  // The target of an indirect branch goes to the jump_target slot.
   auto load_target = [&] {
+    int32_t slot = offsetof(BtContext, jump_target);
     if (op.type == ZYDIS_OPERAND_TYPE_REGISTER) {
       GprRef r;
       DecodeGpr(op.reg.value, &r);
       if (r.index == kRsp || r.index == kR15) {
         a_.mov(x86::gpq(t), x86::qword_ptr(x86::r15, GprOffset(r.index)));
-        a_.mov(x86::qword_ptr(x86::r15, kRipOffset), x86::gpq(t));
+        a_.mov(x86::qword_ptr(x86::r15, slot), x86::gpq(t));
       } else {
-        a_.mov(x86::qword_ptr(x86::r15, kRipOffset), x86::gpq(r.index));
+        a_.mov(x86::qword_ptr(x86::r15, slot), x86::gpq(r.index));
       }
     } else {
       EmitEffectiveAddress(d, op, p, s);
-      EmitAccess(d, p, s, t, 8, true, false, live, [this, s] {
+      EmitAccess(d, p, s, t, 8, true, false, save, [this, s, slot] {
         a_.mov(x86::gpq(s), x86::qword_ptr(x86::gpq(s)));
-        a_.mov(x86::qword_ptr(x86::r15, kRipOffset), x86::gpq(s));
+        a_.mov(x86::qword_ptr(x86::r15, slot), x86::gpq(s));
       });
     }
   };
-  auto push_return = [&] {
+  // Pushes the return address, and the call's continuation on the
+  // return-address cache.
+  auto push_return = [&](Label continuation) {
     uint64_t ret = d.NextRip();
     a_.mov(x86::gpq(s), x86::qword_ptr(x86::r15, GprOffset(kRsp)));
     a_.lea(x86::gpq(s), x86::ptr(x86::gpq(s), -8));
-    EmitAccess(d, p, s, t, 8, false, true, live, [this, s, t, ret] {
+    EmitAccess(d, p, s, t, 8, false, true, save, [this, s, t, ret] {
       a_.mov(x86::gpq(t), ret);
       a_.mov(x86::qword_ptr(x86::gpq(s)), x86::gpq(t));
     });
     AdjustGuestRsp(t, -8);
+    if (env_.single) return;
+    int32_t top = static_cast<int32_t>(offsetof(BtContext, ras_top) + env_.mmu_index);
+    int32_t rips = static_cast<int32_t>(offsetof(BtContext, ras_rip) +
+                                        env_.mmu_index * kRasEntries * 8);
+    int32_t codes = static_cast<int32_t>(offsetof(BtContext, ras_code) +
+                                         env_.mmu_index * kRasEntries * 8);
+    a_.add(x86::byte_ptr(x86::r15, top), 1);
+    a_.movzx(x86::gpd(t), x86::byte_ptr(x86::r15, top));
+    a_.mov(x86::gpq(s), ret);
+    a_.mov(x86::qword_ptr(x86::r15, x86::gpq(t), 3, rips), x86::gpq(s));
+    a_.lea(x86::gpq(s), x86::ptr(continuation));
+    a_.mov(x86::qword_ptr(x86::r15, x86::gpq(t), 3, codes), x86::gpq(s));
   };
-  auto leave = [&](bool rip_set, uint64_t rip) {
-    if (live) RestoreFlags(offsetof(BtContext, saved_flags));
+  auto continuation_exit = [&](Label continuation) {
+    if (env_.single) return;
+    uint64_t ret = d.NextRip();
+    out_of_line_.push_back([this, continuation, ret] {
+      a_.bind(continuation);
+      EmitJumpTo(ret);
+    });
+  };
+  auto finish_direct = [&](uint64_t to) {
+    if (save) RestoreArith(offsetof(BtContext, saved_flags));
     ReloadSpilled(p);
-    if (!rip_set) StoreImm64(kRipOffset, rip);
-    a_.mov(x86::dword_ptr(x86::r15, offsetof(BtContext, exit_reason)),
-           static_cast<uint32_t>(BlockExit::kNext));
-    a_.jmp(Imm(env_.exit_stub));
+    EmitJumpTo(to);
   };
 
   if (m == ZYDIS_MNEMONIC_CALL) {
     if (!setup()) return false;
+    Label continuation = a_.newLabel();
     if (relative) {
-      push_return();
-      leave(false, target);
+      push_return(continuation);
+      finish_direct(target);
     } else {
       load_target();
-      push_return();
-      leave(true, 0);
+      push_return(continuation);
+      a_.mov(x86::gpq(s), x86::qword_ptr(x86::r15, offsetof(BtContext, jump_target)));
+      EmitIndirectJump(p, s, t, save, false);
     }
+    continuation_exit(continuation);
     return true;
   }
   if (m == ZYDIS_MNEMONIC_JMP) {
     if (!setup()) return false;
     load_target();
-    leave(true, 0);
+    a_.mov(x86::gpq(s), x86::qword_ptr(x86::r15, offsetof(BtContext, jump_target)));
+    EmitIndirectJump(p, s, t, save, false);
     return true;
   }
   if (m == ZYDIS_MNEMONIC_RET) {
     uint16_t pop = op.type == ZYDIS_OPERAND_TYPE_IMMEDIATE ? op.imm.value.u : 0;
     if (!setup()) return false;
     a_.mov(x86::gpq(s), x86::qword_ptr(x86::r15, GprOffset(kRsp)));
-    EmitAccess(d, p, s, t, 8, true, false, live, [this, s] {
+    EmitAccess(d, p, s, t, 8, true, false, save, [this, s] {
       a_.mov(x86::gpq(s), x86::qword_ptr(x86::gpq(s)));
-      a_.mov(x86::qword_ptr(x86::r15, kRipOffset), x86::gpq(s));
     });
     AdjustGuestRsp(t, 8 + pop);
-    leave(true, 0);
+    EmitIndirectJump(p, s, t, save, true);
     return true;
   }
   return Fail("unhandled branch " + FormatInsn(d));

@@ -187,6 +187,7 @@ bool BlockEmitter::Reencode(const DecodedInsn& d, const Plan& p, int s,
 bool BlockEmitter::EmitIdent(const DecodedInsn& d, uint32_t flags_live) {
   Plan p;
   if (!PlanInsn(d, &p)) return false;
+  last_scratch_ = 0;
 
   const ZydisDecodedOperand* mem = nullptr;
   const ZydisDecodedOperand* agen = nullptr;
@@ -232,6 +233,7 @@ bool BlockEmitter::EmitIdent(const DecodedInsn& d, uint32_t flags_live) {
     }
     std::vector<uint8_t> bytes;
     if (!Reencode(d, p, -1, &bytes)) return false;
+    last_scratch_ = p.spilled;
     for (int h = 0; h < 16; ++h) if (p.spilled & (1u << h)) Spill(h);
     LoadRenamed(p);
     a_.embed(bytes.data(), bytes.size());
@@ -247,14 +249,55 @@ bool BlockEmitter::EmitIdent(const DecodedInsn& d, uint32_t flags_live) {
   int s = PickScratch(&p, p.needs_low);
   int t = PickScratch(&p, false);
   if (s < 0 || t < 0) return Fail("no scratch register for " + FormatInsn(d));
+
+  // bt/bts/btr/btc [mem], reg address the bit string at mem + (reg >> 3),
+  // signed, beyond the operand (SDM Vol. 2 BT). The address is adjusted
+  // here and the instruction gets the offset within the operand, so the
+  // access stays inside the probed bytes.
+  GprRef bit_reg;
+  int bit_src = -1, u = -1;
+  ZydisMnemonic mn = d.insn.mnemonic;
+  if ((mn == ZYDIS_MNEMONIC_BT || mn == ZYDIS_MNEMONIC_BTS || mn == ZYDIS_MNEMONIC_BTR ||
+       mn == ZYDIS_MNEMONIC_BTC) &&
+      d.ops[1].type == ZYDIS_OPERAND_TYPE_REGISTER && DecodeGpr(d.ops[1].reg.value, &bit_reg)) {
+    u = PickScratch(&p, false);
+    if (u < 0) return Fail("no scratch register for " + FormatInsn(d));
+    bit_src = p.rename[bit_reg.index];
+    p.rename[bit_reg.index] = u;
+  }
+  last_scratch_ = p.spilled;
   std::vector<uint8_t> bytes;
   if (!Reencode(d, p, s, &bytes)) return false;
 
   bool flags_live_now = flags_live != 0;
-  if (flags_live_now) SaveFlags(offsetof(BtContext, saved_flags));
+  if (flags_live_now) SaveArith(offsetof(BtContext, saved_flags));
   for (int h = 0; h < 16; ++h) if (p.spilled & (1u << h)) Spill(h);
   LoadRenamed(p);
   EmitEffectiveAddress(d, *mem, p, s);
+  if (u >= 0) {
+    x86::Gp U = x86::gpq(u);
+    // u = sign-extended bit offset (a renamed source was loaded by LoadRenamed,
+    // a spilled one is still in its host register until reused: read the slot).
+    bool in_slot = bit_src == bit_reg.index && (p.spilled & (1u << bit_src));
+    x86::Gp src = x86::gpq(bit_src);
+    if (in_slot) {
+      a_.mov(U, x86::qword_ptr(x86::r15, GprOffset(bit_src)));
+      src = U;
+    }
+    if (size == 2) a_.movsx(U, src.r16());
+    else if (size == 4) a_.movsxd(U, src.r32());
+    else if (src != U) a_.mov(U, src);
+    a_.sar(U, 3);
+    a_.and_(U, -static_cast<int32_t>(size));
+    a_.add(x86::gpq(s), U);
+    // The offset within the operand: the low bits of the source.
+    if (in_slot) {
+      a_.mov(U, x86::qword_ptr(x86::r15, GprOffset(bit_src)));
+    } else {
+      a_.mov(U, x86::gpq(bit_src));
+    }
+    a_.and_(U, static_cast<int32_t>(size * 8 - 1));
+  }
   EmitAccess(d, p, s, t, size, read, write, flags_live_now,
              [this, bytes] { a_.embed(bytes.data(), bytes.size()); });
   StoreRenamed(d, p);

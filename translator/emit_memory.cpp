@@ -34,6 +34,24 @@ void BlockEmitter::RestoreFlags(int32_t slot) {
   a_.popfq();
 }
 
+// lahf keeps SF ZF AF PF CF in AH; seto puts OF in AL. Restoring, adding
+// 0x7f to AL sets OF exactly when AL was 1, and sahf restores the rest.
+void BlockEmitter::SaveArith(int32_t slot) {
+  a_.mov(x86::qword_ptr(x86::r15, offsetof(BtContext, rax_save)), x86::rax);
+  a_.lahf();
+  a_.seto(x86::al);
+  a_.mov(x86::word_ptr(x86::r15, slot), x86::ax);
+  a_.mov(x86::rax, x86::qword_ptr(x86::r15, offsetof(BtContext, rax_save)));
+}
+
+void BlockEmitter::RestoreArith(int32_t slot) {
+  a_.mov(x86::qword_ptr(x86::r15, offsetof(BtContext, rax_save)), x86::rax);
+  a_.mov(x86::ax, x86::word_ptr(x86::r15, slot));
+  a_.add(x86::al, 0x7f);
+  a_.sahf();
+  a_.mov(x86::rax, x86::qword_ptr(x86::r15, offsetof(BtContext, rax_save)));
+}
+
 void BlockEmitter::EmitEffectiveAddress(const DecodedInsn& d, const ZydisDecodedOperand& op,
                                         const Plan& p, int s) {
   const auto& m = op.mem;
@@ -64,7 +82,9 @@ void BlockEmitter::EmitEffectiveAddress(const DecodedInsn& d, const ZydisDecoded
         if (shift) a_.shl(x86::gpq(s), shift);
         if (disp) a_.add(x86::gpq(s), disp);
       } else {
-        a_.mov(x86::gpq(s), static_cast<uint64_t>(static_cast<int64_t>(disp)));
+        // Absolute: disp32 sign-extended, or the 64-bit moffs of mov
+        // al/ax/eax/rax <-> [imm64] (opcodes A0-A3), which Zydis gives whole.
+        a_.mov(x86::gpq(s), static_cast<uint64_t>(m.disp.value));
       }
       if (addr32) a_.mov(x86::gpd(s), x86::gpd(s));
     }
@@ -93,8 +113,10 @@ void BlockEmitter::EmitAccess(const DecodedInsn& d, const Plan& p, int s, int t,
   sp.spilled = p.spilled;
   sp.rip = d.rip;
   for (int i = 0; i < 16; ++i) sp.rename[i] = p.rename[i];
-  for (int g : {kRsp, kR15}) {
-    if (p.rename[g] != g) sp.renamed_live |= 1u << p.rename[g];
+  // Host registers holding values that are not the guest's own (renamed
+  // RSP/R15, a bit offset) survive the helper call in call_save.
+  for (int g = 0; g < 16; ++g) {
+    if (p.rename[g] != g && p.rename[g] >= 0) sp.renamed_live |= 1u << p.rename[g];
   }
   sp.body = body;
 
@@ -109,8 +131,10 @@ void BlockEmitter::EmitAccess(const DecodedInsn& d, const Plan& p, int s, int t,
   a_.xor_(S, x86::qword_ptr(x86::r15, T, 0, tag));
   a_.cmp(S, static_cast<int32_t>(kPageSize - size));
   a_.ja(sp.entry);
+  // Flags are clobbered here anyway (and restored below when live).
+  if (env_.count_hits) a_.add(x86::qword_ptr(x86::r15, offsetof(BtContext, tlb_hits)), 1);
   a_.add(S, x86::qword_ptr(x86::r15, T, 0, host));
-  if (flags_live) RestoreFlags(offsetof(BtContext, saved_flags));
+  if (flags_live) RestoreArith(offsetof(BtContext, saved_flags));
   body();
   a_.bind(sp.resume);
   slow_paths_.push_back(std::move(sp));
@@ -153,8 +177,19 @@ void BlockEmitter::CallHelper(uint64_t fn, uint16_t keep, uint16_t renamed_live)
   }
 }
 
+void BlockEmitter::EmitOutOfLine() {
+  while (!slow_paths_.empty() || !out_of_line_.empty()) {
+    std::vector<std::function<void()>> pieces;
+    pieces.swap(out_of_line_);
+    for (auto& piece : pieces) piece();
+    EmitSlowPaths();
+  }
+}
+
 void BlockEmitter::EmitSlowPaths() {
-  for (SlowPath& sp : slow_paths_) {
+  std::vector<SlowPath> paths;
+  paths.swap(slow_paths_);
+  for (SlowPath& sp : paths) {
     x86::Gp S = x86::gpq(sp.s), T = x86::gpq(sp.t);
     int32_t tlb =
         static_cast<int32_t>(offsetof(BtContext, tlb) + env_.mmu_index * sizeof(SoftTlb));
@@ -163,33 +198,28 @@ void BlockEmitter::EmitSlowPaths() {
                                                  : offsetof(TlbEntry, read_tag));
     a_.bind(sp.entry);
     a_.xor_(S, x86::qword_ptr(x86::r15, T, 0, tag));  // the guest address again
-    // The helper takes the address and access from the context.
-    uint16_t keep = (1u << sp.s) | (1u << sp.t);
+    // The helper takes the address and access from the context; the stub
+    // keeps every register (DF included) as it is.
     a_.mov(x86::qword_ptr(x86::r15, offsetof(BtContext, slow_addr)), S);
     a_.mov(x86::qword_ptr(x86::r15, offsetof(BtContext, slow_info)), static_cast<int32_t>(sp.info));
-    CallHelper(env_.mem_slow_path, keep, sp.renamed_live);
+    a_.call(Imm(env_.mem_slow_path));
     a_.mov(S, x86::qword_ptr(x86::r15, offsetof(BtContext, slow_result)));
-    a_.test(S, S);
+    a_.test(S, S);  // arithmetic flags are in saved_flags if live
     a_.jz(sp.fault);
-    RestoreFlags(offsetof(BtContext, slow_flags));  // DF as the guest had it
-    if (sp.flags_saved) RestoreFlags(offsetof(BtContext, saved_flags));
+    if (sp.flags_saved) RestoreArith(offsetof(BtContext, saved_flags));
     sp.body();
-    if (sp.info & kAccessWrite) {
-      CallHelper(env_.bounce_commit, keep, sp.renamed_live);
-      RestoreFlags(offsetof(BtContext, slow_flags));
-    }
+    if (sp.info & kAccessWrite) a_.call(Imm(env_.bounce_commit));
     a_.jmp(sp.resume);
 
-    // The access faulted: guest state is as before the instruction.
+    // The access faulted, or stores into translated code (the helper set
+    // exit_reason): guest state is as before the instruction.
     a_.bind(sp.fault);
-    RestoreFlags(offsetof(BtContext, slow_flags));
-    if (sp.flags_saved) RestoreFlags(offsetof(BtContext, saved_flags));
+    if (sp.flags_saved) RestoreArith(offsetof(BtContext, saved_flags));
     for (int h = 0; h < 16; ++h) {
       if (sp.spilled & (1u << h)) Reload(h);
     }
-    EmitExit(sp.rip, BlockExit::kException);
+    EmitCompactExit(env_.exit_rip, sp.rip);
   }
-  slow_paths_.clear();
 }
 
 }  // namespace btvm

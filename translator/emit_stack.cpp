@@ -24,7 +24,7 @@ bool BlockEmitter::EmitStack(const DecodedInsn& d, uint32_t flags_live) {
     if (d.insn.operand_width != 64) return Fail("16-bit leave");
     p.used |= 1u << kRbp;
     int s = PickScratch(&p, false), t = PickScratch(&p, false);
-    if (live) SaveFlags(offsetof(BtContext, saved_flags));
+    if (live) SaveArith(offsetof(BtContext, saved_flags));
     Spill(s);
     Spill(t);
     a_.mov(x86::gpq(s), x86::rbp);
@@ -45,7 +45,7 @@ bool BlockEmitter::EmitStack(const DecodedInsn& d, uint32_t flags_live) {
   bool special = is_reg && (reg.index == kRsp || reg.index == kR15);
   if (is_reg && !special) p.used |= 1u << reg.index;
   int s = PickScratch(&p, false), t = PickScratch(&p, false);
-  if (live) SaveFlags(offsetof(BtContext, saved_flags));
+  if (live) SaveArith(offsetof(BtContext, saved_flags));
   Spill(s);
   Spill(t);
   a_.mov(x86::gpq(s), x86::qword_ptr(x86::r15, GprOffset(kRsp)));

@@ -29,11 +29,24 @@ bool DecodeGpr(ZydisRegister r, GprRef* out);
 ZydisRegister EncodeGpr(int index, int size);
 
 // Addresses of the runtime pieces translated code jumps to or calls.
+struct Block;
+
 struct EmitEnv {
   unsigned mmu_index = 0;       // which soft TLB (kernel or user) this block probes
+  Block* block = nullptr;       // the block being emitted (its chain stubs name it)
+  uint64_t block_rip = 0;       // its first guest instruction
+  bool single = false;          // a one-instruction block: every exit returns to the runtime
+  bool count_hits = false;      // count inline soft-TLB hits in BtContext::tlb_hits
   uint64_t exit_stub = 0;       // stores guest registers and returns to the runtime
-  uint64_t mem_slow_path = 0;   // uint8_t* (*)(BtContext*): slow_addr, slow_info in
-  uint64_t bounce_commit = 0;   // void (*)(BtContext*)
+  // Compact exits: `call stub; dq rip` (code_cache.cpp).
+  uint64_t exit_next = 0;       // RIP = rip, exit_reason = kNext
+  uint64_t exit_chain = 0;      // the same, and chain_site = the dq: patch me
+  uint64_t exit_rip = 0;        // RIP = rip, exit_reason as a helper set it
+  // Stubs (code_cache.cpp) that call BtMemSlowPath and BtBounceCommit
+  // keeping all registers, flags and FPU state; result in slow_result.
+  uint64_t mem_slow_path = 0;
+  uint64_t bounce_commit = 0;
+  uint64_t string_op = 0;       // uint64_t (*)(BtContext*): slow_info in (emit_string.cpp)
 };
 
 // Access info passed to the slow path helper: size in bits 0..7, read and
@@ -50,11 +63,30 @@ class BlockEmitter {
   bool EmitIdent(const DecodedInsn& d, uint32_t flags_live);
   bool EmitStack(const DecodedInsn& d, uint32_t flags_live);
   bool EmitBranch(const DecodedInsn& d, uint32_t flags_live);
+  bool EmitString(const DecodedInsn& d);
 
   // Leaves the block: RIP = rip, exit reason as given.
   void EmitExit(uint64_t rip, BlockExit reason);
-  // Emits the out-of-line slow paths collected while emitting the block.
-  void EmitSlowPaths();
+  // Leaves the block for a guest RIP known now: a patchable jump when the
+  // target is in the block's page (chaining), else an inline jump-cache
+  // probe, else the runtime.
+  // With `jcc`, only when that condition holds (else falls through).
+  void EmitJumpTo(uint64_t target, asmjit::InstId jcc = asmjit::x86::Inst::kIdNone);
+  // At block entry: return to the runtime if it asked (exit_request).
+  void EmitEntryCheck(bool flags_live);
+  // Emits the out-of-line code collected while emitting the block (slow
+  // paths, chain stubs).
+  void EmitOutOfLine();
+
+  // A direct exit, by labels (BuildBlock turns them into Block::Exit).
+  struct ExitLabels {
+    asmjit::Label jmp, stub;
+    uint64_t target;
+  };
+  const std::vector<ExitLabels>& exits() const { return exits_; }
+  // Host registers whose guest values sat in CpuState while the last
+  // emitted instruction's own code ran (for the host-fault side table).
+  uint16_t last_scratch() const { return last_scratch_; }
 
   const std::string& why() const { return why_; }
 
@@ -98,8 +130,20 @@ class BlockEmitter {
   // RIP = d.rip and all guest state as before the instruction.
   void EmitAccess(const DecodedInsn& d, const Plan& p, int s, int t, unsigned size, bool read,
                   bool write, bool flags_live, std::function<void()> body);
+  // Full flags (DF too) with pushfq/popfq: around helper calls.
   void SaveFlags(int32_t slot);
   void RestoreFlags(int32_t slot);
+  // Arithmetic flags only, with lahf/seto and sahf (much cheaper than
+  // popfq): around the inline probes.
+  void SaveArith(int32_t slot);
+  void RestoreArith(int32_t slot);
+  // Jumps to the guest RIP in host register s through the return-address
+  // cache (is_ret) and the jump cache, else returns to the runtime. Flags
+  // were saved in saved_flags if `flags_saved`; `p`'s spilled registers
+  // are reloaded on every path.
+  void EmitIndirectJump(const Plan& p, int s, int t, bool flags_saved, bool is_ret);
+  void EmitLookupConst(uint64_t target);
+  void EmitSlowPaths();
   void CallHelper(uint64_t fn, uint16_t keep, uint16_t renamed_live);
 
   // Re-encodes an instruction with registers renamed and its memory operand
@@ -107,11 +151,15 @@ class BlockEmitter {
   bool Reencode(const DecodedInsn& d, const Plan& p, int s, std::vector<uint8_t>* out);
 
   void StoreImm64(int32_t offset, uint64_t value);
+  void EmitCompactExit(uint64_t stub, uint64_t rip);
   void AdjustGuestRsp(int tmp, int32_t delta);
 
   asmjit::x86::Assembler& a_;
   EmitEnv env_;
   std::vector<SlowPath> slow_paths_;
+  std::vector<std::function<void()>> out_of_line_;
+  std::vector<ExitLabels> exits_;
+  uint16_t last_scratch_ = 0;
   std::string why_;
 };
 

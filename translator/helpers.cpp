@@ -12,6 +12,25 @@ namespace btvm {
 
 namespace {
 MmuIndex IndexOf(const BtContext* ctx) { return MmuIndexFor(ctx->cpu); }
+
+uint8_t* Fault(BtContext* ctx, const GuestException& e) {
+  ctx->exception = e;
+  ctx->exit_reason = BlockExit::kException;
+  return nullptr;
+}
+
+// A store into bytes some block was translated from: the block (maybe the
+// one running) is stale. Nothing is written; the runtime invalidates and
+// runs the store as a block of its own (code_cache.h, kBlockSingle).
+bool StoresIntoCode(BtContext* ctx, const Mmu::Lookup& l, uint64_t size) {
+  if (l.kind != Mmu::Lookup::kRam || !ctx->mmu->IsCodePage(l.phys)) return false;
+  if (!ctx->cache || !ctx->cache->Overlaps(l.phys.value, size)) return false;
+  ctx->smc_phys = l.phys.value;
+  ctx->smc_size = size;
+  ctx->exit_reason = BlockExit::kSmc;
+  if (ctx->counters) ++ctx->counters->smc_stores;
+  return true;
+}
 }  // namespace
 
 // Returns the host address the access may use, or nullptr after recording
@@ -30,12 +49,9 @@ extern "C" uint8_t* BtMemSlowPath(BtContext* ctx) {
   const bool crosses = (addr & (kPageSize - 1)) + size > kPageSize;
   if (!crosses) {
     Mmu::Lookup l = mmu.Translate(ctx->cpu, GuestVirt(addr), access, index);
+    if (l.kind == Mmu::Lookup::kFault) return Fault(ctx, l.fault);
+    if (write && StoresIntoCode(ctx, l, size)) return nullptr;
     if (l.kind == Mmu::Lookup::kRam) return l.host;
-    if (l.kind == Mmu::Lookup::kFault) {
-      ctx->exception = l.fault;
-      if (ctx->counters) ++ctx->counters->page_faults;
-      return nullptr;
-    }
   }
   // MMIO, or an access crossing into the next page: run the instruction on
   // the bounce buffer. Both pages are translated (and checked) before the
@@ -48,16 +64,14 @@ extern "C" uint8_t* BtMemSlowPath(BtContext* ctx) {
     for (uint64_t a : {addr, addr + first}) {
       if (a >= addr + size) break;
       Mmu::Lookup l = mmu.Translate(ctx->cpu, GuestVirt(a), Access::kWrite, index);
-      if (l.kind == Mmu::Lookup::kFault) {
-        ctx->exception = l.fault;
-        return nullptr;
-      }
+      if (l.kind == Mmu::Lookup::kFault) return Fault(ctx, l.fault);
+      uint64_t n = a == addr ? first : size - first;
+      if (StoresIntoCode(ctx, l, n)) return nullptr;
     }
   }
   std::memset(ctx->bounce, 0, sizeof(ctx->bounce));
   if (read && !mmu.ReadVirt(ctx->cpu, GuestVirt(addr), ctx->bounce, size, index, &fault)) {
-    ctx->exception = fault;
-    return nullptr;
+    return Fault(ctx, fault);
   }
   ctx->bounce_addr = addr;
   ctx->bounce_size = size;
@@ -70,6 +84,7 @@ extern "C" void BtBounceCommit(BtContext* ctx) {
   if (!ctx->bounce_active) return;
   ctx->bounce_active = 0;
   if (!ctx->bounce_write) return;
+  if (ctx->counters) ++ctx->counters->bounce_commits;
   GuestException fault;
   // Cannot fault: both pages were translated for write before the access.
   ctx->mmu->WriteVirt(ctx->cpu, GuestVirt(ctx->bounce_addr), ctx->bounce, ctx->bounce_size,

@@ -154,11 +154,8 @@ constexpr Row kRows[] = {
     {ZYDIS_MNEMONIC_SCASD, InsnClass::kRuntime, "string"},
     {ZYDIS_MNEMONIC_SCASQ, InsnClass::kRuntime, "string"},
     {ZYDIS_MNEMONIC_XLAT, InsnClass::kRuntime, "implicit memory operand"},
-    // A native div by zero or overflow would raise SIGFPE in the monitor;
-    // until host faults map back to guest RIPs (issue #3), the runtime
-    // divides and raises #DE itself (SDM Vol. 2 DIV, IDIV).
-    {ZYDIS_MNEMONIC_DIV, InsnClass::kRuntime, "#DE must not become a host SIGFPE"},
-    {ZYDIS_MNEMONIC_IDIV, InsnClass::kRuntime, "#DE must not become a host SIGFPE"},
+    // div and idiv run natively: a #DE arrives as SIGFPE and becomes a
+    // guest #DE at the precise RIP (translator/host_fault.cpp).
 };
 
 constexpr auto BuildTable() {
@@ -199,6 +196,20 @@ InsnClass ClassifyInsn(const ZydisDecodedInstruction& insn, const ZydisDecodedOp
   if ((insn.mnemonic == ZYDIS_MNEMONIC_MOVSD || insn.mnemonic == ZYDIS_MNEMONIC_CMPSD) &&
       insn.meta.category != ZYDIS_CATEGORY_STRINGOP) {
     return InsnClass::kIdent;
+  }
+  // movs, stos and lods with 64-bit addresses run in translated code
+  // through a helper (emit_string.cpp); the rest of the string family, and
+  // 32-bit addressing, stay with the runtime.
+  if (c == InsnClass::kRuntime && insn.address_width == 64 &&
+      insn.meta.category == ZYDIS_CATEGORY_STRINGOP) {
+    switch (insn.mnemonic) {
+      case ZYDIS_MNEMONIC_MOVSB: case ZYDIS_MNEMONIC_MOVSW: case ZYDIS_MNEMONIC_MOVSD:
+      case ZYDIS_MNEMONIC_MOVSQ: case ZYDIS_MNEMONIC_STOSB: case ZYDIS_MNEMONIC_STOSW:
+      case ZYDIS_MNEMONIC_STOSD: case ZYDIS_MNEMONIC_STOSQ: case ZYDIS_MNEMONIC_LODSB:
+      case ZYDIS_MNEMONIC_LODSW: case ZYDIS_MNEMONIC_LODSD: case ZYDIS_MNEMONIC_LODSQ:
+        return InsnClass::kString;
+      default: break;
+    }
   }
   return c;
 }

@@ -23,6 +23,10 @@ asm(".pushsection .text\n"
     "ud2_insn:\n"
     "  ud2\n"
     "  ret\n"
+    "do_vex:\n"
+    "vex_insn:\n"
+    "  vpxor %xmm1, %xmm2, %xmm3\n" /* AVX is not in the CPU model: #UD */
+    "  ret\n"
     "do_int3:\n"
     "int3_insn:\n"
     "  int3\n"
@@ -59,6 +63,8 @@ asm(".pushsection .text\n"
     "  ret\n"
     ".popsection");
 
+void do_vex(void);
+extern char vex_insn[];
 void do_div0(void), do_ud2(void), do_int3(void), do_noncanonical(void), do_bad_selector(void);
 u64 do_read(u64 addr);
 void do_write(u64 addr, u64 value);
@@ -133,6 +139,8 @@ int main(void) {
   check(&f, DE_VECTOR, 0, RIP(div0_insn), "#DE from div by zero");
   f = run_caught(do_ud2);
   check(&f, UD_VECTOR, 0, RIP(ud2_insn), "#UD from ud2");
+  f = run_caught(do_vex);
+  check(&f, UD_VECTOR, 0, RIP(vex_insn), "#UD from a VEX-encoded instruction (no AVX)");
   f = run_caught(do_int3);
   check(&f, BP_VECTOR, 0, RIP(int3_insn) + 1, "#BP from int3 (a trap: rip after it)");
   f = run_caught(do_noncanonical);

@@ -5,7 +5,6 @@
 #include "tests/guest/kit/x86.h"
 
 #define INT_STACK_SIZE (16 * 1024)
-#define DF_STACK_SIZE (8 * 1024)
 #define ISR_STUB_SIZE 16 /* kit/isr.S: stub i is at kit_isr_stubs + 16 * i */
 
 extern char kit_isr_stubs[];
@@ -26,7 +25,7 @@ static struct idt_gate idt[256] __attribute__((aligned(16)));
 struct tss64 kit_tss __attribute__((aligned(16)));
 u64 kit_rsp0;
 static u8 int_stack[INT_STACK_SIZE] __attribute__((aligned(16)));
-static u8 df_stack[DF_STACK_SIZE] __attribute__((aligned(16)));
+static u8 df_stack[KIT_DF_STACK_SIZE] __attribute__((aligned(16)));
 static exception_handler handlers[256];
 
 /* The armed catch point (catch_begin in kit/isr.S writes these). */
@@ -51,6 +50,14 @@ void set_idt_dpl(u8 vector, int dpl) {
 
 void set_idt_type(u8 vector, enum gate_type type) {
   idt[vector].type_attr = (u8)((idt[vector].type_attr & ~0x0f) | type);
+}
+
+void set_idt_present(u8 vector, bool present) {
+  idt[vector].type_attr = (u8)((idt[vector].type_attr & ~0x80) | (present ? 0x80 : 0));
+}
+
+void set_idt_ist(u8 vector, int ist) {
+  idt[vector].ist = (u8)(ist & 7);
 }
 
 exception_handler handle_exception(u8 vector, exception_handler h) {

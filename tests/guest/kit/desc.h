@@ -42,6 +42,11 @@ void set_idt_dpl(u8 vector, int dpl);
 /* Gate type: interrupt gate (IF cleared on entry, the default) or trap gate. */
 enum gate_type { GATE_INTERRUPT = 0xe, GATE_TRAP = 0xf };
 void set_idt_type(u8 vector, enum gate_type type);
+/* The gate's P bit (a not-present gate makes delivery raise #NP). */
+void set_idt_present(u8 vector, bool present);
+/* The gate's IST index: 0 = no stack switch at the same CPL, 1..7 =
+   kit_tss.ist[ist - 1] (the kit uses IST1 for #DF). */
+void set_idt_ist(u8 vector, int ist);
 
 const char* exception_mnemonic(unsigned vector); /* "#PF", ... or "IRQ"/"INT" */
 
@@ -81,6 +86,7 @@ struct __attribute__((packed)) tss64 {
 };
 _Static_assert(sizeof(struct tss64) == 104, "64-bit TSS size");
 extern struct tss64 kit_tss;
+#define KIT_DF_STACK_SIZE (8 * 1024) /* the #DF stack, kit_tss.ist[0] is its top */
 extern u64 kit_rsp0; /* top of the stack for CPL3 -> CPL0 transitions (TSS.RSP0, syscall) */
 
 /* Called by kit_start(): loads the kit's GDT (selectors in layout.h), TSS

@@ -3,6 +3,11 @@
 //   btvm_difftest --seed S --count N [--start I] [--cpl 0|3|both]
 //                 [--include a,b] [--exclude a,b] [--only a,b]
 //                 [--no-minimize] [--verbose] [--list]
+//   btvm_difftest --code "48 01 d8 ..." [--set rax=1,r15=2] [--seed S] [--cpl ...]
+//
+// --code runs the given bytes instead (a reproducer), from the initial
+// state of sequence --start of the seed, --set registers overridden; its
+// flag mask treats the code as straight-line.
 //
 // Sequence I of seed S is the same on every run and every machine with the
 // same host features, so a mismatch is reproduced with
@@ -10,6 +15,7 @@
 // Exit status: 0 if every run matched, 1 on a mismatch, 2 on a usage or
 // setup error.
 
+#include <cctype>
 #include <chrono>
 #include <cinttypes>
 #include <cstdio>
@@ -36,6 +42,8 @@ struct Options {
   bool list = false;
   CategorySet categories = DefaultCategories();
   int max_reports = 20;
+  std::vector<uint8_t> code;                       // --code
+  std::vector<std::pair<int, uint64_t>> settings;  // --set: register (16 = rflags), value
 };
 
 void Usage(std::FILE* out) {
@@ -43,6 +51,7 @@ void Usage(std::FILE* out) {
                "usage: btvm_difftest [--seed S] [--count N] [--start I] [--cpl 0|3|both]\n"
                "                     [--include CATS] [--exclude CATS] [--only CATS]\n"
                "                     [--no-minimize] [--max-reports K] [--verbose] [--list]\n"
+               "       btvm_difftest --code HEX [--set REG=V,...] [--seed S] [--cpl 0|3|both]\n"
                "Runs N random instruction sequences natively and on the bt engine and\n"
                "compares the final state. CATS is a comma-separated list (--list).\n");
 }
@@ -72,6 +81,42 @@ bool ParseU64(const char* s, uint64_t* v) {
   errno = 0;
   *v = std::strtoull(s, &end, 0);
   return errno == 0 && end != s && *end == '\0';
+}
+
+bool ParseCode(std::string_view hex, std::vector<uint8_t>* out) {
+  std::string digits;
+  for (char c : hex) {
+    if (std::isxdigit(static_cast<unsigned char>(c))) digits += c;
+    else if (c != ' ' && c != ',') return false;
+  }
+  if (digits.empty() || digits.size() % 2) return false;
+  for (size_t i = 0; i < digits.size(); i += 2) {
+    out->push_back(static_cast<uint8_t>(std::stoul(digits.substr(i, 2), nullptr, 16)));
+  }
+  return true;
+}
+
+bool ParseSettings(std::string_view list, std::vector<std::pair<int, uint64_t>>* out) {
+  static constexpr const char* kNames[] = {"rax", "rcx", "rdx", "rbx", "rsp", "rbp",
+                                           "rsi", "rdi", "r8",  "r9",  "r10", "r11",
+                                           "r12", "r13", "r14", "r15", "rflags"};
+  while (!list.empty()) {
+    const size_t comma = list.find(',');
+    const std::string_view item = list.substr(0, comma);
+    const size_t eq = item.find('=');
+    if (eq == std::string_view::npos) return false;
+    const std::string_view name = item.substr(0, eq);
+    int reg = -1;
+    for (int i = 0; i < 17; ++i) {
+      if (name == kNames[i]) reg = i;
+    }
+    uint64_t v;
+    if (reg < 0 || !ParseU64(std::string(item.substr(eq + 1)).c_str(), &v)) return false;
+    out->emplace_back(reg, v);
+    if (comma == std::string_view::npos) break;
+    list.remove_prefix(comma + 1);
+  }
+  return true;
 }
 
 bool Parse(int argc, char** argv, Options* o) {
@@ -106,6 +151,13 @@ bool Parse(int argc, char** argv, Options* o) {
       if (a == "--include") o->categories |= set;
       if (a == "--exclude") o->categories &= ~set;
       if (a == "--only") o->categories = set;
+    } else if (a == "--code") {
+      const char* v = value();
+      if (!v || !ParseCode(v, &o->code)) return false;
+      o->count = 1;
+    } else if (a == "--set") {
+      const char* v = value();
+      if (!v || !ParseSettings(v, &o->settings)) return false;
     } else if (a == "--verbose") {
       o->verbose = true;
     } else if (a == "--no-minimize") {
@@ -131,6 +183,35 @@ std::string CategoriesOf(const Sequence& s) {
     if (seen.test(c)) out += std::string(out.empty() ? "" : ",") + CategoryName(static_cast<Category>(c));
   }
   return out;
+}
+
+// The --code sequence: one instruction an op, from a generated initial state.
+Sequence FromCode(const Options& opt, const GeneratorConfig& gen) {
+  Sequence seq;
+  seq.initial = Generate(gen, SequenceSeed(opt.seed, opt.start)).initial;
+  for (const auto& [reg, v] : opt.settings) {
+    if (reg == 16) {
+      seq.initial.rflags = v;
+    } else {
+      seq.initial.gpr[reg] = v;
+    }
+  }
+  Item item;
+  for (size_t at = 0; at < opt.code.size();) {
+    ZydisDisassembledInstruction d;
+    size_t len = opt.code.size() - at;
+    if (ZYAN_SUCCESS(ZydisDisassembleIntel(ZYDIS_MACHINE_MODE_LONG_64, kCodeAddress + at,
+                                           opt.code.data() + at, len, &d))) {
+      len = d.info.length;
+    }
+    Op op;
+    op.raw.assign(opt.code.begin() + static_cast<long>(at),
+                  opt.code.begin() + static_cast<long>(at + len));
+    item.ops.push_back(op);
+    at += len;
+  }
+  seq.items.push_back(item);
+  return seq;
 }
 
 int Main(int argc, char** argv) {
@@ -170,7 +251,8 @@ int Main(int argc, char** argv) {
   const auto t0 = std::chrono::steady_clock::now();
 
   for (uint64_t index = opt.start; index < opt.start + opt.count; ++index) {
-    const Sequence seq = Generate(gen, SequenceSeed(opt.seed, index));
+    const Sequence seq = opt.code.empty() ? Generate(gen, SequenceSeed(opt.seed, index))
+                                          : FromCode(opt, gen);
     for (size_t c = 0; c < kCategoryCount; ++c) dropped[c] += seq.dropped.test(c);
     Outcome native;
     bool have_native = false;

@@ -129,31 +129,36 @@ bool Gen::MulDiv(Item& it) {
   return true;
 }
 
+// bt* [mem], reg: the register is a signed bit offset that may reach
+// outside the operand (SDM Vol. 2 BT); it stays within +-32 bytes here. R15
+// as the offset register only when `r15` (category btmemr15).
+bool Gen::BtMem(Item& it, bool r15) {
+  static constexpr ZydisMnemonic kBt[] = {MN(BT), MN(BTS), MN(BTR), MN(BTC)};
+  const ZydisMnemonic m = rng_.Pick(kBt);
+  const unsigned size = PickSize(kWide);
+  const int off = r15 ? 15 : PickGpr(Bit(kRsp) | Bit(15));
+  InsnOptions o;
+  o.mem.reserved = Bit(off);
+  o.mem.margin = 64;
+  o.mem.allow_cross = false;
+  Item tmp;
+  std::string_view f = m == MN(BT) ? "mr" : "Mr";
+  // Build the access, then replace the random register with `off`.
+  if (!Insn(tmp, m, f, size, o)) return false;
+  Op& last = tmp.ops.back();
+  last.req.operands[1] = RegOp(Gpr(off, size));
+  std::vector<uint8_t> probe;
+  if (!EncodeAt(last.req, kCodeAddress, &probe)) return false;
+  it.ops.push_back(MovImm(off, static_cast<uint64_t>(rng_.Int(-256, 255))));
+  for (Op& op : tmp.ops) it.ops.push_back(std::move(op));
+  return true;
+}
+
+bool Gen::BtMemR15(Item& it) { return BtMem(it, true); }
+
 bool Gen::Bits(Item& it) {
   const unsigned roll = static_cast<unsigned>(rng_.Below(100));
-  if (roll < 15) {
-    // bt* [mem], reg: the register is a signed bit offset that may reach
-    // outside the operand (SDM Vol. 2 BT): keep it within +-32 bytes.
-    static constexpr ZydisMnemonic kBt[] = {MN(BT), MN(BTS), MN(BTR), MN(BTC)};
-    const ZydisMnemonic m = rng_.Pick(kBt);
-    const unsigned size = PickSize(kWide);
-    const int off = PickGpr(Bit(kRsp));
-    InsnOptions o;
-    o.mem.reserved = Bit(off);
-    o.mem.margin = 64;
-    o.mem.allow_cross = false;
-    Item tmp;
-    std::string_view f = m == MN(BT) ? "mr" : "Mr";
-    // Build the access, then replace the random register with `off`.
-    if (!Insn(tmp, m, f, size, o)) return false;
-    Op& last = tmp.ops.back();
-    last.req.operands[1] = RegOp(Gpr(off, size));
-    std::vector<uint8_t> probe;
-    if (!EncodeAt(last.req, kCodeAddress, &probe)) return false;
-    it.ops.push_back(MovImm(off, static_cast<uint64_t>(rng_.Int(-256, 255))));
-    for (Op& op : tmp.ops) it.ops.push_back(std::move(op));
-    return true;
-  }
+  if (roll < 15) return BtMem(it, false);
   if (roll < 35) {
     // Counting: sometimes of a zero source, where the result is special.
     std::vector<ZydisMnemonic> ms = {MN(BSF), MN(BSR)};

@@ -293,7 +293,11 @@ class Gen {
   bool Shift0(Item& it);
   bool ShiftWith(Item& it, bool keeps_flags);
   bool Enter(Item& it);
-  bool FaultRmw(Item& it);
+  bool FaultFlags(Item& it);
+  bool FaultSplit(Item& it);
+  bool BtMemR15(Item& it);
+  bool BtMem(Item& it, bool r15);
+  bool MisalignedSse(Item& it, uint64_t ea);
   bool FaultSs(Item& it);
   bool Xlat(Item& it);
   bool MulDiv(Item& it);

@@ -19,8 +19,8 @@ bool Gen::Build(Category c, Item& it) {
       &Gen::Alu,     &Gen::Unary,  &Gen::Shift,    &Gen::MulDiv, &Gen::Bits,   &Gen::Cmov,
       &Gen::Xchg,    &Gen::Lock,   &Gen::Movx,     &Gen::Lea,    &Gen::Mem,    &Gen::Stack,
       &Gen::Branch,  &Gen::String, &Gen::Flags,    &Gen::Sse,    &Gen::SseFp,  &Gen::Fault,
-      &Gen::Shift0,  &Gen::Enter,  &Gen::Xlat,     &Gen::Stack16, &Gen::Branch32, &Gen::FaultRmw,
-      &Gen::FaultSs, &Gen::HostFault,
+      &Gen::HostFault, &Gen::Shift0, &Gen::Enter,  &Gen::Xlat,   &Gen::Stack16, &Gen::Branch32,
+      &Gen::BtMemR15, &Gen::FaultFlags, &Gen::FaultSs, &Gen::FaultSplit,
   };
   static_assert(std::size(kBuilders) == kCategoryCount, "one builder per category");
   it.category = c;
@@ -356,9 +356,7 @@ Sequence Gen::Generate() {
   for (size_t c = 0; c < kCategoryCount; ++c) {
     if (!cfg_.categories.test(c)) continue;
     const auto cat = static_cast<Category>(c);
-    const bool last = cat == Category::kFault || cat == Category::kFaultRmw ||
-                      cat == Category::kFaultSs || cat == Category::kHostFault;
-    (last ? terminal : body).push_back(cat);
+    (IsFinal(cat) ? terminal : body).push_back(cat);
   }
   const int n = body.empty() ? 0 : rng_.Int(cfg_.min_items, cfg_.max_items);
   // Flags that may be undefined at the start of each item: a forward
@@ -408,7 +406,7 @@ using namespace gen;
 
 const char* CategoryName(Category c) {
   static constexpr const char* kNames[] = {
-#define BTVM_DIFF_NAME(id, name, text) name,
+#define BTVM_DIFF_NAME(id, name, final, text) name,
       BTVM_DIFF_CATEGORIES(BTVM_DIFF_NAME)
 #undef BTVM_DIFF_NAME
   };
@@ -417,11 +415,20 @@ const char* CategoryName(Category c) {
 
 const char* CategoryHelp(Category c) {
   static constexpr const char* kTexts[] = {
-#define BTVM_DIFF_TEXT(id, name, text) text,
+#define BTVM_DIFF_TEXT(id, name, final, text) text,
       BTVM_DIFF_CATEGORIES(BTVM_DIFF_TEXT)
 #undef BTVM_DIFF_TEXT
   };
   return kTexts[static_cast<size_t>(c)];
+}
+
+bool IsFinal(Category c) {
+  static constexpr bool kFinal[] = {
+#define BTVM_DIFF_FINAL(id, name, final, text) final,
+      BTVM_DIFF_CATEGORIES(BTVM_DIFF_FINAL)
+#undef BTVM_DIFF_FINAL
+  };
+  return kFinal[static_cast<size_t>(c)];
 }
 
 std::optional<Category> CategoryByName(std::string_view name) {
@@ -432,10 +439,10 @@ std::optional<Category> CategoryByName(std::string_view name) {
 }
 
 CategorySet DefaultCategories() {
-  // Every category up to and including kFault; the ones after it fail on
-  // the current translator and are opt-in (--include).
+  // Every category before kShift0; the ones from it on fail on the current
+  // translator and are opt-in (--include).
   CategorySet s;
-  for (size_t c = 0; c <= static_cast<size_t>(Category::kFault); ++c) s.set(c);
+  for (size_t c = 0; c < static_cast<size_t>(Category::kShift0); ++c) s.set(c);
   return s;
 }
 

@@ -43,40 +43,42 @@ inline constexpr uint64_t kStackStart = kStackAddress + 0x800;  // RSP at entry
 inline constexpr uint64_t kStackLow = kStackAddress + 0x100;
 inline constexpr uint64_t kStackHigh = kStackAddress + 0xf00;
 
-// Instruction categories. A sequence mixes items from the enabled ones.
-// Instruction categories. A sequence mixes items from the enabled ones. The
-// ones from kShift0 on fail on the current translator (see the README of
-// this folder): they are opt-in, so that the default mix must pass.
-#define BTVM_DIFF_CATEGORIES(X)                                                  \
-  X(kAlu, "alu", "add/or/adc/sbb/and/sub/xor/cmp/test/mov, all sizes and forms") \
-  X(kUnary, "unary", "inc/dec/neg/not")                                          \
-  X(kShift, "shift", "shl/shr/sar/rol/ror/rcl/rcr by 1, imm, cl; shld/shrd")    \
-  X(kMulDiv, "muldiv", "mul, imul (1, 2, 3 operands), div, idiv without #DE")    \
-  X(kBits, "bits", "bt/bts/btr/btc, bsf/bsr, tzcnt/lzcnt/popcnt, bswap")        \
-  X(kCmov, "cmov", "cmovcc, setcc")                                              \
-  X(kXchg, "xchg", "xchg, xadd, cmpxchg, cmpxchg8b/16b")                         \
-  X(kLock, "lock", "lock-prefixed read-modify-write on memory")                  \
-  X(kMovx, "movx", "movzx/movsx/movsxd, cbw/cwde/cdqe/cwd/cdq/cqo")              \
-  X(kLea, "lea", "lea, nop and prefetch with random addressing modes")           \
-  X(kMem, "mem", "loads/stores in every addressing mode, movnti, movbe, clflush") \
-  X(kStack, "stack", "push/pop, call/ret, rsp arithmetic, leave")                \
-  X(kBranch, "branch", "forward jcc/jmp/jrcxz/loop/indirect jmp")                \
-  X(kString, "string", "movs/stos/lods/cmps/scas, rep/repe/repne, both DF")      \
-  X(kFlags, "flags", "clc/stc/cmc/cld/std, lahf/sahf, pushfq/popfq")            \
-  X(kSse, "sse", "SSE/SSE2/SSSE3/SSE4.1 integer ops on xmm")                     \
-  X(kSseFp, "ssefp", "SSE/SSE2/SSE4.1 float ops and conversions")               \
-  X(kFault, "fault", "a final #DE, #PF (load, store, fetch, rep), #UD, #GP, #BP") \
-  X(kShift0, "shift0", "shifts/rotates by a count that changes no flag")        \
-  X(kEnter, "enter", "enter")                                                    \
-  X(kXlat, "xlat", "xlat")                                                       \
-  X(kStack16, "stack16", "16-bit push/pop (66 prefix)")                          \
-  X(kBranch32, "branch32", "jecxz and loop with a 32-bit address size")          \
-  X(kFaultRmw, "faultrmw", "a final #PF in a flag-writing read-modify-write")   \
-  X(kFaultSs, "faultss", "a final #SS: a non-canonical address through RBP")    \
-  X(kHostFault, "hostfault", "a final #GP from a misaligned movdqa")
+// Instruction categories. A sequence mixes items from the enabled ones;
+// those marked final end a sequence (everything after a fault is dead). The
+// categories from kShift0 on fail on the current translator (tests/diff/
+// README.md): they are opt-in, so that the default mix must pass.
+#define BTVM_DIFF_CATEGORIES(X)                                                       \
+  X(kAlu, "alu", false, "add/or/adc/sbb/and/sub/xor/cmp/test/mov, adcx/adox")         \
+  X(kUnary, "unary", false, "inc/dec/neg/not")                                        \
+  X(kShift, "shift", false, "shl/shr/sar/rol/ror/rcl/rcr by 1, imm, cl; shld/shrd")  \
+  X(kMulDiv, "muldiv", false, "mul, imul (1, 2, 3 operands), div, idiv without #DE")  \
+  X(kBits, "bits", false, "bt/bts/btr/btc, bsf/bsr, tzcnt/lzcnt/popcnt, bswap")      \
+  X(kCmov, "cmov", false, "cmovcc, setcc")                                            \
+  X(kXchg, "xchg", false, "xchg, xadd, cmpxchg, cmpxchg8b/16b")                       \
+  X(kLock, "lock", false, "lock-prefixed read-modify-write on memory")                \
+  X(kMovx, "movx", false, "movzx/movsx/movsxd, cbw/cwde/cdqe/cwd/cdq/cqo")            \
+  X(kLea, "lea", false, "lea, nop and prefetch with random addressing modes")         \
+  X(kMem, "mem", false, "loads/stores in every addressing mode, movnti, movbe, clflush") \
+  X(kStack, "stack", false, "push/pop, call/ret, rsp arithmetic, leave")              \
+  X(kBranch, "branch", false, "forward jcc/jmp/jrcxz/loop/indirect jmp")              \
+  X(kString, "string", false, "movs/stos/lods/cmps/scas, rep/repe/repne, both DF")    \
+  X(kFlags, "flags", false, "clc/stc/cmc/cld/std, lahf/sahf, pushfq/popfq")          \
+  X(kSse, "sse", false, "SSE/SSE2/SSSE3/SSE4.1 integer ops on xmm")                   \
+  X(kSseFp, "ssefp", false, "SSE/SSE2/SSE4.1 float ops and conversions")             \
+  X(kFault, "fault", true, "final #PF (load, store, fetch, rep), #GP, #UD, #BP")      \
+  X(kHostFault, "hostfault", true, "final #GP of a misaligned SSE operand, #XM")      \
+  X(kShift0, "shift0", false, "shifts/rotates by a count that changes no flag")       \
+  X(kEnter, "enter", false, "enter")                                                   \
+  X(kXlat, "xlat", false, "xlat")                                                      \
+  X(kStack16, "stack16", false, "16-bit push/pop (66 prefix)")                         \
+  X(kBranch32, "branch32", false, "jecxz and loop with a 32-bit address size")         \
+  X(kBtMemR15, "btmemr15", false, "bt/bts/btr/btc [mem], r15")                         \
+  X(kFaultFlags, "faultflags", true, "final #DE in div/idiv, #PF in a flag-writing RMW") \
+  X(kFaultSs, "faultss", true, "final #SS: a non-canonical address through RBP")      \
+  X(kFaultSplit, "faultsplit", true, "final #GP of a misaligned SSE operand across pages")
 
 enum class Category : uint8_t {
-#define BTVM_DIFF_ENUM(id, name, text) id,
+#define BTVM_DIFF_ENUM(id, name, final, text) id,
   BTVM_DIFF_CATEGORIES(BTVM_DIFF_ENUM)
 #undef BTVM_DIFF_ENUM
       kCount
@@ -86,6 +88,8 @@ using CategorySet = std::bitset<kCategoryCount>;
 
 const char* CategoryName(Category c);
 const char* CategoryHelp(Category c);
+// True for a category whose item ends a sequence (a fault).
+bool IsFinal(Category c);
 std::optional<Category> CategoryByName(std::string_view name);
 // The categories ctest runs: every one that passes on the current translator.
 CategorySet DefaultCategories();

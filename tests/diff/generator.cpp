@@ -256,7 +256,8 @@ uint64_t Gen::DefineReadFlags(Item& it, uint64_t undefined, std::vector<uint64_t
       Op cmp = MakeOp(Req(MN(CMP), {RegOp(Gpr(PickGpr(0), 8)), RegOp(Gpr(PickGpr(0), 8))}));
       it.ops.insert(it.ops.begin() + static_cast<long>(j), cmp);
       for (Op& op : it.ops) {
-        if (op.target_op >= static_cast<int>(j)) ++op.target_op;
+        // Jumps to the reader now land on the cmp before it.
+        if (op.target_op > static_cast<int>(j)) ++op.target_op;
       }
       undefined = 0;
       continue;  // the reading op, now at j + 1, is looked at next

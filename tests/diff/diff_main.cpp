@@ -279,16 +279,22 @@ int Main(int argc, char** argv) {
 
       ++mismatches;
       for (size_t k = 0; k < kDiffKindCount; ++k) by_kind[k] += r.cmp.kinds.test(k);
-      Sequence small = opt.minimize ? tester.Minimize(seq, cpl, r.native, r.cmp.kinds) : seq;
-      DiffTester::Run m = tester.RunAt(small, cpl, nullptr);
-      if (!m.encoded || m.native.kind == Outcome::kError || m.cmp.ok()) {
-        small = seq;  // the minimized form stopped failing (flaky?): report the original
-        m = r;
+      // Minimized only while reports are printed (it costs dozens of runs).
+      const bool report = reports++ < opt.max_reports;
+      Sequence small = seq;
+      DiffTester::Run m = r;
+      if (report && opt.minimize) {
+        small = tester.Minimize(seq, cpl, r.native, r.cmp.kinds);
+        m = tester.RunAt(small, cpl, nullptr);
+        if (!m.encoded || m.native.kind == Outcome::kError || m.cmp.ok()) {
+          small = seq;  // the minimized form stopped failing (flaky?): report the original
+          m = r;
+        }
       }
       CategorySet seen;
       for (const Item& it : small.items) seen.set(static_cast<size_t>(it.category));
       for (size_t c = 0; c < kCategoryCount; ++c) by_category[c] += seen.test(c);
-      if (reports++ >= opt.max_reports) continue;
+      if (!report) continue;
       std::string kinds;
       for (size_t k = 0; k < kDiffKindCount; ++k) {
         if (m.cmp.kinds.test(k)) kinds += std::string(kinds.empty() ? "" : ",") + DiffKindName(static_cast<DiffKind>(k));
@@ -322,7 +328,7 @@ int Main(int argc, char** argv) {
     for (size_t k = 0; k < kDiffKindCount; ++k) {
       if (by_kind[k]) std::printf(" %s %" PRIu64, DiffKindName(static_cast<DiffKind>(k)), by_kind[k]);
     }
-    std::printf("\n  mismatches by category (of the minimized sequence):");
+    std::printf("\n  mismatches by category (of the sequence, minimized if reported):");
     for (size_t c = 0; c < kCategoryCount; ++c) {
       if (by_category[c]) std::printf(" %s %" PRIu64, CategoryName(static_cast<Category>(c)), by_category[c]);
     }

@@ -11,6 +11,7 @@
 #include <condition_variable>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <mutex>
 #include <thread>
 
@@ -101,10 +102,13 @@ void InstallSignalGuard() {
 }
 
 // --- Watchdog: stops an engine that runs too long ---------------------------
+// A translator bug could loop forever inside chained blocks; the watchdog
+// raises the stop flag and kicks the engine back to its loop, which then
+// sees the flag.
 
 class Watchdog {
  public:
-  explicit Watchdog(std::atomic<bool>& flag) : flag_(flag), thread_([this] { Loop(); }) {}
+  Watchdog() : thread_([this] { Loop(); }) {}
   ~Watchdog() {
     {
       std::lock_guard<std::mutex> l(m_);
@@ -113,15 +117,19 @@ class Watchdog {
     cv_.notify_all();
     thread_.join();
   }
-  void Arm(std::chrono::milliseconds timeout) {
+  // `on_timeout` runs on the watchdog thread, under the lock Disarm takes:
+  // once Disarm returns, it is not running and will not run.
+  void Arm(std::chrono::milliseconds timeout, std::function<void()> on_timeout) {
     std::lock_guard<std::mutex> l(m_);
     deadline_ = std::chrono::steady_clock::now() + timeout;
+    on_timeout_ = std::move(on_timeout);
     armed_ = true;
     cv_.notify_all();
   }
   void Disarm() {
     std::lock_guard<std::mutex> l(m_);
     armed_ = false;
+    on_timeout_ = nullptr;
   }
 
  private:
@@ -134,16 +142,16 @@ class Watchdog {
       }
       if (cv_.wait_until(l, deadline_) == std::cv_status::timeout && armed_ &&
           std::chrono::steady_clock::now() >= deadline_) {
-        flag_.store(true);
+        on_timeout_();
         armed_ = false;
       }
     }
   }
-  std::atomic<bool>& flag_;
   std::mutex m_;
   std::condition_variable cv_;
   bool armed_ = false, quit_ = false;
   std::chrono::steady_clock::time_point deadline_;
+  std::function<void()> on_timeout_;
   std::thread thread_;
 };
 
@@ -156,7 +164,7 @@ std::string Hex(uint64_t v) {
 }  // namespace
 
 struct BtRunner::Impl {
-  explicit Impl(GuestMemory m) : memory(std::move(m)), watchdog(stop) {}
+  explicit Impl(GuestMemory m) : memory(std::move(m)) {}
 
   GuestMemory memory;
   PioBus pio;
@@ -326,7 +334,11 @@ Outcome BtRunner::Run(std::span<const uint8_t> code, const native::MachineState&
   sigjmp_buf guard;
   if (sigsetjmp(guard, 1) == 0) {
     t_guard = &guard;
-    m.watchdog.Arm(std::chrono::milliseconds(1000));
+    BtEngine* e = engine.get();
+    m.watchdog.Arm(std::chrono::milliseconds(1000), [&m, e] {
+      m.stop.store(true);
+      e->Kick();
+    });
     exit = engine->Run(c);
     m.watchdog.Disarm();
     t_guard = nullptr;

@@ -107,6 +107,15 @@ TEST_P(BtRunnerTest, AgreesWithTheNativeRunner) {
   EXPECT_EQ(bt.state.gpr[1], 0xa5a5a5a5a5a5a5a5u);
 }
 
+TEST_P(BtRunnerTest, StopsAnEndlessLoop) {
+  // jmp $: the watchdog stops the engine after a second.
+  Outcome o = Run({0xeb, 0xfe});
+  ASSERT_EQ(o.kind, Outcome::kError);
+  EXPECT_NE(o.message.find("did not finish"), std::string::npos) << o.message;
+  // And the runner is usable afterwards.
+  EXPECT_EQ(Run({0x90}).kind, Outcome::kEnd);
+}
+
 INSTANTIATE_TEST_SUITE_P(Cpl, BtRunnerTest, ::testing::Values(0u, 3u),
                          [](const auto& info) { return "Cpl" + std::to_string(info.param); });
 

@@ -329,6 +329,28 @@ void Gen::InitialState(native::MachineState* s) {
   s->memory = {std::move(data), std::move(ro), std::move(stack)};
 }
 
+// Gives `op` a REX prefix that changes nothing (0x40: no W, R, X or B), as
+// raw bytes: the decoder and any re-encoding must see through it. Not for
+// ops with an 8-bit register (REX turns AH..BH into SPL..DIL), a
+// RIP-relative operand (the displacement would be off by one) or a target.
+void AddRedundantRex(Op* op) {
+  if (!op->raw.empty() || op->patch != Op::Patch::kNone) return;
+  for (unsigned k = 0; k < op->req.operand_count; ++k) {
+    const ZydisEncoderOperand& o = op->req.operands[k];
+    if (o.type == ZYDIS_OPERAND_TYPE_REGISTER && ZydisRegisterGetClass(o.reg.value) == ZYDIS_REGCLASS_GPR8) return;
+    if (o.type == ZYDIS_OPERAND_TYPE_MEMORY && o.mem.base == ZYDIS_REGISTER_RIP) return;
+  }
+  std::vector<uint8_t> b;
+  if (!EncodeAt(op->req, kCodeAddress, &b)) return;
+  size_t at = 0;
+  static constexpr uint8_t kLegacy[] = {0x66, 0x67, 0xf0, 0xf2, 0xf3, 0x2e, 0x36, 0x3e, 0x26, 0x64, 0x65};
+  while (at < b.size() && std::find(std::begin(kLegacy), std::end(kLegacy), b[at]) != std::end(kLegacy)) ++at;
+  if (at >= b.size() || (b[at] & 0xf0) == 0x40 || b[at] == 0xc4 || b[at] == 0xc5) return;  // REX or VEX already
+  b.insert(b.begin() + static_cast<long>(at), 0x40);
+  if (b.size() > ZYDIS_MAX_INSTRUCTION_LENGTH) return;
+  op->raw = std::move(b);
+}
+
 // True if `it` is sound: every op encodes, and only an item that says so
 // writes RSP (a branch may skip any other, and RSP must stay known).
 bool Encodes(const Item& it) {
@@ -370,6 +392,9 @@ Sequence Gen::Generate() {
       const uint64_t rsp = rsp_;
       built = Build(c, it) && Encodes(it);
       if (built) {
+        for (Op& op : it.ops) {
+          if (rng_.Chance(4)) AddRedundantRex(&op);
+        }
         seq.items.push_back(std::move(it));
       } else {
         rsp_ = rsp;

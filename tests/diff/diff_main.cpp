@@ -251,6 +251,12 @@ int Main(int argc, char** argv) {
   const auto t0 = std::chrono::steady_clock::now();
 
   for (uint64_t index = opt.start; index < opt.start + opt.count; ++index) {
+    if (index > opt.start && (index - opt.start) % 10000 == 0) {
+      // Progress for long runs, on stderr so that reports stay clean.
+      std::fprintf(stderr, "btvm_difftest: %" PRIu64 " sequences, %" PRIu64 " mismatches, %.0f s\n",
+                   index - opt.start, mismatches,
+                   std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    }
     const Sequence seq = opt.code.empty() ? Generate(gen, SequenceSeed(opt.seed, index))
                                           : FromCode(opt, gen);
     for (size_t c = 0; c < kCategoryCount; ++c) dropped[c] += seq.dropped.test(c);

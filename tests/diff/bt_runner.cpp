@@ -2,8 +2,8 @@
 
 #include "tests/diff/bt_runner.h"
 
-#include <signal.h>
 #include <setjmp.h>
+#include <signal.h>
 #include <ucontext.h>
 
 #include <atomic>
@@ -55,8 +55,7 @@ constexpr uint32_t kTssLimit = 0x67;
 
 // Page-table entry bits (SDM Vol. 3 §4.5). Leaves carry A and D already, so
 // the MMU never writes the tables.
-constexpr uint64_t kPteP = 1, kPteW = 2, kPteU = 4, kPteA = 0x20, kPteD = 0x40,
-                   kPteNx = 1ull << 63;
+constexpr uint64_t kPteP = 1, kPteW = 2, kPteU = 4, kPteA = 0x20, kPteD = 0x40, kPteNx = 1ull << 63;
 
 // FXSAVE image offsets (SDM Vol. 1 §10.5.1).
 constexpr size_t kFxFcw = 0, kFxMxcsr = 24, kFxMxcsrMask = 28, kFxXmm = 160;
@@ -225,10 +224,9 @@ struct BtRunner::Impl {
     }
     for (size_t i = 0; i < std::size(kGdtEntries); ++i) Put<uint64_t>(kGdt + 8 * i, kGdtEntries[i]);
     // The TSS descriptor: 16 bytes (SDM Vol. 3 §7.2.3).
-    const uint64_t tss_low = (kTssLimit & 0xffff) | ((kTss & 0xffffff) << 16) |
-                             (uint64_t{kTssAttrib & 0xff} << 40) |
-                             (uint64_t{(kTssLimit >> 16) & 0xf} << 48) |
-                             (((kTss >> 24) & 0xff) << 56);
+    const uint64_t tss_low =
+        (kTssLimit & 0xffff) | ((kTss & 0xffffff) << 16) | (uint64_t{kTssAttrib & 0xff} << 40) |
+        (uint64_t{(kTssLimit >> 16) & 0xf} << 48) | (((kTss >> 24) & 0xff) << 56);
     Put<uint64_t>(kGdt + kTssSel, tss_low);
     Put<uint64_t>(kGdt + kTssSel + 8, kTss >> 32);
     // TSS: RSP0 and IST1 at the top of the IST stack; no I/O bitmap.
@@ -369,8 +367,8 @@ Outcome BtRunner::Run(std::span<const uint8_t> code, const native::MachineState&
   for (size_t i = 0; i < initial.memory.size(); ++i) {
     const native::MemoryRegion& r = initial.memory[i];
     const uint8_t* p = m.Phys(region_phys[i], r.bytes.size());
-    s.memory.push_back(native::MemoryRegion{r.address, std::vector<uint8_t>(p, p + r.bytes.size()),
-                                            r.access});
+    s.memory.push_back(
+        native::MemoryRegion{r.address, std::vector<uint8_t>(p, p + r.bytes.size()), r.access});
   }
   if (exit.kind != EngineExit::kHalt) {
     static constexpr const char* kKinds[] = {"stop", "halt", "triple fault", "error"};
@@ -379,7 +377,8 @@ Outcome BtRunner::Run(std::span<const uint8_t> code, const native::MachineState&
   const uint64_t end = kCodeAddress + code.size();
   if (!user && c.rip == end + 1) return out;  // the final hlt
   const uint64_t h = c.rip - 1;
-  if (h < kHandlers || h >= kHandlers + kHandlerStride * kVectors || (h - kHandlers) % kHandlerStride) {
+  if (h < kHandlers || h >= kHandlers + kHandlerStride * kVectors ||
+      (h - kHandlers) % kHandlerStride) {
     return fail("bt engine halted at unexpected rip " + Hex(c.rip));
   }
   const unsigned vector = static_cast<unsigned>((h - kHandlers) / kHandlerStride);

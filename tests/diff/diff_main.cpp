@@ -86,8 +86,11 @@ bool ParseU64(const char* s, uint64_t* v) {
 bool ParseCode(std::string_view hex, std::vector<uint8_t>* out) {
   std::string digits;
   for (char c : hex) {
-    if (std::isxdigit(static_cast<unsigned char>(c))) digits += c;
-    else if (c != ' ' && c != ',') return false;
+    if (std::isxdigit(static_cast<unsigned char>(c))) {
+      digits += c;
+    } else if (c != ' ' && c != ',') {
+      return false;
+    }
   }
   if (digits.empty() || digits.size() % 2) return false;
   for (size_t i = 0; i < digits.size(); i += 2) {
@@ -97,8 +100,8 @@ bool ParseCode(std::string_view hex, std::vector<uint8_t>* out) {
 }
 
 bool ParseSettings(std::string_view list, std::vector<std::pair<int, uint64_t>>* out) {
-  static constexpr const char* kNames[] = {"rax", "rcx", "rdx", "rbx", "rsp", "rbp",
-                                           "rsi", "rdi", "r8",  "r9",  "r10", "r11",
+  static constexpr const char* kNames[] = {"rax", "rcx", "rdx", "rbx", "rsp",   "rbp",
+                                           "rsi", "rdi", "r8",  "r9",  "r10",   "r11",
                                            "r12", "r13", "r14", "r15", "rflags"};
   while (!list.empty()) {
     const size_t comma = list.find(',');
@@ -180,7 +183,8 @@ std::string CategoriesOf(const Sequence& s) {
   for (const Item& it : s.items) seen.set(static_cast<size_t>(it.category));
   std::string out;
   for (size_t c = 0; c < kCategoryCount; ++c) {
-    if (seen.test(c)) out += std::string(out.empty() ? "" : ",") + CategoryName(static_cast<Category>(c));
+    if (seen.test(c))
+      out += std::string(out.empty() ? "" : ",") + CategoryName(static_cast<Category>(c));
   }
   return out;
 }
@@ -257,8 +261,8 @@ int Main(int argc, char** argv) {
                    index - opt.start, mismatches,
                    std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     }
-    const Sequence seq = opt.code.empty() ? Generate(gen, SequenceSeed(opt.seed, index))
-                                          : FromCode(opt, gen);
+    const Sequence seq =
+        opt.code.empty() ? Generate(gen, SequenceSeed(opt.seed, index)) : FromCode(opt, gen);
     for (size_t c = 0; c < kCategoryCount; ++c) dropped[c] += seq.dropped.test(c);
     Outcome native;
     bool have_native = false;
@@ -303,7 +307,8 @@ int Main(int argc, char** argv) {
       if (!report) continue;
       std::string kinds;
       for (size_t k = 0; k < kDiffKindCount; ++k) {
-        if (m.cmp.kinds.test(k)) kinds += std::string(kinds.empty() ? "" : ",") + DiffKindName(static_cast<DiffKind>(k));
+        if (m.cmp.kinds.test(k))
+          kinds += std::string(kinds.empty() ? "" : ",") + DiffKindName(static_cast<DiffKind>(k));
       }
       std::printf("MISMATCH seed=%" PRIu64 " index=%" PRIu64 " cpl=%u [%s] categories %s\n",
                   opt.seed, index, cpl, kinds.c_str(), CategoriesOf(small).c_str());
@@ -322,8 +327,7 @@ int Main(int argc, char** argv) {
     }
   }
 
-  const double secs =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   std::printf("btvm_difftest: seed %" PRIu64 ", sequences %" PRIu64 "..%" PRIu64 ", %" PRIu64
               " runs (%" PRIu64 " ending in a fault), %" PRIu64 " mismatches, %" PRIu64
               " setup errors, %.1f s\n",
@@ -332,11 +336,13 @@ int Main(int argc, char** argv) {
   if (mismatches) {
     std::printf("  mismatches by kind:");
     for (size_t k = 0; k < kDiffKindCount; ++k) {
-      if (by_kind[k]) std::printf(" %s %" PRIu64, DiffKindName(static_cast<DiffKind>(k)), by_kind[k]);
+      if (by_kind[k])
+        std::printf(" %s %" PRIu64, DiffKindName(static_cast<DiffKind>(k)), by_kind[k]);
     }
     std::printf("\n  mismatches by category (of the sequence, minimized if reported):");
     for (size_t c = 0; c < kCategoryCount; ++c) {
-      if (by_category[c]) std::printf(" %s %" PRIu64, CategoryName(static_cast<Category>(c)), by_category[c]);
+      if (by_category[c])
+        std::printf(" %s %" PRIu64, CategoryName(static_cast<Category>(c)), by_category[c]);
     }
     std::printf("\n");
   }
@@ -354,4 +360,6 @@ int Main(int argc, char** argv) {
 }  // namespace
 }  // namespace btvm::diff
 
-int main(int argc, char** argv) { return btvm::diff::Main(argc, argv); }
+int main(int argc, char** argv) {
+  return btvm::diff::Main(argc, argv);
+}

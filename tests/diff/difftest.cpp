@@ -27,9 +27,8 @@ std::string FlagNames(uint64_t f) {
   static constexpr struct {
     uint64_t bit;
     const char* name;
-  } kNames[] = {{rflags::kCF, "CF"}, {rflags::kPF, "PF"}, {rflags::kAF, "AF"},
-                {rflags::kZF, "ZF"}, {rflags::kSF, "SF"}, {rflags::kOF, "OF"},
-                {rflags::kDF, "DF"}};
+  } kNames[] = {{rflags::kCF, "CF"}, {rflags::kPF, "PF"}, {rflags::kAF, "AF"}, {rflags::kZF, "ZF"},
+                {rflags::kSF, "SF"}, {rflags::kOF, "OF"}, {rflags::kDF, "DF"}};
   std::string s;
   for (const auto& n : kNames) {
     if (f & n.bit) s += std::string(s.empty() ? "" : " ") + n.name;
@@ -51,6 +50,7 @@ std::string XmmText(const uint8_t (&x)[16]) {
 }
 
 std::string OutcomeText(const Outcome& o) {
+  // clang-format off
   switch (o.kind) {
     case Outcome::kEnd: return "end";
     case Outcome::kError: return "error (" + o.message + ")";
@@ -61,6 +61,7 @@ std::string OutcomeText(const Outcome& o) {
       return s;
     }
   }
+  // clang-format on
   return "?";
 }
 
@@ -166,12 +167,11 @@ Comparison Compare(const Encoded& e, const Outcome& native, const Outcome& bt, u
     return c;
   }
   const uint32_t ec_mask = ErrorCodeMask(native.vector, cpl);
-  const bool same_outcome =
-      native.kind == bt.kind &&
-      (native.kind != Outcome::kFault ||
-       (native.vector == bt.vector && native.rip_offset == bt.rip_offset &&
-        (native.error_code & ec_mask) == (bt.error_code & ec_mask) &&
-        (native.vector != kPF || native.fault_address == bt.fault_address)));
+  const bool same_outcome = native.kind == bt.kind &&
+                            (native.kind != Outcome::kFault ||
+                             (native.vector == bt.vector && native.rip_offset == bt.rip_offset &&
+                              (native.error_code & ec_mask) == (bt.error_code & ec_mask) &&
+                              (native.vector != kPF || native.fault_address == bt.fault_address)));
   if (!same_outcome) {
     note(DiffKind::kOutcome, "outcome: native " + OutcomeText(native) + ", bt " + OutcomeText(bt));
     // The states stopped at different points: comparing them says little.
@@ -182,8 +182,8 @@ Comparison Compare(const Encoded& e, const Outcome& native, const Outcome& bt, u
   const native::MachineState& b = bt.state;
   for (int i = 0; i < 16; ++i) {
     if (a.gpr[i] != b.gpr[i]) {
-      note(DiffKind::kGpr, std::string(kGprNames[i]) + ": native " + Hex(a.gpr[i]) + ", bt " +
-                               Hex(b.gpr[i]));
+      note(DiffKind::kGpr,
+           std::string(kGprNames[i]) + ": native " + Hex(a.gpr[i]) + ", bt " + Hex(b.gpr[i]));
     }
   }
   const uint64_t stop = native.kind == Outcome::kEnd ? e.code.size() : native.rip_offset;
@@ -191,8 +191,8 @@ Comparison Compare(const Encoded& e, const Outcome& native, const Outcome& bt, u
   const uint64_t compared = (kArith & ~undefined) | rflags::kDF;
   if ((a.rflags & compared) != (b.rflags & compared)) {
     note(DiffKind::kFlags, "flags: native " + FlagNames(a.rflags & compared) + ", bt " +
-                               FlagNames(b.rflags & compared) + " (differ: " +
-                               FlagNames((a.rflags ^ b.rflags) & compared) +
+                               FlagNames(b.rflags & compared) +
+                               " (differ: " + FlagNames((a.rflags ^ b.rflags) & compared) +
                                "; undefined here: " + FlagNames(undefined) + ")");
   }
   for (int i = 0; i < 16; ++i) {
@@ -222,8 +222,8 @@ Comparison Compare(const Encoded& e, const Outcome& native, const Outcome& bt, u
           std::snprintf(h, sizeof h, "%02x", mb[k]);
           nb += h;
         }
-        note(DiffKind::kMemory, "memory " + Hex(a.memory[r].address + i) + ": native " + na +
-                                    ", bt " + nb);
+        note(DiffKind::kMemory,
+             "memory " + Hex(a.memory[r].address + i) + ": native " + na + ", bt " + nb);
       } else {
         c.kinds.set(static_cast<size_t>(DiffKind::kMemory));
       }
@@ -245,7 +245,7 @@ DiffTester::Run DiffTester::RunAt(const Sequence& seq, unsigned cpl, const Outco
 }
 
 Sequence DiffTester::Minimize(const Sequence& seq, unsigned cpl, const Outcome& native,
-                             DiffSet kinds) {
+                              DiffSet kinds) {
   auto still_differs = [&](const Sequence& s) {
     Run r = RunAt(s, cpl);
     return r.encoded && r.native.kind == native.kind &&

@@ -14,13 +14,13 @@
 
 namespace btvm::diff {
 
-#define BTVM_DIFF_KINDS(X)                                              \
+#define BTVM_DIFF_KINDS(X)                                                               \
   X(kOutcome, "outcome", "ended differently: end, vector, RIP, error code, #PF address") \
-  X(kGpr, "gpr", "general-purpose registers")                         \
-  X(kFlags, "flags", "defined arithmetic flags, DF")                  \
-  X(kXmm, "xmm", "XMM registers")                                     \
-  X(kMxcsr, "mxcsr", "MXCSR")                                         \
-  X(kMemory, "memory", "data memory")                                 \
+  X(kGpr, "gpr", "general-purpose registers")                                            \
+  X(kFlags, "flags", "defined arithmetic flags, DF")                                     \
+  X(kXmm, "xmm", "XMM registers")                                                        \
+  X(kMxcsr, "mxcsr", "MXCSR")                                                            \
+  X(kMemory, "memory", "data memory")                                                    \
   X(kBtError, "bt-error", "the engine stopped with an error, a host signal or a timeout")
 
 enum class DiffKind : uint8_t {

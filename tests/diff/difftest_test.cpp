@@ -93,8 +93,8 @@ TEST_P(BtRunnerTest, HarnessPagesAreSupervisorOnly) {
 TEST_P(BtRunnerTest, AgreesWithTheNativeRunner) {
   // add [rip+x], rbx ; mov rcx, [kReadOnlyAddress] ; movd xmm3, ecx
   std::vector<uint8_t> code = {0x48, 0x01, 0x1d, 0xf9, 0xff, 0xff, 0x0f,  // add [0x20000000], rbx
-                               0x48, 0x8b, 0x0c, 0x25, 0x00, 0x30, 0x00, 0x20,
-                               0x66, 0x0f, 0x6e, 0xd9};
+                               0x48, 0x8b, 0x0c, 0x25, 0x00, 0x30, 0x00,
+                               0x20, 0x66, 0x0f, 0x6e, 0xd9};
   const native::MachineState s = SmallState();
   Outcome native = RunNativeOutcome(code, s);
   ASSERT_EQ(native.kind, Outcome::kEnd) << native.message;

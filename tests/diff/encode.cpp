@@ -23,9 +23,8 @@ FlagEffect FlagEffectOf(const uint8_t* code, size_t length) {
   const ZydisMnemonic m = d.info.mnemonic;
   // rep cmps/scas with RCX = 0 compare nothing and write no flag.
   if (d.info.attributes & (ZYDIS_ATTRIB_HAS_REPE | ZYDIS_ATTRIB_HAS_REPNE)) e.defined = 0;
-  const bool shift = m == MN(SHL) || m == MN(SHR) || m == MN(SAR) ||
-                     m == MN(ROL) || m == MN(ROR) || m == MN(RCL) || m == MN(RCR) ||
-                     m == MN(SHLD) || m == MN(SHRD);
+  const bool shift = m == MN(SHL) || m == MN(SHR) || m == MN(SAR) || m == MN(ROL) || m == MN(ROR) ||
+                     m == MN(RCL) || m == MN(RCR) || m == MN(SHLD) || m == MN(SHRD);
   if (shift) {
     const ZydisDecodedOperand& count = d.operands[d.info.operand_count_visible - 1];
     const unsigned size = d.operands[0].size / 8;
@@ -83,7 +82,8 @@ bool Encode(const Sequence& seq, Encoded* out, std::string* error) {
         const ZydisEncoderRequest r = Patched(op, request(i, j), pc);
         std::vector<uint8_t> b;
         if (!EncodeAt(r, pc, &b)) {
-          if (error) *error = "item " + std::to_string(i) + " op " + std::to_string(j) + " does not encode";
+          if (error)
+            *error = "item " + std::to_string(i) + " op " + std::to_string(j) + " does not encode";
           return false;
         }
         pc += b.size();
@@ -128,19 +128,21 @@ bool Encode(const Sequence& seq, Encoded* out, std::string* error) {
               again = true;
               break;
             }
-            if (error) *error = "item " + std::to_string(i) + " op " + std::to_string(j) + " does not encode";
+            if (error)
+              *error =
+                  "item " + std::to_string(i) + " op " + std::to_string(j) + " does not encode";
             return false;
           }
         }
-        const uint64_t next = j + 1 < addr[i].size() ? addr[i][j + 1]
-                              : [&] {
-                                  for (size_t k = i + 1; k < seq.items.size(); ++k) {
-                                    if (!addr[k].empty()) return addr[k][0];
-                                  }
-                                  return end;
-                                }();
+        const uint64_t next = j + 1 < addr[i].size() ? addr[i][j + 1] : [&] {
+          for (size_t k = i + 1; k < seq.items.size(); ++k) {
+            if (!addr[k].empty()) return addr[k][0];
+          }
+          return end;
+        }();
         if (at + b.size() != next) {
-          if (error) *error = "item " + std::to_string(i) + " op " + std::to_string(j) + " changed length";
+          if (error)
+            *error = "item " + std::to_string(i) + " op " + std::to_string(j) + " changed length";
           return false;
         }
         insn.length = static_cast<uint8_t>(b.size());
@@ -168,8 +170,8 @@ std::string Disassemble(const Encoded& e) {
       std::snprintf(b, sizeof b, "%02x ", p[i]);
       hex += b;
     }
-    const bool ok = ZYAN_SUCCESS(ZydisDisassembleIntel(kMode, kCodeAddress + insn.offset, p,
-                                                       insn.length, &d));
+    const bool ok =
+        ZYAN_SUCCESS(ZydisDisassembleIntel(kMode, kCodeAddress + insn.offset, p, insn.length, &d));
     std::snprintf(line, sizeof line, "  %4llx: %-36s %s\n",
                   static_cast<unsigned long long>(insn.offset), hex.c_str(),
                   ok ? d.text : "(undecodable)");

@@ -52,6 +52,7 @@ bool Gen::Stack(Item& it) {
     // RSP arithmetic, as prologues and epilogues do it.
     const int64_t delta = 8 * rng_.Int(-6, 6);
     if (!StackFits(delta)) return false;
+    // clang-format off
     switch (rng_.Below(3)) {
       case 0:
         it.ops.push_back(MakeOp(Req(delta < 0 ? MN(SUB) : MN(ADD),
@@ -80,6 +81,7 @@ bool Gen::Stack(Item& it) {
         break;
       }
     }
+    // clang-format on
     rsp_ += static_cast<uint64_t>(delta);
     return true;
   }
@@ -220,7 +222,8 @@ bool Gen::Stack16(Item& it) {
       return true;
     default:
       if (!StackFits(-2)) return false;
-      it.ops.push_back(RawOp({0x66, 0x6a, static_cast<uint8_t>(rng_.Bits())}));  // push imm8 (16-bit)
+      it.ops.push_back(
+          RawOp({0x66, 0x6a, static_cast<uint8_t>(rng_.Bits())}));  // push imm8 (16-bit)
       rsp_ -= 2;
       return true;
   }
@@ -362,6 +365,7 @@ bool Gen::String(Item& it) {
 }
 
 bool Gen::Flags(Item& it) {
+  // clang-format off
   switch (rng_.Below(6)) {
     case 0: {
       static constexpr ZydisMnemonic kMs[] = {MN(CLC), MN(STC), MN(CMC), MN(CLD), MN(STD)};
@@ -416,6 +420,7 @@ bool Gen::Flags(Item& it) {
       it.ops.push_back(MakeOp(Req(rng_.Pick(kSets), {RegOp(PickReg(1, true))})));
       return true;
   }
+  // clang-format on
 }
 
 }  // namespace btvm::diff::gen

@@ -9,6 +9,7 @@ bool Gen::Fault(Item& it) {
   // The last item of a sequence: everything after a fault is dead. Both
   // sides must agree on the vector, the faulting RIP and the state there.
   // Only instructions that write no flag fault here (see FaultFlags).
+  // clang-format off
   switch (rng_.Below(9)) {
     case 0:
     case 1: {  // #PF: load or store in the unmapped page
@@ -74,6 +75,7 @@ bool Gen::Fault(Item& it) {
       it.ops.push_back(RawOp({0xcc}));
       return true;
   }
+  // clang-format on
 }
 
 bool Gen::FaultFlags(Item& it) {
@@ -81,6 +83,7 @@ bool Gen::FaultFlags(Item& it) {
   // must hold the flags from before it (SDM Vol. 3 §6.5: a fault leaves the
   // state as before the instruction), though the instruction would have
   // overwritten them.
+  // clang-format off
   switch (rng_.Below(5)) {
     case 0: {  // #DE: divide by zero
       const unsigned size = PickSize(kAll);
@@ -127,6 +130,7 @@ bool Gen::FaultFlags(Item& it) {
       }
     }
   }
+  // clang-format on
 }
 
 bool Gen::FaultSs(Item& it) {
@@ -179,7 +183,8 @@ bool Gen::HostFault(Item& it) {
   it.ops.push_back(MakeOp(Req(MN(MOVQ), {RegOp(Xmm(1)), RegOp(ZYDIS_REGISTER_RAX)})));
   it.ops.push_back(MovImm(kRax, 0));
   it.ops.push_back(MakeOp(Req(MN(MOVQ), {RegOp(Xmm(2)), RegOp(ZYDIS_REGISTER_RAX)})));
-  it.ops.push_back(MakeOp(Req(rng_.Chance(50) ? MN(DIVSD) : MN(DIVPD), {RegOp(Xmm(1)), RegOp(Xmm(2))})));
+  it.ops.push_back(
+      MakeOp(Req(rng_.Chance(50) ? MN(DIVSD) : MN(DIVPD), {RegOp(Xmm(1)), RegOp(Xmm(2))})));
   return true;
 }
 

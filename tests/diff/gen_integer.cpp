@@ -39,8 +39,12 @@ bool KeepsFlags(ZydisMnemonic m, unsigned size, unsigned count) {
   return false;
 }
 
-bool Gen::Shift(Item& it) { return ShiftWith(it, false); }
-bool Gen::Shift0(Item& it) { return ShiftWith(it, true); }
+bool Gen::Shift(Item& it) {
+  return ShiftWith(it, false);
+}
+bool Gen::Shift0(Item& it) {
+  return ShiftWith(it, true);
+}
 
 bool Gen::ShiftWith(Item& it, bool keeps_flags) {
   // `keeps_flags`: only counts after which no flag changes (category
@@ -102,7 +106,8 @@ bool Gen::MulDiv(Item& it) {
     ZydisEncoderRequest div = Req(is_signed ? MN(IDIV) : MN(DIV), {divisor}, pfx);
     div.address_size_hint = hint;
     if (!is_signed) {
-      pre.push_back(size == 1 ? MakeOp(Req(MN(MOV), {RegOp(ZYDIS_REGISTER_AH), ImmOp(SignExtend(rng_.Below(d), 1))}))
+      pre.push_back(size == 1 ? MakeOp(Req(MN(MOV), {RegOp(ZYDIS_REGISTER_AH),
+                                                     ImmOp(SignExtend(rng_.Below(d), 1))}))
                               : MovImm(kRdx, size, rng_.Below(d)));
     } else {
       static constexpr ZydisMnemonic kExt[] = {MN(CBW), MN(CWD), MN(CDQ), MN(CQO)};
@@ -118,7 +123,8 @@ bool Gen::MulDiv(Item& it) {
     pre.push_back(MakeOp(Req(MN(MOV), {divisor, ImmOp(SignExtend(d, 1))})));
   }
   if (!is_signed) {
-    pre.push_back(size == 1 ? MakeOp(Req(MN(MOV), {RegOp(ZYDIS_REGISTER_AH), ImmOp(SignExtend(rng_.Below(d), 1))}))
+    pre.push_back(size == 1 ? MakeOp(Req(MN(MOV), {RegOp(ZYDIS_REGISTER_AH),
+                                                   ImmOp(SignExtend(rng_.Below(d), 1))}))
                             : MovImm(kRdx, size, rng_.Below(d)));
   } else {
     static constexpr ZydisMnemonic kExt[] = {MN(CBW), MN(CWD), MN(CDQ), MN(CQO)};
@@ -154,7 +160,9 @@ bool Gen::BtMem(Item& it, bool r15) {
   return true;
 }
 
-bool Gen::BtMemR15(Item& it) { return BtMem(it, true); }
+bool Gen::BtMemR15(Item& it) {
+  return BtMem(it, true);
+}
 
 bool Gen::Bits(Item& it) {
   const unsigned roll = static_cast<unsigned>(rng_.Below(100));
@@ -201,8 +209,8 @@ bool Gen::Xchg(Item& it) {
     if (!InsnFromRow(tmp, MN(CMPXCHG), "Rr Mr", size, o)) return false;
     Op& x = tmp.ops.back();
     if (rng_.Chance(50)) {
-      ZydisEncoderRequest load = Req(MN(MOV), {RegOp(Gpr(kRax, size)), x.req.operands[0]},
-                                     x.req.prefixes);
+      ZydisEncoderRequest load =
+          Req(MN(MOV), {RegOp(Gpr(kRax, size)), x.req.operands[0]}, x.req.prefixes);
       load.address_size_hint = x.req.address_size_hint;
       std::vector<uint8_t> probe;
       if (!EncodeAt(load, kCodeAddress, &probe)) return false;
@@ -255,7 +263,9 @@ bool Gen::Lock(Item& it) {
     return Insn(it, rng_.Pick(kUn), "M", size, o);
   }
   // xadd writes its register operand; cmpxchg only reads it.
-  if (roll < 70) return rng_.Chance(50) ? Insn(it, MN(XADD), "MR", size, o) : Insn(it, MN(CMPXCHG), "Mr", size, o);
+  if (roll < 70)
+    return rng_.Chance(50) ? Insn(it, MN(XADD), "MR", size, o)
+                           : Insn(it, MN(CMPXCHG), "Mr", size, o);
   if (roll < 85) {
     static constexpr ZydisMnemonic kBt[] = {MN(BTS), MN(BTR), MN(BTC)};
     size = PickSize(kWide);
@@ -290,8 +300,7 @@ bool Gen::Movx(Item& it) {
   o.mem_size = src;
   if (rng_.Chance(50)) {
     // Register source.
-    ZydisEncoderRequest r =
-        Req(m, {RegOp(PickReg(dst, true)), RegOp(PickReg(src, false))});
+    ZydisEncoderRequest r = Req(m, {RegOp(PickReg(dst, true)), RegOp(PickReg(src, false))});
     std::vector<uint8_t> probe;
     if (!EncodeAt(r, kCodeAddress, &probe)) return false;
     it.ops.push_back(MakeOp(r));

@@ -25,7 +25,9 @@ namespace btvm::diff::gen {
 
 inline constexpr ZydisMachineMode kMode = ZYDIS_MACHINE_MODE_LONG_64;
 inline constexpr int kRax = 0, kRcx = 1, kRdx = 2, kRbx = 3, kRsp = 4, kRbp = 5, kRsi = 6, kRdi = 7;
-constexpr uint32_t Bit(int reg) { return 1u << reg; }
+constexpr uint32_t Bit(int reg) {
+  return 1u << reg;
+}
 
 // ---------------------------------------------------------------------------
 // Randomness: only the engine's raw output, so a seed means the same
@@ -38,7 +40,9 @@ inline uint64_t SplitMix(uint64_t x) {
   return x ^ (x >> 31);
 }
 
-inline uint64_t Mask(unsigned bytes) { return bytes >= 8 ? ~0ull : (1ull << (8 * bytes)) - 1; }
+inline uint64_t Mask(unsigned bytes) {
+  return bytes >= 8 ? ~0ull : (1ull << (8 * bytes)) - 1;
+}
 inline int64_t SignExtend(uint64_t v, unsigned bytes) {
   if (bytes >= 8) return static_cast<int64_t>(v);
   const unsigned shift = 64 - 8 * bytes;
@@ -50,7 +54,9 @@ class Rng {
   explicit Rng(uint64_t seed) : g_(seed) {}
   uint64_t Bits() { return g_(); }
   uint64_t Below(uint64_t n) { return n == 0 ? 0 : g_() % n; }
-  int Int(int lo, int hi) { return lo + static_cast<int>(Below(static_cast<uint64_t>(hi - lo) + 1)); }
+  int Int(int lo, int hi) {
+    return lo + static_cast<int>(Below(static_cast<uint64_t>(hi - lo) + 1));
+  }
   bool Chance(unsigned percent) { return Below(100) < percent; }
   template <typename T, size_t N>
   const T& Pick(const T (&a)[N]) {
@@ -66,6 +72,7 @@ class Rng {
     const unsigned bits = 8 * bytes;
     const uint64_t sign = 1ull << (bits - 1);
     uint64_t v;
+    // clang-format off
     switch (Below(14)) {
       case 0: v = 0; break;
       case 1: v = 1; break;
@@ -80,6 +87,7 @@ class Rng {
       case 10: v = Bits() & Bits(); break;  // few bits set
       default: v = Bits(); break;
     }
+    // clang-format on
     return v & Mask(bytes);
   }
 
@@ -91,6 +99,7 @@ class Rng {
 // Registers and encoder operands.
 
 inline ZydisRegister Gpr(int index, unsigned bytes) {
+  // clang-format off
   switch (bytes) {
     case 1:
       return static_cast<ZydisRegister>(index < 4 ? ZYDIS_REGISTER_AL + index
@@ -99,9 +108,14 @@ inline ZydisRegister Gpr(int index, unsigned bytes) {
     case 4: return static_cast<ZydisRegister>(ZYDIS_REGISTER_EAX + index);
     default: return static_cast<ZydisRegister>(ZYDIS_REGISTER_RAX + index);
   }
+  // clang-format on
 }
-inline ZydisRegister High8(int index) { return static_cast<ZydisRegister>(ZYDIS_REGISTER_AH + index); }
-inline ZydisRegister Xmm(int index) { return static_cast<ZydisRegister>(ZYDIS_REGISTER_XMM0 + index); }
+inline ZydisRegister High8(int index) {
+  return static_cast<ZydisRegister>(ZYDIS_REGISTER_AH + index);
+}
+inline ZydisRegister Xmm(int index) {
+  return static_cast<ZydisRegister>(ZYDIS_REGISTER_XMM0 + index);
+}
 
 inline ZydisEncoderOperand RegOp(ZydisRegister r) {
   ZydisEncoderOperand o{};
@@ -117,7 +131,7 @@ inline ZydisEncoderOperand ImmOp(int64_t v) {
 }
 
 inline ZydisEncoderRequest Req(ZydisMnemonic m, std::initializer_list<ZydisEncoderOperand> ops,
-                        ZydisInstructionAttributes prefixes = 0) {
+                               ZydisInstructionAttributes prefixes = 0) {
   ZydisEncoderRequest r;
   std::memset(&r, 0, sizeof(r));
   r.machine_mode = kMode;
@@ -140,6 +154,7 @@ inline bool EncodeAt(const ZydisEncoderRequest& req, uint64_t address, std::vect
 
 // `r` with the op's target address written where the op wants it.
 inline ZydisEncoderRequest Patched(const Op& op, ZydisEncoderRequest r, uint64_t target) {
+  // clang-format off
   switch (op.patch) {
     case Op::Patch::kNone: break;
     case Op::Patch::kBranch: r.operands[0].imm.u = target; break;
@@ -152,6 +167,7 @@ inline ZydisEncoderRequest Patched(const Op& op, ZydisEncoderRequest r, uint64_t
       }
       break;
   }
+  // clang-format on
   return r;
 }
 
@@ -202,7 +218,10 @@ inline constexpr IntRow kAluRows[] = {
     {MN(TEST), "rr ri mr mi", kAll},   {MN(MOV), "Rr Ri Rm Mr Mi", kAll},
 };
 inline constexpr IntRow kUnaryRows[] = {
-    {MN(INC), "R M", kAll}, {MN(DEC), "R M", kAll}, {MN(NEG), "R M", kAll}, {MN(NOT), "R M", kAll},
+    {MN(INC), "R M", kAll},
+    {MN(DEC), "R M", kAll},
+    {MN(NEG), "R M", kAll},
+    {MN(NOT), "R M", kAll},
 };
 inline constexpr IntRow kShiftRows[] = {
     {MN(SHL), "R1 Rk Rc M1 Mk Mc", kAll}, {MN(SHR), "R1 Rk Rc M1 Mk Mc", kAll},
@@ -212,18 +231,20 @@ inline constexpr IntRow kShiftRows[] = {
     {MN(SHRD), "Rrk Rrc Mrk Mrc", kWide},
 };
 inline constexpr IntRow kMulRows[] = {
-    {MN(MUL), "r m", kAll},     {MN(IMUL), "r m", kAll},
-    {MN(IMUL), "Rr Rm", kWide}, {MN(IMUL), "Rri Rmi", kWide},
+    {MN(MUL), "r m", kAll},
+    {MN(IMUL), "r m", kAll},
+    {MN(IMUL), "Rr Rm", kWide},
+    {MN(IMUL), "Rri Rmi", kWide},
 };
 inline constexpr IntRow kBitRows[] = {
-    {MN(BT), "rr rk mk", kWide},   {MN(BTS), "Rr Rk Mk", kWide}, {MN(BTR), "Rr Rk Mk", kWide},
-    {MN(BTC), "Rr Rk Mk", kWide},  {MN(BSF), "Rr Rm", kWide},    {MN(BSR), "Rr Rm", kWide},
+    {MN(BT), "rr rk mk", kWide},  {MN(BTS), "Rr Rk Mk", kWide}, {MN(BTR), "Rr Rk Mk", kWide},
+    {MN(BTC), "Rr Rk Mk", kWide}, {MN(BSF), "Rr Rm", kWide},    {MN(BSR), "Rr Rm", kWide},
     {MN(BSWAP), "R", 4 | 8},
 };
 inline constexpr ZydisMnemonic kCmovs[] = {
-    MN(CMOVB),  MN(CMOVBE), MN(CMOVL),  MN(CMOVLE), MN(CMOVNB), MN(CMOVNBE),
+    MN(CMOVB),  MN(CMOVBE),  MN(CMOVL),  MN(CMOVLE), MN(CMOVNB), MN(CMOVNBE),
     MN(CMOVNL), MN(CMOVNLE), MN(CMOVNO), MN(CMOVNP), MN(CMOVNS), MN(CMOVNZ),
-    MN(CMOVO),  MN(CMOVP),  MN(CMOVS),  MN(CMOVZ),
+    MN(CMOVO),  MN(CMOVP),   MN(CMOVS),  MN(CMOVZ),
 };
 inline constexpr ZydisMnemonic kSets[] = {
     MN(SETB),  MN(SETBE), MN(SETL),  MN(SETLE), MN(SETNB), MN(SETNBE), MN(SETNL), MN(SETNLE),
@@ -233,7 +254,8 @@ inline constexpr ZydisMnemonic kJccs[] = {
     MN(JB),  MN(JBE), MN(JL),  MN(JLE), MN(JNB), MN(JNBE), MN(JNL), MN(JNLE),
     MN(JNO), MN(JNP), MN(JNS), MN(JNZ), MN(JO),  MN(JP),   MN(JS),  MN(JZ),
 };
-inline constexpr ZydisMnemonic kLockAlu[] = {MN(ADD), MN(OR), MN(ADC), MN(SBB), MN(AND), MN(SUB), MN(XOR)};
+inline constexpr ZydisMnemonic kLockAlu[] = {MN(ADD), MN(OR),  MN(ADC), MN(SBB),
+                                             MN(AND), MN(SUB), MN(XOR)};
 
 // SSE rows: operand forms as above; `mem` is the memory operand's size and
 // `align` the alignment it needs (16 for the legacy m128 forms, SDM Vol. 1
@@ -252,19 +274,17 @@ struct SseRow {
   Feature feature = Feature::kSse2;
 };
 
-
-
 enum class Region : uint8_t { kData, kStack, kReadOnly };
 
 struct MemOptions {
-  unsigned align = 1;        // the effective address is a multiple of this
-  bool write = false;        // read-only memory is never the target
-  bool allow_cross = true;   // may straddle the page boundary inside the data region
-  unsigned margin = 0;       // keep this many bytes away from the region's edges
-  uint32_t reserved = 0;     // registers address setup must not change
-  bool allow_rsp = true;     // [rsp + ...] forms allowed (for the stack region)
-  uint64_t rsp = 0;          // RSP when the address is computed
-  bool force_ea = false;     // use `ea` as given (faults)
+  unsigned align = 1;       // the effective address is a multiple of this
+  bool write = false;       // read-only memory is never the target
+  bool allow_cross = true;  // may straddle the page boundary inside the data region
+  unsigned margin = 0;      // keep this many bytes away from the region's edges
+  uint32_t reserved = 0;    // registers address setup must not change
+  bool allow_rsp = true;    // [rsp + ...] forms allowed (for the stack region)
+  uint64_t rsp = 0;         // RSP when the address is computed
+  bool force_ea = false;    // use `ea` as given (faults)
   uint64_t ea = 0;
 };
 
@@ -272,9 +292,9 @@ struct InsnOptions {
   ZydisInstructionAttributes prefixes = 0;
   unsigned mem_size = 0;  // 0: the operand size
   MemOptions mem;
-  int imm_bytes = 0;      // 0: the operand size (imm32 at most)
-  int count = -1;         // the `k` immediate (-1: random)
-  int cl = -1;            // with a `c` operand: load CL with this first (-1: leave CL)
+  int imm_bytes = 0;  // 0: the operand size (imm32 at most)
+  int count = -1;     // the `k` immediate (-1: random)
+  int cl = -1;        // with a `c` operand: load CL with this first (-1: leave CL)
 };
 
 class Gen {
@@ -323,10 +343,8 @@ class Gen {
   // instruction. `size` is the GPR/memory operand size; SSE forms use
   // `mem_size` for memory. Returns false when the combination does not
   // encode (e.g. AH with a REX register): the caller retries.
-  bool Insn(Item& it, ZydisMnemonic m, std::string_view form, unsigned size,
-            InsnOptions o = {});
-  bool InsnFromRow(Item& it, ZydisMnemonic m, const char* forms, unsigned size,
-                   InsnOptions o = {});
+  bool Insn(Item& it, ZydisMnemonic m, std::string_view form, unsigned size, InsnOptions o = {});
+  bool InsnFromRow(Item& it, ZydisMnemonic m, const char* forms, unsigned size, InsnOptions o = {});
 
   // Picks a target address in a region and builds a memory operand for it,
   // appending the register loads it needs to `setup`.
@@ -368,7 +386,8 @@ class Gen {
     return SignExtend(rng_.Value(b), b);
   }
   uint8_t ShiftCount() {
-    static constexpr uint8_t kCounts[] = {0, 1, 2, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 255};
+    static constexpr uint8_t kCounts[] = {0,  1,  2,  7,  8,  9,  15, 16,
+                                          17, 31, 32, 33, 63, 64, 65, 255};
     return rng_.Chance(70) ? rng_.Pick(kCounts) : static_cast<uint8_t>(rng_.Bits());
   }
   Op MovImm(int reg, uint64_t value) {
@@ -384,11 +403,13 @@ class Gen {
     return next >= static_cast<int64_t>(kStackLow) && next <= static_cast<int64_t>(kStackHigh);
   }
   bool HasFeature(Feature f) const {
+    // clang-format off
     switch (f) {
       case Feature::kSse2: return true;
       case Feature::kSsse3: return cfg_.host.ssse3;
       case Feature::kSse41: return cfg_.host.sse41;
     }
+    // clang-format on
     return false;
   }
   bool SseFromRows(Item& it, std::span<const SseRow> rows);

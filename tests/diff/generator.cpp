@@ -16,11 +16,12 @@ namespace gen {
 bool Gen::Build(Category c, Item& it) {
   // In the order of BTVM_DIFF_CATEGORIES.
   static constexpr Builder kBuilders[] = {
-      &Gen::Alu,     &Gen::Unary,  &Gen::Shift,    &Gen::MulDiv, &Gen::Bits,   &Gen::Cmov,
-      &Gen::Xchg,    &Gen::Lock,   &Gen::Movx,     &Gen::Lea,    &Gen::Mem,    &Gen::Stack,
-      &Gen::Branch,  &Gen::String, &Gen::Flags,    &Gen::Sse,    &Gen::SseFp,  &Gen::Fault,
-      &Gen::HostFault, &Gen::Shift0, &Gen::Enter,  &Gen::Xlat,   &Gen::Stack16, &Gen::Branch32,
-      &Gen::BtMemR15, &Gen::FaultFlags, &Gen::FaultSs, &Gen::FaultSplit,
+      &Gen::Alu,        &Gen::Unary,   &Gen::Shift,      &Gen::MulDiv,    &Gen::Bits,
+      &Gen::Cmov,       &Gen::Xchg,    &Gen::Lock,       &Gen::Movx,      &Gen::Lea,
+      &Gen::Mem,        &Gen::Stack,   &Gen::Branch,     &Gen::String,    &Gen::Flags,
+      &Gen::Sse,        &Gen::SseFp,   &Gen::Fault,      &Gen::HostFault, &Gen::Shift0,
+      &Gen::Enter,      &Gen::Xlat,    &Gen::Stack16,    &Gen::Branch32,  &Gen::BtMemR15,
+      &Gen::FaultFlags, &Gen::FaultSs, &Gen::FaultSplit,
   };
   static_assert(std::size(kBuilders) == kCategoryCount, "one builder per category");
   it.category = c;
@@ -61,12 +62,14 @@ ZydisEncoderOperand Gen::Address(uint64_t ea, unsigned size, const MemOptions& o
   const uint32_t busy = o.reserved | Bit(kRsp);
   static constexpr uint8_t kScales[] = {1, 2, 4, 8};
   auto pick_disp = [&]() -> int64_t {
+    // clang-format off
     switch (rng_.Below(4)) {
       case 0: return 0;
       case 1: return SignExtend(rng_.Bits(), 1);
       case 2: return SignExtend(rng_.Bits(), 2);
       default: return SignExtend(rng_.Bits(), 4);
     }
+    // clang-format on
   };
   const bool in_stack = ea >= kStackAddress && ea < kStackAddress + kStackSize;
   const unsigned roll = static_cast<unsigned>(rng_.Below(100));
@@ -167,11 +170,13 @@ ZydisEncoderOperand Gen::RandomAgen(ZydisAddressSizeHint* hint) {
   if (op.mem.base == ZYDIS_REGISTER_NONE && op.mem.index == ZYDIS_REGISTER_NONE) {
     op.mem.base = Gpr(PickGpr(0), bytes);
   }
+  // clang-format off
   switch (rng_.Below(3)) {
     case 0: break;
     case 1: op.mem.displacement = SignExtend(rng_.Bits(), 1); break;
     default: op.mem.displacement = SignExtend(rng_.Bits(), 4); break;
   }
+  // clang-format on
   return op;
 }
 
@@ -181,6 +186,7 @@ bool Gen::Insn(Item& it, ZydisMnemonic m, std::string_view form, unsigned size, 
   for (size_t i = 0; i < form.size(); ++i) {
     const char k = form[i];
     ZydisEncoderOperand op{};
+    // clang-format off
     switch (k) {
       case 'R': op = RegOp(PickReg(size, true)); break;
       case 'r': op = RegOp(PickReg(size, false)); break;
@@ -209,6 +215,7 @@ bool Gen::Insn(Item& it, ZydisMnemonic m, std::string_view form, unsigned size, 
       }
       default: return false;
     }
+    // clang-format on
     req.operands[req.operand_count++] = op;
   }
   // A CL count, loaded after the address (which avoids RCX).
@@ -265,8 +272,8 @@ uint64_t Gen::DefineReadFlags(Item& it, uint64_t undefined, std::vector<uint64_t
     undefined = (undefined & ~e.defined) | e.undefined;
     const Op& op = it.ops[j];
     if (op.skip_items >= 0) {
-      const size_t last = std::min(index + 1 + static_cast<size_t>(op.skip_items),
-                                   undefined_at->size() - 1);
+      const size_t last =
+          std::min(index + 1 + static_cast<size_t>(op.skip_items), undefined_at->size() - 1);
       for (size_t t = index + 1; t <= last; ++t) (*undefined_at)[t] |= undefined;
     }
   }
@@ -337,15 +344,21 @@ void AddRedundantRex(Op* op) {
   if (!op->raw.empty() || op->patch != Op::Patch::kNone) return;
   for (unsigned k = 0; k < op->req.operand_count; ++k) {
     const ZydisEncoderOperand& o = op->req.operands[k];
-    if (o.type == ZYDIS_OPERAND_TYPE_REGISTER && ZydisRegisterGetClass(o.reg.value) == ZYDIS_REGCLASS_GPR8) return;
+    if (o.type == ZYDIS_OPERAND_TYPE_REGISTER &&
+        ZydisRegisterGetClass(o.reg.value) == ZYDIS_REGCLASS_GPR8)
+      return;
     if (o.type == ZYDIS_OPERAND_TYPE_MEMORY && o.mem.base == ZYDIS_REGISTER_RIP) return;
   }
   std::vector<uint8_t> b;
   if (!EncodeAt(op->req, kCodeAddress, &b)) return;
   size_t at = 0;
-  static constexpr uint8_t kLegacy[] = {0x66, 0x67, 0xf0, 0xf2, 0xf3, 0x2e, 0x36, 0x3e, 0x26, 0x64, 0x65};
-  while (at < b.size() && std::find(std::begin(kLegacy), std::end(kLegacy), b[at]) != std::end(kLegacy)) ++at;
-  if (at >= b.size() || (b[at] & 0xf0) == 0x40 || b[at] == 0xc4 || b[at] == 0xc5) return;  // REX or VEX already
+  static constexpr uint8_t kLegacy[] = {0x66, 0x67, 0xf0, 0xf2, 0xf3, 0x2e,
+                                        0x36, 0x3e, 0x26, 0x64, 0x65};
+  while (at < b.size() &&
+         std::find(std::begin(kLegacy), std::end(kLegacy), b[at]) != std::end(kLegacy))
+    ++at;
+  if (at >= b.size() || (b[at] & 0xf0) == 0x40 || b[at] == 0xc4 || b[at] == 0xc5)
+    return;  // REX or VEX already
   b.insert(b.begin() + static_cast<long>(at), 0x40);
   if (b.size() > ZYDIS_MAX_INSTRUCTION_LENGTH) return;
   op->raw = std::move(b);
@@ -493,7 +506,9 @@ HostFeatures HostFeatures::Detect() {
   return f;
 }
 
-uint64_t SequenceSeed(uint64_t seed, uint64_t index) { return SplitMix(seed ^ SplitMix(index)); }
+uint64_t SequenceSeed(uint64_t seed, uint64_t index) {
+  return SplitMix(seed ^ SplitMix(index));
+}
 
 Sequence Generate(const GeneratorConfig& config, uint64_t seed) {
   return Gen(config, seed).Generate();

@@ -31,12 +31,12 @@ namespace btvm::diff {
 // virtual addresses on both sides, so RIP-relative and absolute operands,
 // pushed return addresses and fault addresses agree.
 inline constexpr uint64_t kCodeAddress = native::kDefaultCodeAddress;  // 0x10000000
-inline constexpr uint64_t kDataAddress = 0x20000000;      // read-write, two pages
+inline constexpr uint64_t kDataAddress = 0x20000000;                   // read-write, two pages
 inline constexpr uint64_t kDataSize = 0x2000;
 inline constexpr uint64_t kUnmappedAddress = 0x20002000;  // never mapped: #PF
 inline constexpr uint64_t kReadOnlyAddress = 0x20003000;  // one read-only page
 inline constexpr uint64_t kReadOnlySize = 0x1000;
-inline constexpr uint64_t kStackAddress = 0x30000000;     // one page for push/pop
+inline constexpr uint64_t kStackAddress = 0x30000000;  // one page for push/pop
 inline constexpr uint64_t kStackSize = 0x1000;
 inline constexpr uint64_t kStackStart = kStackAddress + 0x800;  // RSP at entry
 // RSP stays inside [kStackLow, kStackHigh] wherever the generator knows it.
@@ -47,34 +47,34 @@ inline constexpr uint64_t kStackHigh = kStackAddress + 0xf00;
 // those marked final end a sequence (everything after a fault is dead). The
 // categories from kShift0 on fail on the current translator (tests/diff/
 // README.md): they are opt-in, so that the default mix must pass.
-#define BTVM_DIFF_CATEGORIES(X)                                                       \
-  X(kAlu, "alu", false, "add/or/adc/sbb/and/sub/xor/cmp/test/mov, adcx/adox")         \
-  X(kUnary, "unary", false, "inc/dec/neg/not")                                        \
-  X(kShift, "shift", false, "shl/shr/sar/rol/ror/rcl/rcr by 1, imm, cl; shld/shrd")  \
-  X(kMulDiv, "muldiv", false, "mul, imul (1, 2, 3 operands), div, idiv without #DE")  \
-  X(kBits, "bits", false, "bt/bts/btr/btc, bsf/bsr, tzcnt/lzcnt/popcnt, bswap")      \
-  X(kCmov, "cmov", false, "cmovcc, setcc")                                            \
-  X(kXchg, "xchg", false, "xchg, xadd, cmpxchg, cmpxchg8b/16b")                       \
-  X(kLock, "lock", false, "lock-prefixed read-modify-write on memory")                \
-  X(kMovx, "movx", false, "movzx/movsx/movsxd, cbw/cwde/cdqe/cwd/cdq/cqo")            \
-  X(kLea, "lea", false, "lea, nop and prefetch with random addressing modes")         \
+#define BTVM_DIFF_CATEGORIES(X)                                                          \
+  X(kAlu, "alu", false, "add/or/adc/sbb/and/sub/xor/cmp/test/mov, adcx/adox")            \
+  X(kUnary, "unary", false, "inc/dec/neg/not")                                           \
+  X(kShift, "shift", false, "shl/shr/sar/rol/ror/rcl/rcr by 1, imm, cl; shld/shrd")      \
+  X(kMulDiv, "muldiv", false, "mul, imul (1, 2, 3 operands), div, idiv without #DE")     \
+  X(kBits, "bits", false, "bt/bts/btr/btc, bsf/bsr, tzcnt/lzcnt/popcnt, bswap")          \
+  X(kCmov, "cmov", false, "cmovcc, setcc")                                               \
+  X(kXchg, "xchg", false, "xchg, xadd, cmpxchg, cmpxchg8b/16b")                          \
+  X(kLock, "lock", false, "lock-prefixed read-modify-write on memory")                   \
+  X(kMovx, "movx", false, "movzx/movsx/movsxd, cbw/cwde/cdqe/cwd/cdq/cqo")               \
+  X(kLea, "lea", false, "lea, nop and prefetch with random addressing modes")            \
   X(kMem, "mem", false, "loads/stores in every addressing mode, movnti, movbe, clflush") \
-  X(kStack, "stack", false, "push/pop, call/ret, rsp arithmetic, leave")              \
-  X(kBranch, "branch", false, "forward jcc/jmp/jrcxz/loop/indirect jmp")              \
-  X(kString, "string", false, "movs/stos/lods/cmps/scas, rep/repe/repne, both DF")    \
-  X(kFlags, "flags", false, "clc/stc/cmc/cld/std, lahf/sahf, pushfq/popfq")          \
-  X(kSse, "sse", false, "SSE/SSE2/SSSE3/SSE4.1 integer ops on xmm")                   \
-  X(kSseFp, "ssefp", false, "SSE/SSE2/SSE4.1 float ops and conversions")             \
-  X(kFault, "fault", true, "final #PF (load, store, fetch, rep), #GP, #UD, #BP")      \
-  X(kHostFault, "hostfault", true, "final #GP of a misaligned SSE operand, #XM")      \
-  X(kShift0, "shift0", false, "shifts/rotates by a count that changes no flag")       \
-  X(kEnter, "enter", false, "enter")                                                   \
-  X(kXlat, "xlat", false, "xlat")                                                      \
-  X(kStack16, "stack16", false, "16-bit push/pop (66 prefix)")                         \
-  X(kBranch32, "branch32", false, "jecxz and loop with a 32-bit address size")         \
-  X(kBtMemR15, "btmemr15", false, "bt/bts/btr/btc [mem], r15")                         \
+  X(kStack, "stack", false, "push/pop, call/ret, rsp arithmetic, leave")                 \
+  X(kBranch, "branch", false, "forward jcc/jmp/jrcxz/loop/indirect jmp")                 \
+  X(kString, "string", false, "movs/stos/lods/cmps/scas, rep/repe/repne, both DF")       \
+  X(kFlags, "flags", false, "clc/stc/cmc/cld/std, lahf/sahf, pushfq/popfq")              \
+  X(kSse, "sse", false, "SSE/SSE2/SSSE3/SSE4.1 integer ops on xmm")                      \
+  X(kSseFp, "ssefp", false, "SSE/SSE2/SSE4.1 float ops and conversions")                 \
+  X(kFault, "fault", true, "final #PF (load, store, fetch, rep), #GP, #UD, #BP")         \
+  X(kHostFault, "hostfault", true, "final #GP of a misaligned SSE operand, #XM")         \
+  X(kShift0, "shift0", false, "shifts/rotates by a count that changes no flag")          \
+  X(kEnter, "enter", false, "enter")                                                     \
+  X(kXlat, "xlat", false, "xlat")                                                        \
+  X(kStack16, "stack16", false, "16-bit push/pop (66 prefix)")                           \
+  X(kBranch32, "branch32", false, "jecxz and loop with a 32-bit address size")           \
+  X(kBtMemR15, "btmemr15", false, "bt/bts/btr/btc [mem], r15")                           \
   X(kFaultFlags, "faultflags", true, "final #DE in div/idiv, #PF in a flag-writing RMW") \
-  X(kFaultSs, "faultss", true, "final #SS: a non-canonical address through RBP")      \
+  X(kFaultSs, "faultss", true, "final #SS: a non-canonical address through RBP")         \
   X(kFaultSplit, "faultsplit", true, "final #GP of a misaligned SSE operand across pages")
 
 enum class Category : uint8_t {
@@ -115,18 +115,18 @@ struct Op {
   // Where the target address is written when encoding.
   enum class Patch : uint8_t {
     kNone,
-    kBranch,    // operand 0 is the relative branch target
-    kRipDisp,   // the memory operand's displacement (RIP-relative lea/load)
-    kImm,       // the last operand is an immediate holding the address
+    kBranch,   // operand 0 is the relative branch target
+    kRipDisp,  // the memory operand's displacement (RIP-relative lea/load)
+    kImm,      // the last operand is an immediate holding the address
   };
 
   ZydisEncoderRequest req{};
   std::vector<uint8_t> raw;  // when not empty: these bytes, not `req`
   Flow flow = Flow::kNext;
   Patch patch = Patch::kNone;
-  int target_op = -1;     // the target is this op of the same item...
-  int skip_items = -1;    // ...or the first op after skipping this many items
-  bool wide = false;      // rel32 rather than rel8
+  int target_op = -1;   // the target is this op of the same item...
+  int skip_items = -1;  // ...or the first op after skipping this many items
+  bool wide = false;    // rel32 rather than rel8
 };
 
 struct Item {

@@ -1,0 +1,365 @@
+// btvm_difftest: differential testing of the bt engine against the host CPU.
+//
+//   btvm_difftest --seed S --count N [--start I] [--cpl 0|3|both]
+//                 [--include a,b] [--exclude a,b] [--only a,b]
+//                 [--no-minimize] [--verbose] [--list]
+//   btvm_difftest --code "48 01 d8 ..." [--set rax=1,r15=2] [--seed S] [--cpl ...]
+//
+// --code runs the given bytes instead (a reproducer), from the initial
+// state of sequence --start of the seed, --set registers overridden; its
+// flag mask treats the code as straight-line.
+//
+// Sequence I of seed S is the same on every run and every machine with the
+// same host features, so a mismatch is reproduced with
+//   btvm_difftest --seed S --start I --count 1 --cpl C --verbose
+// Exit status: 0 if every run matched, 1 on a mismatch, 2 on a usage or
+// setup error.
+
+#include <cctype>
+#include <chrono>
+#include <cinttypes>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "tests/diff/bt_runner.h"
+#include "tests/diff/difftest.h"
+#include "tests/diff/generator.h"
+
+namespace btvm::diff {
+namespace {
+
+struct Options {
+  uint64_t seed = 1;
+  uint64_t start = 0;
+  uint64_t count = 100;
+  bool cpl0 = true, cpl3 = true;
+  bool verbose = false;
+  bool minimize = true;
+  bool list = false;
+  CategorySet categories = DefaultCategories();
+  int max_reports = 20;
+  std::vector<uint8_t> code;                       // --code
+  std::vector<std::pair<int, uint64_t>> settings;  // --set: register (16 = rflags), value
+};
+
+void Usage(std::FILE* out) {
+  std::fprintf(out,
+               "usage: btvm_difftest [--seed S] [--count N] [--start I] [--cpl 0|3|both]\n"
+               "                     [--include CATS] [--exclude CATS] [--only CATS]\n"
+               "                     [--no-minimize] [--max-reports K] [--verbose] [--list]\n"
+               "       btvm_difftest --code HEX [--set REG=V,...] [--seed S] [--cpl 0|3|both]\n"
+               "Runs N random instruction sequences natively and on the bt engine and\n"
+               "compares the final state. CATS is a comma-separated list (--list).\n");
+}
+
+bool ParseCategories(std::string_view list, CategorySet* out) {
+  out->reset();
+  while (!list.empty()) {
+    const size_t comma = list.find(',');
+    const std::string_view name = list.substr(0, comma);
+    if (name == "all") {
+      out->set();
+    } else if (auto c = CategoryByName(name)) {
+      out->set(static_cast<size_t>(*c));
+    } else {
+      std::fprintf(stderr, "btvm_difftest: unknown category '%.*s' (see --list)\n",
+                   static_cast<int>(name.size()), name.data());
+      return false;
+    }
+    if (comma == std::string_view::npos) break;
+    list.remove_prefix(comma + 1);
+  }
+  return true;
+}
+
+bool ParseU64(const char* s, uint64_t* v) {
+  char* end = nullptr;
+  errno = 0;
+  *v = std::strtoull(s, &end, 0);
+  return errno == 0 && end != s && *end == '\0';
+}
+
+bool ParseCode(std::string_view hex, std::vector<uint8_t>* out) {
+  std::string digits;
+  for (char c : hex) {
+    if (std::isxdigit(static_cast<unsigned char>(c))) {
+      digits += c;
+    } else if (c != ' ' && c != ',') {
+      return false;
+    }
+  }
+  if (digits.empty() || digits.size() % 2) return false;
+  for (size_t i = 0; i < digits.size(); i += 2) {
+    out->push_back(static_cast<uint8_t>(std::stoul(digits.substr(i, 2), nullptr, 16)));
+  }
+  return true;
+}
+
+bool ParseSettings(std::string_view list, std::vector<std::pair<int, uint64_t>>* out) {
+  static constexpr const char* kNames[] = {"rax", "rcx", "rdx", "rbx", "rsp",   "rbp",
+                                           "rsi", "rdi", "r8",  "r9",  "r10",   "r11",
+                                           "r12", "r13", "r14", "r15", "rflags"};
+  while (!list.empty()) {
+    const size_t comma = list.find(',');
+    const std::string_view item = list.substr(0, comma);
+    const size_t eq = item.find('=');
+    if (eq == std::string_view::npos) return false;
+    const std::string_view name = item.substr(0, eq);
+    int reg = -1;
+    for (int i = 0; i < 17; ++i) {
+      if (name == kNames[i]) reg = i;
+    }
+    uint64_t v;
+    if (reg < 0 || !ParseU64(std::string(item.substr(eq + 1)).c_str(), &v)) return false;
+    out->emplace_back(reg, v);
+    if (comma == std::string_view::npos) break;
+    list.remove_prefix(comma + 1);
+  }
+  return true;
+}
+
+bool Parse(int argc, char** argv, Options* o) {
+  for (int i = 1; i < argc; ++i) {
+    const std::string_view a = argv[i];
+    auto value = [&]() -> const char* {
+      if (i + 1 >= argc) {
+        std::fprintf(stderr, "btvm_difftest: %s needs a value\n", argv[i]);
+        return nullptr;
+      }
+      return argv[++i];
+    };
+    if (a == "--seed" || a == "--count" || a == "--start" || a == "--max-reports") {
+      const char* v = value();
+      uint64_t n;
+      if (!v || !ParseU64(v, &n)) return false;
+      if (a == "--seed") o->seed = n;
+      if (a == "--count") o->count = n;
+      if (a == "--start") o->start = n;
+      if (a == "--max-reports") o->max_reports = static_cast<int>(n);
+    } else if (a == "--cpl") {
+      const char* v = value();
+      if (!v) return false;
+      const std::string_view s = v;
+      o->cpl0 = s == "0" || s == "both";
+      o->cpl3 = s == "3" || s == "both";
+      if (!o->cpl0 && !o->cpl3) return false;
+    } else if (a == "--include" || a == "--exclude" || a == "--only") {
+      const char* v = value();
+      CategorySet set;
+      if (!v || !ParseCategories(v, &set)) return false;
+      if (a == "--include") o->categories |= set;
+      if (a == "--exclude") o->categories &= ~set;
+      if (a == "--only") o->categories = set;
+    } else if (a == "--code") {
+      const char* v = value();
+      if (!v || !ParseCode(v, &o->code)) return false;
+      o->count = 1;
+    } else if (a == "--set") {
+      const char* v = value();
+      if (!v || !ParseSettings(v, &o->settings)) return false;
+    } else if (a == "--verbose") {
+      o->verbose = true;
+    } else if (a == "--no-minimize") {
+      o->minimize = false;
+    } else if (a == "--list") {
+      o->list = true;
+    } else if (a == "--help" || a == "-h") {
+      Usage(stdout);
+      std::exit(0);
+    } else {
+      std::fprintf(stderr, "btvm_difftest: unknown argument '%s'\n", argv[i]);
+      return false;
+    }
+  }
+  return true;
+}
+
+std::string CategoriesOf(const Sequence& s) {
+  CategorySet seen;
+  for (const Item& it : s.items) seen.set(static_cast<size_t>(it.category));
+  std::string out;
+  for (size_t c = 0; c < kCategoryCount; ++c) {
+    if (seen.test(c))
+      out += std::string(out.empty() ? "" : ",") + CategoryName(static_cast<Category>(c));
+  }
+  return out;
+}
+
+// The --code sequence: one instruction an op, from a generated initial state.
+Sequence FromCode(const Options& opt, const GeneratorConfig& gen) {
+  Sequence seq;
+  seq.initial = Generate(gen, SequenceSeed(opt.seed, opt.start)).initial;
+  for (const auto& [reg, v] : opt.settings) {
+    if (reg == 16) {
+      seq.initial.rflags = v;
+    } else {
+      seq.initial.gpr[reg] = v;
+    }
+  }
+  Item item;
+  for (size_t at = 0; at < opt.code.size();) {
+    ZydisDisassembledInstruction d;
+    size_t len = opt.code.size() - at;
+    if (ZYAN_SUCCESS(ZydisDisassembleIntel(ZYDIS_MACHINE_MODE_LONG_64, kCodeAddress + at,
+                                           opt.code.data() + at, len, &d))) {
+      len = d.info.length;
+    }
+    Op op;
+    op.raw.assign(opt.code.begin() + static_cast<long>(at),
+                  opt.code.begin() + static_cast<long>(at + len));
+    item.ops.push_back(op);
+    at += len;
+  }
+  seq.items.push_back(item);
+  return seq;
+}
+
+int Main(int argc, char** argv) {
+  Options opt;
+  if (!Parse(argc, argv, &opt)) {
+    Usage(stderr);
+    return 2;
+  }
+  if (opt.list) {
+    const CategorySet def = DefaultCategories();
+    for (size_t c = 0; c < kCategoryCount; ++c) {
+      const auto cat = static_cast<Category>(c);
+      std::printf("  %-10s %s %s\n", CategoryName(cat), def.test(c) ? "(default)" : "(opt-in) ",
+                  CategoryHelp(cat));
+    }
+    return 0;
+  }
+  Result<std::unique_ptr<BtRunner>> runner = BtRunner::Create();
+  if (!runner) {
+    std::fprintf(stderr, "btvm_difftest: %s\n", runner.error().message.c_str());
+    return 2;
+  }
+  DiffTester tester(**runner);
+  GeneratorConfig gen;
+  gen.categories = opt.categories;
+  gen.host = HostFeatures::Detect();
+
+  std::vector<unsigned> cpls;
+  if (opt.cpl0) cpls.push_back(0);
+  if (opt.cpl3) cpls.push_back(3);
+
+  uint64_t runs = 0, mismatches = 0, native_faults = 0, setup_errors = 0;
+  uint64_t by_kind[kDiffKindCount] = {};
+  uint64_t by_category[kCategoryCount] = {};
+  uint64_t dropped[kCategoryCount] = {};
+  int reports = 0;
+  const auto t0 = std::chrono::steady_clock::now();
+
+  for (uint64_t index = opt.start; index < opt.start + opt.count; ++index) {
+    if (index > opt.start && (index - opt.start) % 10000 == 0) {
+      // Progress for long runs, on stderr so that reports stay clean.
+      std::fprintf(stderr, "btvm_difftest: %" PRIu64 " sequences, %" PRIu64 " mismatches, %.0f s\n",
+                   index - opt.start, mismatches,
+                   std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    }
+    const Sequence seq =
+        opt.code.empty() ? Generate(gen, SequenceSeed(opt.seed, index)) : FromCode(opt, gen);
+    for (size_t c = 0; c < kCategoryCount; ++c) dropped[c] += seq.dropped.test(c);
+    Outcome native;
+    bool have_native = false;
+    for (unsigned cpl : cpls) {
+      DiffTester::Run r = tester.RunAt(seq, cpl, have_native ? &native : nullptr);
+      if (!r.encoded || r.native.kind == Outcome::kError) {
+        ++setup_errors;
+        std::printf("SETUP ERROR seed=%" PRIu64 " index=%" PRIu64 ": %s\n", opt.seed, index,
+                    r.encoded ? r.native.message.c_str() : r.encode_error.c_str());
+        break;
+      }
+      if (!have_native) {
+        native = r.native;
+        have_native = true;
+        if (native.kind == Outcome::kFault) ++native_faults;
+      }
+      ++runs;
+      if (opt.verbose) {
+        std::printf("seed=%" PRIu64 " index=%" PRIu64 " cpl=%u: %s [%s]\n%s", opt.seed, index, cpl,
+                    r.cmp.ok() ? "match" : "MISMATCH", CategoriesOf(seq).c_str(),
+                    Disassemble(r.code).c_str());
+      }
+      if (r.cmp.ok()) continue;
+
+      ++mismatches;
+      for (size_t k = 0; k < kDiffKindCount; ++k) by_kind[k] += r.cmp.kinds.test(k);
+      // Minimized only while reports are printed (it costs dozens of runs).
+      const bool report = reports++ < opt.max_reports;
+      Sequence small = seq;
+      DiffTester::Run m = r;
+      if (report && opt.minimize) {
+        small = tester.Minimize(seq, cpl, r.native, r.cmp.kinds);
+        m = tester.RunAt(small, cpl, nullptr);
+        if (!m.encoded || m.native.kind == Outcome::kError || m.cmp.ok()) {
+          small = seq;  // the minimized form stopped failing (flaky?): report the original
+          m = r;
+        }
+      }
+      CategorySet seen;
+      for (const Item& it : small.items) seen.set(static_cast<size_t>(it.category));
+      for (size_t c = 0; c < kCategoryCount; ++c) by_category[c] += seen.test(c);
+      if (!report) continue;
+      std::string kinds;
+      for (size_t k = 0; k < kDiffKindCount; ++k) {
+        if (m.cmp.kinds.test(k))
+          kinds += std::string(kinds.empty() ? "" : ",") + DiffKindName(static_cast<DiffKind>(k));
+      }
+      std::printf("MISMATCH seed=%" PRIu64 " index=%" PRIu64 " cpl=%u [%s] categories %s\n",
+                  opt.seed, index, cpl, kinds.c_str(), CategoriesOf(small).c_str());
+      std::printf("  reproduce: btvm_difftest --seed %" PRIu64 " --start %" PRIu64
+                  " --count 1 --cpl %u --verbose\n",
+                  opt.seed, index, cpl);
+      std::printf("  %s (%zu of %zu items):\n%s", opt.minimize ? "minimized" : "sequence",
+                  small.items.size(), seq.items.size(), Disassemble(m.code).c_str());
+      std::printf("  differences:\n%s", m.cmp.text.c_str());
+      if (opt.verbose) {
+        std::printf("  initial state:\n%s", FormatState(small.initial).c_str());
+        std::printf("  native final state:\n%s", FormatState(m.native.state).c_str());
+        std::printf("  bt final state:\n%s", FormatState(m.bt.state).c_str());
+      }
+      std::fflush(stdout);
+    }
+  }
+
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::printf("btvm_difftest: seed %" PRIu64 ", sequences %" PRIu64 "..%" PRIu64 ", %" PRIu64
+              " runs (%" PRIu64 " ending in a fault), %" PRIu64 " mismatches, %" PRIu64
+              " setup errors, %.1f s\n",
+              opt.seed, opt.start, opt.start + opt.count, runs, native_faults, mismatches,
+              setup_errors, secs);
+  if (mismatches) {
+    std::printf("  mismatches by kind:");
+    for (size_t k = 0; k < kDiffKindCount; ++k) {
+      if (by_kind[k])
+        std::printf(" %s %" PRIu64, DiffKindName(static_cast<DiffKind>(k)), by_kind[k]);
+    }
+    std::printf("\n  mismatches by category (of the sequence, minimized if reported):");
+    for (size_t c = 0; c < kCategoryCount; ++c) {
+      if (by_category[c])
+        std::printf(" %s %" PRIu64, CategoryName(static_cast<Category>(c)), by_category[c]);
+    }
+    std::printf("\n");
+  }
+  bool any_dropped = false;
+  for (size_t c = 0; c < kCategoryCount; ++c) {
+    if (!dropped[c]) continue;
+    if (!any_dropped) std::printf("  generator could not build items of:");
+    any_dropped = true;
+    std::printf(" %s %" PRIu64, CategoryName(static_cast<Category>(c)), dropped[c]);
+  }
+  if (any_dropped) std::printf("\n");
+  return mismatches || setup_errors || any_dropped ? 1 : 0;
+}
+
+}  // namespace
+}  // namespace btvm::diff
+
+int main(int argc, char** argv) {
+  return btvm::diff::Main(argc, argv);
+}

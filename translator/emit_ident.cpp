@@ -184,7 +184,35 @@ bool BlockEmitter::Reencode(const DecodedInsn& d, const Plan& p, int s,
   return true;
 }
 
+// xlat: AL = [RBX + zero-extended AL] (SDM Vol. 2 XLAT), through the
+// soft TLB like any load; a segment override (FS/GS) adds its base.
+bool BlockEmitter::EmitXlat(const DecodedInsn& d, uint32_t flags_live) {
+  if (d.insn.address_width != 64) return Fail("xlat with 32-bit addressing");
+  Plan p;
+  p.used = (1u << kRax) | (1u << kRbx);
+  int s = PickScratch(&p, false), t = PickScratch(&p, false);
+  last_scratch_ = p.spilled;
+  bool live = flags_live != 0;
+  if (live) SaveArith(offsetof(BtContext, saved_flags));
+  Spill(s);
+  Spill(t);
+  a_.movzx(x86::gpd(s), x86::al);
+  a_.add(x86::gpq(s), x86::rbx);
+  if (d.insn.attributes & (ZYDIS_ATTRIB_HAS_SEGMENT_FS | ZYDIS_ATTRIB_HAS_SEGMENT_GS)) {
+    int seg = (d.insn.attributes & ZYDIS_ATTRIB_HAS_SEGMENT_FS) ? kFs : kGs;
+    a_.add(x86::gpq(s), x86::qword_ptr(x86::r15, static_cast<int32_t>(
+                                                     offsetof(CpuState, seg) +
+                                                     seg * sizeof(SegmentReg) +
+                                                     offsetof(SegmentReg, base))));
+  }
+  EmitAccess(d, p, s, t, 1, true, false, live,
+             [this, s] { a_.mov(x86::al, x86::byte_ptr(x86::gpq(s))); });
+  ReloadSpilled(p);
+  return true;
+}
+
 bool BlockEmitter::EmitIdent(const DecodedInsn& d, uint32_t flags_live) {
+  if (d.insn.mnemonic == ZYDIS_MNEMONIC_XLAT) return EmitXlat(d, flags_live);
   Plan p;
   if (!PlanInsn(d, &p)) return false;
   last_scratch_ = 0;

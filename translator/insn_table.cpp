@@ -153,7 +153,6 @@ constexpr Row kRows[] = {
     {ZYDIS_MNEMONIC_SCASW, InsnClass::kRuntime, "string"},
     {ZYDIS_MNEMONIC_SCASD, InsnClass::kRuntime, "string"},
     {ZYDIS_MNEMONIC_SCASQ, InsnClass::kRuntime, "string"},
-    {ZYDIS_MNEMONIC_XLAT, InsnClass::kRuntime, "implicit memory operand"},
     // div and idiv run natively: a #DE arrives as SIGFPE and becomes a
     // guest #DE at the precise RIP (translator/host_fault.cpp).
 };

@@ -478,10 +478,11 @@ std::optional<Category> CategoryByName(std::string_view name) {
 }
 
 CategorySet DefaultCategories() {
-  // Every category before kShift0; the ones from it on fail on the current
-  // translator and are opt-in (--include).
+  // Every category but those the current translator fails (README.md):
+  // they are opt-in (--include).
   CategorySet s;
-  for (size_t c = 0; c < static_cast<size_t>(Category::kShift0); ++c) s.set(c);
+  s.set();
+  for (Category c : {Category::kFaultFlags}) s.reset(static_cast<size_t>(c));
   return s;
 }
 

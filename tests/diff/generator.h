@@ -44,9 +44,9 @@ inline constexpr uint64_t kStackLow = kStackAddress + 0x100;
 inline constexpr uint64_t kStackHigh = kStackAddress + 0xf00;
 
 // Instruction categories. A sequence mixes items from the enabled ones;
-// those marked final end a sequence (everything after a fault is dead). The
-// categories from kShift0 on fail on the current translator (tests/diff/
-// README.md): they are opt-in, so that the default mix must pass.
+// those marked final end a sequence (everything after a fault is dead).
+// Those that fail on the current translator (DefaultCategories, README.md)
+// are opt-in, so that the default mix must pass.
 #define BTVM_DIFF_CATEGORIES(X)                                                          \
   X(kAlu, "alu", false, "add/or/adc/sbb/and/sub/xor/cmp/test/mov, adcx/adox")            \
   X(kUnary, "unary", false, "inc/dec/neg/not")                                           \

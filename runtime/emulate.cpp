@@ -1415,6 +1415,35 @@ EmulateOutcome Emulator::Divide(CpuState& cpu, const DecodedInsn& d) {
 }
 
 
+// int n / int3: the gate checks that come before anything is pushed (SDM
+// Vol. 3 §6.12.1.1, §6.14.1): the vector inside the IDT limit, an interrupt
+// or trap gate, DPL >= CPL, present. A failing one faults with RIP at the
+// instruction (error code: the vector's IDT index); done here because the
+// engine delivers a software interrupt with RIP already past it.
+bool Emulator::SoftwareGateOk(const CpuState& cpu, uint8_t vector, GuestException* fault) {
+  const uint32_t error = (uint32_t{vector} << 3) | 2;
+  if (uint32_t{vector} * 16 + 15 > cpu.idtr.limit) {
+    *fault = GuestException::Gp(error);
+    return false;
+  }
+  uint64_t gate = 0;
+  if (!mmu_.ReadVirt(cpu, GuestVirt(cpu.idtr.base + vector * 16ull), &gate, 8, kMmuKernel,
+                     fault)) {
+    if (fault->vector == kPF) fault->error_code &= ~pf::kUser;  // an implicit supervisor read
+    return false;
+  }
+  const unsigned type = (gate >> 40) & 0xf, dpl = (gate >> 45) & 3;
+  if ((type != desc_type::kInterruptGate && type != desc_type::kTrapGate) || dpl < cpu.Cpl()) {
+    *fault = GuestException::Gp(error);
+    return false;
+  }
+  if (!((gate >> 47) & 1)) {
+    *fault = {kNP, true, error, 0};
+    return false;
+  }
+  return true;
+}
+
 // ---------------------------------------------------------------------------
 // The dispatcher.
 
@@ -1695,11 +1724,13 @@ EmulateOutcome Emulator::Dispatch(CpuState& cpu, const DecodedInsn& d) {
     // Interrupts and exceptions raised by instructions.
     case ZYDIS_MNEMONIC_INT3:
     case ZYDIS_MNEMONIC_INT: {
+      const uint8_t vector = d.insn.mnemonic == ZYDIS_MNEMONIC_INT3
+                                 ? uint8_t(kBP)
+                                 : static_cast<uint8_t>(d.ops[0].imm.value.u);
+      if (!SoftwareGateOk(cpu, vector, &fault)) return Fault(fault);
       EmulateOutcome o;
       o.kind = EmulateOutcome::kSoftwareInt;
-      o.exception.vector = d.insn.mnemonic == ZYDIS_MNEMONIC_INT3
-                               ? uint8_t(kBP)
-                               : static_cast<uint8_t>(d.ops[0].imm.value.u);
+      o.exception.vector = vector;
       cpu.rip = next;
       return o;
     }

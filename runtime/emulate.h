@@ -92,6 +92,7 @@ class Emulator {
   bool Pop(CpuState& cpu, uint64_t* value, unsigned size, GuestException* fault);
   // IOPL, then the TSS I/O permission bitmap (SDM Vol. 1 §19.5).
   bool IoPermitted(const CpuState& cpu, uint16_t port, unsigned size, GuestException* fault);
+  bool SoftwareGateOk(const CpuState& cpu, uint8_t vector, GuestException* fault);
 
   EmulateOutcome Dispatch(CpuState& cpu, const DecodedInsn& d);
   EmulateOutcome PortIo(CpuState& cpu, const DecodedInsn& d);

@@ -26,7 +26,7 @@ constexpr uint64_t P = 1, RW = 2, US = 4, PS = 1ull << 7;
 
 // Guest-physical layout (identity-mapped, so also the virtual one).
 constexpr uint64_t kPml4 = 0x1000, kPdpt = 0x2000, kPd = 0x3000, kPt = 0x4000, kPdHigh = 0x5000;
-constexpr uint64_t kGdt = 0x10000, kTss = 0x11000, kLdt = 0x14000;
+constexpr uint64_t kGdt = 0x10000, kTss = 0x11000, kLdt = 0x14000, kIdt = 0x15000;
 constexpr uint64_t kCode = 0x400000;   // RIP of the instruction under test
 constexpr uint64_t kData = 0x500000;   // scratch data
 constexpr uint64_t kStack = 0x700000;  // RSP (grows down)
@@ -116,6 +116,18 @@ class EmulateTest : public ::testing::Test {
     // LDT: one DPL-3 data segment (selector 0x07).
     Put<uint64_t>(kLdt, kData3);
 
+    // IDT (0x83 vectors): #BP and 0x80 reachable from CPL 3, 0x81 only from
+    // CPL 0, 0x82 not present, 0x7f not a gate.
+    auto gate = [&](unsigned vector, uint64_t attr) {
+      Put<uint64_t>(kIdt + 16 * vector, (uint64_t{kKernelCs} << 16) | (attr << 40));
+      Put<uint64_t>(kIdt + 16 * vector + 8, 0);
+    };
+    gate(kBP, 0xee);
+    gate(0x80, 0xee);
+    gate(0x81, 0x8e);
+    gate(0x82, 0x6e);
+    gate(0x7f, 0x80);
+
     // TSS: RSP0, and an I/O bitmap that allows only ports 0x70-0x71.
     Put<uint64_t>(kTss + 4, kRsp0);
     Put<uint16_t>(kTss + 0x66, 0x68);
@@ -132,6 +144,7 @@ class EmulateTest : public ::testing::Test {
     cpu_.seg[kCs] = {kKernelCs, 0xa09b, 0xffffffff, 0};
     for (int s : {kEs, kSs, kDs, kFs, kGs}) cpu_.seg[s] = {kKernelDs, 0xc093, 0xffffffff, 0};
     cpu_.gdtr = {kGdt, kGdtLimit};
+    cpu_.idtr = {kIdt, 0x83 * 16 - 1};
     cpu_.tr = {kTssSel, 0x8b, kTssLimit, kTss};
     const uint16_t fcw = 0x37f;
     const uint32_t mxcsr = 0x1f80, mxcsr_mask = 0xffff;
@@ -1070,6 +1083,25 @@ TEST_F(EmulateTest, SoftwareInterruptsAndTraps) {
   EXPECT_EQ(cpu_.rip, kCode + 1);
   cpu_.rip = kCode;
   EXPECT_FAULT(Run({0x0f, 0x0b}), kUD);  // ud2: a fault, RIP at it
+}
+
+TEST_F(EmulateTest, SoftwareInterruptGateChecksFaultAtTheInstruction) {
+  // SDM Vol. 3 §6.12.1.1: int n checks the gate DPL against CPL; the #GP
+  // names the IDT entry (vector << 3 | IDT bit) and RIP stays at the int.
+  ToUser();
+  EXPECT_EQ(Run({0xcd, 0x80}).kind, EmulateOutcome::kSoftwareInt) << "a DPL-3 gate";
+  cpu_.rip = kCode;
+  EXPECT_EQ(Run({0xcc}).kind, EmulateOutcome::kSoftwareInt);
+  cpu_.rip = kCode;
+  EXPECT_FAULT(Run({0xcd, 0x81}), kGP, (0x81 << 3) | 2) << "a DPL-0 gate from CPL 3";
+  EXPECT_FAULT(Run({0xcd, 0x82}), kNP, (0x82 << 3) | 2) << "a gate not present";
+  EXPECT_FAULT(Run({0xcd, 0x7f}), kGP, (0x7f << 3) | 2) << "not an interrupt or trap gate";
+  EXPECT_FAULT(Run({0xcd, 0x90}), kGP, (0x90 << 3) | 2) << "past the IDT limit";
+  cpu_.idtr.base = kPaged + 0x2000 - 0x82 * 16;  // 0x82's gate on the page not present
+  EXPECT_FAULT(Run({0xcd, 0x82}), kPF, 0) << "an unmapped IDT: a supervisor read fault";
+  cpu_.seg[kCs] = {kKernelCs, 0xa09b, 0xffffffff, 0};
+  cpu_.idtr = {kIdt, 0x83 * 16 - 1};
+  EXPECT_EQ(Run({0xcd, 0x81}).kind, EmulateOutcome::kSoftwareInt) << "from CPL 0";
 }
 
 TEST_F(EmulateTest, HiddenFeaturesRaiseTheirExceptions) {

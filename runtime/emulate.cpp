@@ -1575,6 +1575,33 @@ EmulateOutcome Emulator::Dispatch(CpuState& cpu, const DecodedInsn& d) {
       break;
     }
 
+    case ZYDIS_MNEMONIC_LSS:
+    case ZYDIS_MNEMONIC_LFS:
+    case ZYDIS_MNEMONIC_LGS: {
+      // Far-pointer loads (SDM Vol. 2 LDS/LES/LFS/LGS/LSS): the offset (as
+      // wide as the register), then the selector, loaded with every check.
+      if (d.ops[1].type != ZYDIS_OPERAND_TYPE_MEMORY) return Fault(Ud());
+      const unsigned size = d.ops[0].size / 8;
+      uint8_t far_ptr[10] = {};
+      if (!mmu_.ReadVirt(cpu, GuestVirt(EffectiveAddress(cpu, d, d.ops[1])), far_ptr, size + 2,
+                         MmuIndexFor(cpu), &fault)) {
+        return Fault(fault);
+      }
+      uint64_t offset = 0;
+      uint16_t sel;
+      std::memcpy(&offset, far_ptr, size);
+      std::memcpy(&sel, far_ptr + size, 2);
+      const int seg = d.insn.mnemonic == ZYDIS_MNEMONIC_LSS   ? kSs
+                      : d.insn.mnemonic == ZYDIS_MNEMONIC_LFS ? kFs
+                                                              : kGs;
+      CpuState probe = cpu;
+      EmulateOutcome o = LoadSegment(probe, seg, sel);
+      if (o.kind != EmulateOutcome::kDone) return o;
+      if (!WriteOperand(probe, d, d.ops[0], offset, &fault)) return Fault(fault);
+      cpu = probe;
+      break;
+    }
+
     // Descriptor tables and system segments (SDM Vol. 3 §2.8).
     case ZYDIS_MNEMONIC_LGDT:
     case ZYDIS_MNEMONIC_LIDT: {

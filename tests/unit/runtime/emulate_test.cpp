@@ -836,6 +836,34 @@ TEST_F(EmulateTest, PushAndPopFs) {
   EXPECT_EQ(cpu_.gpr[kRsp], kStack - 8);
 }
 
+TEST_F(EmulateTest, FarPointerLoads) {
+  // lfs/lgs/lss load a segment register the host must never see: the
+  // translator has to send them here (ClassifyInsn misses them today: the
+  // segment register is a hidden operand), hence RunAny.
+  Put<uint32_t>(kData, 0x12345678);
+  Put<uint16_t>(kData + 4, kBasedData);
+  cpu_.gpr[kRbx] = kData;
+  cpu_.gpr[kRax] = ~0ull;
+  EXPECT_DONE(RunAny({0x0f, 0xb4, 0x03}));  // lfs eax, [rbx]
+  EXPECT_EQ(cpu_.seg[kFs].selector, kBasedData);
+  EXPECT_EQ(cpu_.seg[kFs].base, 0x12345678u);
+  EXPECT_EQ(cpu_.gpr[kRax], 0x12345678u);
+  Put<uint64_t>(kData + 8, 0x1122334455667788ull);
+  Put<uint16_t>(kData + 16, kNotPresentData);
+  cpu_.gpr[kRbx] = kData + 8;
+  cpu_.rip = kCode;
+  EXPECT_FAULT(RunAny({0x48, 0x0f, 0xb5, 0x03}), kNP, kNotPresentData);  // lgs rax, [rbx]
+  EXPECT_EQ(cpu_.gpr[kRax], 0x12345678u) << "nothing changes on a fault";
+  Put<uint16_t>(kData + 16, kKernelDs);
+  EXPECT_DONE(RunAny({0x48, 0x0f, 0xb5, 0x03}));
+  EXPECT_EQ(cpu_.gpr[kRax], 0x1122334455667788ull);
+  EXPECT_EQ(cpu_.seg[kGs].selector, kKernelDs);
+  Put<uint16_t>(kData + 4, kKernelCs);
+  cpu_.gpr[kRbx] = kData;
+  cpu_.rip = kCode;
+  EXPECT_FAULT(RunAny({0x0f, 0xb2, 0x23}), kGP, kKernelCs) << "lss of a code segment";
+}
+
 // ---------------------------------------------------------------------------
 // Descriptor tables, task register, LDT.
 

@@ -4,6 +4,7 @@
 #include <time.h>
 #include <x86intrin.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "runtime/descriptors.h"
@@ -466,6 +467,58 @@ EmulateOutcome Emulator::PortIo(CpuState& cpu, const DecodedInsn& d) {
 // Elements one emulated rep string instruction does before it yields.
 constexpr unsigned kRepChunk = 16384;
 
+// rep movs / rep stos over guest RAM, a page at a time: the elements that
+// lie wholly inside the current source and destination pages are done
+// through one translation each instead of a walk per element. Element by
+// element and in order, so overlapping moves repeat as on hardware. Returns
+// how many were done; 0 leaves the next element to the general path (an
+// element across a page boundary, MMIO, a fault).
+unsigned Emulator::RepOverPage(CpuState& cpu, ZydisMnemonic m, unsigned size,
+                               uint64_t src_base, MmuIndex index, unsigned limit) {
+  const bool movs = m == ZYDIS_MNEMONIC_MOVSB || m == ZYDIS_MNEMONIC_MOVSW ||
+                    m == ZYDIS_MNEMONIC_MOVSD || m == ZYDIS_MNEMONIC_MOVSQ;
+  const bool stos = m == ZYDIS_MNEMONIC_STOSB || m == ZYDIS_MNEMONIC_STOSW ||
+                    m == ZYDIS_MNEMONIC_STOSD || m == ZYDIS_MNEMONIC_STOSQ;
+  if (!movs && !stos) return 0;
+  const bool down = cpu.rflags & rflags::kDF;
+  // Elements from `addr` on that stay inside its page, in the direction of DF.
+  auto fit = [&](uint64_t addr) -> uint64_t {
+    const uint64_t off = addr & (kPageSize - 1);
+    if (off + size > kPageSize) return 0;
+    return down ? off / size + 1 : (kPageSize - off) / size;
+  };
+  const uint64_t dst = cpu.gpr[kRdi], src = src_base + cpu.gpr[kRsi];
+  uint64_t n = std::min<uint64_t>(cpu.gpr[kRcx], limit);
+  n = std::min(n, fit(dst));
+  if (movs) n = std::min(n, fit(src));
+  if (n == 0) return 0;
+  uint8_t* from = nullptr;
+  if (movs) {  // the source first, as the general path reads before it writes
+    Mmu::Lookup l = mmu_.Translate(cpu, GuestVirt(src), Access::kRead, index);
+    if (l.kind != Mmu::Lookup::kRam) return 0;
+    from = l.host;
+  }
+  Mmu::Lookup to = mmu_.Translate(cpu, GuestVirt(dst), Access::kWrite, index);
+  if (to.kind != Mmu::Lookup::kRam) return 0;
+  // Invariant: Translate's host pointers are valid for the rest of their
+  // guest page, and fit() kept every element (i * size from them, down or
+  // up) inside that page.
+  const uint64_t value = cpu.gpr[kRax];
+  for (uint64_t i = 0; i < n; ++i) {
+    const int64_t at = down ? -int64_t(i * size) : int64_t(i * size);
+    if (movs) {
+      std::memmove(to.host + at, from + at, size);
+    } else {
+      std::memcpy(to.host + at, &value, size);
+    }
+  }
+  const uint64_t bytes = n * size;
+  cpu.gpr[kRdi] = down ? dst - bytes : dst + bytes;
+  if (movs) cpu.gpr[kRsi] = down ? cpu.gpr[kRsi] - bytes : cpu.gpr[kRsi] + bytes;
+  cpu.gpr[kRcx] -= n;
+  return static_cast<unsigned>(n);
+}
+
 // String instructions, one element at a time, so that a fault part-way
 // through a rep leaves RCX/RSI/RDI exactly at the faulting element
 // (SDM Vol. 2 "REP": interrupted string operations are restartable).
@@ -499,7 +552,14 @@ EmulateOutcome Emulator::StringOp(CpuState& cpu, const DecodedInsn& d) {
     // A long rep yields to the engine part-way, with RIP still at the
     // instruction, as hardware lets interrupts in between iterations: the
     // engine can deliver events and stop, then the instruction continues.
-    if (done == kRepChunk) return Done();
+    if (done >= kRepChunk) return Done();
+    if (rep && amask == ~0ull) {
+      const unsigned n = RepOverPage(cpu, m, size, src_base, index, kRepChunk - done);
+      if (n > 0) {
+        done += n - 1;
+        continue;
+      }
+    }
     const uint64_t rsi = cpu.gpr[kRsi] & amask, rdi = cpu.gpr[kRdi] & amask;
     uint64_t v = 0, w = 0;
     bool advance_si = false, advance_di = false;

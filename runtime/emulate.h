@@ -97,6 +97,8 @@ class Emulator {
   EmulateOutcome Dispatch(CpuState& cpu, const DecodedInsn& d);
   EmulateOutcome PortIo(CpuState& cpu, const DecodedInsn& d);
   EmulateOutcome StringOp(CpuState& cpu, const DecodedInsn& d);
+  unsigned RepOverPage(CpuState& cpu, ZydisMnemonic m, unsigned size, uint64_t src_base,
+                       MmuIndex index, unsigned limit);
   EmulateOutcome MovCr(CpuState& cpu, const DecodedInsn& d);
   EmulateOutcome MovDr(CpuState& cpu, const DecodedInsn& d);
   EmulateOutcome MovSreg(CpuState& cpu, const DecodedInsn& d);

@@ -1050,6 +1050,52 @@ TEST_F(EmulateTest, LongRepYieldsWithRipAtTheInstruction) {
   EXPECT_EQ(Get<uint64_t>(kData + 8 * 19999), 0x1111111111111111ull);
 }
 
+TEST_F(EmulateTest, RepMovsOverlapsAndRunsBackwardsAsHardware) {
+  // Element by element: a forward move onto itself one byte up replicates
+  // the first byte (the classic memset by movsb).
+  Put<uint8_t>(kData, 0xaa);
+  for (int i = 1; i < 200; ++i) Put<uint8_t>(kData + i, 0);
+  cpu_.gpr[kRsi] = kData;
+  cpu_.gpr[kRdi] = kData + 1;
+  cpu_.gpr[kRcx] = 150;
+  EXPECT_DONE(Run({0xf3, 0xa4}));  // rep movsb
+  for (int i = 0; i <= 150; ++i) EXPECT_EQ(Get<uint8_t>(kData + i), 0xaa) << i;
+  EXPECT_EQ(Get<uint8_t>(kData + 151), 0);
+  EXPECT_EQ(cpu_.gpr[kRdi], kData + 151);
+  // DF = 1: rep movsq from the top element down, across a page boundary.
+  for (int i = 0; i < 4; ++i) Put<uint64_t>(kData + 0xff0 + 8 * i, 0x1000 + i);
+  cpu_.rflags |= rflags::kDF;
+  cpu_.gpr[kRsi] = kData + 0x1008;
+  cpu_.gpr[kRdi] = kData + 0x3008;
+  cpu_.gpr[kRcx] = 4;
+  cpu_.rip = kCode;
+  EXPECT_DONE(RunAny({0xf3, 0x48, 0xa5}));  // rep movsq
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(Get<uint64_t>(kData + 0x2ff0 + 8 * i), 0x1000u + i);
+  EXPECT_EQ(cpu_.gpr[kRsi], kData + 0xfe8);
+  EXPECT_EQ(cpu_.gpr[kRdi], kData + 0x2fe8);
+}
+
+TEST_F(EmulateTest, RepStosAcrossPagesAndMisalignedElements) {
+  // Dwords from 2 bytes before a page boundary: one element straddles it.
+  cpu_.gpr[kRdi] = kData + 0xffe - 4 * 100;
+  cpu_.gpr[kRcx] = 300;
+  cpu_.gpr[kRax] = 0xcafef00d;
+  EXPECT_DONE(Run({0xf3, 0xab}));  // rep stosd
+  for (int i = 0; i < 300; ++i) {
+    ASSERT_EQ(Get<uint32_t>(kData + 0xffe - 400 + 4 * i), 0xcafef00du) << i;
+  }
+  EXPECT_EQ(cpu_.gpr[kRdi], kData + 0xffe - 400 + 1200);
+  // Into MMIO (nothing there: writes are dropped), without faulting.
+  cpu_.cr3 = kPml4;
+  Put<uint64_t>(kPt + 16, 0xfee00000ull | P | RW);  // kPaged + 0x2000 -> MMIO
+  mmu_->FlushTlb();
+  cpu_.gpr[kRdi] = kPaged + 0x2000;
+  cpu_.gpr[kRcx] = 8;
+  cpu_.rip = kCode;
+  EXPECT_DONE(Run({0xf3, 0xab}));
+  EXPECT_EQ(cpu_.gpr[kRcx], 0u);
+}
+
 TEST_F(EmulateTest, RepStringFaultLeavesRegistersAtTheFaultingElement) {
   // stosb across the end of the user page at kPaged into the supervisor one, at CPL 3.
   ToUser();

@@ -1863,7 +1863,8 @@ EmulateOutcome Emulator::Dispatch(CpuState& cpu, const DecodedInsn& d) {
       const uint16_t base = static_cast<uint16_t>(cpu.msr.star >> 48);
       cpu.seg[kCs] = {static_cast<uint16_t>((base + 16) | 3), 0xa0fb, 0xffffffff, 0};
       cpu.seg[kSs] = {static_cast<uint16_t>((base + 8) | 3), 0xc0f3, 0xffffffff, 0};
-      cpu.rflags = (cpu.gpr[kR11] & ~(rflags::kRF | rflags::kVM)) | rflags::kFixed1;
+      // RFLAGS from R11 without RF, VM and the reserved bits (mask 3C7FD7H).
+      cpu.rflags = (cpu.gpr[kR11] & 0x3c7fd7) | rflags::kFixed1;
       cpu.rip = cpu.gpr[kRcx];
       return Done();
     }

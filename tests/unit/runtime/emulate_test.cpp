@@ -1340,15 +1340,14 @@ TEST_F(EmulateTest, SyscallAndSysret) {
   EXPECT_EQ(cpu_.gpr[kR11], rflags::kFixed1 | rflags::kIF | rflags::kDF | rflags::kCF);
   EXPECT_EQ(cpu_.rflags, rflags::kFixed1 | rflags::kCF) << "masked by FMASK";
   EXPECT_EQ(cpu_.seg[kSs].selector, kKernelDs);
-  // sysretq back.
-  const uint64_t rip = cpu_.rip;
+  // sysretq back: RFLAGS from R11 without RF, VM and reserved bits.
+  cpu_.gpr[kR11] |= rflags::kRF | rflags::kVM | (1ull << 3) | (1ull << 15) | (1ull << 40);
   EXPECT_EQ(Run({0x48, 0x0f, 0x07}).kind, EmulateOutcome::kDone);
   EXPECT_EQ(cpu_.Cpl(), 3u);
   EXPECT_EQ(cpu_.seg[kCs].selector, kUserCs);
   EXPECT_EQ(cpu_.seg[kSs].selector, kUserDs);
   EXPECT_EQ(cpu_.rip, kCode + 2);
-  EXPECT_TRUE(cpu_.rflags & rflags::kIF);
-  (void)rip;
+  EXPECT_EQ(cpu_.rflags, rflags::kFixed1 | rflags::kIF | rflags::kDF | rflags::kCF);
 }
 
 TEST_F(EmulateTest, SysretChecks) {

@@ -13,6 +13,7 @@
 #include <cstring>
 #include <initializer_list>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "mmu/guest_memory.h"
@@ -342,6 +343,12 @@ TEST_F(EmulateTest, CpuidExposesWhatTheRuntimeImplements) {
   for (unsigned bit : {11u, 20u, 26u, 27u, 29u}) {
     EXPECT_TRUE(e1.edx & (1u << bit)) << "SYSCALL NX 1GiB RDTSCP LM: bit " << bit;
   }
+  char brand[49] = {};
+  for (uint32_t i = 0; i < 3; ++i) {
+    CpuidResult b = Cpuid(0x80000002 + i);
+    std::memcpy(brand + 16 * i, &b, 16);
+  }
+  EXPECT_EQ(std::string(brand).substr(0, 16), "btvm virtual CPU");
   EXPECT_EQ(Cpuid(0x80000008).eax, 0x3028u) << "48 virtual, 40 physical address bits";
   EXPECT_EQ(Cpuid(0x80000008).eax & 0xff, kPhysAddrBits);
 }

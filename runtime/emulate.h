@@ -3,7 +3,20 @@
 // hardware (DESIGN.md, Translator: "call into the runtime"). Translated
 // blocks end before such an instruction; the bt engine decodes it here,
 // emulates it, and continues after it.
+//
+// Privilege, IOPL and reserved-bit checks raise the exceptions hardware
+// raises (#GP, #UD, #NM, #NP, #SS, #PF), as values: an emulated instruction
+// either completes or leaves CpuState and guest memory as they were, apart
+// from what the architecture lets a faulting instruction leave behind
+// (accessed bits of descriptors and page tables, elements a faulting rep
+// string instruction already did).
+//
+// Not modelled yet: debug-register breakpoints and DR7.GD, single-step
+// traps after an emulated instruction (RFLAGS.TF), task switches (#GP, as
+// IA-32e mode has none), compatibility mode (returning to a 32-bit code
+// segment reports kUnsupported).
 
+#include <cstdint>
 #include <string>
 
 #include "base/counters.h"
@@ -15,14 +28,46 @@
 
 namespace btvm {
 
+// The interrupt shadow an instruction opens (SDM Vol. 3 §6.8.3; the VMX
+// "blocking by STI" / "blocking by MOV SS" bits of Vol. 3 Table 25-3).
+enum class InterruptShadow : uint8_t {
+  kNone,
+  kSti,    // sti with IF clear before it: no external interrupt (INTR)
+           // until the next instruction has completed
+  kMovSs,  // mov ss (pop ss does not exist in 64-bit mode): no external
+           // interrupt, NMI or #DB until the next instruction has completed
+};
+
+// What the engine does after Emulate():
+//
+//   kDone         continue at cpu.rip.
+//   kFault        deliver `exception` as a hardware exception (no gate DPL
+//                 check). cpu.rip is the RIP to push: the instruction itself
+//                 for faults, the next instruction for the one trap emulated
+//                 here, int1 (icebp, #DB).
+//   kSoftwareInt  deliver `exception` as a software interrupt (int n,
+//                 int3: the gate DPL is checked); cpu.rip is past it.
+//   kHalt         hlt: cpu.rip is past it.
+//   kUnsupported  btvm cannot emulate it: `message` says what.
+//
+// The interrupt-shadow contract. Emulate() starts by clearing
+// cpu.pending.interrupt_shadow (the instruction it emulates is the one a
+// previous shadow covered), and an instruction that opens a shadow sets it
+// to 1 again and reports which kind in `shadow`. While it is set the engine
+// must not inject an external interrupt (nor, for kMovSs, an NMI or a
+// debug trap); it must clear it once the next guest instruction has
+// completed (translated code: after the block that runs next, which only
+// delays a pending interrupt by a few instructions) and whenever it
+// delivers an event.
 struct EmulateOutcome {
   enum Kind {
-    kDone,         // RIP advanced (or set by the instruction)
-    kFault,        // deliver `exception` with RIP at the instruction
-    kSoftwareInt,  // deliver `exception` as int n: RIP already past it
-    kHalt,         // hlt: RIP past it
-    kUnsupported,  // btvm cannot emulate it yet: `message`
+    kDone,
+    kFault,
+    kSoftwareInt,
+    kHalt,
+    kUnsupported,
   } kind = kDone;
+  InterruptShadow shadow = InterruptShadow::kNone;
   GuestException exception;
   std::string message;
 };
@@ -45,22 +90,56 @@ class Emulator {
                     uint64_t value, GuestException* fault);
   bool Push(CpuState& cpu, uint64_t value, unsigned size, GuestException* fault);
   bool Pop(CpuState& cpu, uint64_t* value, unsigned size, GuestException* fault);
+  // IOPL, then the TSS I/O permission bitmap (SDM Vol. 1 §19.5).
+  bool IoPermitted(const CpuState& cpu, uint16_t port, unsigned size, GuestException* fault);
+  bool SoftwareGateOk(const CpuState& cpu, uint8_t vector, GuestException* fault);
 
+  EmulateOutcome Dispatch(CpuState& cpu, const DecodedInsn& d);
   EmulateOutcome PortIo(CpuState& cpu, const DecodedInsn& d);
   EmulateOutcome StringOp(CpuState& cpu, const DecodedInsn& d);
+  unsigned RepOverPage(CpuState& cpu, ZydisMnemonic m, unsigned size, uint64_t src_base,
+                       MmuIndex index, unsigned limit);
   EmulateOutcome MovCr(CpuState& cpu, const DecodedInsn& d);
+  EmulateOutcome MovDr(CpuState& cpu, const DecodedInsn& d);
+  EmulateOutcome MovSreg(CpuState& cpu, const DecodedInsn& d);
   EmulateOutcome LoadSegment(CpuState& cpu, int seg, uint16_t selector);
+  EmulateOutcome LoadTaskOrLdt(CpuState& cpu, const DecodedInsn& d);
+  EmulateOutcome QuerySegment(CpuState& cpu, const DecodedInsn& d);
   EmulateOutcome FarReturn(CpuState& cpu, const DecodedInsn& d, bool iret);
+  EmulateOutcome FarJumpOrCall(CpuState& cpu, const DecodedInsn& d);
+  EmulateOutcome Sysenter(CpuState& cpu);
+  EmulateOutcome Sysexit(CpuState& cpu, const DecodedInsn& d);
   EmulateOutcome Msr(CpuState& cpu, bool write);
+  EmulateOutcome FxSave(CpuState& cpu, const DecodedInsn& d);
+  EmulateOutcome XSave(CpuState& cpu, const DecodedInsn& d);
+  EmulateOutcome Xcr(CpuState& cpu, bool write);
+  EmulateOutcome Enter(CpuState& cpu, const DecodedInsn& d);
   EmulateOutcome Divide(CpuState& cpu, const DecodedInsn& d);
-  void Cpuid(CpuState& cpu);
 
   Mmu& mmu_;
   PioBus& pio_;
   Counters& counters_;
 };
 
-// The guest TSC: the host's, as the virtual CPU reports no other frequency yet.
+// The guest TSC: the host's plus the guest's offset (IA32_TSC writes).
 uint64_t GuestTsc(const CpuState& cpu);
+
+// The host TSC frequency in kHz (host CPUID leaf 0x15 or a hypervisor's
+// frequency leaf when they give it, else measured once against
+// CLOCK_MONOTONIC_RAW); the guest's TSC runs at this rate.
+uint64_t HostTscKhz();
+
+// The virtual CPU model (CPUID), one for every engine: emulate.cpp opens
+// with the decisions it makes. Dynamic bits (OSXSAVE, the XSAVE size for
+// the current XCR0) come from `cpu`.
+struct CpuidResult {
+  uint32_t eax = 0, ebx = 0, ecx = 0, edx = 0;
+};
+CpuidResult VirtualCpuid(const CpuState& cpu, uint32_t leaf, uint32_t subleaf);
+
+// XCR0 bits the virtual CPU supports: x87 and SSE (CPUID 0xd.0 EAX).
+inline constexpr uint64_t kSupportedXcr0 = 0x3;
+// The XSAVE area size for those: the legacy region and the header.
+inline constexpr uint32_t kXsaveAreaSize = 576;
 
 }  // namespace btvm

@@ -27,15 +27,6 @@ uint64_t MonotonicNs() {
   return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
 }
 
-// Instructions after which the CPU takes no interrupt before the next one
-// (SDM Vol. 3 §6.8.3): sti that sets IF, and loads of SS.
-bool OpensShadow(const DecodedInsn& d, bool if_before, const CpuState& after) {
-  if (d.insn.mnemonic == ZYDIS_MNEMONIC_STI) return !if_before && (after.rflags & rflags::kIF);
-  if (d.insn.mnemonic == ZYDIS_MNEMONIC_MOV || d.insn.mnemonic == ZYDIS_MNEMONIC_POP) {
-    return d.ops[0].type == ZYDIS_OPERAND_TYPE_REGISTER && d.ops[0].reg.value == ZYDIS_REGISTER_SS;
-  }
-  return false;
-}
 }  // namespace
 
 BtEngine::BtEngine(GuestMemory& memory, PioBus& pio, MmioBus& mmio,
@@ -104,6 +95,8 @@ bool BtEngine::Deliver(const GuestException& e, EventSource source, EngineExit* 
   ++counters_.vectors[e.vector];
   if (e.vector == kPF) ++counters_.page_faults;
   check_irq_ = true;  // delivery changes IF
+  irq_shadow_ = false;  // a delivered event ends a shadow
+  ctx_->cpu.pending.interrupt_shadow = 0;
   if (DeliverEvent(mmu_, ctx_->cpu, e, source) == DeliveryResult::kTripleFault) {
     exit->kind = EngineExit::kTripleFault;
     exit->message = "triple fault (vector " + std::to_string(e.vector) + " at rip " +
@@ -187,13 +180,12 @@ bool BtEngine::Emulate(EngineExit* exit) {
 bool BtEngine::EmulateDecoded(const DecodedInsn& d, EngineExit* exit) {
   CpuState& c = ctx_->cpu;
   const bool tf = c.rflags & rflags::kTF;
-  const bool if_before = c.rflags & rflags::kIF;
   check_irq_ = true;
   ++emulated_[d.insn.mnemonic];
   EmulateOutcome o = emulator_.Emulate(c, d);
   switch (o.kind) {
     case EmulateOutcome::kDone:
-      if (OpensShadow(d, if_before, c)) irq_shadow_ = true;
+      if (o.shadow != InterruptShadow::kNone) irq_shadow_ = true;
       if (tf) {
         c.dr[6] |= kDr6SingleStep;
         return Deliver(GuestException{kDB, false, 0, 0}, EventSource::kException, exit);
@@ -299,8 +291,10 @@ EngineExit BtEngine::Run(CpuState& cpu) {
     }
     bool single = store_alone || (c.rflags & rflags::kTF);
     if (irq_shadow_) {
-      // One instruction runs before an interrupt may be taken.
+      // One instruction runs before an interrupt may be taken
+      // (runtime/emulate.h, the interrupt-shadow contract).
       irq_shadow_ = false;
+      c.pending.interrupt_shadow = 0;
       if (irq_ && (c.rflags & rflags::kIF) && irq_->InterruptPending()) single = true;
       check_irq_ = true;
     } else if (irq_ && check_irq_) {

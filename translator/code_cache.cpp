@@ -84,6 +84,9 @@ void CodeCache::BuildTrampolines() {
   // The fault exit: the host-fault handler already stored GPRs and flags.
   a.bind(fault_exit);
   a.fxsave64(x86::ptr(x86::r15, static_cast<int32_t>(offsetof(CpuState, xsave))));
+  // A pending unmasked x87 exception stays in the guest's saved status
+  // word; the monitor's FPU must not raise it (fldcw would).
+  a.fnclex();
   a.cld();
   a.ldmxcsr(x86::dword_ptr(x86::r15, offsetof(BtContext, host_mxcsr)));
   a.fldcw(x86::word_ptr(x86::r15, offsetof(BtContext, host_fcw)));
@@ -110,6 +113,7 @@ void CodeCache::BuildTrampolines() {
             x86::gpq(h));
     }
     a.fxsave64(x86::ptr(x86::r15, static_cast<int32_t>(offsetof(CpuState, xsave))));
+    a.fnclex();
     a.cld();
     a.ldmxcsr(x86::dword_ptr(x86::r15, offsetof(BtContext, host_mxcsr)));
     a.mov(x86::rdi, x86::r15);

@@ -165,6 +165,7 @@ void BlockEmitter::CallHelper(uint64_t fn, uint16_t keep, uint16_t renamed_live)
     }
   }
   a_.fxsave64(x86::ptr(x86::r15, static_cast<int32_t>(offsetof(CpuState, xsave))));
+  a_.fnclex();
   a_.ldmxcsr(x86::dword_ptr(x86::r15, offsetof(BtContext, host_mxcsr)));
   a_.mov(x86::rdi, x86::r15);
   a_.mov(x86::rax, fn);

@@ -37,17 +37,34 @@ void Reraise(int sig, siginfo_t* info, void* uc) {
   signal(sig, SIG_DFL);  // returning re-executes the fault and dies with it
 }
 
+// Whether the host instruction at pc is an x87 one (D8-DF, or fwait),
+// after its prefixes.
+bool IsX87At(const uint8_t* pc) {
+  for (int i = 0; i < 15; ++i) {
+    uint8_t b = pc[i];
+    bool prefix = b == 0x66 || b == 0x67 || b == 0xf2 || b == 0xf3 || b == 0x2e || b == 0x36 ||
+                  b == 0x3e || b == 0x26 || b == 0x64 || b == 0x65 || (b >= 0x40 && b <= 0x4f);
+    if (!prefix) return (b >= 0xd8 && b <= 0xdf) || b == 0x9b;
+  }
+  return false;
+}
+
 // The guest exception a host signal stands for, or false if it is not one
 // an ident-translated instruction can raise (then it is a monitor bug).
-bool GuestExceptionFor(int sig, const siginfo_t* info, const CpuState& cpu, GuestException* e) {
+bool GuestExceptionFor(int sig, const siginfo_t* info, const CpuState& cpu, const uint8_t* pc,
+                       GuestException* e) {
   switch (sig) {
     case SIGFPE:
       if (info->si_code == FPE_INTDIV || info->si_code == FPE_INTOVF) {
         *e = {kDE, false, 0, 0};
         return true;
       }
-      // SIMD floating point (SDM Vol. 3 §6.15, #XM): #UD unless the OS
-      // said it handles #XM; x87 reports through #MF.
+      // x87 reports through #MF; SIMD floating point (SDM Vol. 3 §6.15,
+      // #XM) is #UD unless the OS said it handles #XM.
+      if (IsX87At(pc)) {
+        *e = {kMF, false, 0, 0};
+        return true;
+      }
       if (info->si_code >= FPE_FLTDIV && info->si_code <= FPE_FLTSUB) {
         *e = (cpu.cr4 & cr4::kOSXMMEXCPT) ? GuestException{kXM, false, 0, 0}
                                           : GuestException::Ud();
@@ -82,7 +99,8 @@ void OnHostFault(int sig, siginfo_t* info, void* ucv) {
   if (it == b->insns.begin()) return Reraise(sig, info, ucv);
   const Block::InsnRecord& rec = *--it;
   GuestException e;
-  if (rec.scratch == 0xffff || !GuestExceptionFor(sig, info, ctx->cpu, &e)) {
+  if (rec.scratch == 0xffff ||
+      !GuestExceptionFor(sig, info, ctx->cpu, reinterpret_cast<const uint8_t*>(pc), &e)) {
     return Reraise(sig, info, ucv);
   }
   // Guest registers not parked in CpuState are live in the host ones.

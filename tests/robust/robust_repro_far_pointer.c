@@ -14,11 +14,16 @@ struct __attribute__((packed)) far32 {
 
 int main(void) {
   static struct far32 p = {0x12345678, KERNEL_DS};
-  u32 value = 0;
-  u16 fs = 0;
+  /* volatile: they live across catch_begin's setjmp. */
+  volatile u32 value = 0;
+  volatile u16 fs = 0;
   struct fault f;
   if (catch_begin(&f) == 0) {
-    asm volatile("lfs %2, %0\n\tmov %%fs, %1" : "=r"(value), "=r"(fs) : "m"(p) : "memory");
+    u32 v;
+    u16 s;
+    asm volatile("lfs %2, %0\n\tmov %%fs, %1" : "=r"(v), "=r"(s) : "m"(p) : "memory");
+    value = v;
+    fs = s;
     catch_end();
   }
   report(f.vector == FAULT_NONE && value == 0x12345678 && fs == KERNEL_DS,

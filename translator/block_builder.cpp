@@ -216,7 +216,9 @@ BuildResult BuildBlock(CodeCache& cache, const BlockKey& key, const FetchFn& fet
       pc = d.rip;
       break;
     }
-    records.push_back(rec);
+    // An instruction that emitted no code (a nop) shares its host offset
+    // with the next one, which owns any fault there.
+    if (d.cls != InsnClass::kNop) records.push_back(rec);
     ++emitted;
     if (d.cls == InsnClass::kBranch) break;
   }
@@ -255,7 +257,7 @@ BuildResult BuildBlock(CodeCache& cache, const BlockKey& key, const FetchFn& fet
     b->insns.push_back({static_cast<uint32_t>(code.labelOffsetFromBase(rec.label)), rec.scratch,
                         0, rec.rip});
   }
-  std::sort(b->insns.begin(), b->insns.end(),
+  std::stable_sort(b->insns.begin(), b->insns.end(),
             [](const Block::InsnRecord& x, const Block::InsnRecord& y) {
               return x.host_offset < y.host_offset;
             });

@@ -81,7 +81,7 @@ struct alignas(64) BtContext {
   // points the instruction at `bounce` + (guest address % 64), so that the
   // host checks alignment as it would on the guest address (a misaligned
   // movdqa still faults), then writes it back.
-  alignas(64) uint8_t bounce[128] = {};
+  alignas(64) uint8_t bounce[256] = {};  // kMaxAccessSize + 63 and then some
   uint64_t bounce_addr = 0;
   uint32_t bounce_size = 0;
   uint8_t bounce_active = 0;

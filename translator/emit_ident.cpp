@@ -187,7 +187,6 @@ bool BlockEmitter::Reencode(const DecodedInsn& d, const Plan& p, int s,
 // xlat: AL = [RBX + zero-extended AL] (SDM Vol. 2 XLAT), through the
 // soft TLB like any load; a segment override (FS/GS) adds its base.
 bool BlockEmitter::EmitXlat(const DecodedInsn& d, uint32_t flags_live) {
-  if (d.insn.address_width != 64) return Fail("xlat with 32-bit addressing");
   Plan p;
   p.used = (1u << kRax) | (1u << kRbx);
   int s = PickScratch(&p, false), t = PickScratch(&p, false);
@@ -197,7 +196,11 @@ bool BlockEmitter::EmitXlat(const DecodedInsn& d, uint32_t flags_live) {
   Spill(s);
   Spill(t);
   a_.movzx(x86::gpd(s), x86::al);
-  a_.add(x86::gpq(s), x86::rbx);
+  if (d.insn.address_width == 32) {
+    a_.add(x86::gpd(s), x86::ebx);  // wraps at 4 GiB, zero-extended
+  } else {
+    a_.add(x86::gpq(s), x86::rbx);
+  }
   if (d.insn.attributes & (ZYDIS_ATTRIB_HAS_SEGMENT_FS | ZYDIS_ATTRIB_HAS_SEGMENT_GS)) {
     int seg = (d.insn.attributes & ZYDIS_ATTRIB_HAS_SEGMENT_FS) ? kFs : kGs;
     a_.add(x86::gpq(s), x86::qword_ptr(x86::r15, static_cast<int32_t>(
@@ -271,7 +274,7 @@ bool BlockEmitter::EmitIdent(const DecodedInsn& d, uint32_t flags_live) {
   }
 
   unsigned size = mem->size / 8;
-  if (size == 0 || size > 64) return Fail("unsupported access size in " + FormatInsn(d));
+  if (size == 0 || size > kMaxAccessSize) return Fail("unsupported access size in " + FormatInsn(d));
   bool read = mem->actions & ZYDIS_OPERAND_ACTION_MASK_READ;
   bool write = mem->actions & ZYDIS_OPERAND_ACTION_MASK_WRITE;
   int s = PickScratch(&p, p.needs_low);

@@ -21,18 +21,24 @@ bool BlockEmitter::EmitStack(const DecodedInsn& d, uint32_t flags_live) {
   bool live = flags_live != 0;
   const ZydisDecodedOperand& op = d.ops[0];
   if (d.insn.mnemonic == ZYDIS_MNEMONIC_LEAVE) {
-    if (d.insn.operand_width != 64) return Fail("16-bit leave");
+    // RSP = RBP, then RBP (or BP with the operand-size prefix) is popped
+    // (SDM Vol. 2 LEAVE; the stack address size is 64).
+    const int width = d.insn.operand_width / 8;
+    if (width != 8 && width != 2) return Fail("leave of this size: " + FormatInsn(d));
     p.used |= 1u << kRbp;
     int s = PickScratch(&p, false), t = PickScratch(&p, false);
     if (live) SaveArith(offsetof(BtContext, saved_flags));
     Spill(s);
     Spill(t);
     a_.mov(x86::gpq(s), x86::rbp);
-    EmitAccess(d, p, s, t, 8, true, false, live,
-               [this, s, t] { a_.mov(x86::gpq(t), x86::qword_ptr(x86::gpq(s))); });
-    a_.lea(x86::gpq(s), x86::ptr(x86::rbp, 8));
+    EmitAccess(d, p, s, t, width, true, false, live, [this, s, t, width] {
+      if (width == 2) a_.movzx(x86::gpd(t), x86::word_ptr(x86::gpq(s)));
+      else a_.mov(x86::gpq(t), x86::qword_ptr(x86::gpq(s)));
+    });
+    a_.lea(x86::gpq(s), x86::ptr(x86::rbp, width));
     a_.mov(x86::qword_ptr(x86::r15, GprOffset(kRsp)), x86::gpq(s));
-    a_.mov(x86::rbp, x86::gpq(t));
+    if (width == 2) a_.mov(x86::bp, x86::gpw(t));
+    else a_.mov(x86::rbp, x86::gpq(t));
     ReloadSpilled(p);
     return true;
   }

@@ -55,6 +55,9 @@ struct EmitEnv {
 // Access info passed to the slow path helper: size in bits 0..7, read and
 // write in bits 8 and 9.
 inline constexpr uint64_t kAccessRead = 1u << 8, kAccessWrite = 1u << 9;
+// The largest memory operand an ident instruction may have (fnsave/frstor:
+// 108 bytes); it must fit the size field and the bounce buffer.
+inline constexpr unsigned kMaxAccessSize = 128;
 // The access is a stack-segment reference (RSP/RBP-based, or push/pop):
 // a non-canonical address raises #SS(0), not #GP(0) (SDM Vol. 3 §6.15).
 inline constexpr uint64_t kAccessStack = 1u << 10;

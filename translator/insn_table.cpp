@@ -49,6 +49,15 @@ constexpr Row kRows[] = {
     // No effect to translate.
     {ZYDIS_MNEMONIC_NOP, InsnClass::kNop, "hint nop with ModRM: no memory access"},
     {ZYDIS_MNEMONIC_PREFETCH, InsnClass::kNop, "prefetch: a hint"},
+    // MPX is not in the CPU model: its encodings are hint nops there, as
+    // on every CPU without MPX.
+    {ZYDIS_MNEMONIC_BNDCL, InsnClass::kNop, "MPX: a nop without MPX"},
+    {ZYDIS_MNEMONIC_BNDCN, InsnClass::kNop, "MPX: a nop without MPX"},
+    {ZYDIS_MNEMONIC_BNDCU, InsnClass::kNop, "MPX: a nop without MPX"},
+    {ZYDIS_MNEMONIC_BNDLDX, InsnClass::kNop, "MPX: a nop without MPX"},
+    {ZYDIS_MNEMONIC_BNDMK, InsnClass::kNop, "MPX: a nop without MPX"},
+    {ZYDIS_MNEMONIC_BNDMOV, InsnClass::kNop, "MPX: a nop without MPX"},
+    {ZYDIS_MNEMONIC_BNDSTX, InsnClass::kNop, "MPX: a nop without MPX"},
     {ZYDIS_MNEMONIC_PREFETCHNTA, InsnClass::kNop, "prefetch: a hint"},
     {ZYDIS_MNEMONIC_PREFETCHT0, InsnClass::kNop, "prefetch: a hint"},
     {ZYDIS_MNEMONIC_PREFETCHT1, InsnClass::kNop, "prefetch: a hint"},

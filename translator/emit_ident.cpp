@@ -214,8 +214,52 @@ bool BlockEmitter::EmitXlat(const DecodedInsn& d, uint32_t flags_live) {
   return true;
 }
 
+// maskmovq / maskmovdqu store the selected bytes at DS:[RDI] (SDM Vol. 2
+// MASKMOVQ): the host instruction runs with RDI pointing at the host
+// bytes. The access counts as a read too, so that a bounced one (across a
+// page, or MMIO) writes back the bytes the mask left alone unchanged.
+bool BlockEmitter::EmitMaskMove(const DecodedInsn& d, uint32_t flags_live) {
+  if (d.insn.address_width != 64) return Fail("maskmov with 32-bit addressing");
+  unsigned size = d.insn.mnemonic == ZYDIS_MNEMONIC_MASKMOVQ ? 8 : 16;
+  Plan p;
+  p.used = 1u << kRdi;
+  int s = PickScratch(&p, false), t = PickScratch(&p, false);
+  last_scratch_ = p.spilled;
+  bool live = flags_live != 0;
+  if (live) SaveArith(offsetof(BtContext, saved_flags));
+  Spill(s);
+  Spill(t);
+  a_.mov(x86::gpq(s), x86::rdi);
+  if (d.insn.attributes & (ZYDIS_ATTRIB_HAS_SEGMENT_FS | ZYDIS_ATTRIB_HAS_SEGMENT_GS)) {
+    int seg = (d.insn.attributes & ZYDIS_ATTRIB_HAS_SEGMENT_FS) ? kFs : kGs;
+    a_.add(x86::gpq(s), x86::qword_ptr(x86::r15, static_cast<int32_t>(
+                                                     offsetof(CpuState, seg) +
+                                                     seg * sizeof(SegmentReg) +
+                                                     offsetof(SegmentReg, base))));
+  }
+  // The instruction's own bytes without a segment prefix (the base is in s).
+  std::vector<uint8_t> bytes;
+  for (unsigned i = 0; i < d.insn.length; ++i) {
+    uint8_t b = d.bytes[i];
+    bool seg_prefix = i < d.insn.raw.prefix_count &&
+                      (b == 0x2e || b == 0x36 || b == 0x3e || b == 0x26 || b == 0x64 || b == 0x65);
+    if (!seg_prefix) bytes.push_back(b);
+  }
+  EmitAccess(d, p, s, t, size, true, true, live, [this, s, bytes] {
+    Spill(kRdi);
+    a_.mov(x86::rdi, x86::gpq(s));
+    a_.embed(bytes.data(), bytes.size());
+    Reload(kRdi);
+  });
+  ReloadSpilled(p);
+  return true;
+}
+
 bool BlockEmitter::EmitIdent(const DecodedInsn& d, uint32_t flags_live) {
   if (d.insn.mnemonic == ZYDIS_MNEMONIC_XLAT) return EmitXlat(d, flags_live);
+  if (d.insn.mnemonic == ZYDIS_MNEMONIC_MASKMOVQ || d.insn.mnemonic == ZYDIS_MNEMONIC_MASKMOVDQU) {
+    return EmitMaskMove(d, flags_live);
+  }
   Plan p;
   if (!PlanInsn(d, &p)) return false;
   last_scratch_ = 0;

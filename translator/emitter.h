@@ -74,6 +74,7 @@ class BlockEmitter {
   bool EmitBranch(const DecodedInsn& d, uint32_t flags_live);
   bool EmitString(const DecodedInsn& d);
   bool EmitXlat(const DecodedInsn& d, uint32_t flags_live);
+  bool EmitMaskMove(const DecodedInsn& d, uint32_t flags_live);
 
   // Leaves the block: RIP = rip, exit reason as given.
   void EmitExit(uint64_t rip, BlockExit reason);

@@ -4,7 +4,7 @@
  * beyond their operand, up and down (SDM Vol. 2 BT); mov to and from a
  * 64-bit absolute address (moffs, opcodes A0-A3); cmpxchg16b; a locked
  * read-modify-write; an access through FS and GS bases; and division with
- * its #DE-free results.
+ * its #DE-free results; maskmovq, whose address is RDI.
  */
 #include "tests/guest/kit/kit.h"
 #include "tests/guest/kit/x86.h"
@@ -102,6 +102,17 @@ int main(void) {
   report(f == 0x1111 && g == 0x2222 && gs_area[3] == 0x3333, "fs: and gs: accesses use the bases");
   wrmsr(0xc0000100, 0);
   wrmsr(0xc0000101, 0);
+
+  /* maskmovq: the bytes whose mask byte has its top bit set go to [rdi]. */
+  static u8 masked[16];
+  for (int i = 0; i < 16; i++) masked[i] = 0xaa;
+  u64 data = 0x1122334455667788ull, mask = 0x8000800000808000ull;
+  asm volatile("movq %1, %%mm0\n\tmovq %2, %%mm1\n\tmaskmovq %%mm1, %%mm0\n\temms"
+               : : "D"(masked + 4), "r"(data), "r"(mask) : "memory");
+  report(masked[4] == 0xaa && masked[5] == 0x77 && masked[6] == 0x66 && masked[7] == 0xaa &&
+             masked[8] == 0xaa && masked[9] == 0x33 && masked[10] == 0xaa && masked[11] == 0x11 &&
+             masked[3] == 0xaa && masked[12] == 0xaa,
+         "maskmovq stores only the selected bytes at [rdi]");
 
   /* Division runs natively. */
   u64 q, r;

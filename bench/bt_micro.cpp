@@ -233,6 +233,34 @@ void BM_BlockDispatch(benchmark::State& state) {
 }
 BENCHMARK(BM_BlockDispatch)->Unit(benchmark::kMillisecond);
 
+// An indirect jump per iteration (to the next instruction, so the loop
+// goes on there): the inline jump-cache lookup.
+void BM_IndirectJumpLookup(benchmark::State& state) {
+  LoopGuest guest([](asmjit::x86::Assembler& a) {
+    asmjit::Label next = a.newLabel();
+    a.lea(asmjit::x86::rax, asmjit::x86::ptr(next));
+    a.jmp(asmjit::x86::rax);
+    a.bind(next);
+  });
+  RunLoop(state, guest, 0);
+}
+BENCHMARK(BM_IndirectJumpLookup)->Unit(benchmark::kMillisecond);
+
+// A call and a return per iteration: the stack sequences and the
+// return-address cache.
+void BM_CallReturn(benchmark::State& state) {
+  LoopGuest guest([](asmjit::x86::Assembler& a) {
+    asmjit::Label fn = a.newLabel(), over = a.newLabel();
+    a.call(fn);
+    a.jmp(over);
+    a.bind(fn);
+    a.ret();
+    a.bind(over);
+  });
+  RunLoop(state, guest, 0);
+}
+BENCHMARK(BM_CallReturn)->Unit(benchmark::kMillisecond);
+
 // Soft-TLB hits: 60 loads from one page (every probe hits after the first
 // iteration). Compare with BM_RegisterMoves, the same block with register
 // moves in place of the loads: the difference per access is the price of a

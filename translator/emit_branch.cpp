@@ -289,10 +289,13 @@ bool BlockEmitter::EmitBranch(const DecodedInsn& d, uint32_t flags_live) {
       }
     } else {
       EmitEffectiveAddress(d, op, p, s);
-      EmitAccess(d, p, s, t, 8, true, false, save, [this, s, slot] {
-        a_.mov(x86::gpq(s), x86::qword_ptr(x86::gpq(s)));
-        a_.mov(x86::qword_ptr(x86::r15, slot), x86::gpq(s));
-      });
+      EmitAccess(
+          d, p, s, t, 8, true, false, save,
+          [this, s, slot] {
+            a_.mov(x86::gpq(s), x86::qword_ptr(x86::gpq(s)));
+            a_.mov(x86::qword_ptr(x86::r15, slot), x86::gpq(s));
+          },
+          false);
     }
   };
   // Pushes the return address, and the call's continuation on the
@@ -301,11 +304,15 @@ bool BlockEmitter::EmitBranch(const DecodedInsn& d, uint32_t flags_live) {
     uint64_t ret = d.NextRip();
     a_.mov(x86::gpq(s), x86::qword_ptr(x86::r15, GprOffset(kRsp)));
     a_.lea(x86::gpq(s), x86::ptr(x86::gpq(s), -8));
-    EmitAccess(d, p, s, t, 8, false, true, save, [this, s, t, ret] {
-      a_.mov(x86::gpq(t), ret);
-      a_.mov(x86::qword_ptr(x86::gpq(s)), x86::gpq(t));
-    });
-    AdjustGuestRsp(t, -8);
+    EmitAccess(
+        d, p, s, t, 8, false, true, save,
+        [this, s, t, ret] {
+          a_.mov(x86::gpq(t), ret);
+          a_.mov(x86::qword_ptr(x86::gpq(s)), x86::gpq(t));
+        },
+        false);
+    // Flags here are saved (restored before leaving) or dead.
+    a_.sub(x86::qword_ptr(x86::r15, GprOffset(kRsp)), 8);
     if (env_.single) return;
     int32_t top = static_cast<int32_t>(offsetof(BtContext, ras_top) + env_.mmu_index);
     int32_t rips = static_cast<int32_t>(offsetof(BtContext, ras_rip) +
@@ -363,10 +370,10 @@ bool BlockEmitter::EmitBranch(const DecodedInsn& d, uint32_t flags_live) {
     uint16_t pop = op.type == ZYDIS_OPERAND_TYPE_IMMEDIATE ? op.imm.value.u : 0;
     if (!setup()) return false;
     a_.mov(x86::gpq(s), x86::qword_ptr(x86::r15, GprOffset(kRsp)));
-    EmitAccess(d, p, s, t, 8, true, false, save, [this, s] {
-      a_.mov(x86::gpq(s), x86::qword_ptr(x86::gpq(s)));
-    });
-    AdjustGuestRsp(t, 8 + pop);
+    EmitAccess(
+        d, p, s, t, 8, true, false, save, [this, s] { a_.mov(x86::gpq(s), x86::qword_ptr(x86::gpq(s))); },
+        false);
+    a_.add(x86::qword_ptr(x86::r15, GprOffset(kRsp)), 8 + pop);  // flags saved
     EmitIndirectJump(p, s, t, save, true);
     return true;
   }

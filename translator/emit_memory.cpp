@@ -101,7 +101,7 @@ void BlockEmitter::EmitEffectiveAddress(const DecodedInsn& d, const ZydisDecoded
 
 void BlockEmitter::EmitAccess(const DecodedInsn& d, const Plan& p, int s, int t, unsigned size,
                               bool read, bool write, bool flags_live,
-                              std::function<void()> body) {
+                              std::function<void()> body, bool restore_flags) {
   SlowPath sp;
   sp.entry = a_.newLabel();
   sp.resume = a_.newLabel();
@@ -116,6 +116,7 @@ void BlockEmitter::EmitAccess(const DecodedInsn& d, const Plan& p, int s, int t,
     }
   }
   sp.flags_saved = flags_live;
+  sp.restore_after = restore_flags;
   sp.spilled = p.spilled;
   sp.rip = d.rip;
   for (int i = 0; i < 16; ++i) sp.rename[i] = p.rename[i];
@@ -140,7 +141,7 @@ void BlockEmitter::EmitAccess(const DecodedInsn& d, const Plan& p, int s, int t,
   // Flags are clobbered here anyway (and restored below when live).
   if (env_.count_hits) a_.add(x86::qword_ptr(x86::r15, offsetof(BtContext, tlb_hits)), 1);
   a_.add(S, x86::qword_ptr(x86::r15, T, 0, host));
-  if (flags_live) RestoreArith(offsetof(BtContext, saved_flags));
+  if (flags_live && restore_flags) RestoreArith(offsetof(BtContext, saved_flags));
   body();
   a_.bind(sp.resume);
   slow_paths_.push_back(std::move(sp));
@@ -213,7 +214,7 @@ void BlockEmitter::EmitSlowPaths() {
     a_.mov(S, x86::qword_ptr(x86::r15, offsetof(BtContext, slow_result)));
     a_.test(S, S);  // arithmetic flags are in saved_flags if live
     a_.jz(sp.fault);
-    if (sp.flags_saved) RestoreArith(offsetof(BtContext, saved_flags));
+    if (sp.flags_saved && sp.restore_after) RestoreArith(offsetof(BtContext, saved_flags));
     OutOfLineInsn copy{a_.newLabel(), sp.spilled, sp.rip};
     a_.bind(copy.label);
     out_of_line_insns_.push_back(copy);

@@ -126,6 +126,7 @@ class BlockEmitter {
     int s = -1, t = -1;
     uint64_t info = 0;
     bool flags_saved = false;
+    bool restore_after = true;  // restore them before the body (else the caller does, later)
     uint16_t spilled = 0;
     uint16_t renamed_live = 0;  // host regs holding renamed guest values (reload after calls)
     int rename[16];
@@ -148,8 +149,11 @@ class BlockEmitter {
   // Probes the soft TLB for [s, s+size) and leaves the host pointer in s;
   // `body` then does the access through [s]. On a fault the block exits with
   // RIP = d.rip and all guest state as before the instruction.
+  // `restore_flags`: false when the caller restores the saved flags itself
+  // later (they are still restored on the fault path).
   void EmitAccess(const DecodedInsn& d, const Plan& p, int s, int t, unsigned size, bool read,
-                  bool write, bool flags_live, std::function<void()> body);
+                  bool write, bool flags_live, std::function<void()> body,
+                  bool restore_flags = true);
   // Full flags (DF too) with pushfq/popfq: around helper calls.
   void SaveFlags(int32_t slot);
   void RestoreFlags(int32_t slot);

@@ -159,7 +159,6 @@ void BlockEmitter::EmitEntryCheck(bool flags_live) {
 void BlockEmitter::EmitIndirectJump(const Plan& p, int s, int t, bool flags_saved, bool is_ret) {
   x86::Gp S = x86::gpq(s), T = x86::gpq(t);
   Label lookup = a_.newLabel(), miss = a_.newLabel(), go = a_.newLabel();
-  a_.mov(x86::qword_ptr(x86::r15, kRipOffset), S);
   if (env_.single) {
     a_.jmp(miss);
   } else {
@@ -198,6 +197,7 @@ void BlockEmitter::EmitIndirectJump(const Plan& p, int s, int t, bool flags_save
     a_.jmp(x86::qword_ptr(x86::r15, offsetof(BtContext, jump_target)));
   }
   a_.bind(miss);
+  a_.mov(x86::qword_ptr(x86::r15, kRipOffset), S);  // S still holds the target
   if (flags_saved) RestoreArith(offsetof(BtContext, saved_flags));
   ReloadSpilled(p);
   a_.mov(x86::dword_ptr(x86::r15, offsetof(BtContext, exit_reason)),

@@ -90,14 +90,15 @@ void BtEngine::TimerThread() {
   }
 }
 
-bool BtEngine::Deliver(const GuestException& e, EventSource source, EngineExit* exit) {
+bool BtEngine::Deliver(const GuestException& e, EventSource source, EngineExit* exit,
+                       uint64_t insn_rip) {
   ++counters_.exceptions_delivered;
   ++counters_.vectors[e.vector];
   if (e.vector == kPF) ++counters_.page_faults;
   check_irq_ = true;  // delivery changes IF
   irq_shadow_ = false;  // a delivered event ends a shadow
   ctx_->cpu.pending.interrupt_shadow = 0;
-  if (DeliverEvent(mmu_, ctx_->cpu, e, source) == DeliveryResult::kTripleFault) {
+  if (DeliverEvent(mmu_, ctx_->cpu, e, source, insn_rip) == DeliveryResult::kTripleFault) {
     exit->kind = EngineExit::kTripleFault;
     exit->message = "triple fault (vector " + std::to_string(e.vector) + " at rip " +
                     Hex(ctx_->cpu.rip) + ")";
@@ -194,7 +195,7 @@ bool BtEngine::EmulateDecoded(const DecodedInsn& d, EngineExit* exit) {
     case EmulateOutcome::kFault:
       return Deliver(o.exception, EventSource::kException, exit);
     case EmulateOutcome::kSoftwareInt:
-      return Deliver(o.exception, EventSource::kSoftware, exit);
+      return Deliver(o.exception, EventSource::kSoftware, exit, d.rip);
     case EmulateOutcome::kHalt:
       return Halt(exit);
     case EmulateOutcome::kUnsupported:

@@ -48,7 +48,8 @@ class BtEngine final : public Engine {
 
  private:
   // Returns false with *exit set when the run must end.
-  bool Deliver(const GuestException& e, EventSource source, EngineExit* exit);
+  bool Deliver(const GuestException& e, EventSource source, EngineExit* exit,
+               uint64_t insn_rip = 0);
   // Takes a pending external interrupt if RFLAGS.IF and no shadow allow it.
   bool TakeInterrupt(EngineExit* exit);
   // hlt: waits for an interrupt; false with *exit set if none can come.

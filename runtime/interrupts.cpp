@@ -44,6 +44,10 @@ bool TryDeliver(Mmu& mmu, CpuState& cpu, const GuestException& ev, EventSource s
   uint16_t cs_sel = static_cast<uint16_t>(gate[0] >> 16);
   uint64_t target = (gate[0] & 0xffff) | (((gate[0] >> 48) & 0xffff) << 16) | (gate[1] << 32);
   unsigned ist = (gate[0] >> 32) & 7;
+  if (!IsCanonical(target)) {  // SDM Vol. 3 §6.14.1: a non-canonical handler is #GP(0)
+    *fault = GuestException::Gp(0);
+    return false;
+  }
 
   Descriptor cs;
   if ((cs_sel & ~3u) == 0) {
@@ -119,10 +123,17 @@ bool TryDeliver(Mmu& mmu, CpuState& cpu, const GuestException& ev, EventSource s
 }  // namespace
 
 DeliveryResult DeliverEvent(Mmu& mmu, CpuState& cpu, const GuestException& event,
-                            EventSource source) {
+                            EventSource source, uint64_t insn_rip) {
   if (event.vector == kPF && source == EventSource::kException) cpu.cr2 = event.cr2;
   GuestException fault;
   if (TryDeliver(mmu, cpu, event, source, &fault)) return DeliveryResult::kDelivered;
+  // A fault while delivering int n / int3 / into is a fault of that
+  // instruction: delivered on its own, with RIP at the instruction, and no
+  // double-fault rules (int 8 is not a #DF).
+  if (source == EventSource::kSoftware) {
+    cpu.rip = insn_rip;
+    return DeliverEvent(mmu, cpu, fault, EventSource::kException);
+  }
   if (event.vector == kDF) return DeliveryResult::kTripleFault;
   // A fault while delivering: benign ones are delivered serially, the
   // contributory/page-fault combinations become #DF (SDM Vol. 3 Table 6-5).

@@ -22,7 +22,9 @@ enum class DeliveryResult : uint8_t { kDelivered, kTripleFault };
 
 // Delivers `event`; cpu.rip must already be the RIP to push (the faulting
 // instruction for faults, the next one for traps and software interrupts).
+// For a software interrupt, `insn_rip` is the RIP of the int instruction
+// (a fault while delivering it is reported there).
 DeliveryResult DeliverEvent(Mmu& mmu, CpuState& cpu, const GuestException& event,
-                            EventSource source);
+                            EventSource source, uint64_t insn_rip = 0);
 
 }  // namespace btvm

@@ -35,6 +35,7 @@ asm(".pushsection .text\n"
     "  ud2\n"
     "  ret\n"
     "do_int50:\n"
+    "int50_insn:\n"
     "  int $0x50\n"
     "  ret\n"
     /* void overflow_push(u64 rsp): push onto the stack at rsp. */
@@ -44,6 +45,7 @@ asm(".pushsection .text\n"
     "  ud2\n"
     ".popsection\n");
 void do_div0(void), do_gp(void), do_ud2(void), do_int50(void);
+extern char int50_insn[];
 void overflow_push(u64 rsp);
 
 static u64 read_u64(u64 va) {
@@ -154,6 +156,16 @@ int main(void) {
   set_idt_present(UD_VECTOR, true);
   report(f.vector == NP_VECTOR && (f.error_code & 2),
          "#UD with a not-present gate: #NP (benign, then contributory: no #DF)");
+
+  /* int $0x50 whose IST stack is not mapped: the #PF is a fault of the
+     int instruction (RIP at it), delivered on its own; no #DF. */
+  kit_tss.ist[1] = IST_VA + PAGE_SIZE;
+  set_idt_ist(0x50, 2);
+  f = run_caught(do_int50);
+  set_idt_ist(0x50, 0);
+  report(f.vector == PF_VECTOR && f.rip == (u64)(uintptr_t)int50_insn &&
+             ALIGN_DOWN(f.cr2, PAGE_SIZE) == IST_VA,
+         "int $0x50 onto an unmapped IST stack: #PF at the int (vector %d)", f.vector);
 
   /* Page fault, then a page fault pushing its frame (IST2 unmapped). */
   kit_tss.ist[1] = IST_VA + PAGE_SIZE;

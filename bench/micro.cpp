@@ -6,6 +6,7 @@
 #include <benchmark/benchmark.h>
 
 #include <cstdio>
+#include <memory>
 
 #include "mmu/mmu.h"
 #include "runtime/machine.h"
@@ -13,30 +14,40 @@
 namespace btvm {
 namespace {
 
-void BM_PageWalkAndFill(benchmark::State& state) {
-  auto mem = GuestMemory::Create(MiB(64));
+// An MMU over 64 MiB of RAM with 4-level tables mapping 512 pages at
+// 0x400000 (the page walk benchmarks' address space).
+struct WalkFixture {
+  GuestMemory mem = std::move(GuestMemory::Create(MiB(64)).value());
   MmioBus mmio;
-  static SoftTlb tlbs[kMmuCount];
-  Mmu mmu(mem.value(), mmio, tlbs);
-  auto pte = [&](uint64_t table, unsigned i) -> uint64_t& {
-    return *reinterpret_cast<uint64_t*>(mem->HostPointer(GuestPhys(table + 8 * i), 8));
-  };
-  pte(0x1000, 0) = 0x2000 | 3;
-  pte(0x2000, 0) = 0x3000 | 3;
-  pte(0x3000, 2) = 0x4000 | 3;
-  for (unsigned i = 0; i < 512; ++i) pte(0x4000, i) = (0x800000 + i * 4096ull) | 3;
+  SoftTlb tlbs[kMmuCount];
+  Mmu mmu{mem, mmio, tlbs};
   CpuState cpu;
-  cpu.cr0 = cr0::kPE | cr0::kPG;
-  cpu.cr4 = cr4::kPAE;
-  cpu.efer = efer::kLME | efer::kLMA;
-  cpu.cr3 = 0x1000;
+
+  WalkFixture() {
+    auto pte = [&](uint64_t table, unsigned i) -> uint64_t& {
+      return *reinterpret_cast<uint64_t*>(mem.HostPointer(GuestPhys(table + 8 * i), 8));
+    };
+    pte(0x1000, 0) = 0x2000 | 3;
+    pte(0x2000, 0) = 0x3000 | 3;
+    pte(0x3000, 2) = 0x4000 | 3;
+    for (unsigned i = 0; i < 512; ++i) pte(0x4000, i) = (0x800000 + i * 4096ull) | 3;
+    cpu.cr0 = cr0::kPE | cr0::kPG;
+    cpu.cr4 = cr4::kPAE;
+    cpu.efer = efer::kLME | efer::kLMA;
+    cpu.cr3 = 0x1000;
+  }
+  static GuestVirt Page(uint64_t i) { return GuestVirt(0x400000 + (i % 512) * 4096); }
+};
+
+void BM_PageWalkAndFill(benchmark::State& state) {
+  auto f = std::make_unique<WalkFixture>();
   uint64_t i = 0;
   for (auto _ : state) {
     // Translate answers from the soft TLB first: drop the entry so that
     // every item is a walk and a fill.
-    GuestVirt va(0x400000 + (i++ % 512) * 4096);
-    tlbs[kMmuKernel].FlushPage(va);
-    Mmu::Lookup l = mmu.Translate(cpu, va, Access::kRead, kMmuKernel);
+    GuestVirt va = WalkFixture::Page(i++);
+    f->tlbs[kMmuKernel].FlushPage(va);
+    Mmu::Lookup l = f->mmu.Translate(f->cpu, va, Access::kRead, kMmuKernel);
     benchmark::DoNotOptimize(l.host);
   }
 }
@@ -45,26 +56,10 @@ BENCHMARK(BM_PageWalkAndFill);
 // Translate when the soft TLB already holds the page (the runtime's own
 // accesses: instruction fetch, emulated instructions, exception frames).
 void BM_TranslateTlbHit(benchmark::State& state) {
-  auto mem = GuestMemory::Create(MiB(64));
-  MmioBus mmio;
-  static SoftTlb tlbs[kMmuCount];
-  Mmu mmu(mem.value(), mmio, tlbs);
-  auto pte = [&](uint64_t table, unsigned i) -> uint64_t& {
-    return *reinterpret_cast<uint64_t*>(mem->HostPointer(GuestPhys(table + 8 * i), 8));
-  };
-  pte(0x1000, 0) = 0x2000 | 3;
-  pte(0x2000, 0) = 0x3000 | 3;
-  pte(0x3000, 2) = 0x4000 | 3;
-  for (unsigned i = 0; i < 512; ++i) pte(0x4000, i) = (0x800000 + i * 4096ull) | 3;
-  CpuState cpu;
-  cpu.cr0 = cr0::kPE | cr0::kPG;
-  cpu.cr4 = cr4::kPAE;
-  cpu.efer = efer::kLME | efer::kLMA;
-  cpu.cr3 = 0x1000;
+  auto f = std::make_unique<WalkFixture>();
   uint64_t i = 0;
   for (auto _ : state) {
-    Mmu::Lookup l = mmu.Translate(cpu, GuestVirt(0x400000 + (i++ % 512) * 4096), Access::kRead,
-                                  kMmuKernel);
+    Mmu::Lookup l = f->mmu.Translate(f->cpu, WalkFixture::Page(i++), Access::kRead, kMmuKernel);
     benchmark::DoNotOptimize(l.host);
   }
 }

@@ -201,13 +201,7 @@ bool BlockEmitter::EmitXlat(const DecodedInsn& d, uint32_t flags_live) {
   } else {
     a_.add(x86::gpq(s), x86::rbx);
   }
-  if (d.insn.attributes & (ZYDIS_ATTRIB_HAS_SEGMENT_FS | ZYDIS_ATTRIB_HAS_SEGMENT_GS)) {
-    int seg = (d.insn.attributes & ZYDIS_ATTRIB_HAS_SEGMENT_FS) ? kFs : kGs;
-    a_.add(x86::gpq(s), x86::qword_ptr(x86::r15, static_cast<int32_t>(
-                                                     offsetof(CpuState, seg) +
-                                                     seg * sizeof(SegmentReg) +
-                                                     offsetof(SegmentReg, base))));
-  }
+  AddSegmentBase(OverrideSegment(d), s);
   EmitAccess(d, p, s, t, 1, true, false, live,
              [this, s] { a_.mov(x86::al, x86::byte_ptr(x86::gpq(s))); });
   ReloadSpilled(p);
@@ -230,13 +224,7 @@ bool BlockEmitter::EmitMaskMove(const DecodedInsn& d, uint32_t flags_live) {
   Spill(s);
   Spill(t);
   a_.mov(x86::gpq(s), x86::rdi);
-  if (d.insn.attributes & (ZYDIS_ATTRIB_HAS_SEGMENT_FS | ZYDIS_ATTRIB_HAS_SEGMENT_GS)) {
-    int seg = (d.insn.attributes & ZYDIS_ATTRIB_HAS_SEGMENT_FS) ? kFs : kGs;
-    a_.add(x86::gpq(s), x86::qword_ptr(x86::r15, static_cast<int32_t>(
-                                                     offsetof(CpuState, seg) +
-                                                     seg * sizeof(SegmentReg) +
-                                                     offsetof(SegmentReg, base))));
-  }
+  AddSegmentBase(OverrideSegment(d), s);
   // The instruction's own bytes without a segment prefix (the base is in s).
   std::vector<uint8_t> bytes;
   for (unsigned i = 0; i < d.insn.length; ++i) {

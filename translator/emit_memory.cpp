@@ -89,14 +89,23 @@ void BlockEmitter::EmitEffectiveAddress(const DecodedInsn& d, const ZydisDecoded
       if (addr32) a_.mov(x86::gpd(s), x86::gpd(s));
     }
   }
-  // In 64-bit mode only FS and GS have bases (SDM Vol. 3 §3.4.4).
-  if (m.segment == ZYDIS_REGISTER_FS || m.segment == ZYDIS_REGISTER_GS) {
-    int seg = m.segment == ZYDIS_REGISTER_FS ? kFs : kGs;
-    a_.add(x86::gpq(s), x86::qword_ptr(x86::r15, static_cast<int32_t>(
-                                                     offsetof(CpuState, seg) +
-                                                     seg * sizeof(SegmentReg) +
-                                                     offsetof(SegmentReg, base))));
-  }
+  AddSegmentBase(m.segment, s);
+}
+
+// In 64-bit mode only FS and GS have bases (SDM Vol. 3 §3.4.4).
+void BlockEmitter::AddSegmentBase(ZydisRegister segment, int s) {
+  if (segment != ZYDIS_REGISTER_FS && segment != ZYDIS_REGISTER_GS) return;
+  int seg = segment == ZYDIS_REGISTER_FS ? kFs : kGs;
+  a_.add(x86::gpq(s), x86::qword_ptr(x86::r15, static_cast<int32_t>(offsetof(CpuState, seg) +
+                                                                     seg * sizeof(SegmentReg) +
+                                                                     offsetof(SegmentReg, base))));
+}
+
+// The segment an instruction with an implicit memory operand overrides.
+ZydisRegister OverrideSegment(const DecodedInsn& d) {
+  if (d.insn.attributes & ZYDIS_ATTRIB_HAS_SEGMENT_FS) return ZYDIS_REGISTER_FS;
+  if (d.insn.attributes & ZYDIS_ATTRIB_HAS_SEGMENT_GS) return ZYDIS_REGISTER_GS;
+  return ZYDIS_REGISTER_DS;
 }
 
 void BlockEmitter::EmitAccess(const DecodedInsn& d, const Plan& p, int s, int t, unsigned size,

@@ -26,6 +26,7 @@ struct GprRef {
   bool high8 = false;
 };
 bool DecodeGpr(ZydisRegister r, GprRef* out);
+ZydisRegister OverrideSegment(const DecodedInsn& d);
 ZydisRegister EncodeGpr(int index, int size);
 
 // Addresses of the runtime pieces translated code jumps to or calls.
@@ -155,6 +156,8 @@ class BlockEmitter {
                   bool write, bool flags_live, std::function<void()> body,
                   bool restore_flags = true);
   // Full flags (DF too) with pushfq/popfq: around helper calls.
+  // s += the base of FS or GS (other segments have none in 64-bit mode).
+  void AddSegmentBase(ZydisRegister segment, int s);
   void SaveFlags(int32_t slot);
   void RestoreFlags(int32_t slot);
   // Arithmetic flags only, with lahf/seto and sahf (much cheaper than

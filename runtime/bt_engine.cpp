@@ -165,19 +165,6 @@ size_t BtEngine::FetchCode(uint64_t rip, uint8_t* buf, size_t len, GuestExceptio
   return n;
 }
 
-bool BtEngine::Emulate(EngineExit* exit) {
-  CpuState& c = ctx_->cpu;
-  uint8_t bytes[ZYDIS_MAX_INSTRUCTION_LENGTH];
-  GuestException fault;
-  size_t n = FetchCode(c.rip, bytes, sizeof(bytes), &fault);
-  DecodedInsn d;
-  if (!decoder_.Decode(bytes, n, c.rip, &d)) {
-    return Deliver(n < sizeof(bytes) ? fault : GuestException::Ud(), EventSource::kException,
-                   exit);
-  }
-  return EmulateDecoded(d, exit);
-}
-
 bool BtEngine::EmulateDecoded(const DecodedInsn& d, EngineExit* exit) {
   CpuState& c = ctx_->cpu;
   const bool tf = c.rflags & rflags::kTF;
@@ -339,9 +326,6 @@ EngineExit BtEngine::Run(CpuState& cpu) {
             goto out;
           }
         }
-        break;
-      case BlockExit::kEmulate:
-        if (!Emulate(&exit)) goto out;
         break;
       case BlockExit::kException:
         if (!Deliver(ctx.exception, EventSource::kException, &exit)) goto out;

@@ -58,7 +58,8 @@ class BtEngine final : public Engine {
   // when the run must end, or with *block null after delivering a fault or
   // emulating the instruction there.
   bool FetchBlock(bool single, Block** block, EngineExit* exit);
-  bool Emulate(EngineExit* exit);
+  // Emulates the sensitive instruction at RIP (decoded once, kept in the
+  // code cache as a code-less block).
   bool EmulateDecoded(const DecodedInsn& d, EngineExit* exit);
   // Reads guest code at rip; returns bytes read, fewer with *fault set.
   size_t FetchCode(uint64_t rip, uint8_t* buf, size_t len, GuestException* fault);

@@ -22,9 +22,8 @@ struct Counters;
 // Why translated code returned to the runtime.
 enum class BlockExit : uint32_t {
   kNext = 0,       // RIP holds the next guest instruction to run
-  kEmulate = 1,    // RIP holds an instruction the runtime must emulate
-  kException = 2,  // RIP holds the faulting instruction; `exception` says what
-  kSmc = 3,        // RIP holds a store into translated code: invalidate, then
+  kException = 1,  // RIP holds the faulting instruction; `exception` says what
+  kSmc = 2,        // RIP holds a store into translated code: invalidate, then
                    // run that one instruction on its own (smc_phys/smc_size)
 };
 
@@ -66,7 +65,7 @@ struct alignas(64) BtContext {
   uint64_t slow_result = 0;    // a helper's return value
   uint64_t slow_addr = 0;      // the guest address a slow path asks about
   uint64_t slow_info = 0;      // its size and access kind (emitter.h)
-  uint64_t call_save[16] = {};  // renamed registers parked across a helper call
+  uint64_t call_save[16] = {};  // host registers the helper stubs keep across a call
   uint64_t host_rsp = 0;       // the monitor's RSP at entry
   uint64_t entry_target = 0;   // where the entry trampoline jumps
   uint32_t host_mxcsr = 0x1f80;

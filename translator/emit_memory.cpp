@@ -128,12 +128,6 @@ void BlockEmitter::EmitAccess(const DecodedInsn& d, const Plan& p, int s, int t,
   sp.restore_after = restore_flags;
   sp.spilled = p.spilled;
   sp.rip = d.rip;
-  for (int i = 0; i < 16; ++i) sp.rename[i] = p.rename[i];
-  // Host registers holding values that are not the guest's own (renamed
-  // RSP/R15, a bit offset) survive the helper call in call_save.
-  for (int g = 0; g < 16; ++g) {
-    if (p.rename[g] != g && p.rename[g] >= 0) sp.renamed_live |= 1u << p.rename[g];
-  }
   sp.body = body;
 
   int32_t tlb = static_cast<int32_t>(offsetof(BtContext, tlb) + env_.mmu_index * sizeof(SoftTlb));
@@ -156,23 +150,16 @@ void BlockEmitter::EmitAccess(const DecodedInsn& d, const Plan& p, int s, int t,
   slow_paths_.push_back(std::move(sp));
 }
 
-// Calls a C++ helper from translated code: the guest values of caller-saved
-// registers go to CpuState and come back, the guest FPU/SSE state is saved
-// (the helper may use vector registers) and DF is cleared (SysV ABI).
-// `keep` are registers the caller reloads itself.
-void BlockEmitter::CallHelper(uint64_t fn, uint16_t keep, uint16_t renamed_live) {
+// Calls a C++ helper that works on the guest registers in CpuState (the
+// string helper): the caller-saved ones go to their CpuState slots and come
+// back from there (the helper may have changed them), the guest FPU/SSE
+// state is saved (the helper may use vector registers) and DF is cleared
+// (SysV ABI). Callee-saved guest registers stay in the host ones.
+void BlockEmitter::CallHelper(uint64_t fn) {
   SaveFlags(offsetof(BtContext, slow_flags));
   a_.cld();
   for (int h = 0; h < 16; ++h) {
-    uint16_t bit = 1u << h;
-    if (!(kCallerSaved & bit) || (keep & bit)) continue;
-    if (renamed_live & bit) {
-      // Holds a renamed guest RSP/R15, maybe just written: park it aside.
-      a_.mov(x86::qword_ptr(x86::r15, static_cast<int32_t>(offsetof(BtContext, call_save) + 8 * h)),
-             x86::gpq(h));
-    } else {
-      Spill(h);
-    }
+    if (kCallerSaved & (1u << h)) Spill(h);
   }
   a_.fxsave64(x86::ptr(x86::r15, static_cast<int32_t>(offsetof(CpuState, xsave))));
   a_.fnclex();
@@ -183,14 +170,7 @@ void BlockEmitter::CallHelper(uint64_t fn, uint16_t keep, uint16_t renamed_live)
   a_.fxrstor64(x86::ptr(x86::r15, static_cast<int32_t>(offsetof(CpuState, xsave))));
   a_.mov(x86::qword_ptr(x86::r15, offsetof(BtContext, slow_result)), x86::rax);
   for (int h = 0; h < 16; ++h) {
-    uint16_t bit = 1u << h;
-    if (!(kCallerSaved & bit) || (keep & bit)) continue;
-    if (renamed_live & bit) {
-      a_.mov(x86::gpq(h), x86::qword_ptr(x86::r15, static_cast<int32_t>(
-                                                      offsetof(BtContext, call_save) + 8 * h)));
-    } else {
-      Reload(h);
-    }
+    if (kCallerSaved & (1u << h)) Reload(h);
   }
 }
 

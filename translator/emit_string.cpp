@@ -63,7 +63,7 @@ bool BlockEmitter::EmitString(const DecodedInsn& d) {
                   (static_cast<uint64_t>(KindOf(d.insn.mnemonic)) << kInfoKindShift) |
                   (seg << kInfoSegShift);
   a_.mov(x86::qword_ptr(x86::r15, offsetof(BtContext, slow_info)), static_cast<int32_t>(info));
-  CallHelper(env_.string_op, 0, 0);
+  CallHelper(env_.string_op);
   Label out = a_.newLabel();
   a_.cmp(x86::qword_ptr(x86::r15, offsetof(BtContext, slow_result)), 0);
   a_.jne(out);

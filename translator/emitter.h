@@ -129,8 +129,6 @@ class BlockEmitter {
     bool flags_saved = false;
     bool restore_after = true;  // restore them before the body (else the caller does, later)
     uint16_t spilled = 0;
-    uint16_t renamed_live = 0;  // host regs holding renamed guest values (reload after calls)
-    int rename[16];
     uint64_t rip = 0;
     std::function<void()> body;
   };
@@ -171,7 +169,7 @@ class BlockEmitter {
   void EmitIndirectJump(const Plan& p, int s, int t, bool flags_saved, bool is_ret);
   void EmitLookupConst(uint64_t target);
   void EmitSlowPaths();
-  void CallHelper(uint64_t fn, uint16_t keep, uint16_t renamed_live);
+  void CallHelper(uint64_t fn);
 
   // Re-encodes an instruction with registers renamed and its memory operand
   // replaced by [s] (s < 0: no memory operand).

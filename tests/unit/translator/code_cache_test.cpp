@@ -1,0 +1,172 @@
+// The code cache's bookkeeping: chaining a direct exit, undoing it when the
+// target is invalidated, finding blocks by host address and by exit data,
+// flushing, and refusing when full. Blocks come from BuildBlock over a
+// small guest code buffer mapped 1:1 (guest-virtual = guest-physical).
+
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <vector>
+
+#include "translator/block_builder.h"
+#include "translator/code_cache.h"
+
+namespace btvm {
+namespace {
+
+constexpr uint64_t kBase = 0x10000;
+
+class CodeCacheTest : public ::testing::Test {
+ protected:
+  explicit CodeCacheTest(size_t capacity = CodeCache::kDefaultCapacity)
+      : cache_(&ctx_, nullptr, capacity) {}
+
+  // Places bytes at guest address `at`.
+  void Put(uint64_t at, std::vector<uint8_t> bytes) {
+    if (code_.size() < at - kBase + bytes.size()) code_.resize(at - kBase + bytes.size(), 0xf4);
+    std::memcpy(code_.data() + (at - kBase), bytes.data(), bytes.size());
+  }
+  BuildResult Build(uint64_t rip) {
+    FetchFn fetch = [this](uint64_t pc, uint8_t* buf, size_t len, GuestException*) {
+      for (size_t i = 0; i < len; ++i) {
+        uint64_t off = pc + i - kBase;
+        buf[i] = off < code_.size() ? code_[off] : 0xf4;  // hlt: a runtime instruction
+      }
+      return len;
+    };
+    return BuildBlock(cache_, BlockKey{rip, rip, 0, 0}, fetch, [](uint64_t v) { return v; });
+  }
+  // Where the patchable jump of `exit` currently goes.
+  static const uint8_t* JumpTarget(const Block& b, uint32_t exit) {
+    const uint8_t* jmp = b.code + b.exits[exit].jmp_offset;
+    unsigned len = jmp[0] == 0xe9 ? 5 : 6;
+    int32_t rel;
+    std::memcpy(&rel, jmp + len - 4, 4);
+    return jmp + len + rel;
+  }
+
+  BtContext ctx_;
+  CodeCache cache_;
+  std::vector<uint8_t> code_;
+};
+
+TEST_F(CodeCacheTest, ReadingAheadWatchesTheSuccessor) {
+  Put(kBase, {0x48, 0x01, 0xd8, 0xeb, 0x10});  // add rax, rbx; jmp +0x10
+  Put(kBase + 0x15, {0x48, 0xff, 0xc0, 0xc3}); // inc rax (leaves CF); ret
+  BuildResult a = Build(kBase);
+  ASSERT_EQ(a.kind, BuildResult::kOk);
+  // The jump's target was decoded for flag liveness: a store there must
+  // invalidate the block that relied on it.
+  EXPECT_TRUE(cache_.Overlaps(kBase + 0x17, 1));
+  cache_.InvalidateRange(kBase + 0x17, 1);
+  EXPECT_FALSE(a.block->valid);
+}
+
+TEST_F(CodeCacheTest, DirectExitChainsAndUnchains) {
+  Put(kBase, {0x48, 0x01, 0xd8, 0xeb, 0x10});     // add rax, rbx; jmp +0x10
+  Put(kBase + 0x15, {0x48, 0x01, 0xd8, 0xc3});    // add rax, rbx; ret
+  BuildResult a = Build(kBase);
+  BuildResult b = Build(kBase + 0x15);
+  ASSERT_EQ(a.kind, BuildResult::kOk);
+  ASSERT_EQ(b.kind, BuildResult::kOk);
+  ASSERT_EQ(a.block->exits.size(), 1u);
+  EXPECT_EQ(a.block->exits[0].target, kBase + 0x15);
+  const uint8_t* stub = a.block->code + a.block->exits[0].stub_offset;
+  EXPECT_EQ(JumpTarget(*a.block, 0), stub);
+
+  ASSERT_TRUE(CodeCache::CanLink(*a.block, *b.block));
+  cache_.Link(a.block, 0, b.block);
+  EXPECT_EQ(JumpTarget(*a.block, 0), b.block->code);
+  EXPECT_EQ(a.block->exits[0].linked, b.block);
+
+  // A store into b's ret invalidates b and points a's jump back at its
+  // stub. (a read ahead into b only as far as the add, which writes every
+  // flag: a store there would invalidate a too.)
+  cache_.InvalidateRange(kBase + 0x18, 1);
+  EXPECT_FALSE(b.block->valid);
+  EXPECT_TRUE(a.block->valid);
+  EXPECT_EQ(cache_.Find(BlockKey{kBase + 0x15, kBase + 0x15, 0, 0}), nullptr);
+  EXPECT_EQ(JumpTarget(*a.block, 0), stub);
+  EXPECT_EQ(a.block->exits[0].linked, nullptr);
+}
+
+TEST_F(CodeCacheTest, OnlySamePagePlainBlocksLink) {
+  Put(kBase, {0x90, 0xc3});
+  Put(kBase + 0x1000, {0x90, 0xc3});
+  BuildResult a = Build(kBase), far = Build(kBase + 0x1000);
+  ASSERT_EQ(a.kind, BuildResult::kOk);
+  ASSERT_EQ(far.kind, BuildResult::kOk);
+  EXPECT_TRUE(CodeCache::CanLink(*a.block, *a.block));
+  EXPECT_FALSE(CodeCache::CanLink(*a.block, *far.block));
+}
+
+TEST_F(CodeCacheTest, WritesOutsideTheBytesKeepTheBlock) {
+  Put(kBase, {0x48, 0x01, 0xd8, 0xc3});  // add rax, rbx; ret
+  BuildResult a = Build(kBase);
+  ASSERT_EQ(a.kind, BuildResult::kOk);
+  EXPECT_FALSE(cache_.Overlaps(kBase + 0x800, 8));
+  cache_.InvalidateRange(kBase + 0x800, 8);
+  EXPECT_TRUE(a.block->valid);
+  EXPECT_TRUE(cache_.Overlaps(kBase + 3, 1));
+}
+
+TEST_F(CodeCacheTest, FindsBlocksByHostAddressAndExitData) {
+  Put(kBase, {0x48, 0x01, 0xd8, 0xeb, 0x10});
+  BuildResult a = Build(kBase);
+  ASSERT_EQ(a.kind, BuildResult::kOk);
+  const Block* b = a.block;
+  EXPECT_EQ(cache_.FindByHostPc(reinterpret_cast<uint64_t>(b->code)), b);
+  EXPECT_EQ(cache_.FindByHostPc(reinterpret_cast<uint64_t>(b->code) + b->code_size - 1), b);
+  EXPECT_EQ(cache_.FindByHostPc(reinterpret_cast<uint64_t>(b->code) + b->code_size + 64), nullptr);
+  // The chain stub is `call stub; dq target`: its data names the exit.
+  uint64_t site = reinterpret_cast<uint64_t>(b->code) + b->exits[0].stub_offset + 5;
+  Block* found = nullptr;
+  uint32_t exit = 99;
+  ASSERT_TRUE(cache_.FindExit(site, &found, &exit));
+  EXPECT_EQ(found, b);
+  EXPECT_EQ(exit, 0u);
+  // The side table maps the first instruction's host offset to its RIP.
+  ASSERT_FALSE(b->insns.empty());
+  EXPECT_EQ(b->insns.front().rip, kBase);
+}
+
+TEST_F(CodeCacheTest, FlushDropsEverything) {
+  Put(kBase, {0x90, 0xc3});
+  BuildResult a = Build(kBase);
+  ASSERT_EQ(a.kind, BuildResult::kOk);
+  EXPECT_EQ(cache_.block_count(), 1u);
+  EXPECT_GT(cache_.used_bytes(), 0u);
+  cache_.RememberLookup(*a.block);
+  EXPECT_EQ(ctx_.jump_cache[0][JumpCacheIndex(kBase)].rip, kBase);
+  cache_.Flush();
+  EXPECT_EQ(cache_.block_count(), 0u);
+  EXPECT_EQ(cache_.used_bytes(), 0u);
+  EXPECT_EQ(cache_.flushes(), 1u);
+  EXPECT_EQ(ctx_.jump_cache[0][JumpCacheIndex(kBase)].rip, kNoRip);
+}
+
+class SmallCodeCacheTest : public CodeCacheTest {
+ protected:
+  SmallCodeCacheTest() : CodeCacheTest(16 << 10) {}
+};
+
+TEST_F(SmallCodeCacheTest, ReportsFullThenWorksAfterAFlush) {
+  // Blocks of loads (each with a slow path) until the region is full.
+  std::vector<uint8_t> loads;
+  for (int i = 0; i < 60; ++i) loads.insert(loads.end(), {0x48, 0x8b, 0x06});  // mov rax, [rsi]
+  loads.push_back(0xc3);
+  Put(kBase, loads);
+  BuildResult r;
+  int built = 0;
+  do {
+    r = Build(kBase);
+    if (r.kind == BuildResult::kOk) ++built;
+  } while (r.kind == BuildResult::kOk && built < 1000);
+  EXPECT_EQ(r.kind, BuildResult::kCacheFull);
+  EXPECT_GT(built, 0);
+  cache_.Flush();
+  EXPECT_EQ(Build(kBase).kind, BuildResult::kOk);
+}
+
+}  // namespace
+}  // namespace btvm

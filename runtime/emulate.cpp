@@ -328,6 +328,22 @@ CpuidResult VirtualCpuid(const CpuState& cpu, uint32_t leaf, uint32_t sub) {
 // ---------------------------------------------------------------------------
 // Operands and the stack.
 
+// A far pointer in memory (SDM Vol. 1 §4.3): an offset of `size` bytes,
+// then a 16-bit selector.
+bool Emulator::ReadFarPointer(const CpuState& cpu, const DecodedInsn& d,
+                              const ZydisDecodedOperand& op, unsigned size, uint64_t* offset,
+                              uint16_t* sel, GuestException* fault) {
+  uint8_t far_ptr[10] = {};
+  if (!mmu_.ReadVirt(cpu, GuestVirt(EffectiveAddress(cpu, d, op)), far_ptr, size + 2,
+                     MmuIndexFor(cpu), fault)) {
+    return false;
+  }
+  *offset = 0;
+  std::memcpy(offset, far_ptr, size);
+  std::memcpy(sel, far_ptr + size, 2);
+  return true;
+}
+
 uint64_t Emulator::EffectiveAddress(const CpuState& cpu, const DecodedInsn& d,
                                     const ZydisDecodedOperand& op) const {
   const auto& m = op.mem;
@@ -927,15 +943,9 @@ EmulateOutcome Emulator::FarJumpOrCall(CpuState& cpu, const DecodedInsn& d) {
   const bool call = d.insn.mnemonic == ZYDIS_MNEMONIC_CALL;
   const unsigned size = d.insn.operand_width / 8;  // of the offset (and of the pushes)
   const unsigned cpl = cpu.Cpl();
-  uint8_t far_ptr[10] = {};
-  if (!mmu_.ReadVirt(cpu, GuestVirt(EffectiveAddress(cpu, d, d.ops[0])), far_ptr, size + 2,
-                     MmuIndexFor(cpu), &fault)) {
-    return Fault(fault);
-  }
   uint64_t offset = 0;
   uint16_t sel;
-  std::memcpy(&offset, far_ptr, size);
-  std::memcpy(&sel, far_ptr + size, 2);
+  if (!ReadFarPointer(cpu, d, d.ops[0], size, &offset, &sel, &fault)) return Fault(fault);
   if (IsNullSelector(sel)) return Fault(Gp0());
   Descriptor desc;
   if (!ReadDescriptor(mmu_, cpu, sel, false, &desc, &fault)) return Fault(fault);
@@ -1642,15 +1652,9 @@ EmulateOutcome Emulator::Dispatch(CpuState& cpu, const DecodedInsn& d) {
       // wide as the register), then the selector, loaded with every check.
       if (d.ops[1].type != ZYDIS_OPERAND_TYPE_MEMORY) return Fault(Ud());
       const unsigned size = d.ops[0].size / 8;
-      uint8_t far_ptr[10] = {};
-      if (!mmu_.ReadVirt(cpu, GuestVirt(EffectiveAddress(cpu, d, d.ops[1])), far_ptr, size + 2,
-                         MmuIndexFor(cpu), &fault)) {
-        return Fault(fault);
-      }
       uint64_t offset = 0;
       uint16_t sel;
-      std::memcpy(&offset, far_ptr, size);
-      std::memcpy(&sel, far_ptr + size, 2);
+      if (!ReadFarPointer(cpu, d, d.ops[1], size, &offset, &sel, &fault)) return Fault(fault);
       const int seg = d.insn.mnemonic == ZYDIS_MNEMONIC_LSS   ? kSs
                       : d.insn.mnemonic == ZYDIS_MNEMONIC_LFS ? kFs
                                                               : kGs;

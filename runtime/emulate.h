@@ -86,6 +86,9 @@ class Emulator {
                             const ZydisDecodedOperand& op) const;
   bool ReadOperand(CpuState& cpu, const DecodedInsn& d, const ZydisDecodedOperand& op,
                    uint64_t* value, GuestException* fault);
+  // A far pointer at `op`: a `size`-byte offset, then a selector.
+  bool ReadFarPointer(const CpuState& cpu, const DecodedInsn& d, const ZydisDecodedOperand& op,
+                      unsigned size, uint64_t* offset, uint16_t* sel, GuestException* fault);
   bool WriteOperand(CpuState& cpu, const DecodedInsn& d, const ZydisDecodedOperand& op,
                     uint64_t value, GuestException* fault);
   bool Push(CpuState& cpu, uint64_t value, unsigned size, GuestException* fault);

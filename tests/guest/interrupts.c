@@ -6,19 +6,10 @@
  */
 #include "tests/guest/kit/desc.h"
 #include "tests/guest/kit/kit.h"
+#include "tests/guest/kit/pic.h"
 #include "tests/guest/kit/x86.h"
 
-#define PIC1_CMD 0x20
-#define PIC1_DATA 0x21
-#define PIC2_CMD 0xa0
-#define PIC2_DATA 0xa1
-#define PIC_EOI 0x20
-#define PIC_READ_IRR 0x0a /* OCW3 */
-#define PIT_CH0 0x40
-#define PIT_CMD 0x43
-#define PIT_HZ 1193182
-#define IRQ_BASE 0x20
-#define TIMER_VECTOR (IRQ_BASE + 0)
+#define TIMER_VECTOR PIT_VECTOR
 #define SPIN_LIMIT 200000000ull
 
 static volatile u64 sw_vector, sw_rip, sw_rflags;
@@ -33,38 +24,11 @@ static void sw_handler(struct ex_regs* r) {
   sw_count++;
 }
 
-/* The PIC reports IRQ 7 without an EOI when a request vanished before
-   INTA (8259A data sheet): ignore it. */
-static void spurious_handler(struct ex_regs* r) {
-  (void)r;
-}
-
 static void timer_handler(struct ex_regs* r) {
   (void)r;
   tick_rflags = read_rflags();
   ticks++;
-  outb(PIC1_CMD, PIC_EOI);
-}
-
-/* Remaps the PICs to vectors 0x20..0x2f, all IRQs masked. */
-static void pic_init(void) {
-  outb(PIC1_CMD, 0x11); /* ICW1: edge, cascade, ICW4 follows */
-  outb(PIC2_CMD, 0x11);
-  outb(PIC1_DATA, IRQ_BASE); /* ICW2: vector base */
-  outb(PIC2_DATA, IRQ_BASE + 8);
-  outb(PIC1_DATA, 1 << 2); /* ICW3: slave on IRQ 2 */
-  outb(PIC2_DATA, 2);
-  outb(PIC1_DATA, 0x01); /* ICW4: 8086 mode */
-  outb(PIC2_DATA, 0x01);
-  outb(PIC1_DATA, 0xff); /* all masked */
-  outb(PIC2_DATA, 0xff);
-}
-
-static void pit_start(unsigned hz) {
-  unsigned divisor = PIT_HZ / hz;
-  outb(PIT_CMD, 0x34); /* channel 0, lobyte/hibyte, mode 2 (rate generator) */
-  outb(PIT_CH0, (u8)divisor);
-  outb(PIT_CH0, (u8)(divisor >> 8));
+  pic_eoi(0);
 }
 
 asm(".pushsection .text\n"
@@ -80,7 +44,6 @@ int main(void) {
   /* Firmware may leave the PIT running with IRQ 0 unmasked at vector 8:
      remap and mask the PICs before any STI. */
   handle_exception(TIMER_VECTOR, timer_handler);
-  handle_exception(IRQ_BASE + 7, spurious_handler);
   pic_init();
 
   /* int n through an interrupt gate: IF cleared in the handler. */
@@ -101,7 +64,7 @@ int main(void) {
 
   /* The PIT at 1 kHz through the PIC. */
   pit_start(1000);
-  outb(PIC1_DATA, 0xfe);
+  pic_unmask(0);
   sti();
   for (u64 i = 0; i < SPIN_LIMIT && ticks < 3; i++) pause();
   cli();
@@ -116,8 +79,7 @@ int main(void) {
     ticks = 0;
     u8 irr = 0;
     for (u64 i = 0; i < SPIN_LIMIT && !(irr & 1); i++) {
-      outb(PIC1_CMD, PIC_READ_IRR);
-      irr = inb(PIC1_CMD);
+      irr = pic_read_irr();
     }
     int held = ticks;
     asm volatile("sti; nop; cli" : : : "memory");
@@ -133,6 +95,6 @@ int main(void) {
     report(ticks > before, "hlt woken by the timer interrupt");
   }
 
-  outb(PIC1_DATA, 0xff); /* mask everything again */
+  pic_mask(0); /* mask everything again */
   return report_summary();
 }

@@ -92,7 +92,7 @@ static struct fault run_caught(void (*fn)(void)) {
   return f;
 }
 
-static struct fault read_caught(u64 addr) {
+static struct fault read_at_label_caught(u64 addr) {
   struct fault f;
   if (catch_begin(&f) == 0) {
     do_read(addr);
@@ -161,7 +161,7 @@ int main(void) {
   report((read_cr0() & X86_CR0_WP) != 0, "CR0.WP is set");
   vm_init();
   const u64 far = 0x40000000000ull; /* 4 TiB: no PML4 entry */
-  f = read_caught(far);
+  f = read_at_label_caught(far);
   check_pf(&f, 0, RIP(read_insn), far, "#PF read, no PML4 entry");
   f = write_caught(far + 8, 1);
   check_pf(&f, PFERR_WRITE, RIP(write_insn), far + 8, "#PF write, no PML4 entry");
@@ -172,11 +172,11 @@ int main(void) {
   do_write(va + 16, 0x1122334455667788ull);
   report(*(volatile u64*)(page + 16) == 0x1122334455667788ull, "write through a mapped page");
   vm_unmap(va);
-  f = read_caught(va + 0x100);
+  f = read_at_label_caught(va + 0x100);
   check_pf(&f, 0, RIP(read_insn), va + 0x100, "#PF read, PTE not present");
 
   vm_map(va, (u64)(uintptr_t)page, PTE_P); /* read-only */
-  f = read_caught(va + 16);
+  f = read_at_label_caught(va + 16);
   report(f.vector == FAULT_NONE, "read of a read-only page does not fault");
   f = write_caught(va + 24, 5);
   check_pf(&f, PFERR_PRESENT | PFERR_WRITE, RIP(write_insn), va + 24,

@@ -48,10 +48,6 @@ void do_div0(void), do_gp(void), do_ud2(void), do_int50(void);
 extern char int50_insn[];
 void overflow_push(u64 rsp);
 
-static u64 read_u64(u64 va) {
-  return *(volatile u64*)(uintptr_t)va;
-}
-
 /* What the #DF handler saw. */
 static volatile struct {
   int count;

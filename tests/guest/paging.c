@@ -12,21 +12,6 @@
 
 #define HIGH_VA 0xffffff8012345000ull /* PML4 slot 511: tables built from nothing */
 
-static u64 read_u64(u64 va) {
-  return *(volatile u64*)(uintptr_t)va;
-}
-static void write_u64(u64 va, u64 v) {
-  *(volatile u64*)(uintptr_t)va = v;
-}
-
-static struct fault read_caught(u64 va) {
-  struct fault f;
-  if (catch_begin(&f) == 0) {
-    read_u64(va);
-    catch_end();
-  }
-  return f;
-}
 
 static struct fault call_caught(u64 va) {
   struct fault f;

@@ -30,21 +30,6 @@
 
 static volatile u64 known = 0x1badc0de5eed1e55ull;
 
-static u64 read_u64(u64 va) {
-  return *(volatile u64*)(uintptr_t)va;
-}
-static void write_u64(u64 va, u64 v) {
-  *(volatile u64*)(uintptr_t)va = v;
-}
-
-static struct fault read_caught(u64 va) {
-  struct fault f;
-  if (catch_begin(&f) == 0) {
-    read_u64(va);
-    catch_end();
-  }
-  return f;
-}
 
 static struct fault write_caught(u64 va, u64 v) {
   struct fault f;

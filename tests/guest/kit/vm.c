@@ -102,3 +102,12 @@ void vm_set_flags(u64 va, u64 size, u64 set, u64 clear) {
     invlpg((void*)(uintptr_t)p);
   }
 }
+
+struct fault read_caught(u64 va) {
+  struct fault f;
+  if (catch_begin(&f) == 0) {
+    read_u64(va);
+    catch_end();
+  }
+  return f;
+}

@@ -9,6 +9,7 @@
  */
 #pragma once
 
+#include "tests/guest/kit/desc.h"
 #include "tests/guest/kit/types.h"
 
 #define PTE_P (1ull << 0)
@@ -45,3 +46,13 @@ volatile u64* vm_pte(u64 va);
 /* The entry at a level (4 = PML4E, 3 = PDPTE, 2 = PDE, 1 = PTE) on the way
    to va, or NULL where the walk ends earlier. No side effects. */
 volatile u64* vm_entry(u64 va, int level);
+
+/* One 64-bit access at a virtual address, as the compiler must emit it. */
+static inline u64 read_u64(u64 va) {
+  return *(volatile u64*)(uintptr_t)va;
+}
+static inline void write_u64(u64 va, u64 v) {
+  *(volatile u64*)(uintptr_t)va = v;
+}
+/* read_u64(va) with any exception caught (vector FAULT_NONE: none). */
+struct fault read_caught(u64 va);

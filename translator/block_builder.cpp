@@ -87,6 +87,24 @@ uint32_t FlagsLiveAt(uint64_t rip, uint64_t page, const FetchFn& fetch, const De
   return live | unknown;
 }
 
+// Guest GPRs an instruction names, explicitly or implicitly.
+uint16_t RegistersNamed(const DecodedInsn& d) {
+  uint16_t regs = 0;
+  auto note = [&](ZydisRegister r) {
+    GprRef g;
+    if (DecodeGpr(r, &g)) regs |= 1u << g.index;
+  };
+  for (unsigned i = 0; i < d.insn.operand_count; ++i) {
+    const ZydisDecodedOperand& op = d.ops[i];
+    if (op.type == ZYDIS_OPERAND_TYPE_REGISTER) note(op.reg.value);
+    if (op.type == ZYDIS_OPERAND_TYPE_MEMORY) {
+      note(op.mem.base);
+      note(op.mem.index);
+    }
+  }
+  return regs;
+}
+
 }  // namespace
 
 BuildResult BuildBlock(CodeCache& cache, const BlockKey& key, const FetchFn& fetch,
@@ -178,24 +196,35 @@ BuildResult BuildBlock(CodeCache& cache, const BlockKey& key, const FetchFn& fet
   };
   BlockEmitter e(a, env);
   if (!single) e.EmitEntryCheck(live_in.empty() ? true : live_in[0] != 0);
+  // The host registers each instruction names (guest GPRs live in the
+  // host GPRs of the same number), for picking scratch registers that the
+  // next few instructions leave alone.
+  std::vector<uint16_t> names(insns.size() + 1, 0);
+  for (size_t i = 0; i < insns.size(); ++i) names[i] = RegistersNamed(insns[i]);
+  constexpr size_t kLookahead = 4;
   struct InsnLabel {
     asmjit::Label label;
     uint16_t scratch;
+    bool flags_saved;
     uint64_t rip;
   };
   std::vector<InsnLabel> records;
   size_t emitted = 0;
   for (size_t i = 0; i < insns.size(); ++i) {
     const DecodedInsn& d = insns[i];
-    InsnLabel rec{a.newLabel(), 0xffff, d.rip};
+    InsnLabel rec{a.newLabel(), 0xffff, false, d.rip};
     a.bind(rec.label);
     // Flags the probe must keep: those live before this instruction.
     uint32_t keep = live_in[i];
+    uint16_t ahead = 0;
+    for (size_t j = i + 1; j < std::min(insns.size(), i + 1 + kLookahead); ++j) ahead |= names[j];
+    e.BeginInsn(keep, ahead);
     bool ok = true;
     switch (d.cls) {
       case InsnClass::kIdent:
         ok = e.EmitIdent(d, keep);
         rec.scratch = e.last_scratch();
+        rec.flags_saved = e.last_flags_saved();
         break;
       case InsnClass::kNop: break;
       case InsnClass::kStack: ok = e.EmitStack(d, keep); break;
@@ -212,6 +241,7 @@ BuildResult BuildBlock(CodeCache& cache, const BlockKey& key, const FetchFn& fet
       }
       // End the block before it; it will start a block of its own and be
       // reported there.
+      e.Materialize();
       e.EmitExit(d.rip, BlockExit::kNext);
       pc = d.rip;
       break;
@@ -223,6 +253,7 @@ BuildResult BuildBlock(CodeCache& cache, const BlockKey& key, const FetchFn& fet
     if (d.cls == InsnClass::kBranch) break;
   }
   if (emitted == insns.size() && (insns.empty() || insns.back().cls != InsnClass::kBranch)) {
+    e.Materialize();
     e.EmitJumpTo(pc);
   }
   e.EmitOutOfLine();
@@ -251,11 +282,11 @@ BuildResult BuildBlock(CodeCache& cache, const BlockKey& key, const FetchFn& fet
   }
   for (const InsnLabel& rec : records) {
     b->insns.push_back({static_cast<uint32_t>(code.labelOffsetFromBase(rec.label)), rec.scratch,
-                        0, rec.rip});
+                        rec.flags_saved, rec.rip});
   }
   for (const auto& rec : e.out_of_line_insns()) {
     b->insns.push_back({static_cast<uint32_t>(code.labelOffsetFromBase(rec.label)), rec.scratch,
-                        0, rec.rip});
+                        rec.flags_saved, rec.rip});
   }
   std::stable_sort(b->insns.begin(), b->insns.end(),
             [](const Block::InsnRecord& x, const Block::InsnRecord& y) {

@@ -68,7 +68,7 @@ struct Block {
   struct InsnRecord {
     uint32_t host_offset;
     uint16_t scratch;  // host registers holding scratch values, guest ones parked in CpuState
-    uint16_t pad = 0;
+    uint16_t flags_saved = 0;  // guest arithmetic flags in BtContext::saved_flags, not host RFLAGS
     uint64_t rip;
   };
   std::vector<InsnRecord> insns;

@@ -222,6 +222,7 @@ bool BlockEmitter::EmitBranch(const DecodedInsn& d, uint32_t flags_live) {
   }
 
   if (InstId id = JccId(m); id != x86::Inst::kIdNone) {
+    Materialize();
     if (m == ZYDIS_MNEMONIC_LOOP || m == ZYDIS_MNEMONIC_LOOPE || m == ZYDIS_MNEMONIC_LOOPNE ||
         m == ZYDIS_MNEMONIC_JRCXZ || m == ZYDIS_MNEMONIC_JECXZ) {
       // rel8 only: hop over a near jump to the taken side.
@@ -241,13 +242,14 @@ bool BlockEmitter::EmitBranch(const DecodedInsn& d, uint32_t flags_live) {
   }
 
   if (m == ZYDIS_MNEMONIC_JMP && relative) {
+    Materialize();
     EmitJumpTo(target);
     return true;
   }
 
   Plan p;
   int s = -1, t = -1;
-  const bool save = flags_live != 0;
+  bool save = false;
   auto setup = [&]() -> bool {
     // Registers of the target operand (visible operand only: the hidden
     // RSP of call/ret is handled here explicitly).
@@ -263,15 +265,17 @@ bool BlockEmitter::EmitBranch(const DecodedInsn& d, uint32_t flags_live) {
           else p.used |= 1u << r.index;
         }
       }
-      for (int g : {kRsp, kR15}) {
-        if (p.rename[g] == -1) p.rename[g] = PickScratch(&p, false);
-      }
     }
+    TakeRegisters(&p);
+    // call and ret use RSP themselves; a copy in a register spares a load.
+    if (p.rename[kRsp] == -1 || m != ZYDIS_MNEMONIC_JMP) RenameRsp(&p);
+    if (p.rename[kR15] == -1) p.rename[kR15] = PickScratch(&p, false);
     s = PickScratch(&p, false);
     t = PickScratch(&p, false);
-    // The probes clobber flags.
-    if (save) SaveArith(offsetof(BtContext, saved_flags));
-    for (int h = 0; h < 16; ++h) if (p.spilled & (1u << h)) Spill(h);
+    // The probes clobber flags. Every exit below restores them and reloads
+    // p.spilled (which includes scratch taken by earlier instructions).
+    save = SaveFlagsIfLive(flags_live != 0);
+    SpillPlan(p);
     LoadRenamed(p);
     return true;
   };
@@ -290,7 +294,7 @@ bool BlockEmitter::EmitBranch(const DecodedInsn& d, uint32_t flags_live) {
     } else {
       EmitEffectiveAddress(d, op, p, s);
       EmitAccess(
-          d, p, s, t, 8, true, false, save,
+          d, p, s, t, 8, true, false,
           [this, s, slot] {
             a_.mov(x86::gpq(s), x86::qword_ptr(x86::gpq(s)));
             a_.mov(x86::qword_ptr(x86::r15, slot), x86::gpq(s));
@@ -302,10 +306,9 @@ bool BlockEmitter::EmitBranch(const DecodedInsn& d, uint32_t flags_live) {
   // return-address cache.
   auto push_return = [&](Label continuation) {
     uint64_t ret = d.NextRip();
-    a_.mov(x86::gpq(s), x86::qword_ptr(x86::r15, GprOffset(kRsp)));
-    a_.lea(x86::gpq(s), x86::ptr(x86::gpq(s), -8));
+    a_.lea(x86::gpq(s), x86::ptr(x86::gpq(p.rename[kRsp]), -8));
     EmitAccess(
-        d, p, s, t, 8, false, true, save,
+        d, p, s, t, 8, false, true,
         [this, s, t, ret] {
           a_.mov(x86::gpq(t), ret);
           a_.mov(x86::qword_ptr(x86::gpq(s)), x86::gpq(t));
@@ -369,9 +372,9 @@ bool BlockEmitter::EmitBranch(const DecodedInsn& d, uint32_t flags_live) {
   if (m == ZYDIS_MNEMONIC_RET) {
     uint16_t pop = op.type == ZYDIS_OPERAND_TYPE_IMMEDIATE ? op.imm.value.u : 0;
     if (!setup()) return false;
-    a_.mov(x86::gpq(s), x86::qword_ptr(x86::r15, GprOffset(kRsp)));
+    a_.mov(x86::gpq(s), x86::gpq(p.rename[kRsp]));
     EmitAccess(
-        d, p, s, t, 8, true, false, save, [this, s] { a_.mov(x86::gpq(s), x86::qword_ptr(x86::gpq(s))); },
+        d, p, s, t, 8, true, false, [this, s] { a_.mov(x86::gpq(s), x86::qword_ptr(x86::gpq(s))); },
         false);
     a_.add(x86::qword_ptr(x86::r15, GprOffset(kRsp)), 8 + pop);  // flags saved
     EmitIndirectJump(p, s, t, save, true);

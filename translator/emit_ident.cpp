@@ -79,6 +79,8 @@ bool BlockEmitter::PlanInsn(const DecodedInsn& d, Plan* p) {
       if (!note(op.mem.base, hidden) || !note(op.mem.index, hidden)) return false;
     }
   }
+  TakeRegisters(p);
+  if (p->rename[kRsp] == -1) RenameRsp(p);
   for (int g : {kRsp, kR15}) {
     if (p->rename[g] == -1) {
       int h = PickScratch(p, p->needs_low);
@@ -89,19 +91,86 @@ bool BlockEmitter::PlanInsn(const DecodedInsn& d, Plan* p) {
   return true;
 }
 
+void BlockEmitter::TakeRegisters(Plan* p) {
+  for (int h = 0; h < 16; ++h) {
+    if (p->used & borrowed_ & (1u << h)) Reload(h);
+  }
+  borrowed_ &= ~p->used;
+  p->spilled = borrowed_;
+  if (rsp_in_ >= 0 && (p->used & (1u << rsp_in_))) rsp_in_ = -1;
+}
+
+void BlockEmitter::RenameRsp(Plan* p) {
+  if (p->rename[kRsp] >= 0 && p->rename[kRsp] != kRsp) return;  // done
+  if (rsp_in_ >= 0 && !(p->used & (1u << rsp_in_)) && (!p->needs_low || rsp_in_ < 8)) {
+    p->used |= 1u << rsp_in_;
+    p->rename[kRsp] = rsp_in_;
+  } else {
+    p->rename[kRsp] = PickScratch(p, p->needs_low);
+  }
+}
+
+void BlockEmitter::KeepRsp(const Plan& p) {
+  if (p.rename[kRsp] >= 0 && p.rename[kRsp] != kRsp) rsp_in_ = p.rename[kRsp];
+}
+
 int BlockEmitter::PickScratch(Plan* p, bool low_only) {
   // Prefer registers without a REX prefix: shorter code, and the only ones
   // an instruction naming AH..BH can use.
   static constexpr int kOrder[] = {kRcx, kRdx, kRsi, kRdi, kRax, kRbx, kRbp,
                                    kR8,  kR9,  kR10, kR11, kR12, kR13, kR14};
-  for (int h : kOrder) {
-    if (low_only && h >= 8) break;
-    if (p->used & (1u << h)) continue;
-    p->used |= 1u << h;
-    p->spilled |= 1u << h;
-    return h;
+  // First a register already taken (no store), then one the next
+  // instructions leave alone (no reload soon), then any.
+  // The copy of guest RSP is kept if possible.
+  uint16_t keep = rsp_in_ >= 0 ? static_cast<uint16_t>(~(1u << rsp_in_)) : 0xffff;
+  for (uint16_t prefer : {static_cast<uint16_t>(p->spilled & keep),
+                          static_cast<uint16_t>(~lookahead_ & keep), static_cast<uint16_t>(keep),
+                          static_cast<uint16_t>(0xffff)}) {
+    for (int h : kOrder) {
+      if (low_only && h >= 8) break;
+      if ((p->used & (1u << h)) || !(prefer & (1u << h))) continue;
+      p->used |= 1u << h;
+      p->spilled |= 1u << h;
+      if (h == rsp_in_) rsp_in_ = -1;
+      return h;
+    }
   }
   return -1;
+}
+
+void BlockEmitter::SpillPlan(const Plan& p) {
+  for (int h = 0; h < 16; ++h) {
+    if ((p.spilled & ~borrowed_) & (1u << h)) Spill(h);
+  }
+  borrowed_ |= p.spilled;
+}
+
+bool BlockEmitter::SaveFlagsIfLive(bool live) {
+  if (live && !flags_saved_) {
+    SaveArith(offsetof(BtContext, saved_flags));
+    flags_saved_ = true;
+  }
+  return flags_saved_;
+}
+
+void BlockEmitter::RestoreSavedFlags() {
+  if (!flags_saved_) return;
+  RestoreArith(offsetof(BtContext, saved_flags));
+  flags_saved_ = false;
+}
+
+void BlockEmitter::BeginInsn(uint32_t flags_live, uint16_t lookahead) {
+  if (flags_live == 0) flags_saved_ = false;
+  lookahead_ = lookahead;
+}
+
+void BlockEmitter::Materialize() {
+  RestoreSavedFlags();
+  for (int h = 0; h < 16; ++h) {
+    if (borrowed_ & (1u << h)) Reload(h);
+  }
+  borrowed_ = 0;
+  rsp_in_ = -1;
 }
 
 void BlockEmitter::Spill(int host) {
@@ -114,6 +183,7 @@ void BlockEmitter::Reload(int host) {
 
 void BlockEmitter::LoadRenamed(const Plan& p) {
   for (int g : {kRsp, kR15}) {
+    if (g == kRsp && p.rename[g] == rsp_in_) continue;  // holds it already
     if (p.rename[g] != g) a_.mov(x86::gpq(p.rename[g]), x86::qword_ptr(x86::r15, GprOffset(g)));
   }
 }
@@ -189,12 +259,12 @@ bool BlockEmitter::Reencode(const DecodedInsn& d, const Plan& p, int s,
 bool BlockEmitter::EmitXlat(const DecodedInsn& d, uint32_t flags_live) {
   Plan p;
   p.used = (1u << kRax) | (1u << kRbx);
+  TakeRegisters(&p);
   int s = PickScratch(&p, false), t = PickScratch(&p, false);
   last_scratch_ = p.spilled;
-  bool live = flags_live != 0;
-  if (live) SaveArith(offsetof(BtContext, saved_flags));
-  Spill(s);
-  Spill(t);
+  SaveFlagsIfLive(flags_live != 0);
+  last_flags_saved_ = flags_saved_;
+  SpillPlan(p);
   a_.movzx(x86::gpd(s), x86::al);
   if (d.insn.address_width == 32) {
     a_.add(x86::gpd(s), x86::ebx);  // wraps at 4 GiB, zero-extended
@@ -202,9 +272,8 @@ bool BlockEmitter::EmitXlat(const DecodedInsn& d, uint32_t flags_live) {
     a_.add(x86::gpq(s), x86::rbx);
   }
   AddSegmentBase(OverrideSegment(d), s);
-  EmitAccess(d, p, s, t, 1, true, false, live,
-             [this, s] { a_.mov(x86::al, x86::byte_ptr(x86::gpq(s))); });
-  ReloadSpilled(p);
+  EmitAccess(d, p, s, t, 1, true, false,
+             [this, s] { a_.mov(x86::al, x86::byte_ptr(x86::gpq(s))); }, false);
   return true;
 }
 
@@ -217,12 +286,12 @@ bool BlockEmitter::EmitMaskMove(const DecodedInsn& d, uint32_t flags_live) {
   unsigned size = d.insn.mnemonic == ZYDIS_MNEMONIC_MASKMOVQ ? 8 : 16;
   Plan p;
   p.used = 1u << kRdi;
+  TakeRegisters(&p);
   int s = PickScratch(&p, false), t = PickScratch(&p, false);
   last_scratch_ = p.spilled;
-  bool live = flags_live != 0;
-  if (live) SaveArith(offsetof(BtContext, saved_flags));
-  Spill(s);
-  Spill(t);
+  SaveFlagsIfLive(flags_live != 0);
+  last_flags_saved_ = flags_saved_;
+  SpillPlan(p);
   a_.mov(x86::gpq(s), x86::rdi);
   AddSegmentBase(OverrideSegment(d), s);
   // The instruction's own bytes without a segment prefix (the base is in s).
@@ -233,13 +302,12 @@ bool BlockEmitter::EmitMaskMove(const DecodedInsn& d, uint32_t flags_live) {
                       (b == 0x2e || b == 0x36 || b == 0x3e || b == 0x26 || b == 0x64 || b == 0x65);
     if (!seg_prefix) bytes.push_back(b);
   }
-  EmitAccess(d, p, s, t, size, true, true, live, [this, s, bytes] {
+  EmitAccess(d, p, s, t, size, true, true, [this, s, bytes] {
     Spill(kRdi);
     a_.mov(x86::rdi, x86::gpq(s));
     a_.embed(bytes.data(), bytes.size());
     Reload(kRdi);
-  });
-  ReloadSpilled(p);
+  }, false);
   return true;
 }
 
@@ -250,7 +318,16 @@ bool BlockEmitter::EmitIdent(const DecodedInsn& d, uint32_t flags_live) {
   }
   Plan p;
   if (!PlanInsn(d, &p)) return false;
-  last_scratch_ = 0;
+  last_scratch_ = p.spilled;
+  const bool renamed = p.rename[kRsp] != kRsp || p.rename[kR15] != kR15;
+  // Saved flags go back to host RFLAGS before an instruction that reads or
+  // writes any of them; others leave them saved.
+  const auto* f = d.insn.cpu_flags;
+  constexpr uint32_t kArith = ZYDIS_CPUFLAG_CF | ZYDIS_CPUFLAG_PF | ZYDIS_CPUFLAG_AF |
+                              ZYDIS_CPUFLAG_ZF | ZYDIS_CPUFLAG_SF | ZYDIS_CPUFLAG_OF;
+  const bool touches_flags =
+      f && ((f->tested | f->modified | f->set_0 | f->set_1 | f->undefined) & kArith);
+  last_flags_saved_ = flags_saved_;
 
   const ZydisDecodedOperand* mem = nullptr;
   const ZydisDecodedOperand* agen = nullptr;
@@ -275,7 +352,7 @@ bool BlockEmitter::EmitIdent(const DecodedInsn& d, uint32_t flags_live) {
     GprRef dst;
     if (!DecodeGpr(d.ops[0].reg.value, &dst)) return Fail("odd lea " + FormatInsn(d));
     uint64_t value = d.NextRip() + agen->mem.disp.value;
-    for (int h = 0; h < 16; ++h) if (p.spilled & (1u << h)) Spill(h);
+    SpillPlan(p);
     int host = p.rename[dst.index];
     if (dst.size == 8) {
       a_.mov(x86::gpq(host), value);
@@ -285,23 +362,24 @@ bool BlockEmitter::EmitIdent(const DecodedInsn& d, uint32_t flags_live) {
       a_.mov(x86::gpw(host), static_cast<uint16_t>(value));
     }
     StoreRenamed(d, p);
-    ReloadSpilled(p);
+    KeepRsp(p);
     return true;
   }
 
   if (!mem) {
-    if (p.spilled == 0) {  // nothing renamed: the guest bytes are the host code
+    if (touches_flags) RestoreSavedFlags();
+    last_flags_saved_ = flags_saved_;
+    if (!renamed) {  // the guest bytes are the host code
       a_.embed(d.bytes, d.insn.length);
       return true;
     }
     std::vector<uint8_t> bytes;
     if (!Reencode(d, p, -1, &bytes)) return false;
-    last_scratch_ = p.spilled;
-    for (int h = 0; h < 16; ++h) if (p.spilled & (1u << h)) Spill(h);
+    SpillPlan(p);
     LoadRenamed(p);
     a_.embed(bytes.data(), bytes.size());
     StoreRenamed(d, p);
-    ReloadSpilled(p);
+    KeepRsp(p);
     return true;
   }
 
@@ -332,9 +410,11 @@ bool BlockEmitter::EmitIdent(const DecodedInsn& d, uint32_t flags_live) {
   std::vector<uint8_t> bytes;
   if (!Reencode(d, p, s, &bytes)) return false;
 
-  bool flags_live_now = flags_live != 0;
-  if (flags_live_now) SaveArith(offsetof(BtContext, saved_flags));
-  for (int h = 0; h < 16; ++h) if (p.spilled & (1u << h)) Spill(h);
+  SaveFlagsIfLive(flags_live != 0);
+  // The instruction's own code runs after the probe: with the flags back
+  // in RFLAGS if it touches them, else still saved.
+  last_flags_saved_ = flags_saved_ && !touches_flags;
+  SpillPlan(p);
   LoadRenamed(p);
   EmitEffectiveAddress(d, *mem, p, s);
   if (u >= 0) {
@@ -355,10 +435,14 @@ bool BlockEmitter::EmitIdent(const DecodedInsn& d, uint32_t flags_live) {
     a_.mov(U, src);
     a_.and_(U, static_cast<int32_t>(size * 8 - 1));
   }
-  EmitAccess(d, p, s, t, size, read, write, flags_live_now,
-             [this, bytes] { a_.embed(bytes.data(), bytes.size()); });
+  EmitAccess(d, p, s, t, size, read, write,
+             [this, bytes] { a_.embed(bytes.data(), bytes.size()); }, touches_flags);
   StoreRenamed(d, p);
-  ReloadSpilled(p);
+  if (u >= 0) {
+    rsp_in_ = -1;  // u took RSP's rename and then the bit offset
+  } else {
+    KeepRsp(p);
+  }
   return true;
 }
 

@@ -109,8 +109,8 @@ ZydisRegister OverrideSegment(const DecodedInsn& d) {
 }
 
 void BlockEmitter::EmitAccess(const DecodedInsn& d, const Plan& p, int s, int t, unsigned size,
-                              bool read, bool write, bool flags_live,
-                              std::function<void()> body, bool restore_flags) {
+                              bool read, bool write, std::function<void()> body,
+                              bool restore_flags) {
   SlowPath sp;
   sp.entry = a_.newLabel();
   sp.resume = a_.newLabel();
@@ -124,7 +124,7 @@ void BlockEmitter::EmitAccess(const DecodedInsn& d, const Plan& p, int s, int t,
       sp.info |= kAccessStack;
     }
   }
-  sp.flags_saved = flags_live;
+  sp.flags_saved = flags_saved_;
   sp.restore_after = restore_flags;
   sp.spilled = p.spilled;
   sp.rip = d.rip;
@@ -144,7 +144,7 @@ void BlockEmitter::EmitAccess(const DecodedInsn& d, const Plan& p, int s, int t,
   // Flags are clobbered here anyway (and restored below when live).
   if (env_.count_hits) a_.add(x86::qword_ptr(x86::r15, offsetof(BtContext, tlb_hits)), 1);
   a_.add(S, x86::qword_ptr(x86::r15, T, 0, host));
-  if (flags_live && restore_flags) RestoreArith(offsetof(BtContext, saved_flags));
+  if (flags_saved_ && restore_flags) RestoreSavedFlags();
   body();
   a_.bind(sp.resume);
   slow_paths_.push_back(std::move(sp));
@@ -204,7 +204,7 @@ void BlockEmitter::EmitSlowPaths() {
     a_.test(S, S);  // arithmetic flags are in saved_flags if live
     a_.jz(sp.fault);
     if (sp.flags_saved && sp.restore_after) RestoreArith(offsetof(BtContext, saved_flags));
-    OutOfLineInsn copy{a_.newLabel(), sp.spilled, sp.rip};
+    OutOfLineInsn copy{a_.newLabel(), sp.spilled, sp.flags_saved && !sp.restore_after, sp.rip};
     a_.bind(copy.label);
     out_of_line_insns_.push_back(copy);
     sp.body();

@@ -1,20 +1,16 @@
 // Explicit stack sequences (DESIGN.md, Translator): guest RSP is not host
 // RSP (host RSP is the monitor's stack, used for helper calls), so push,
 // pop and leave become loads and stores through the soft TLB at the guest
-// RSP kept in CpuState. RSP changes only after the access succeeded, so a
-// #PF on the stack leaves the guest state as before the instruction.
+// RSP kept in CpuState (and, within a block, in a scratch register too, so
+// that a run of pushes does not wait on its own stores). RSP changes only
+// after the access succeeded, so a #PF on the stack leaves the guest state
+// as before the instruction.
 
 #include "translator/emitter.h"
 
 namespace btvm {
 
 using namespace asmjit;
-
-void BlockEmitter::AdjustGuestRsp(int tmp, int32_t delta) {
-  a_.mov(x86::gpq(tmp), x86::qword_ptr(x86::r15, GprOffset(kRsp)));
-  a_.lea(x86::gpq(tmp), x86::ptr(x86::gpq(tmp), delta));
-  a_.mov(x86::qword_ptr(x86::r15, GprOffset(kRsp)), x86::gpq(tmp));
-}
 
 bool BlockEmitter::EmitStack(const DecodedInsn& d, uint32_t flags_live) {
   Plan p;
@@ -26,20 +22,20 @@ bool BlockEmitter::EmitStack(const DecodedInsn& d, uint32_t flags_live) {
     const int width = d.insn.operand_width / 8;
     if (width != 8 && width != 2) return Fail("leave of this size: " + FormatInsn(d));
     p.used |= 1u << kRbp;
+    TakeRegisters(&p);
     int s = PickScratch(&p, false), t = PickScratch(&p, false);
-    if (live) SaveArith(offsetof(BtContext, saved_flags));
-    Spill(s);
-    Spill(t);
+    SaveFlagsIfLive(live);
+    SpillPlan(p);
     a_.mov(x86::gpq(s), x86::rbp);
-    EmitAccess(d, p, s, t, width, true, false, live, [this, s, t, width] {
+    EmitAccess(d, p, s, t, width, true, false, [this, s, t, width] {
       if (width == 2) a_.movzx(x86::gpd(t), x86::word_ptr(x86::gpq(s)));
       else a_.mov(x86::gpq(t), x86::qword_ptr(x86::gpq(s)));
-    });
+    }, false);
     a_.lea(x86::gpq(s), x86::ptr(x86::rbp, width));
     a_.mov(x86::qword_ptr(x86::r15, GprOffset(kRsp)), x86::gpq(s));
+    rsp_in_ = s;
     if (width == 2) a_.mov(x86::bp, x86::gpw(t));
     else a_.mov(x86::rbp, x86::gpq(t));
-    ReloadSpilled(p);
     return true;
   }
 
@@ -49,41 +45,53 @@ bool BlockEmitter::EmitStack(const DecodedInsn& d, uint32_t flags_live) {
   GprRef reg;
   bool is_reg = op.type == ZYDIS_OPERAND_TYPE_REGISTER && DecodeGpr(op.reg.value, &reg);
   bool is_imm = op.type == ZYDIS_OPERAND_TYPE_IMMEDIATE;
-  if (!is_reg && !is_imm) return Fail("push/pop of memory: " + FormatInsn(d));
+  bool push = d.insn.mnemonic == ZYDIS_MNEMONIC_PUSH;
+  if (!is_reg && !(is_imm && push)) return Fail("push/pop of memory: " + FormatInsn(d));
   bool special = is_reg && (reg.index == kRsp || reg.index == kR15);
   if (is_reg && !special) p.used |= 1u << reg.index;
+  TakeRegisters(&p);
+  RenameRsp(&p);
   int s = PickScratch(&p, false), t = PickScratch(&p, false);
-  if (live) SaveArith(offsetof(BtContext, saved_flags));
-  Spill(s);
-  Spill(t);
-  a_.mov(x86::gpq(s), x86::qword_ptr(x86::r15, GprOffset(kRsp)));
+  SaveFlagsIfLive(live);
+  SpillPlan(p);
+  LoadRenamed(p);
+  const int r = p.rename[kRsp];
+  x86::Gp R = x86::gpq(r);
 
-  if (d.insn.mnemonic == ZYDIS_MNEMONIC_PUSH) {
-    a_.lea(x86::gpq(s), x86::ptr(x86::gpq(s), -width));
-    EmitAccess(d, p, s, t, width, false, true, live,
-               [this, s, t, is_imm, special, reg, op, width] {
+  if (push) {
+    a_.lea(x86::gpq(s), x86::ptr(R, -width));
+    EmitAccess(d, p, s, t, width, false, true,
+               [this, s, t, is_imm, special, reg, op, width, R] {
       x86::Mem dst = x86::ptr(x86::gpq(s), 0, width);
       if (is_imm) {
         if (width == 2) a_.mov(dst, static_cast<int32_t>(op.imm.value.s & 0xffff));
         else a_.mov(dst, static_cast<int32_t>(op.imm.value.s));
       } else if (special) {  // push rsp pushes the value before the push
-        a_.mov(x86::gpq(t), x86::qword_ptr(x86::r15, GprOffset(reg.index)));
-        a_.mov(dst, width == 2 ? x86::Gp(x86::gpw(t)) : x86::Gp(x86::gpq(t)));
+        x86::Gp v = reg.index == kRsp ? R : x86::gpq(t);
+        if (reg.index != kRsp) a_.mov(v, x86::qword_ptr(x86::r15, GprOffset(reg.index)));
+        a_.mov(dst, width == 2 ? x86::Gp(v.r16()) : v);
       } else {
         a_.mov(dst, width == 2 ? x86::Gp(x86::gpw(reg.index)) : x86::Gp(x86::gpq(reg.index)));
       }
-    });
-    AdjustGuestRsp(t, -width);
-  } else {  // POP
-    if (!is_reg) return Fail("pop to non-register");
-    EmitAccess(d, p, s, t, width, true, false, live, [this, s, t, width] {
+    }, false);
+    a_.lea(R, x86::ptr(R, -width));
+  } else {
+    a_.mov(x86::gpq(s), R);
+    EmitAccess(d, p, s, t, width, true, false, [this, s, t, width] {
       if (width == 2) a_.movzx(x86::gpd(t), x86::word_ptr(x86::gpq(s)));
       else a_.mov(x86::gpq(t), x86::qword_ptr(x86::gpq(s)));
-    });
-    AdjustGuestRsp(s, width);
+    }, false);
+    a_.lea(R, x86::ptr(R, width));
+  }
+  a_.mov(x86::qword_ptr(x86::r15, GprOffset(kRsp)), R);
+  rsp_in_ = r;
+  if (!push) {
     // pop rsp: RSP takes the value read (SDM Vol. 2 POP); a 16-bit pop
     // replaces only the low 16 bits.
-    if (special) {
+    if (reg.index == kRsp) {
+      a_.mov(width == 2 ? x86::Gp(R.r16()) : R, width == 2 ? x86::Gp(x86::gpw(t)) : x86::gpq(t));
+      a_.mov(x86::qword_ptr(x86::r15, GprOffset(kRsp)), R);
+    } else if (special) {
       if (width == 2) a_.mov(x86::word_ptr(x86::r15, GprOffset(reg.index)), x86::gpw(t));
       else a_.mov(x86::qword_ptr(x86::r15, GprOffset(reg.index)), x86::gpq(t));
     } else if (width == 2) {
@@ -92,7 +100,6 @@ bool BlockEmitter::EmitStack(const DecodedInsn& d, uint32_t flags_live) {
       a_.mov(x86::gpq(reg.index), x86::gpq(t));
     }
   }
-  ReloadSpilled(p);
   return true;
 }
 

@@ -99,12 +99,30 @@ class BlockEmitter {
   // Host registers whose guest values sat in CpuState while the last
   // emitted instruction's own code ran (for the host-fault side table).
   uint16_t last_scratch() const { return last_scratch_; }
+  // Whether the guest arithmetic flags sat in saved_flags (not in host
+  // RFLAGS) while it ran.
+  bool last_flags_saved() const { return last_flags_saved_; }
+
+  // State carried from one instruction to the next inside a block. At a
+  // block boundary every guest GPR is in its host register and the guest
+  // arithmetic flags are in host RFLAGS; inside a block, host registers
+  // taken as scratch stay taken (their guest values in CpuState) until an
+  // instruction names them, and flags saved around a soft-TLB probe stay in
+  // saved_flags until an instruction reads or writes flags.
+  //
+  // Before each instruction: `flags_live` = flags live before it (saved
+  // flags that are dead are forgotten); `lookahead` = the host registers
+  // the next few instructions name (scratch is taken elsewhere if it can).
+  void BeginInsn(uint32_t flags_live, uint16_t lookahead);
+  // Back to the block-boundary state (before exits).
+  void Materialize();
   // Copies of instructions emitted out of line (a slow path runs the
   // instruction on the pointer the MMU gave): they can fault on the host
   // too, so the side table maps them as well.
   struct OutOfLineInsn {
     asmjit::Label label;
     uint16_t scratch;
+    bool flags_saved;
     uint64_t rip;
   };
   const std::vector<OutOfLineInsn>& out_of_line_insns() const { return out_of_line_insns_; }
@@ -117,7 +135,9 @@ class BlockEmitter {
     uint16_t used = 0;     // host registers referenced by the instruction
     bool needs_low = false;  // uses AH..BH: operands must avoid REX registers
     int rename[16];        // guest index -> host register (only rsp, r15 renamed)
-    uint16_t spilled = 0;  // host registers whose guest value went to CpuState
+    // Host registers whose guest value is in CpuState while the instruction
+    // runs: scratch taken by earlier instructions and by this one.
+    uint16_t spilled = 0;
     Plan() {
       for (int i = 0; i < 16; ++i) rename[i] = i;
     }
@@ -135,7 +155,26 @@ class BlockEmitter {
 
   bool Fail(std::string why);
   bool PlanInsn(const DecodedInsn& d, Plan* p);
+  // Once p->used holds the instruction's own registers: gives back those of
+  // them that earlier instructions took as scratch, and starts p->spilled
+  // with the ones still taken.
+  void TakeRegisters(Plan* p);
+  // A host register for scratch: one already taken if possible, else one
+  // the next instructions do not name.
   int PickScratch(Plan* p, bool low_only);
+  // Stores the guest values of p's newly taken scratch registers.
+  void SpillPlan(const Plan& p);
+  // Renames guest RSP for the instruction: into the register that already
+  // holds a copy (rsp_in_), else into a scratch register LoadRenamed fills.
+  void RenameRsp(Plan* p);
+  // After the instruction: the register RSP was renamed into still holds
+  // guest RSP (instructions that write RSP store it to CpuState too).
+  void KeepRsp(const Plan& p);
+  // Saves the arithmetic flags (lahf/seto) if they are live and not saved
+  // yet; returns whether they are saved.
+  bool SaveFlagsIfLive(bool live);
+  // Restores saved flags (an instruction is about to read or write them).
+  void RestoreSavedFlags();
   void Spill(int host);
   void Reload(int host);
   void LoadRenamed(const Plan& p);
@@ -150,9 +189,11 @@ class BlockEmitter {
   // RIP = d.rip and all guest state as before the instruction.
   // `restore_flags`: false when the caller restores the saved flags itself
   // later (they are still restored on the fault path).
+  // Flags saved before the probe (SaveFlagsIfLive) are restored after it
+  // when `restore_flags`, else they stay saved (they are restored on the
+  // fault path either way).
   void EmitAccess(const DecodedInsn& d, const Plan& p, int s, int t, unsigned size, bool read,
-                  bool write, bool flags_live, std::function<void()> body,
-                  bool restore_flags = true);
+                  bool write, std::function<void()> body, bool restore_flags);
   // Full flags (DF too) with pushfq/popfq: around helper calls.
   // s += the base of FS or GS (other segments have none in 64-bit mode).
   void AddSegmentBase(ZydisRegister segment, int s);
@@ -177,7 +218,6 @@ class BlockEmitter {
 
   void StoreImm64(int32_t offset, uint64_t value);
   void EmitCompactExit(uint64_t stub, uint64_t rip);
-  void AdjustGuestRsp(int tmp, int32_t delta);
 
   asmjit::x86::Assembler& a_;
   EmitEnv env_;
@@ -186,6 +226,14 @@ class BlockEmitter {
   std::vector<ExitLabels> exits_;
   std::vector<OutOfLineInsn> out_of_line_insns_;
   uint16_t last_scratch_ = 0;
+  bool last_flags_saved_ = false;
+  uint16_t borrowed_ = 0;      // host registers taken as scratch, guest values in CpuState
+  bool flags_saved_ = false;   // guest arithmetic flags in saved_flags, not host RFLAGS
+  uint16_t lookahead_ = 0;     // host registers the next instructions name
+  // A scratch register holding a copy of guest RSP, or -1. CpuState's RSP
+  // is always current as well: the copy only spares the reload (a store
+  // forwarding delay per push or pop otherwise).
+  int rsp_in_ = -1;
   std::string why_;
 };
 

@@ -108,7 +108,15 @@ void OnHostFault(int sig, siginfo_t* info, void* ucv) {
     if (g == kRsp || g == kR15 || (rec.scratch & (1u << g))) continue;
     ctx->cpu.gpr[g] = static_cast<uint64_t>(uc->uc_mcontext.gregs[kGregOf[g]]);
   }
-  ctx->host_flags = static_cast<uint64_t>(uc->uc_mcontext.gregs[REG_EFL]);
+  uint64_t flags = static_cast<uint64_t>(uc->uc_mcontext.gregs[REG_EFL]);
+  if (rec.flags_saved) {
+    // SaveArith's layout: AH as lahf left it (SF ZF AF PF CF), AL = OF.
+    constexpr uint64_t kLahfFlags = rflags::kSF | rflags::kZF | rflags::kAF | rflags::kPF | rflags::kCF;
+    uint16_t saved = ctx->saved_flags;
+    flags = (flags & ~(kLahfFlags | rflags::kOF)) | ((saved >> 8) & kLahfFlags) |
+            ((saved & 0xff) ? rflags::kOF : 0);
+  }
+  ctx->host_flags = flags;
   ctx->cpu.rip = rec.rip;
   ctx->exception = e;
   ctx->exit_reason = BlockExit::kException;

@@ -250,6 +250,7 @@ bool BlockEmitter::EmitBranch(const DecodedInsn& d, uint32_t flags_live) {
   Plan p;
   int s = -1, t = -1;
   bool save = false;
+  bool stack_ready = false;
   auto setup = [&]() -> bool {
     // Registers of the target operand (visible operand only: the hidden
     // RSP of call/ret is handled here explicitly).
@@ -271,7 +272,11 @@ bool BlockEmitter::EmitBranch(const DecodedInsn& d, uint32_t flags_live) {
     if (p.rename[kRsp] == -1 || m != ZYDIS_MNEMONIC_JMP) RenameRsp(&p);
     if (p.rename[kR15] == -1) p.rename[kR15] = PickScratch(&p, false);
     s = PickScratch(&p, false);
-    t = PickScratch(&p, false);
+    // A direct call's push and a ret probe the stack's last slot first.
+    stack_ready = (m == ZYDIS_MNEMONIC_RET || (m == ZYDIS_MNEMONIC_CALL && relative)) &&
+                  stack_slot_in_ >= 0;
+    t = stack_ready ? stack_slot_in_ : PickScratch(&p, false);
+    p.used |= 1u << t;
     // The probes clobber flags. Every exit below restores them and reloads
     // p.spilled (which includes scratch taken by earlier instructions).
     save = SaveFlagsIfLive(flags_live != 0);
@@ -313,7 +318,7 @@ bool BlockEmitter::EmitBranch(const DecodedInsn& d, uint32_t flags_live) {
           a_.mov(x86::gpq(t), ret);
           a_.mov(x86::qword_ptr(x86::gpq(s)), x86::gpq(t));
         },
-        false);
+        false, stack_ready);
     // Flags here are saved (restored before leaving) or dead.
     a_.sub(x86::qword_ptr(x86::r15, GprOffset(kRsp)), 8);
     if (env_.single) return;
@@ -375,7 +380,7 @@ bool BlockEmitter::EmitBranch(const DecodedInsn& d, uint32_t flags_live) {
     a_.mov(x86::gpq(s), x86::gpq(p.rename[kRsp]));
     EmitAccess(
         d, p, s, t, 8, true, false, [this, s] { a_.mov(x86::gpq(s), x86::qword_ptr(x86::gpq(s))); },
-        false);
+        false, stack_ready);
     a_.add(x86::qword_ptr(x86::r15, GprOffset(kRsp)), 8 + pop);  // flags saved
     EmitIndirectJump(p, s, t, save, true);
     return true;

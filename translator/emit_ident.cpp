@@ -98,6 +98,7 @@ void BlockEmitter::TakeRegisters(Plan* p) {
   borrowed_ &= ~p->used;
   p->spilled = borrowed_;
   if (rsp_in_ >= 0 && (p->used & (1u << rsp_in_))) rsp_in_ = -1;
+  if (stack_slot_in_ >= 0 && (p->used & (1u << stack_slot_in_))) stack_slot_in_ = -1;
 }
 
 void BlockEmitter::RenameRsp(Plan* p) {
@@ -121,8 +122,10 @@ int BlockEmitter::PickScratch(Plan* p, bool low_only) {
                                    kR8,  kR9,  kR10, kR11, kR12, kR13, kR14};
   // First a register already taken (no store), then one the next
   // instructions leave alone (no reload soon), then any.
-  // The copy of guest RSP is kept if possible.
-  uint16_t keep = rsp_in_ >= 0 ? static_cast<uint16_t>(~(1u << rsp_in_)) : 0xffff;
+  // The copy of guest RSP and the stack's slot offset are kept if possible.
+  uint16_t keep = 0xffff;
+  if (rsp_in_ >= 0) keep &= ~(1u << rsp_in_);
+  if (stack_slot_in_ >= 0) keep &= ~(1u << stack_slot_in_);
   for (uint16_t prefer : {static_cast<uint16_t>(p->spilled & keep),
                           static_cast<uint16_t>(~lookahead_ & keep), static_cast<uint16_t>(keep),
                           static_cast<uint16_t>(0xffff)}) {
@@ -132,6 +135,7 @@ int BlockEmitter::PickScratch(Plan* p, bool low_only) {
       p->used |= 1u << h;
       p->spilled |= 1u << h;
       if (h == rsp_in_) rsp_in_ = -1;
+      if (h == stack_slot_in_) stack_slot_in_ = -1;
       return h;
     }
   }
@@ -171,6 +175,7 @@ void BlockEmitter::Materialize() {
   }
   borrowed_ = 0;
   rsp_in_ = -1;
+  stack_slot_in_ = -1;
 }
 
 void BlockEmitter::Spill(int host) {

@@ -108,11 +108,20 @@ ZydisRegister OverrideSegment(const DecodedInsn& d) {
   return ZYDIS_REGISTER_DS;
 }
 
+// t = the byte offset of the soft-TLB slot of the guest address in s.
+void BlockEmitter::SlotOffset(int s, int t) {
+  a_.mov(x86::gpq(t), x86::gpq(s));
+  a_.shr(x86::gpq(t), 7);
+  a_.and_(x86::gpq(t), (SoftTlb::kEntries - 1) * sizeof(TlbEntry));
+}
+
 void BlockEmitter::EmitAccess(const DecodedInsn& d, const Plan& p, int s, int t, unsigned size,
                               bool read, bool write, std::function<void()> body,
-                              bool restore_flags) {
+                              bool restore_flags, bool index_ready) {
   SlowPath sp;
   sp.entry = a_.newLabel();
+  sp.hit = a_.newLabel();
+  sp.index_ready = index_ready;
   sp.resume = a_.newLabel();
   sp.fault = a_.newLabel();
   sp.s = s;
@@ -135,12 +144,11 @@ void BlockEmitter::EmitAccess(const DecodedInsn& d, const Plan& p, int s, int t,
                                                  : offsetof(TlbEntry, read_tag));
   int32_t host = tlb + static_cast<int32_t>(offsetof(TlbEntry, host_page));
   x86::Gp S = x86::gpq(s), T = x86::gpq(t);
-  a_.mov(T, S);
-  a_.shr(T, 7);
-  a_.and_(T, (SoftTlb::kEntries - 1) * sizeof(TlbEntry));
+  if (!index_ready) SlotOffset(s, t);
   a_.xor_(S, x86::qword_ptr(x86::r15, T, 0, tag));
   a_.cmp(S, static_cast<int32_t>(kPageSize - size));
   a_.ja(sp.entry);
+  a_.bind(sp.hit);
   // Flags are clobbered here anyway (and restored below when live).
   if (env_.count_hits) a_.add(x86::qword_ptr(x86::r15, offsetof(BtContext, tlb_hits)), 1);
   a_.add(S, x86::qword_ptr(x86::r15, T, 0, host));
@@ -194,6 +202,14 @@ void BlockEmitter::EmitSlowPaths() {
                                                  ? offsetof(TlbEntry, write_tag)
                                                  : offsetof(TlbEntry, read_tag));
     a_.bind(sp.entry);
+    if (sp.index_ready) {
+      // The slot was another access's: probe the address's own slot.
+      a_.xor_(S, x86::qword_ptr(x86::r15, T, 0, tag));
+      SlotOffset(sp.s, sp.t);
+      a_.xor_(S, x86::qword_ptr(x86::r15, T, 0, tag));
+      a_.cmp(S, static_cast<int32_t>(kPageSize - (sp.info & 0xff)));
+      a_.jbe(sp.hit);
+    }
     a_.xor_(S, x86::qword_ptr(x86::r15, T, 0, tag));  // the guest address again
     // The helper takes the address and access from the context; the stub
     // keeps every register (DF included) as it is.

@@ -51,7 +51,12 @@ bool BlockEmitter::EmitStack(const DecodedInsn& d, uint32_t flags_live) {
   if (is_reg && !special) p.used |= 1u << reg.index;
   TakeRegisters(&p);
   RenameRsp(&p);
-  int s = PickScratch(&p, false), t = PickScratch(&p, false);
+  int s = PickScratch(&p, false);
+  // The slot offset of the last stack access is probed first: the stack
+  // seldom leaves its page within a block.
+  const bool index_ready = stack_slot_in_ >= 0;
+  int t = index_ready ? stack_slot_in_ : PickScratch(&p, false);
+  p.used |= 1u << t;
   SaveFlagsIfLive(live);
   SpillPlan(p);
   LoadRenamed(p);
@@ -73,31 +78,34 @@ bool BlockEmitter::EmitStack(const DecodedInsn& d, uint32_t flags_live) {
       } else {
         a_.mov(dst, width == 2 ? x86::Gp(x86::gpw(reg.index)) : x86::Gp(x86::gpq(reg.index)));
       }
-    }, false);
+    }, false, index_ready);
     a_.lea(R, x86::ptr(R, -width));
   } else {
+    // The value goes to s itself (t keeps the slot offset).
     a_.mov(x86::gpq(s), R);
-    EmitAccess(d, p, s, t, width, true, false, [this, s, t, width] {
-      if (width == 2) a_.movzx(x86::gpd(t), x86::word_ptr(x86::gpq(s)));
-      else a_.mov(x86::gpq(t), x86::qword_ptr(x86::gpq(s)));
-    }, false);
+    EmitAccess(d, p, s, t, width, true, false, [this, s, width] {
+      if (width == 2) a_.movzx(x86::gpd(s), x86::word_ptr(x86::gpq(s)));
+      else a_.mov(x86::gpq(s), x86::qword_ptr(x86::gpq(s)));
+    }, false, index_ready);
     a_.lea(R, x86::ptr(R, width));
   }
   a_.mov(x86::qword_ptr(x86::r15, GprOffset(kRsp)), R);
   rsp_in_ = r;
+  // push r15 loaded the value through t.
+  stack_slot_in_ = push && special && reg.index == kR15 ? -1 : t;
   if (!push) {
     // pop rsp: RSP takes the value read (SDM Vol. 2 POP); a 16-bit pop
     // replaces only the low 16 bits.
+    x86::Gp v = width == 2 ? x86::Gp(x86::gpw(s)) : x86::Gp(x86::gpq(s));
     if (reg.index == kRsp) {
-      a_.mov(width == 2 ? x86::Gp(R.r16()) : R, width == 2 ? x86::Gp(x86::gpw(t)) : x86::gpq(t));
+      a_.mov(width == 2 ? x86::Gp(R.r16()) : R, v);
       a_.mov(x86::qword_ptr(x86::r15, GprOffset(kRsp)), R);
     } else if (special) {
-      if (width == 2) a_.mov(x86::word_ptr(x86::r15, GprOffset(reg.index)), x86::gpw(t));
-      else a_.mov(x86::qword_ptr(x86::r15, GprOffset(reg.index)), x86::gpq(t));
-    } else if (width == 2) {
-      a_.mov(x86::gpw(reg.index), x86::gpw(t));
+      a_.mov(width == 2 ? x86::word_ptr(x86::r15, GprOffset(reg.index))
+                        : x86::qword_ptr(x86::r15, GprOffset(reg.index)),
+             v);
     } else {
-      a_.mov(x86::gpq(reg.index), x86::gpq(t));
+      a_.mov(width == 2 ? x86::Gp(x86::gpw(reg.index)) : x86::Gp(x86::gpq(reg.index)), v);
     }
   }
   return true;

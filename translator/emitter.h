@@ -143,8 +143,9 @@ class BlockEmitter {
     }
   };
   struct SlowPath {
-    asmjit::Label entry, resume, fault;
+    asmjit::Label entry, hit, resume, fault;
     int s = -1, t = -1;
+    bool index_ready = false;  // t held a slot offset computed earlier (maybe another page's)
     uint64_t info = 0;
     bool flags_saved = false;
     bool restore_after = true;  // restore them before the body (else the caller does, later)
@@ -182,6 +183,7 @@ class BlockEmitter {
   void ReloadSpilled(const Plan& p);
 
   // Computes the effective address of memory operand `op` into host `s`.
+  void SlotOffset(int s, int t);
   void EmitEffectiveAddress(const DecodedInsn& d, const ZydisDecodedOperand& op, const Plan& p,
                             int s);
   // Probes the soft TLB for [s, s+size) and leaves the host pointer in s;
@@ -192,8 +194,11 @@ class BlockEmitter {
   // Flags saved before the probe (SaveFlagsIfLive) are restored after it
   // when `restore_flags`, else they stay saved (they are restored on the
   // fault path either way).
+  // `index_ready`: t already holds the TLB slot offset of an earlier
+  // access (the stack's); a miss recomputes it for s before the slow path.
   void EmitAccess(const DecodedInsn& d, const Plan& p, int s, int t, unsigned size, bool read,
-                  bool write, std::function<void()> body, bool restore_flags);
+                  bool write, std::function<void()> body, bool restore_flags,
+                  bool index_ready = false);
   // Full flags (DF too) with pushfq/popfq: around helper calls.
   // s += the base of FS or GS (other segments have none in 64-bit mode).
   void AddSegmentBase(ZydisRegister segment, int s);
@@ -234,6 +239,9 @@ class BlockEmitter {
   // is always current as well: the copy only spares the reload (a store
   // forwarding delay per push or pop otherwise).
   int rsp_in_ = -1;
+  // A scratch register holding the soft-TLB slot offset of the page of the
+  // last stack access, or -1: the next push or pop probes that slot first.
+  int stack_slot_in_ = -1;
   std::string why_;
 };
 

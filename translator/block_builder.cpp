@@ -87,6 +87,17 @@ uint32_t FlagsLiveAt(uint64_t rip, uint64_t page, const FetchFn& fetch, const De
   return live | unknown;
 }
 
+// The target of a direct jmp or jcc, else 0.
+uint64_t BranchTarget(const DecodedInsn& d) {
+  const ZydisDecodedOperand& op = d.ops[0];
+  if (d.insn.operand_count_visible == 0 || op.type != ZYDIS_OPERAND_TYPE_IMMEDIATE ||
+      !op.imm.is_relative) {
+    return 0;
+  }
+  if (d.insn.mnemonic != ZYDIS_MNEMONIC_JMP && !IsJcc(d.insn.mnemonic)) return 0;
+  return d.NextRip() + op.imm.value.u;
+}
+
 // Guest GPRs an instruction names, explicitly or implicitly.
 uint16_t RegistersNamed(const DecodedInsn& d) {
   uint16_t regs = 0;
@@ -194,8 +205,6 @@ BuildResult BuildBlock(CodeCache& cache, const BlockKey& key, const FetchFn& fet
     if ((target & kPageMask) != (rip & kPageMask)) return kArithFlags;
     return FlagsLiveAt(target, rip & kPageMask, fetch, decoder, &watch_lo, &watch_hi);
   };
-  BlockEmitter e(a, env);
-  if (!single) e.EmitEntryCheck(live_in.empty() ? true : live_in[0] != 0);
   // The host registers each instruction names (guest GPRs live in the
   // host GPRs of the same number), for picking scratch registers that the
   // next few instructions leave alone.
@@ -210,51 +219,81 @@ BuildResult BuildBlock(CodeCache& cache, const BlockKey& key, const FetchFn& fet
   };
   std::vector<InsnLabel> records;
   size_t emitted = 0;
-  for (size_t i = 0; i < insns.size(); ++i) {
-    const DecodedInsn& d = insns[i];
-    InsnLabel rec{a.newLabel(), 0xffff, false, d.rip};
-    a.bind(rec.label);
-    // Flags the probe must keep: those live before this instruction.
-    uint32_t keep = live_in[i];
-    uint16_t ahead = 0;
-    for (size_t j = i + 1; j < std::min(insns.size(), i + 1 + kLookahead); ++j) ahead |= names[j];
-    e.BeginInsn(keep, ahead);
-    bool ok = true;
-    switch (d.cls) {
-      case InsnClass::kIdent:
-        ok = e.EmitIdent(d, keep);
-        rec.scratch = e.last_scratch();
-        rec.flags_saved = e.last_flags_saved();
-        break;
-      case InsnClass::kNop: break;
-      case InsnClass::kStack: ok = e.EmitStack(d, keep); break;
-      case InsnClass::kString: ok = e.EmitString(d); break;
-      case InsnClass::kBranch: ok = e.EmitBranch(d, keep); break;
-      case InsnClass::kRuntime:
-      case InsnClass::kUndefined: ok = false; break;
-    }
-    if (!ok) {
-      if (emitted == 0) {
-        r.kind = BuildResult::kUnsupported;
-        r.message = e.why();
-        return r;
+  // Emits the instructions; false: the first cannot be translated.
+  auto emit_insns = [&](BlockEmitter& e, asmjit::x86::Assembler& a) -> bool {
+    records.clear();
+    emitted = 0;
+    for (size_t i = 0; i < insns.size(); ++i) {
+      const DecodedInsn& d = insns[i];
+      InsnLabel rec{a.newLabel(), 0xffff, false, d.rip};
+      a.bind(rec.label);
+      // Flags the probe must keep: those live before this instruction.
+      uint32_t keep = live_in[i];
+      uint16_t ahead = 0;
+      for (size_t j = i + 1; j < std::min(insns.size(), i + 1 + kLookahead); ++j) ahead |= names[j];
+      e.BeginInsn(keep, ahead);
+      bool ok = true;
+      switch (d.cls) {
+        case InsnClass::kIdent:
+          ok = e.EmitIdent(d, keep);
+          rec.scratch = e.last_scratch();
+          rec.flags_saved = e.last_flags_saved();
+          break;
+        case InsnClass::kNop: break;
+        case InsnClass::kStack: ok = e.EmitStack(d, keep); break;
+        case InsnClass::kString: ok = e.EmitString(d); break;
+        case InsnClass::kBranch: ok = e.EmitBranch(d, keep); break;
+        case InsnClass::kRuntime:
+        case InsnClass::kUndefined: ok = false; break;
       }
-      // End the block before it; it will start a block of its own and be
-      // reported there.
-      e.Materialize();
-      e.EmitExit(d.rip, BlockExit::kNext);
-      pc = d.rip;
-      break;
+      if (!ok) {
+        if (emitted == 0) return false;
+        // End the block before it; it will start a block of its own and be
+        // reported there.
+        e.Materialize();
+        e.EmitExit(d.rip, BlockExit::kNext);
+        pc = d.rip;
+        break;
+      }
+      // An instruction that emitted no code (a nop) shares its host offset
+      // with the next one, which owns any fault there.
+      if (d.cls != InsnClass::kNop) records.push_back(rec);
+      ++emitted;
+      if (d.cls == InsnClass::kBranch) break;
     }
-    // An instruction that emitted no code (a nop) shares its host offset
-    // with the next one, which owns any fault there.
-    if (d.cls != InsnClass::kNop) records.push_back(rec);
-    ++emitted;
-    if (d.cls == InsnClass::kBranch) break;
+    if (emitted == insns.size() && (insns.empty() || insns.back().cls != InsnClass::kBranch)) {
+      e.Materialize();
+      e.EmitJumpTo(pc);
+    }
+    return true;
+  };
+
+  // A loop (the last instruction branches back to the block's start) is
+  // translated twice: the first time tells which scratch registers the
+  // body takes, and the second takes them once, before the loop head, so
+  // that the back edge neither reloads nor spills them.
+  const bool loop = !single && !insns.empty() && insns.back().cls == InsnClass::kBranch &&
+                    BranchTarget(insns.back()) == rip;
+  uint16_t loop_regs = 0;
+  if (loop) {
+    asmjit::CodeHolder trial_code;
+    trial_code.init(cache.environment(), cache.next_address());
+    asmjit::x86::Assembler ta(&trial_code);
+    BlockEmitter te(ta, env);
+    uint64_t saved_pc = pc;
+    if (emit_insns(te, ta)) loop_regs = te.back_edge_borrowed();
+    pc = saved_pc;
   }
-  if (emitted == insns.size() && (insns.empty() || insns.back().cls != InsnClass::kBranch)) {
-    e.Materialize();
-    e.EmitJumpTo(pc);
+  BlockEmitter e(a, env);
+  if (loop_regs) {
+    e.EnterLoop(loop_regs, live_in[0] != 0);
+  } else if (!single) {
+    e.EmitEntryCheck(live_in.empty() ? true : live_in[0] != 0);
+  }
+  if (!emit_insns(e, a)) {
+    r.kind = BuildResult::kUnsupported;
+    r.message = e.why();
+    return r;
   }
   e.EmitOutOfLine();
 

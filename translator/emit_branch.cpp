@@ -133,6 +133,40 @@ void BlockEmitter::EmitLookupConst(uint64_t target) {
   });
 }
 
+void BlockEmitter::EnterLoop(uint16_t regs, bool flags_live) {
+  for (int h = 0; h < 16; ++h) {
+    if (regs & (1u << h)) Spill(h);
+  }
+  borrowed_ = loop_regs_ = regs;
+  loop_head_ = a_.newLabel();
+  a_.bind(loop_head_);
+  EmitEntryCheck(flags_live);
+}
+
+void BlockEmitter::EmitBackEdge(InstId jcc) {
+  uint16_t store = loop_regs_ & ~borrowed_, reload = borrowed_ & ~loop_regs_;
+  auto fix = [this, store, reload] {
+    for (int h = 0; h < 16; ++h) {
+      if (store & (1u << h)) Spill(h);
+      if (reload & (1u << h)) Reload(h);
+    }
+    a_.jmp(loop_head_);
+  };
+  if (!store && !reload) {
+    if (jcc == x86::Inst::kIdNone) a_.jmp(loop_head_);
+    else a_.emit(jcc, loop_head_);
+  } else if (jcc == x86::Inst::kIdNone) {
+    fix();
+  } else {
+    Label stub = a_.newLabel();
+    a_.emit(jcc, stub);
+    out_of_line_.push_back([this, stub, fix] {
+      a_.bind(stub);
+      fix();
+    });
+  }
+}
+
 void BlockEmitter::EmitEntryCheck(bool flags_live) {
   Label out = a_.newLabel();
   int32_t req = offsetof(BtContext, exit_request);
@@ -150,8 +184,12 @@ void BlockEmitter::EmitEntryCheck(bool flags_live) {
     a_.jne(out);
   }
   uint64_t rip = env_.block_rip;
-  out_of_line_.push_back([this, out, rip] {
+  uint16_t taken = loop_regs_;
+  out_of_line_.push_back([this, out, rip, taken] {
     a_.bind(out);
+    for (int h = 0; h < 16; ++h) {
+      if (taken & (1u << h)) Reload(h);
+    }
     EmitExit(rip, BlockExit::kNext);
   });
 }
@@ -219,6 +257,23 @@ bool BlockEmitter::EmitBranch(const DecodedInsn& d, uint32_t flags_live) {
   if (d.insn.operand_width != 64 && m != ZYDIS_MNEMONIC_JRCXZ && m != ZYDIS_MNEMONIC_JECXZ && m != ZYDIS_MNEMONIC_LOOP &&
       m != ZYDIS_MNEMONIC_LOOPE && m != ZYDIS_MNEMONIC_LOOPNE && JccId(m) == x86::Inst::kIdNone) {
     return Fail("16-bit branch: " + FormatInsn(d));
+  }
+
+  bool plain_jcc = JccId(m) != x86::Inst::kIdNone && m != ZYDIS_MNEMONIC_LOOP &&
+                   m != ZYDIS_MNEMONIC_LOOPE && m != ZYDIS_MNEMONIC_LOOPNE &&
+                   m != ZYDIS_MNEMONIC_JRCXZ && m != ZYDIS_MNEMONIC_JECXZ;
+  if ((plain_jcc || (m == ZYDIS_MNEMONIC_JMP && relative)) && target == env_.block_rip &&
+      !env_.single) {
+    RestoreSavedFlags();
+    back_edge_borrowed_ = borrowed_;
+    if (loop_regs_) {
+      EmitBackEdge(plain_jcc ? JccId(m) : x86::Inst::kIdNone);
+      if (plain_jcc) {
+        Materialize();
+        EmitJumpTo(d.NextRip());
+      }
+      return true;
+    }
   }
 
   if (InstId id = JccId(m); id != x86::Inst::kIdNone) {

@@ -116,6 +116,13 @@ class BlockEmitter {
   void BeginInsn(uint32_t flags_live, uint16_t lookahead);
   // Back to the block-boundary state (before exits).
   void Materialize();
+  // A block whose last instruction branches back to its start (a loop):
+  // `regs` are taken as scratch once, before the loop head, and stay taken
+  // around the back edge; the exit_request check moves to the loop head.
+  void EnterLoop(uint16_t regs, bool flags_live);
+  // The scratch registers taken when the block's back edge was reached
+  // (what EnterLoop should take on a second translation).
+  uint16_t back_edge_borrowed() const { return back_edge_borrowed_; }
   // Copies of instructions emitted out of line (a slow path runs the
   // instruction on the pointer the MMU gave): they can fault on the host
   // too, so the side table maps them as well.
@@ -242,6 +249,12 @@ class BlockEmitter {
   // A scratch register holding the soft-TLB slot offset of the page of the
   // last stack access, or -1: the next push or pop probes that slot first.
   int stack_slot_in_ = -1;
+  uint16_t loop_regs_ = 0;           // EnterLoop's registers
+  asmjit::Label loop_head_;
+  uint16_t back_edge_borrowed_ = 0;
+  // Branches back to the loop head (jcc or, with kIdNone, jmp): the
+  // scratch registers taken now are made EnterLoop's first.
+  void EmitBackEdge(asmjit::InstId jcc);
   std::string why_;
 };
 

@@ -1543,6 +1543,80 @@ EmulateOutcome Emulator::PushPopAll(CpuState& cpu, const DecodedInsn& d) {
   return Done();
 }
 
+// BCD adjustments (SDM Vol. 2 AAA, AAS, DAA, DAS, AAM, AAD; compatibility
+// mode only). AL, AH, CF and AF as the SDM defines them; the flags it
+// leaves undefined are set as QEMU TCG sets them (AAA/AAS keep SF ZF PF
+// OF; DAA/DAS clear OF; AAM/AAD set SF ZF PF from AL and clear CF AF OF),
+// so outputs compare across the two.
+EmulateOutcome Emulator::Bcd(CpuState& cpu, const DecodedInsn& d) {
+  const ZydisMnemonic m = d.insn.mnemonic;
+  uint64_t& rax = cpu.gpr[kRax];
+  unsigned al = rax & 0xff, ah = (rax >> 8) & 0xff;
+  const bool cf = cpu.rflags & rflags::kCF, af = cpu.rflags & rflags::kAF;
+  uint64_t fl = cpu.rflags;
+  const auto szp = [](unsigned v) {
+    uint64_t f = 0;
+    if (v == 0) f |= rflags::kZF;
+    if (v & 0x80) f |= rflags::kSF;
+    if (!__builtin_parity(v)) f |= rflags::kPF;
+    return f;
+  };
+  switch (m) {
+    case ZYDIS_MNEMONIC_AAA:
+    case ZYDIS_MNEMONIC_AAS: {
+      const bool add = m == ZYDIS_MNEMONIC_AAA;
+      fl &= ~(rflags::kCF | rflags::kAF);
+      if ((al & 0xf) > 9 || af) {
+        // AX +/- 106H, then AL's high nibble cleared.
+        const unsigned carry = add ? al > 0xf9 : al < 6;
+        al = (add ? al + 6 : al - 6) & 0xf;
+        ah = (add ? ah + 1 + carry : ah - 1 - carry) & 0xff;
+        fl |= rflags::kCF | rflags::kAF;
+      } else {
+        al &= 0xf;
+      }
+      rax = (rax & ~0xffffull) | (ah << 8) | al;
+      break;
+    }
+    case ZYDIS_MNEMONIC_DAA:
+    case ZYDIS_MNEMONIC_DAS: {
+      const bool add = m == ZYDIS_MNEMONIC_DAA;
+      const unsigned old = al;
+      fl &= ~rflags::kArith;
+      if ((al & 0xf) > 9 || af) {
+        if (!add && (al < 6 || cf)) fl |= rflags::kCF;
+        al = (add ? al + 6 : al - 6) & 0xff;
+        fl |= rflags::kAF;
+      }
+      if (old > 0x99 || cf) {
+        al = (add ? al + 0x60 : al - 0x60) & 0xff;
+        fl |= rflags::kCF;
+      }
+      fl |= szp(al);
+      rax = (rax & ~0xffull) | al;
+      break;
+    }
+    default: {  // AAM, AAD imm8 (base 10 without one)
+      const unsigned base = d.ops[0].type == ZYDIS_OPERAND_TYPE_IMMEDIATE
+                                ? static_cast<unsigned>(d.ops[0].imm.value.u & 0xff)
+                                : 10;
+      if (m == ZYDIS_MNEMONIC_AAM) {
+        if (base == 0) return Fault({kDE, false, 0, 0});
+        ah = al / base;
+        al = al % base;
+      } else {
+        al = (ah * base + al) & 0xff;
+        ah = 0;
+      }
+      fl = (fl & ~rflags::kArith) | szp(al);
+      rax = (rax & ~0xffffull) | (ah << 8) | al;
+      break;
+    }
+  }
+  cpu.rflags = fl;
+  return Done();
+}
+
 EmulateOutcome Emulator::Enter(CpuState& cpu, const DecodedInsn& d) {
   const unsigned size = d.insn.operand_width / 8;  // 8, or 2 with 66h
   const uint64_t alloc = d.ops[0].imm.value.u & 0xffff;
@@ -2119,6 +2193,21 @@ EmulateOutcome Emulator::Dispatch(CpuState& cpu, const DecodedInsn& d) {
       if (sx(index) < sx(lower) || sx(index) > sx(upper)) return Fault({kBR, false, 0, 0});
       break;
     }
+    case ZYDIS_MNEMONIC_AAA:
+    case ZYDIS_MNEMONIC_AAS:
+    case ZYDIS_MNEMONIC_DAA:
+    case ZYDIS_MNEMONIC_DAS:
+    case ZYDIS_MNEMONIC_AAM:
+    case ZYDIS_MNEMONIC_AAD: {
+      EmulateOutcome o = Bcd(cpu, d);
+      if (o.kind != EmulateOutcome::kDone) return o;
+      break;
+    }
+    case ZYDIS_MNEMONIC_SALC:
+      // Undocumented (D6h, compatibility mode only): AL = CF ? FFh : 0, no
+      // flags changed; AMD documents it, QEMU implements it.
+      cpu.gpr[kRax] = (cpu.gpr[kRax] & ~0xffull) | ((cpu.rflags & rflags::kCF) ? 0xff : 0);
+      break;
     case ZYDIS_MNEMONIC_ARPL: {
       // SDM Vol. 2 ARPL: raise the destination's RPL to the source's; ZF
       // says whether it changed.

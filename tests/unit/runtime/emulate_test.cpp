@@ -1637,16 +1637,68 @@ TEST_F(EmulateTest, CompatibilityModeOnlyInstructions) {
   EXPECT_DONE(RunCompat({0x3e, 0xc5, 0x13}));  // lds edx, ds:[ebx] (DS null: flat)
   EXPECT_EQ(cpu_.gpr[kRdx], 0xabcdu);
   EXPECT_EQ(cpu_.seg[kDs].selector, kUserDs);
+  // salc: AL from CF.
+  cpu_.rip = kCode;
+  cpu_.gpr[kRax] = 0x1234;
+  cpu_.rflags = rflags::kFixed1 | rflags::kCF;
+  EXPECT_DONE(RunCompat({0xd6}));
+  EXPECT_EQ(cpu_.gpr[kRax], 0x12ffu);
   // 64-bit mode has no into.
   cpu_.seg[kCs] = {kUserCs, 0xa0fb, 0xffffffff, 0};
   cpu_.rip = kCode;
   EXPECT_FAULT(RunCompat({0xce}), kUD);
 }
 
+TEST_F(EmulateTest, BcdAdjustments) {
+  ToCompatUser();
+  const uint64_t arith = rflags::kArith;
+  // daa after 0x38 + 0x45 = 0x7d: 83 (SDM Vol. 2 DAA example).
+  cpu_.gpr[kRax] = 0x7d;
+  cpu_.rflags = rflags::kFixed1;
+  EXPECT_DONE(RunCompat({0x27}));
+  EXPECT_EQ(cpu_.gpr[kRax], 0x83u);
+  EXPECT_EQ(cpu_.rflags & arith, rflags::kAF | rflags::kSF);
+  // daa with a decimal carry: 0x99 + 0x01 = 0x9a -> 0x00, CF.
+  cpu_.rip = kCode;
+  cpu_.gpr[kRax] = 0x9a;
+  cpu_.rflags = rflags::kFixed1;
+  EXPECT_DONE(RunCompat({0x27}));
+  EXPECT_EQ(cpu_.gpr[kRax], 0x00u);
+  EXPECT_EQ(cpu_.rflags & arith, rflags::kCF | rflags::kAF | rflags::kZF | rflags::kPF);
+  // das after 0x35 - 0x47 = 0xee (CF, AF): -12 as 88 with a borrow.
+  cpu_.rip = kCode;
+  cpu_.gpr[kRax] = 0xee;
+  cpu_.rflags = rflags::kFixed1 | rflags::kCF | rflags::kAF;
+  EXPECT_DONE(RunCompat({0x2f}));
+  EXPECT_EQ(cpu_.gpr[kRax], 0x88u);
+  EXPECT_TRUE(cpu_.rflags & rflags::kCF);
+  // aaa: AX = 0x0009 + 8 = 0x0011 with AF -> 0x0107, CF AF.
+  cpu_.rip = kCode;
+  cpu_.gpr[kRax] = 0x0011;
+  cpu_.rflags = rflags::kFixed1 | rflags::kAF;
+  EXPECT_DONE(RunCompat({0x37}));
+  EXPECT_EQ(cpu_.gpr[kRax], 0x0107u);
+  EXPECT_EQ(cpu_.rflags & (rflags::kCF | rflags::kAF), rflags::kCF | rflags::kAF);
+  // aas: AX = 0x0102 - 3 = 0x01ff with AF -> 0x0009 (AH - 1, AL - 6 masked).
+  cpu_.rip = kCode;
+  cpu_.gpr[kRax] = 0x01ff;
+  cpu_.rflags = rflags::kFixed1 | rflags::kAF;
+  EXPECT_DONE(RunCompat({0x3f}));
+  EXPECT_EQ(cpu_.gpr[kRax], 0x0009u);
+  // aam: AL = 75 -> AH 7, AL 5; aad back; aam 0 is #DE.
+  cpu_.rip = kCode;
+  cpu_.gpr[kRax] = 0x12340000 | 75;
+  EXPECT_DONE(RunCompat({0xd4, 0x0a}));
+  EXPECT_EQ(cpu_.gpr[kRax], 0x12340705u);
+  cpu_.rip = kCode;
+  EXPECT_DONE(RunCompat({0xd5, 0x0a}));
+  EXPECT_EQ(cpu_.gpr[kRax], 0x1234004bu);
+  cpu_.rip = kCode;
+  EXPECT_FAULT(RunCompat({0xd4, 0x00}), kDE);
+}
+
 TEST_F(EmulateTest, CompatibilityModeUnsupportedInstructions) {
   ToCompatUser();
-  EXPECT_EQ(RunCompat({0x27}).kind, EmulateOutcome::kUnsupported) << "daa";
-  EXPECT_EQ(RunCompat({0xd4, 0x0a}).kind, EmulateOutcome::kUnsupported) << "aam";
   EXPECT_EQ(RunCompat({0x67, 0xa4}).kind, EmulateOutcome::kUnsupported) << "movsb, 16-bit addresses";
   EXPECT_EQ(RunCompat({0x66, 0xc3}).kind, EmulateOutcome::kUnsupported) << "ret, 16-bit IP";
 }

@@ -8,7 +8,8 @@
  * and immediates, pushad/popad, pushfd/popfd, addressing modes through
  * [disp32], [base + index * 4 + disp], EBP and ESP bases, sign and zero
  * extension, xlat, 16-bit operations, an FS-relative load through a data
- * segment with a base, and rep movsb/stosd, repne scasb, repe cmpsb), makes
+ * segment with a base, rep movsb/stosd, repne scasb, repe cmpsb, and the
+ * BCD adjustments daa, das, aaa, aas, aam, aad), makes
  * a far call and a far return, an iretd at CPL3, far jumps to 64-bit user
  * code and back (the same bytes called from both modes mean different
  * things), takes a #PF and a #GP that the 64-bit kernel handles and resumes
@@ -69,7 +70,18 @@
 #define R_DUAL64 33
 #define R_BACK32 34
 #define R_SHIFT64 35
-#define R_COUNT 40
+#define R_DAA 36
+#define R_DAA_FL 37
+#define R_DAS 38
+#define R_DAS_FL 39
+#define R_AAA 40
+#define R_AAA_FL 41
+#define R_AAS 42
+#define R_AAS_FL 43
+#define R_AAM 44
+#define R_AAD 45
+#define R_AAD_FL 46
+#define R_COUNT 48
 
 #define SLOT(n) "cres+" XSTR(n) "*4"
 
@@ -283,6 +295,49 @@ asm(".pushsection .user.data, \"aw\"\n"
     "  movl %esi, %eax\n"
     "  subl $src_str, %eax\n"
     "  movl %eax, " SLOT(R_CMPS) "\n"
+
+    /* ---- BCD adjustments (the arithmetic flags after each) ---- */
+    "  movl $0x38, %eax\n"
+    "  addb $0x45, %al\n"
+    "  daa\n"
+    "  pushfl\n"
+    "  popl %edx\n"
+    "  movl %eax, " SLOT(R_DAA) "\n"
+    "  andl $0x8d5, %edx\n"
+    "  movl %edx, " SLOT(R_DAA_FL) "\n"
+    "  movl $0x35, %eax\n"
+    "  subb $0x47, %al\n"
+    "  das\n"
+    "  pushfl\n"
+    "  popl %edx\n"
+    "  movl %eax, " SLOT(R_DAS) "\n"
+    "  andl $0x8d5, %edx\n"
+    "  movl %edx, " SLOT(R_DAS_FL) "\n"
+    "  movl $0x0009, %eax\n"
+    "  addb $0x08, %al\n"
+    "  aaa\n"
+    "  pushfl\n"
+    "  popl %edx\n"
+    "  movl %eax, " SLOT(R_AAA) "\n"
+    "  andl $0x8d5, %edx\n"
+    "  movl %edx, " SLOT(R_AAA_FL) "\n"
+    "  movl $0x0102, %eax\n"
+    "  subb $0x03, %al\n"
+    "  aas\n"
+    "  pushfl\n"
+    "  popl %edx\n"
+    "  movl %eax, " SLOT(R_AAS) "\n"
+    "  andl $0x8d5, %edx\n"
+    "  movl %edx, " SLOT(R_AAS_FL) "\n"
+    "  movl $75, %eax\n"
+    "  aam\n"
+    "  movl %eax, " SLOT(R_AAM) "\n"
+    "  aad\n"
+    "  pushfl\n"
+    "  popl %edx\n"
+    "  movl %eax, " SLOT(R_AAD) "\n"
+    "  andl $0x8d5, %edx\n"
+    "  movl %edx, " SLOT(R_AAD_FL) "\n"
 
     /* ---- int $0x80 and syscall into the 64-bit kernel ---- */
     "  movl $" XSTR(SYS_ECHO) ", %eax\n"
@@ -550,6 +605,17 @@ int main(void) {
          "rep movsb then rep stosd: \"%.23s\"", dst_buf);
   check(R_SCAS_LEN, 23, "repne scasb: strlen");
   check(R_CMPS, 25, "repe cmpsb stops after the first difference");
+  check(R_DAA, 0x83, "daa after 0x38 + 0x45");
+  check(R_DAA_FL, 0x90, "daa: flags AF SF");
+  check(R_DAS, 0x88, "das after 0x35 - 0x47");
+  check(R_DAS_FL, 0x95, "das: flags CF PF AF SF");
+  check(R_AAA, 0x0107, "aaa after 9 + 8");
+  check(R_AAA_FL, 0x15, "aaa: CF AF set, PF kept");
+  check(R_AAS, 0x0009, "aas after 0x0102 - 3");
+  check(R_AAS_FL, 0x95, "aas: CF AF set, PF SF kept");
+  check(R_AAM, 0x0705, "aam: 75 -> AH 7, AL 5");
+  check(R_AAD, 0x4b, "aad: back to 75");
+  check(R_AAD_FL, 0x04, "aad: flags from AL (PF)");
   check(R_INT80, 42, "int $0x80 from compatibility mode: SYS_ECHO(40, 2)");
   check(R_INT80_EBX, 0x5a5a5a5a, "int $0x80 kept EBX");
   check(R_SYSCALL, 42, "syscall from compatibility mode (CSTAR), sysretl back: SYS_ECHO(30, 12)");

@@ -31,6 +31,7 @@ struct SegmentReg {
   unsigned Dpl() const { return (attrib >> 5) & 3; }
   bool Present() const { return attrib & 0x80; }
   bool Long() const { return attrib & 0x2000; }
+  bool Db() const { return attrib & 0x4000; }  // D (code: 32-bit default) / B (stack)
 };
 static_assert(sizeof(SegmentReg) == 16);
 

@@ -204,7 +204,23 @@ bool BtEngine::FetchBlock(bool single, Block** block, EngineExit* exit) {
     exit->message = "guest executes from MMIO at rip " + Hex(c.rip);
     return false;
   }
-  const BlockKey key{c.rip, where.phys.value, index, single ? kBlockSingle : 0u};
+  // The code mode comes from CS (SDM Vol. 3 §5.2.1): a 32-bit code segment
+  // is compatibility mode; a 16-bit one, and a code segment with a base
+  // (EIP would not be the linear address the blocks are keyed by), are
+  // not translated.
+  uint32_t flags = single ? kBlockSingle : 0u;
+  if (!c.seg[kCs].Long()) {
+    if (!c.seg[kCs].Db() || c.seg[kCs].base != 0) {
+      exit->kind = EngineExit::kError;
+      exit->message = std::string(c.seg[kCs].Db() ? "a 32-bit code segment with a nonzero base"
+                                                  : "a 16-bit code segment") +
+                      " is not supported (cs " + Hex(c.seg[kCs].selector) + ", rip " +
+                      Hex(c.rip) + ")";
+      return false;
+    }
+    flags |= kBlockCompat;
+  }
+  const BlockKey key{c.rip, where.phys.value, index, flags};
   const auto phys_of = [&](uint64_t vpage) -> uint64_t {
     Mmu::Lookup l = mmu_.Translate(c, GuestVirt(vpage), Access::kFetch, index);
     return l.kind == Mmu::Lookup::kFault ? ~uint64_t{0} : l.phys.value;

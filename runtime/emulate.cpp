@@ -53,6 +53,46 @@ uint64_t SubFlags(uint64_t a, uint64_t b, unsigned size) {
 
 unsigned Iopl(const CpuState& cpu) { return (cpu.rflags & rflags::kIOPL) >> 12; }
 
+// Compatibility mode: IA-32e mode under a code segment with L = 0 (SDM
+// Vol. 3 §5.2.1). Its addresses, stack and EIP are 32 bits wide.
+bool Compat(const CpuState& cpu) { return !cpu.seg[kCs].Long(); }
+
+// The linear address of `offset` in segment `seg`: in 64-bit mode only FS
+// and GS have bases (SDM Vol. 3 §3.4.4); in compatibility mode every
+// segment's base counts and the sum wraps at 4 GiB, as in legacy
+// protected mode. Limits are not checked (flat segments; DESIGN.md).
+uint64_t Linear(const CpuState& cpu, int seg, uint64_t offset) {
+  if (!Compat(cpu)) return (seg == kFs || seg == kGs) ? offset + cpu.seg[seg].base : offset;
+  return (offset + cpu.seg[seg].base) & 0xffffffff;
+}
+
+int SegOf(ZydisRegister r) {
+  switch (r) {
+    case ZYDIS_REGISTER_ES: return kEs;
+    case ZYDIS_REGISTER_CS: return kCs;
+    case ZYDIS_REGISTER_SS: return kSs;
+    case ZYDIS_REGISTER_FS: return kFs;
+    case ZYDIS_REGISTER_GS: return kGs;
+    default: return kDs;
+  }
+}
+
+// The data segment an instruction with an implicit DS operand uses (string
+// sources, xlat): DS or a segment-override prefix.
+int OverrideOrDs(const DecodedInsn& d) {
+  const auto a = d.insn.attributes;
+  if (a & ZYDIS_ATTRIB_HAS_SEGMENT_ES) return kEs;
+  if (a & ZYDIS_ATTRIB_HAS_SEGMENT_CS) return kCs;
+  if (a & ZYDIS_ATTRIB_HAS_SEGMENT_SS) return kSs;
+  if (a & ZYDIS_ATTRIB_HAS_SEGMENT_FS) return kFs;
+  if (a & ZYDIS_ATTRIB_HAS_SEGMENT_GS) return kGs;
+  return kDs;
+}
+
+// A 32-bit code segment register as SYSRET and SYSEXIT load it in IA-32e
+// mode: flat, DPL 3, D = 1 (SDM Vol. 2 SYSRET, SYSEXIT).
+SegmentReg FlatCode32Dpl3(uint16_t selector) { return {selector, 0xc0fb, 0xffffffff, 0}; }
+
 void SetZf(CpuState& cpu, bool zf) {
   cpu.rflags = zf ? cpu.rflags | rflags::kZF : cpu.rflags & ~rflags::kZF;
 }
@@ -357,9 +397,7 @@ uint64_t Emulator::EffectiveAddress(const CpuState& cpu, const DecodedInsn& d,
     if (DecodeGpr(m.index, &r)) ea += cpu.gpr[r.index] * m.scale;
   }
   if (d.insn.address_width == 32) ea &= 0xffffffff;
-  if (m.segment == ZYDIS_REGISTER_FS) ea += cpu.seg[kFs].base;
-  if (m.segment == ZYDIS_REGISTER_GS) ea += cpu.seg[kGs].base;
-  return ea;
+  return Linear(cpu, SegOf(m.segment), ea);
 }
 
 bool Emulator::ReadOperand(CpuState& cpu, const DecodedInsn& d, const ZydisDecodedOperand& op,
@@ -407,19 +445,29 @@ bool Emulator::WriteOperand(CpuState& cpu, const DecodedInsn& d, const ZydisDeco
                         MmuIndexFor(cpu), fault);
 }
 
+// The stack is 64-bit in 64-bit mode and 32-bit in compatibility mode
+// (ESP wraps at 4 GiB, written zero-extended; a 16-bit SS is not modelled).
 bool Emulator::Push(CpuState& cpu, uint64_t value, unsigned size, GuestException* fault) {
   uint64_t rsp = cpu.gpr[kRsp] - size;
-  if (!mmu_.WriteVirt(cpu, GuestVirt(rsp), &value, size, MmuIndexFor(cpu), fault)) return false;
+  if (Compat(cpu)) rsp &= 0xffffffff;
+  if (!mmu_.WriteVirt(cpu, GuestVirt(Linear(cpu, kSs, rsp)), &value, size, MmuIndexFor(cpu),
+                      fault)) {
+    return false;
+  }
   cpu.gpr[kRsp] = rsp;
   return true;
 }
 
 bool Emulator::Pop(CpuState& cpu, uint64_t* value, unsigned size, GuestException* fault) {
   *value = 0;
-  if (!mmu_.ReadVirt(cpu, GuestVirt(cpu.gpr[kRsp]), value, size, MmuIndexFor(cpu), fault)) {
+  uint64_t rsp = cpu.gpr[kRsp];
+  if (Compat(cpu)) rsp &= 0xffffffff;
+  if (!mmu_.ReadVirt(cpu, GuestVirt(Linear(cpu, kSs, rsp)), value, size, MmuIndexFor(cpu),
+                     fault)) {
     return false;
   }
-  cpu.gpr[kRsp] += size;
+  rsp += size;
+  cpu.gpr[kRsp] = Compat(cpu) ? rsp & 0xffffffff : rsp;
   return true;
 }
 
@@ -558,10 +606,12 @@ EmulateOutcome Emulator::StringOp(CpuState& cpu, const DecodedInsn& d) {
                            m == ZYDIS_MNEMONIC_SCASD || m == ZYDIS_MNEMONIC_SCASQ;
   const uint64_t amask = d.insn.address_width == 32 ? 0xffffffffull : ~0ull;
   const int64_t step = (cpu.rflags & rflags::kDF) ? -int64_t(size) : int64_t(size);
-  // The source segment may be overridden (FS/GS bases); ES:RDI may not.
-  uint64_t src_base = 0;
-  if (d.insn.attributes & ZYDIS_ATTRIB_HAS_SEGMENT_FS) src_base = cpu.seg[kFs].base;
-  if (d.insn.attributes & ZYDIS_ATTRIB_HAS_SEGMENT_GS) src_base = cpu.seg[kGs].base;
+  // The source segment may be overridden (its base counts: FS/GS in 64-bit
+  // mode, every one in compatibility mode); ES:RDI may not.
+  const int src_seg = OverrideOrDs(d);
+  const uint64_t src_base = Linear(cpu, src_seg, 0);
+  const auto src_at = [&](uint64_t rsi) { return GuestVirt(Linear(cpu, src_seg, rsi)); };
+  const auto dst_at = [&](uint64_t rdi) { return GuestVirt(Linear(cpu, kEs, rdi)); };
   const MmuIndex index = MmuIndexFor(cpu);
   if (io) ++counters_.exits_io;
   for (unsigned done = 0; !rep || (cpu.gpr[kRcx] & amask) != 0; ++done) {
@@ -582,8 +632,8 @@ EmulateOutcome Emulator::StringOp(CpuState& cpu, const DecodedInsn& d) {
     switch (m) {
       case ZYDIS_MNEMONIC_MOVSB: case ZYDIS_MNEMONIC_MOVSW:
       case ZYDIS_MNEMONIC_MOVSD: case ZYDIS_MNEMONIC_MOVSQ:
-        if (!mmu_.ReadVirt(cpu, GuestVirt(src_base + rsi), &v, size, index, &fault) ||
-            !mmu_.WriteVirt(cpu, GuestVirt(rdi), &v, size, index, &fault)) {
+        if (!mmu_.ReadVirt(cpu, src_at(rsi), &v, size, index, &fault) ||
+            !mmu_.WriteVirt(cpu, dst_at(rdi), &v, size, index, &fault)) {
           return Fault(fault);
         }
         advance_si = advance_di = true;
@@ -591,12 +641,12 @@ EmulateOutcome Emulator::StringOp(CpuState& cpu, const DecodedInsn& d) {
       case ZYDIS_MNEMONIC_STOSB: case ZYDIS_MNEMONIC_STOSW:
       case ZYDIS_MNEMONIC_STOSD: case ZYDIS_MNEMONIC_STOSQ:
         v = cpu.gpr[kRax];
-        if (!mmu_.WriteVirt(cpu, GuestVirt(rdi), &v, size, index, &fault)) return Fault(fault);
+        if (!mmu_.WriteVirt(cpu, dst_at(rdi), &v, size, index, &fault)) return Fault(fault);
         advance_di = true;
         break;
       case ZYDIS_MNEMONIC_LODSB: case ZYDIS_MNEMONIC_LODSW:
       case ZYDIS_MNEMONIC_LODSD: case ZYDIS_MNEMONIC_LODSQ:
-        if (!mmu_.ReadVirt(cpu, GuestVirt(src_base + rsi), &v, size, index, &fault)) {
+        if (!mmu_.ReadVirt(cpu, src_at(rsi), &v, size, index, &fault)) {
           return Fault(fault);
         }
         if (size == 4) cpu.gpr[kRax] = v;
@@ -605,8 +655,8 @@ EmulateOutcome Emulator::StringOp(CpuState& cpu, const DecodedInsn& d) {
         break;
       case ZYDIS_MNEMONIC_CMPSB: case ZYDIS_MNEMONIC_CMPSW:
       case ZYDIS_MNEMONIC_CMPSD: case ZYDIS_MNEMONIC_CMPSQ:
-        if (!mmu_.ReadVirt(cpu, GuestVirt(src_base + rsi), &v, size, index, &fault) ||
-            !mmu_.ReadVirt(cpu, GuestVirt(rdi), &w, size, index, &fault)) {
+        if (!mmu_.ReadVirt(cpu, src_at(rsi), &v, size, index, &fault) ||
+            !mmu_.ReadVirt(cpu, dst_at(rdi), &w, size, index, &fault)) {
           return Fault(fault);
         }
         cpu.rflags = (cpu.rflags & ~rflags::kArith) | SubFlags(v, w, size);
@@ -614,19 +664,19 @@ EmulateOutcome Emulator::StringOp(CpuState& cpu, const DecodedInsn& d) {
         break;
       case ZYDIS_MNEMONIC_SCASB: case ZYDIS_MNEMONIC_SCASW:
       case ZYDIS_MNEMONIC_SCASD: case ZYDIS_MNEMONIC_SCASQ:
-        if (!mmu_.ReadVirt(cpu, GuestVirt(rdi), &w, size, index, &fault)) return Fault(fault);
+        if (!mmu_.ReadVirt(cpu, dst_at(rdi), &w, size, index, &fault)) return Fault(fault);
         cpu.rflags = (cpu.rflags & ~rflags::kArith) | SubFlags(cpu.gpr[kRax], w, size);
         advance_di = true;
         break;
       case ZYDIS_MNEMONIC_INSB: case ZYDIS_MNEMONIC_INSW: case ZYDIS_MNEMONIC_INSD:
         // Check the destination before the port read (which may have effects).
-        if (!mmu_.WriteVirt(cpu, GuestVirt(rdi), &v, 0, index, &fault)) return Fault(fault);
+        if (!mmu_.WriteVirt(cpu, dst_at(rdi), &v, 0, index, &fault)) return Fault(fault);
         v = pio_.Read(port, size);
-        if (!mmu_.WriteVirt(cpu, GuestVirt(rdi), &v, size, index, &fault)) return Fault(fault);
+        if (!mmu_.WriteVirt(cpu, dst_at(rdi), &v, size, index, &fault)) return Fault(fault);
         advance_di = true;
         break;
       case ZYDIS_MNEMONIC_OUTSB: case ZYDIS_MNEMONIC_OUTSW: case ZYDIS_MNEMONIC_OUTSD:
-        if (!mmu_.ReadVirt(cpu, GuestVirt(src_base + rsi), &v, size, index, &fault)) {
+        if (!mmu_.ReadVirt(cpu, src_at(rsi), &v, size, index, &fault)) {
           return Fault(fault);
         }
         pio_.Write(port, size, static_cast<uint32_t>(v));
@@ -859,9 +909,43 @@ EmulateOutcome Emulator::QuerySegment(CpuState& cpu, const DecodedInsn& d) {
   return Done();
 }
 
-// iretq and far ret in 64-bit mode (SDM Vol. 2 IRET, RET): to the same or
-// an outer privilege level, at any CPL; 64-bit targets (a 32-bit code
-// segment would need compatibility mode: kUnsupported).
+// The mode a far transfer enters through code descriptor `desc`, and the
+// instruction pointer it may load there (SDM Vol. 2 IRET, RET, JMP, CALL,
+// "IA-32e mode"): a 64-bit segment takes a canonical RIP; a 32-bit one
+// (compatibility mode) takes EIP, the low 32 bits (limits are not
+// checked: flat segments). L = 1 with D = 1 is reserved (#GP(selector));
+// 16-bit code segments are not modelled (false with *unsupported set).
+namespace {
+bool FarTarget(const Descriptor& desc, uint16_t selector, uint64_t* rip, GuestException* fault,
+               bool* unsupported) {
+  *unsupported = false;
+  if (desc.Long() && desc.Db()) {
+    *fault = SelectorFault(kGP, selector);
+    return false;
+  }
+  if (desc.Long()) {
+    if (!IsCanonical(*rip)) {
+      *fault = Gp0();
+      return false;
+    }
+    return true;
+  }
+  if (!desc.Db()) {
+    *unsupported = true;
+    return false;
+  }
+  *rip &= 0xffffffff;
+  return true;
+}
+}  // namespace
+
+// iret and far ret in IA-32e mode (SDM Vol. 2 IRET "IA-32e-MODE", RET
+// "IA-32E-MODE-RETURN"), from 64-bit or compatibility mode, to the same or
+// an outer privilege level, to 64-bit or compatibility-mode code. The
+// operand size (iretq/iretd, lretq/lret) sets the width of every pop; the
+// stack is the current mode's (RSP, or ESP wrapping at 4 GiB). SS:RSP is
+// popped by iret in 64-bit mode always, and otherwise only on a return to
+// an outer privilege level.
 EmulateOutcome Emulator::FarReturn(CpuState& cpu, const DecodedInsn& d, bool iret) {
   GuestException fault;
   const unsigned size = d.insn.operand_width / 8;
@@ -876,11 +960,12 @@ EmulateOutcome Emulator::FarReturn(CpuState& cpu, const DecodedInsn& d, bool ire
   const uint64_t release =
       !iret && d.ops[0].type == ZYDIS_OPERAND_TYPE_IMMEDIATE ? d.ops[0].imm.value.u & 0xffff : 0;
   next.gpr[kRsp] += release;
+  if (Compat(cpu)) next.gpr[kRsp] &= 0xffffffff;
   const uint16_t cs_sel = static_cast<uint16_t>(cs);
   const unsigned rpl = cs_sel & 3;
   const bool outer = rpl > cpl;
-  // 64-bit mode: iret always pops SS:RSP; a far ret only when going outward.
-  if (iret || outer) {
+  const bool pops_stack = outer || (iret && !Compat(cpu));
+  if (pops_stack) {
     if (!Pop(next, &rsp, size, &fault) || !Pop(next, &ss, size, &fault)) return Fault(fault);
   }
   if (IsNullSelector(cs_sel)) return Fault(Gp0());
@@ -892,8 +977,18 @@ EmulateOutcome Emulator::FarReturn(CpuState& cpu, const DecodedInsn& d, bool ire
     return Fault(SelectorFault(kGP, cs_sel));
   }
   if (!desc.Present()) return Fault(SelectorFault(kNP, cs_sel));
-  if (!desc.Code64()) return Unsupported(d, "return to compatibility mode");
+  // The IA-32e checks apply to a RIP popped whole, whichever the target.
   if (!IsCanonical(rip)) return Fault(Gp0());
+  bool unsupported;
+  if (!FarTarget(desc, cs_sel, &rip, &fault, &unsupported)) {
+    return unsupported ? Unsupported(d, "return to a 16-bit code segment") : Fault(fault);
+  }
+  const bool to_compat = !desc.Long();
+  // A null SS is allowed only going back to 64-bit code below CPL 3
+  // (SDM Vol. 2 IRET "IA-32e-MODE-RETURN", RET: #GP(0) / #GP(selector)).
+  if (pops_stack && to_compat && IsNullSelector(static_cast<uint16_t>(ss))) {
+    return Fault(iret ? Gp0() : SelectorFault(kGP, static_cast<uint16_t>(ss)));
+  }
 
   next.seg[kCs] = desc.ToSegment(cs_sel);
   next.rip = rip;
@@ -906,8 +1001,10 @@ EmulateOutcome Emulator::FarReturn(CpuState& cpu, const DecodedInsn& d, bool ire
     if (size == 2) changeable &= 0xffff;
     next.rflags = (cpu.rflags & ~changeable) | (fl & changeable) | rflags::kFixed1;
   }
-  if (iret || outer) {
+  if (pops_stack) {
+    // RSP as popped (ESP, zero-extended, with a 32-bit operand size).
     next.gpr[kRsp] = rsp + (outer ? release : 0);
+    if (to_compat) next.gpr[kRsp] &= 0xffffffff;
     // SS is checked at the new CPL: RPL = DPL = CPL, or null below CPL 3.
     SegmentReg ss_reg;
     if (!LoadDataSegment(mmu_, next, kSs, static_cast<uint16_t>(ss), rpl, &ss_reg, &fault)) {
@@ -932,20 +1029,26 @@ EmulateOutcome Emulator::FarReturn(CpuState& cpu, const DecodedInsn& d, bool ire
   return Done();
 }
 
-// jmp far / call far through memory (m16:16, m16:32, m16:64; the direct
-// ptr16:32 forms do not exist in 64-bit mode): to a code segment at the
-// same privilege, or through a 64-bit call gate, inward for call
-// (SDM Vol. 2 JMP, CALL; Vol. 3 §5.8.5-§5.8.6). TSS and task gates #GP:
-// IA-32e mode has no task switch.
+// jmp far / call far: through memory (m16:16, m16:32, m16:64) or, in
+// compatibility mode, direct (ptr16:32); to a code segment at the same
+// privilege (64-bit or compatibility mode), or through a 64-bit call
+// gate, inward for call (SDM Vol. 2 JMP, CALL; Vol. 3 §5.8.5-§5.8.6). TSS
+// and task gates #GP: IA-32e mode has no task switch.
 EmulateOutcome Emulator::FarJumpOrCall(CpuState& cpu, const DecodedInsn& d) {
-  if (d.ops[0].type != ZYDIS_OPERAND_TYPE_MEMORY) return Fault(Ud());
   GuestException fault;
   const bool call = d.insn.mnemonic == ZYDIS_MNEMONIC_CALL;
   const unsigned size = d.insn.operand_width / 8;  // of the offset (and of the pushes)
   const unsigned cpl = cpu.Cpl();
   uint64_t offset = 0;
   uint16_t sel;
-  if (!ReadFarPointer(cpu, d, d.ops[0], size, &offset, &sel, &fault)) return Fault(fault);
+  if (d.ops[0].type == ZYDIS_OPERAND_TYPE_POINTER) {
+    offset = d.ops[0].ptr.offset;
+    sel = d.ops[0].ptr.segment;
+  } else if (d.ops[0].type == ZYDIS_OPERAND_TYPE_MEMORY) {
+    if (!ReadFarPointer(cpu, d, d.ops[0], size, &offset, &sel, &fault)) return Fault(fault);
+  } else {
+    return Fault(Ud());
+  }
   if (IsNullSelector(sel)) return Fault(Gp0());
   Descriptor desc;
   if (!ReadDescriptor(mmu_, cpu, sel, false, &desc, &fault)) return Fault(fault);
@@ -957,8 +1060,11 @@ EmulateOutcome Emulator::FarJumpOrCall(CpuState& cpu, const DecodedInsn& d) {
       return Fault(SelectorFault(kGP, sel));
     }
     if (!desc.Present()) return Fault(SelectorFault(kNP, sel));
-    if (!desc.Code64()) return Unsupported(d, "far transfer to compatibility mode");
-    if (!IsCanonical(offset)) return Fault(Gp0());
+    bool unsupported;
+    if (!FarTarget(desc, sel, &offset, &fault, &unsupported)) {
+      return unsupported ? Unsupported(d, "far transfer to a 16-bit code segment") : Fault(fault);
+    }
+    // The pushes go to the current stack, as wide as the operand size.
     if (call && (!Push(next, cpu.seg[kCs].selector, size, &fault) ||
                  !Push(next, return_rip, size, &fault))) {
       return Fault(fault);
@@ -1034,10 +1140,18 @@ EmulateOutcome Emulator::Sysenter(CpuState& cpu) {
   return Done();
 }
 
+// sysexit without REX.W returns to compatibility mode: CS = SYSENTER_CS +
+// 16, SS = + 24, ESP = ECX, EIP = EDX.
 EmulateOutcome Emulator::Sysexit(CpuState& cpu, const DecodedInsn& d) {
   const uint16_t cs = static_cast<uint16_t>(cpu.msr.sysenter_cs & 0xfffc);
   if (cs == 0 || cpu.Cpl() != 0) return Fault(Gp0());
-  if (d.insn.operand_width != 64) return Unsupported(d, "sysexit to compatibility mode");
+  if (d.insn.operand_width != 64) {
+    cpu.seg[kCs] = FlatCode32Dpl3(static_cast<uint16_t>((cs + 16) | 3));
+    cpu.seg[kSs] = {static_cast<uint16_t>((cs + 24) | 3), 0xc0f3, 0xffffffff, 0};
+    cpu.gpr[kRsp] = cpu.gpr[kRcx] & 0xffffffff;
+    cpu.rip = cpu.gpr[kRdx] & 0xffffffff;
+    return Done();
+  }
   if (!IsCanonical(cpu.gpr[kRdx]) || !IsCanonical(cpu.gpr[kRcx])) return Fault(Gp0());
   cpu.seg[kCs] = {static_cast<uint16_t>((cs + 32) | 3), 0xa0fb, 0xffffffff, 0};
   cpu.seg[kSs] = {static_cast<uint16_t>((cs + 40) | 3), 0xc0f3, 0xffffffff, 0};
@@ -1402,6 +1516,107 @@ EmulateOutcome Emulator::Xcr(CpuState& cpu, bool write) {
 
 // enter imm16, imm8 (SDM Vol. 2 ENTER): the frame pointers of the outer
 // levels are copied from the old frame.
+// pusha/pushad, popa/popad (SDM Vol. 2; compatibility mode only): the
+// eight GPRs in EAX ECX EDX EBX ESP EBP ESI EDI order, ESP as it was before
+// the first push; popa skips the ESP slot. Either completes or faults
+// with nothing changed.
+EmulateOutcome Emulator::PushPopAll(CpuState& cpu, const DecodedInsn& d) {
+  const unsigned size = d.insn.operand_width / 8;
+  const bool push = d.insn.mnemonic == ZYDIS_MNEMONIC_PUSHA ||
+                    d.insn.mnemonic == ZYDIS_MNEMONIC_PUSHAD;
+  GuestException fault;
+  CpuState next = cpu;
+  if (push) {
+    for (int r = kRax; r <= kRdi; ++r) {
+      if (!Push(next, cpu.gpr[r] & Mask(size), size, &fault)) return Fault(fault);
+    }
+  } else {
+    for (int r = kRdi; r >= kRax; --r) {
+      uint64_t v;
+      if (!Pop(next, &v, size, &fault)) return Fault(fault);
+      if (r == kRsp) continue;
+      next.gpr[r] = size == 4 ? v : (next.gpr[r] & ~0xffffull) | v;
+    }
+  }
+  next.rip = d.NextRip();
+  cpu = next;
+  return Done();
+}
+
+// BCD adjustments (SDM Vol. 2 AAA, AAS, DAA, DAS, AAM, AAD; compatibility
+// mode only). AL, AH, CF and AF as the SDM defines them; the flags it
+// leaves undefined are set as QEMU TCG sets them (AAA/AAS keep SF ZF PF
+// OF; DAA/DAS clear OF; AAM/AAD set SF ZF PF from AL and clear CF AF OF),
+// so outputs compare across the two.
+EmulateOutcome Emulator::Bcd(CpuState& cpu, const DecodedInsn& d) {
+  const ZydisMnemonic m = d.insn.mnemonic;
+  uint64_t& rax = cpu.gpr[kRax];
+  unsigned al = rax & 0xff, ah = (rax >> 8) & 0xff;
+  const bool cf = cpu.rflags & rflags::kCF, af = cpu.rflags & rflags::kAF;
+  uint64_t fl = cpu.rflags;
+  const auto szp = [](unsigned v) {
+    uint64_t f = 0;
+    if (v == 0) f |= rflags::kZF;
+    if (v & 0x80) f |= rflags::kSF;
+    if (!__builtin_parity(v)) f |= rflags::kPF;
+    return f;
+  };
+  switch (m) {
+    case ZYDIS_MNEMONIC_AAA:
+    case ZYDIS_MNEMONIC_AAS: {
+      const bool add = m == ZYDIS_MNEMONIC_AAA;
+      fl &= ~(rflags::kCF | rflags::kAF);
+      if ((al & 0xf) > 9 || af) {
+        // AX +/- 106H, then AL's high nibble cleared.
+        const unsigned carry = add ? al > 0xf9 : al < 6;
+        al = (add ? al + 6 : al - 6) & 0xf;
+        ah = (add ? ah + 1 + carry : ah - 1 - carry) & 0xff;
+        fl |= rflags::kCF | rflags::kAF;
+      } else {
+        al &= 0xf;
+      }
+      rax = (rax & ~0xffffull) | (ah << 8) | al;
+      break;
+    }
+    case ZYDIS_MNEMONIC_DAA:
+    case ZYDIS_MNEMONIC_DAS: {
+      const bool add = m == ZYDIS_MNEMONIC_DAA;
+      const unsigned old = al;
+      fl &= ~rflags::kArith;
+      if ((al & 0xf) > 9 || af) {
+        if (!add && (al < 6 || cf)) fl |= rflags::kCF;
+        al = (add ? al + 6 : al - 6) & 0xff;
+        fl |= rflags::kAF;
+      }
+      if (old > 0x99 || cf) {
+        al = (add ? al + 0x60 : al - 0x60) & 0xff;
+        fl |= rflags::kCF;
+      }
+      fl |= szp(al);
+      rax = (rax & ~0xffull) | al;
+      break;
+    }
+    default: {  // AAM, AAD imm8 (base 10 without one)
+      const unsigned base = d.ops[0].type == ZYDIS_OPERAND_TYPE_IMMEDIATE
+                                ? static_cast<unsigned>(d.ops[0].imm.value.u & 0xff)
+                                : 10;
+      if (m == ZYDIS_MNEMONIC_AAM) {
+        if (base == 0) return Fault({kDE, false, 0, 0});
+        ah = al / base;
+        al = al % base;
+      } else {
+        al = (ah * base + al) & 0xff;
+        ah = 0;
+      }
+      fl = (fl & ~rflags::kArith) | szp(al);
+      rax = (rax & ~0xffffull) | (ah << 8) | al;
+      break;
+    }
+  }
+  cpu.rflags = fl;
+  return Done();
+}
+
 EmulateOutcome Emulator::Enter(CpuState& cpu, const DecodedInsn& d) {
   const unsigned size = d.insn.operand_width / 8;  // 8, or 2 with 66h
   const uint64_t alloc = d.ops[0].imm.value.u & 0xffff;
@@ -1424,6 +1639,7 @@ EmulateOutcome Emulator::Enter(CpuState& cpu, const DecodedInsn& d) {
   }
   next.gpr[kRbp] = size == 2 ? (next.gpr[kRbp] & ~0xffffull) | (frame & 0xffff) : frame;
   next.gpr[kRsp] -= alloc;
+  if (Compat(cpu)) next.gpr[kRsp] &= 0xffffffff;
   next.rip = d.NextRip();
   cpu = next;
   return Done();
@@ -1535,6 +1751,24 @@ EmulateOutcome Emulator::Dispatch(CpuState& cpu, const DecodedInsn& d) {
   const bool cpl0 = cpu.Cpl() == 0;
   const uint64_t next = d.NextRip();
   EmulateOutcome done;  // what the cases that `break` return, RIP := next
+  // Compatibility mode: 16-bit addressing and 16-bit near branches are not
+  // modelled (insn_table.cpp sends them here to be reported).
+  if (d.mode == CodeMode::kCompat32) {
+    bool memory = false;
+    for (unsigned i = 0; i < d.insn.operand_count; ++i) {
+      memory |= d.ops[i].type == ZYDIS_OPERAND_TYPE_MEMORY;
+    }
+    const ZydisMnemonic m = d.insn.mnemonic;
+    const bool counts_cx = m == ZYDIS_MNEMONIC_LOOP || m == ZYDIS_MNEMONIC_LOOPE ||
+                           m == ZYDIS_MNEMONIC_LOOPNE || m == ZYDIS_MNEMONIC_JCXZ;
+    if (d.insn.address_width == 16 && (memory || counts_cx)) {
+      return Unsupported(d, "16-bit addressing in compatibility mode");
+    }
+    if (d.insn.meta.branch_type != ZYDIS_BRANCH_TYPE_NONE &&
+        d.insn.meta.branch_type != ZYDIS_BRANCH_TYPE_FAR && d.insn.operand_width == 16) {
+      return Unsupported(d, "16-bit near branch in compatibility mode");
+    }
+  }
   switch (d.insn.mnemonic) {
     // Port I/O (SDM Vol. 1 §19).
     case ZYDIS_MNEMONIC_IN:
@@ -1573,6 +1807,7 @@ EmulateOutcome Emulator::Dispatch(CpuState& cpu, const DecodedInsn& d) {
       }
       break;
     case ZYDIS_MNEMONIC_PUSHFQ:
+    case ZYDIS_MNEMONIC_PUSHFD:
     case ZYDIS_MNEMONIC_PUSHF: {
       const unsigned size = d.insn.operand_width / 8;
       if (!Push(cpu, cpu.rflags & ~(rflags::kRF | rflags::kVM), size, &fault)) {
@@ -1581,6 +1816,7 @@ EmulateOutcome Emulator::Dispatch(CpuState& cpu, const DecodedInsn& d) {
       break;
     }
     case ZYDIS_MNEMONIC_POPFQ:
+    case ZYDIS_MNEMONIC_POPFD:
     case ZYDIS_MNEMONIC_POPF: {
       // IOPL changes only at CPL 0, IF only at CPL <= IOPL (silently kept
       // otherwise); RF is cleared; VIP, VIF and VM are kept (SDM Vol. 2 POPF).
@@ -1647,7 +1883,9 @@ EmulateOutcome Emulator::Dispatch(CpuState& cpu, const DecodedInsn& d) {
 
     case ZYDIS_MNEMONIC_LSS:
     case ZYDIS_MNEMONIC_LFS:
-    case ZYDIS_MNEMONIC_LGS: {
+    case ZYDIS_MNEMONIC_LGS:
+    case ZYDIS_MNEMONIC_LDS:  // compatibility mode only
+    case ZYDIS_MNEMONIC_LES: {
       // Far-pointer loads (SDM Vol. 2 LDS/LES/LFS/LGS/LSS): the offset (as
       // wide as the register), then the selector, loaded with every check.
       if (d.ops[1].type != ZYDIS_OPERAND_TYPE_MEMORY) return Fault(Ud());
@@ -1657,7 +1895,9 @@ EmulateOutcome Emulator::Dispatch(CpuState& cpu, const DecodedInsn& d) {
       if (!ReadFarPointer(cpu, d, d.ops[1], size, &offset, &sel, &fault)) return Fault(fault);
       const int seg = d.insn.mnemonic == ZYDIS_MNEMONIC_LSS   ? kSs
                       : d.insn.mnemonic == ZYDIS_MNEMONIC_LFS ? kFs
-                                                              : kGs;
+                      : d.insn.mnemonic == ZYDIS_MNEMONIC_LGS ? kGs
+                      : d.insn.mnemonic == ZYDIS_MNEMONIC_LDS ? kDs
+                                                              : kEs;
       CpuState probe = cpu;
       EmulateOutcome o = LoadSegment(probe, seg, sel);
       if (o.kind != EmulateOutcome::kDone) return o;
@@ -1670,9 +1910,12 @@ EmulateOutcome Emulator::Dispatch(CpuState& cpu, const DecodedInsn& d) {
     case ZYDIS_MNEMONIC_LGDT:
     case ZYDIS_MNEMONIC_LIDT: {
       if (!cpl0) return Fault(Gp0());
-      uint8_t buf[10];
+      // A 10-byte operand in 64-bit mode, 6 bytes (a 32-bit base) in
+      // compatibility mode (SDM Vol. 2 LGDT/LIDT).
+      uint8_t buf[10] = {};
+      const unsigned bytes = Compat(cpu) ? 6 : 10;
       const uint64_t ea = EffectiveAddress(cpu, d, d.ops[0]);
-      if (!mmu_.ReadVirt(cpu, GuestVirt(ea), buf, 10, kMmuKernel, &fault)) return Fault(fault);
+      if (!mmu_.ReadVirt(cpu, GuestVirt(ea), buf, bytes, kMmuKernel, &fault)) return Fault(fault);
       DescriptorTable t;
       std::memcpy(&t.limit, buf, 2);
       std::memcpy(&t.base, buf + 2, 8);
@@ -1688,7 +1931,8 @@ EmulateOutcome Emulator::Dispatch(CpuState& cpu, const DecodedInsn& d) {
       std::memcpy(buf, &t.limit, 2);
       std::memcpy(buf + 2, &t.base, 8);
       const uint64_t ea = EffectiveAddress(cpu, d, d.ops[0]);
-      if (!mmu_.WriteVirt(cpu, GuestVirt(ea), buf, 10, MmuIndexFor(cpu), &fault)) {
+      const unsigned bytes = Compat(cpu) ? 6 : 10;  // the base's low 32 bits
+      if (!mmu_.WriteVirt(cpu, GuestVirt(ea), buf, bytes, MmuIndexFor(cpu), &fault)) {
         return Fault(fault);
       }
       break;
@@ -1829,7 +2073,19 @@ EmulateOutcome Emulator::Dispatch(CpuState& cpu, const DecodedInsn& d) {
       // icebp: a #DB trap without the gate DPL check (SDM Vol. 3 §6.15).
       cpu.rip = next;
       return Fault({kDB, false, 0, 0});
-    case ZYDIS_MNEMONIC_INTO:  // invalid in 64-bit mode
+    case ZYDIS_MNEMONIC_INTO:
+      // Invalid in 64-bit mode; in compatibility mode an #OF trap when OF
+      // is set, delivered as a software interrupt (the gate DPL counts).
+      if (!Compat(cpu)) return Fault(Ud());
+      if (cpu.rflags & rflags::kOF) {
+        if (!SoftwareGateOk(cpu, kOF, &fault)) return Fault(fault);
+        EmulateOutcome o;
+        o.kind = EmulateOutcome::kSoftwareInt;
+        o.exception.vector = kOF;
+        cpu.rip = next;
+        return o;
+      }
+      break;
     case ZYDIS_MNEMONIC_UD0:
     case ZYDIS_MNEMONIC_UD1:
     case ZYDIS_MNEMONIC_UD2:
@@ -1846,15 +2102,19 @@ EmulateOutcome Emulator::Dispatch(CpuState& cpu, const DecodedInsn& d) {
     case ZYDIS_MNEMONIC_CALL:
       return FarJumpOrCall(cpu, d);
     case ZYDIS_MNEMONIC_SYSCALL: {
-      // SDM Vol. 2 SYSCALL: flat CS/SS from STAR[47:32], RFLAGS masked by FMASK.
+      // SDM Vol. 2 SYSCALL: flat CS/SS from STAR[47:32], RFLAGS masked by
+      // FMASK. From compatibility mode it enters the 64-bit kernel at CSTAR,
+      // as AMD CPUs and QEMU do (Intel CPUs raise #UD there instead; the
+      // 32-bit entry points Linux sets up work either way).
       if (!(cpu.efer & efer::kSCE)) return Fault(Ud());
+      const uint64_t entry = Compat(cpu) ? cpu.msr.cstar : cpu.msr.lstar;
       cpu.gpr[kRcx] = next;
       cpu.gpr[kR11] = cpu.rflags & ~rflags::kRF;
       const uint16_t cs = static_cast<uint16_t>((cpu.msr.star >> 32) & 0xfffc);
       cpu.seg[kCs] = {cs, 0xa09b, 0xffffffff, 0};
       cpu.seg[kSs] = {static_cast<uint16_t>(cs + 8), 0xc093, 0xffffffff, 0};
       cpu.rflags = (cpu.rflags & ~cpu.msr.fmask & ~rflags::kRF) | rflags::kFixed1;
-      cpu.rip = cpu.msr.lstar;
+      cpu.rip = entry;
       return Done();
     }
     case ZYDIS_MNEMONIC_SYSRET: {
@@ -1862,14 +2122,19 @@ EmulateOutcome Emulator::Dispatch(CpuState& cpu, const DecodedInsn& d) {
       // before anything changes.
       if (!(cpu.efer & efer::kSCE)) return Fault(Ud());
       if (!cpl0) return Fault(Gp0());
-      if (d.insn.operand_width != 64) return Unsupported(d, "sysret to compatibility mode");
-      if (!IsCanonical(cpu.gpr[kRcx])) return Fault(Gp0());
       const uint16_t base = static_cast<uint16_t>(cpu.msr.star >> 48);
-      cpu.seg[kCs] = {static_cast<uint16_t>((base + 16) | 3), 0xa0fb, 0xffffffff, 0};
+      if (d.insn.operand_width != 64) {
+        // sysretl: to compatibility mode at CS = STAR[63:48], EIP = ECX.
+        cpu.seg[kCs] = FlatCode32Dpl3(static_cast<uint16_t>(base | 3));
+        cpu.rip = cpu.gpr[kRcx] & 0xffffffff;
+      } else {
+        if (!IsCanonical(cpu.gpr[kRcx])) return Fault(Gp0());
+        cpu.seg[kCs] = {static_cast<uint16_t>((base + 16) | 3), 0xa0fb, 0xffffffff, 0};
+        cpu.rip = cpu.gpr[kRcx];
+      }
       cpu.seg[kSs] = {static_cast<uint16_t>((base + 8) | 3), 0xc0f3, 0xffffffff, 0};
       // RFLAGS from R11 without RF, VM and the reserved bits (mask 3C7FD7H).
       cpu.rflags = (cpu.gpr[kR11] & 0x3c7fd7) | rflags::kFixed1;
-      cpu.rip = cpu.gpr[kRcx];
       return Done();
     }
     case ZYDIS_MNEMONIC_SYSENTER:
@@ -1904,11 +2169,64 @@ EmulateOutcome Emulator::Dispatch(CpuState& cpu, const DecodedInsn& d) {
     // Ordinary instructions the translator leaves to the runtime.
     case ZYDIS_MNEMONIC_ENTER:
       return Enter(cpu, d);
+    case ZYDIS_MNEMONIC_PUSHA:
+    case ZYDIS_MNEMONIC_PUSHAD:
+    case ZYDIS_MNEMONIC_POPA:
+    case ZYDIS_MNEMONIC_POPAD: {
+      EmulateOutcome o = PushPopAll(cpu, d);
+      if (o.kind != EmulateOutcome::kDone) return o;
+      break;
+    }
+    case ZYDIS_MNEMONIC_BOUND: {
+      // SDM Vol. 2 BOUND: #BR (a fault) unless lower <= index <= upper,
+      // signed, the bounds a pair in memory.
+      const unsigned size = d.ops[0].size / 8;
+      uint64_t index = 0, bounds = 0;
+      if (!ReadOperand(cpu, d, d.ops[0], &index, &fault)) return Fault(fault);
+      if (!mmu_.ReadVirt(cpu, GuestVirt(EffectiveAddress(cpu, d, d.ops[1])), &bounds, 2 * size,
+                         MmuIndexFor(cpu), &fault)) {
+        return Fault(fault);
+      }
+      const uint64_t lower = bounds & Mask(size), upper = (bounds >> (8 * size)) & Mask(size);
+      const unsigned shift = 64 - 8 * size;
+      const auto sx = [shift](uint64_t v) { return static_cast<int64_t>(v << shift) >> shift; };
+      if (sx(index) < sx(lower) || sx(index) > sx(upper)) return Fault({kBR, false, 0, 0});
+      break;
+    }
+    case ZYDIS_MNEMONIC_AAA:
+    case ZYDIS_MNEMONIC_AAS:
+    case ZYDIS_MNEMONIC_DAA:
+    case ZYDIS_MNEMONIC_DAS:
+    case ZYDIS_MNEMONIC_AAM:
+    case ZYDIS_MNEMONIC_AAD: {
+      EmulateOutcome o = Bcd(cpu, d);
+      if (o.kind != EmulateOutcome::kDone) return o;
+      break;
+    }
+    case ZYDIS_MNEMONIC_SALC:
+      // Undocumented (D6h, compatibility mode only): AL = CF ? FFh : 0, no
+      // flags changed; AMD documents it, QEMU implements it.
+      cpu.gpr[kRax] = (cpu.gpr[kRax] & ~0xffull) | ((cpu.rflags & rflags::kCF) ? 0xff : 0);
+      break;
+    case ZYDIS_MNEMONIC_ARPL: {
+      // SDM Vol. 2 ARPL: raise the destination's RPL to the source's; ZF
+      // says whether it changed.
+      uint64_t dst, src;
+      if (!ReadOperand(cpu, d, d.ops[0], &dst, &fault) ||
+          !ReadOperand(cpu, d, d.ops[1], &src, &fault)) {
+        return Fault(fault);
+      }
+      const bool raise = (dst & 3) < (src & 3);
+      if (raise && !WriteOperand(cpu, d, d.ops[0], (dst & ~3ull) | (src & 3), &fault)) {
+        return Fault(fault);
+      }
+      SetZf(cpu, raise);
+      break;
+    }
     case ZYDIS_MNEMONIC_XLAT: {
       uint64_t ea = cpu.gpr[kRbx] + (cpu.gpr[kRax] & 0xff);
       if (d.insn.address_width == 32) ea &= 0xffffffff;
-      if (d.insn.attributes & ZYDIS_ATTRIB_HAS_SEGMENT_FS) ea += cpu.seg[kFs].base;
-      if (d.insn.attributes & ZYDIS_ATTRIB_HAS_SEGMENT_GS) ea += cpu.seg[kGs].base;
+      ea = Linear(cpu, OverrideOrDs(d), ea);
       uint8_t v;
       if (!mmu_.ReadVirt(cpu, GuestVirt(ea), &v, 1, MmuIndexFor(cpu), &fault)) {
         return Fault(fault);

@@ -11,10 +11,16 @@
 // (accessed bits of descriptors and page tables, elements a faulting rep
 // string instruction already did).
 //
+// Compatibility mode (a 32-bit code segment in IA-32e mode) is modelled:
+// iret, far ret, far jmp/call, sysret and sysexit reach it; the stack is
+// 32-bit there and every segment base counts (no limit checks: flat
+// segments); pusha/popa, lds/les, bound, arpl, into, salc and the BCD
+// adjustments are emulated.
+//
 // Not modelled yet: debug-register breakpoints and DR7.GD, single-step
 // traps after an emulated instruction (RFLAGS.TF), task switches (#GP, as
-// IA-32e mode has none), compatibility mode (returning to a 32-bit code
-// segment reports kUnsupported).
+// IA-32e mode has none), 16-bit code segments, 16-bit addressing and
+// 16-bit near branches in compatibility mode (kUnsupported).
 
 #include <cstdint>
 #include <string>
@@ -117,6 +123,8 @@ class Emulator {
   EmulateOutcome XSave(CpuState& cpu, const DecodedInsn& d);
   EmulateOutcome Xcr(CpuState& cpu, bool write);
   EmulateOutcome Enter(CpuState& cpu, const DecodedInsn& d);
+  EmulateOutcome PushPopAll(CpuState& cpu, const DecodedInsn& d);
+  EmulateOutcome Bcd(CpuState& cpu, const DecodedInsn& d);
   EmulateOutcome Divide(CpuState& cpu, const DecodedInsn& d);
 
   Mmu& mmu_;

@@ -123,8 +123,9 @@ BuildResult BuildBlock(CodeCache& cache, const BlockKey& key, const FetchFn& fet
   BuildResult r;
   const uint64_t rip = key.rip;
   const bool single = key.flags & kBlockSingle;
+  const bool compat = key.flags & kBlockCompat;
   const unsigned max_insns = single ? 1 : kMaxBlockInsns;
-  Decoder decoder;
+  Decoder decoder(compat ? CodeMode::kCompat32 : CodeMode::k64);
   std::vector<DecodedInsn> insns;
   uint64_t page_end = (rip & kPageMask) + kPageSize;
   uint64_t pc = rip;
@@ -177,6 +178,7 @@ BuildResult BuildBlock(CodeCache& cache, const BlockKey& key, const FetchFn& fet
     bool relative = last.insn.operand_count_visible > 0 &&
                     op.type == ZYDIS_OPERAND_TYPE_IMMEDIATE && op.imm.is_relative;
     uint64_t target = relative ? last.NextRip() + op.imm.value.u : 0;
+    if (compat) target &= 0xffffffff;
     if (last.cls != InsnClass::kBranch) {
       live = at(pc);
     } else if (relative && IsJcc(last.insn.mnemonic)) {
@@ -201,6 +203,7 @@ BuildResult BuildBlock(CodeCache& cache, const BlockKey& key, const FetchFn& fet
   env.block = block.get();
   env.block_rip = rip;
   env.single = single;
+  env.compat = compat;
   env.flags_live_at = [&](uint64_t target) -> uint32_t {
     if ((target & kPageMask) != (rip & kPageMask)) return kArithFlags;
     return FlagsLiveAt(target, rip & kPageMask, fetch, decoder, &watch_lo, &watch_hi);
@@ -240,7 +243,9 @@ BuildResult BuildBlock(CodeCache& cache, const BlockKey& key, const FetchFn& fet
           rec.flags_saved = e.last_flags_saved();
           break;
         case InsnClass::kNop: break;
-        case InsnClass::kStack: ok = e.EmitStack(d, keep); break;
+        case InsnClass::kStack:
+          ok = compat ? e.EmitCompatStack(d, keep) : e.EmitStack(d, keep);
+          break;
         case InsnClass::kString: ok = e.EmitString(d); break;
         case InsnClass::kBranch: ok = e.EmitBranch(d, keep); break;
         case InsnClass::kRuntime:

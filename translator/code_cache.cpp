@@ -230,6 +230,7 @@ void CodeCache::AddToPage(uint64_t page, Block* b) {
 
 bool CodeCache::CanLink(const Block& from, const Block& to) {
   return from.valid && to.valid && from.code && to.code && !((from.key.flags | to.key.flags) & kBlockSingle) &&
+         !((from.key.flags ^ to.key.flags) & kBlockCompat) &&
          !to.spans_pages && from.key.mmu_index == to.key.mmu_index &&
          ((from.key.rip ^ to.key.rip) >> 12) == 0;
 }
@@ -266,7 +267,7 @@ void CodeCache::Link(Block* from, uint32_t exit, Block* to) {
 }
 
 void CodeCache::RememberLookup(const Block& b) {
-  if ((b.key.flags & kBlockSingle) || !b.code) return;
+  if ((b.key.flags & (kBlockSingle | kBlockCompat)) || !b.code) return;
   JumpCacheEntry& e = ctx_->jump_cache[b.key.mmu_index][JumpCacheIndex(b.key.rip)];
   ctx_->jump_cache_used = true;
   e.rip = b.key.rip;

@@ -29,6 +29,10 @@ struct BlockKey {
 // A block of one instruction, not chained and not found by lookups: single
 // stepping (TF), interrupt shadows, and the store that modified code.
 inline constexpr uint32_t kBlockSingle = 1;
+// Decoded as 32-bit compatibility-mode code (CS.L = 0, CS.D = 1): the same
+// RIP under a 64-bit CS is another block. Such blocks are not entered
+// through the jump cache or the return-address cache (emit_compat.cpp).
+inline constexpr uint32_t kBlockCompat = 2;
 
 struct BlockKeyHash {
   size_t operator()(const BlockKey& k) const {
@@ -113,7 +117,8 @@ class CodeCache final : public MmuObserver {
   // Points direct exit `exit` of `from` straight at `to`.
   void Link(Block* from, uint32_t exit, Block* to);
   // Whether a direct exit of `from` to `to` may be patched: same page (so
-  // the same translation), same privilege, both plain blocks.
+  // the same translation), same privilege, same code mode, both plain
+  // blocks.
   static bool CanLink(const Block& from, const Block& to);
 
   // Records a block reached through the runtime in the inline jump cache.

@@ -4,8 +4,12 @@
 
 namespace btvm {
 
-Decoder::Decoder() {
-  ZydisDecoderInit(&decoder_, ZYDIS_MACHINE_MODE_LONG_64, ZYDIS_STACK_WIDTH_64);
+Decoder::Decoder(CodeMode mode) : mode_(mode) {
+  if (mode == CodeMode::kCompat32) {
+    ZydisDecoderInit(&decoder_, ZYDIS_MACHINE_MODE_LONG_COMPAT_32, ZYDIS_STACK_WIDTH_32);
+  } else {
+    ZydisDecoderInit(&decoder_, ZYDIS_MACHINE_MODE_LONG_64, ZYDIS_STACK_WIDTH_64);
+  }
 }
 
 bool Decoder::Decode(const uint8_t* bytes, size_t len, uint64_t rip, DecodedInsn* out) const {
@@ -18,6 +22,7 @@ bool Decoder::Decode(const uint8_t* bytes, size_t len, uint64_t rip, DecodedInsn
   // memory-operand rewriting could not check.
   if (out->insn.encoding != ZYDIS_INSTRUCTION_ENCODING_LEGACY) return false;
   out->rip = rip;
+  out->mode = mode_;
   __builtin_memcpy(out->bytes, bytes, out->insn.length);
   out->cls = ClassifyInsn(out->insn, out->ops);
   return out->cls != InsnClass::kUndefined;

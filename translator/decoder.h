@@ -23,14 +23,24 @@ enum class InsnClass : uint8_t {
   kUndefined,  // outside the virtual CPU: the decoder reports it as #UD
 };
 
+// The code a block is decoded as: 64-bit mode (CS.L = 1), or 32-bit
+// compatibility mode (IA-32e mode with CS.L = 0, CS.D = 1; SDM Vol. 3
+// §5.2.1). 16-bit code segments are not translated.
+enum class CodeMode : uint8_t { k64, kCompat32 };
+
 struct DecodedInsn {
   uint64_t rip = 0;
+  CodeMode mode = CodeMode::k64;
   ZydisDecodedInstruction insn{};
   ZydisDecodedOperand ops[ZYDIS_MAX_OPERAND_COUNT]{};
   InsnClass cls = InsnClass::kIdent;
   uint8_t bytes[ZYDIS_MAX_INSTRUCTION_LENGTH]{};  // the guest bytes
 
-  uint64_t NextRip() const { return rip + insn.length; }
+  // In compatibility mode EIP wraps at 4 GiB (SDM Vol. 1 §3.5).
+  uint64_t NextRip() const {
+    uint64_t next = rip + insn.length;
+    return mode == CodeMode::kCompat32 ? next & 0xffffffff : next;
+  }
 };
 
 // Reads up to `len` guest code bytes at guest-virtual `rip` into `buf`;
@@ -39,13 +49,14 @@ using CodeFetcher = std::function<size_t(uint64_t rip, uint8_t* buf, size_t len)
 
 class Decoder {
  public:
-  Decoder();
-  // Decodes one instruction in 64-bit mode. False if the bytes are not a
-  // valid instruction (the guest gets #UD) or could not be fetched.
+  explicit Decoder(CodeMode mode = CodeMode::k64);
+  // Decodes one instruction in the decoder's mode. False if the bytes are
+  // not a valid instruction (the guest gets #UD) or could not be fetched.
   bool Decode(const uint8_t* bytes, size_t len, uint64_t rip, DecodedInsn* out) const;
 
  private:
   ZydisDecoder decoder_;
+  CodeMode mode_;
 };
 
 InsnClass ClassifyInsn(const ZydisDecodedInstruction& insn, const ZydisDecodedOperand* ops);

@@ -84,7 +84,9 @@ void BlockEmitter::EmitJumpTo(uint64_t target, InstId jcc) {
       });
       return;
     }
-    if (env_.single) {
+    // Compatibility-mode blocks stay out of the jump cache (keyed by RIP
+    // alone, it would mix them up with 64-bit blocks at the same RIP).
+    if (env_.single || env_.compat) {
       EmitExit(target, BlockExit::kNext);
     } else {
       EmitLookupConst(target);
@@ -254,8 +256,15 @@ bool BlockEmitter::EmitBranch(const DecodedInsn& d, uint32_t flags_live) {
   bool relative = op.type == ZYDIS_OPERAND_TYPE_IMMEDIATE && op.imm.is_relative;
   uint64_t target = relative ? d.NextRip() + op.imm.value.u : 0;
   last_scratch_ = 0xffff;
-  if (d.insn.operand_width != 64 && m != ZYDIS_MNEMONIC_JRCXZ && m != ZYDIS_MNEMONIC_JECXZ && m != ZYDIS_MNEMONIC_LOOP &&
-      m != ZYDIS_MNEMONIC_LOOPE && m != ZYDIS_MNEMONIC_LOOPNE && JccId(m) == x86::Inst::kIdNone) {
+  if (env_.compat) {
+    // EIP wraps at 4 GiB; jcc, loop, jecxz and jmp rel are the same
+    // sequences as in 64-bit mode (ECX: 32-bit addressing), the rest
+    // moves the 32-bit stack (emit_compat.cpp).
+    target &= 0xffffffff;
+    if (JccId(m) == x86::Inst::kIdNone && !(m == ZYDIS_MNEMONIC_JMP && relative)) {
+      return EmitCompatBranch(d, flags_live, target);
+    }
+  } else if (d.insn.operand_width != 64 && JccId(m) == x86::Inst::kIdNone) {
     return Fail("16-bit branch: " + FormatInsn(d));
   }
 

@@ -221,8 +221,10 @@ bool BlockEmitter::Reencode(const DecodedInsn& d, const Plan& p, int s,
           &d.insn, d.ops, d.insn.operand_count_visible, &req))) {
     return Fail("cannot re-encode " + FormatInsn(d));
   }
+  bool agen = false;
   for (unsigned i = 0; i < req.operand_count; ++i) {
     ZydisEncoderOperand& op = req.operands[i];
+    agen |= op.type == ZYDIS_OPERAND_TYPE_MEMORY && s < 0;
     if (op.type == ZYDIS_OPERAND_TYPE_REGISTER) {
       GprRef g;
       if (DecodeGpr(op.reg.value, &g) && p.rename[g.index] != g.index) {
@@ -249,6 +251,15 @@ bool BlockEmitter::Reencode(const DecodedInsn& d, const Plan& p, int s,
                       ZYDIS_ATTRIB_HAS_SEGMENT_DS | ZYDIS_ATTRIB_HAS_SEGMENT_ES |
                       ZYDIS_ATTRIB_HAS_SEGMENT_FS | ZYDIS_ATTRIB_HAS_SEGMENT_GS);
     req.address_size_hint = ZYDIS_ADDRESS_SIZE_HINT_64;
+  }
+  if (env_.compat) {
+    // Compatibility-mode code runs as the 64-bit form of the same
+    // instruction: the operand sizes are the decoded ones (32 by default,
+    // as in 64-bit mode without REX.W); a 32-bit register write
+    // zero-extends, which compatibility mode leaves undefined (SDM Vol. 1
+    // §3.4.1.1). lea keeps its 32-bit address size (67h), so it wraps.
+    req.machine_mode = ZYDIS_MACHINE_MODE_LONG_64;
+    if (s < 0 && !agen) req.address_size_hint = ZYDIS_ADDRESS_SIZE_HINT_NONE;
   }
   uint8_t buf[ZYDIS_MAX_INSTRUCTION_LENGTH];
   ZyanUSize len = sizeof(buf);
@@ -374,7 +385,10 @@ bool BlockEmitter::EmitIdent(const DecodedInsn& d, uint32_t flags_live) {
   if (!mem) {
     if (touches_flags) RestoreSavedFlags();
     last_flags_saved_ = flags_saved_;
-    if (!renamed) {  // the guest bytes are the host code
+    // Nothing renamed: the guest bytes are the host code; not in
+    // compatibility mode, where the same bytes decode differently
+    // (40h-4Fh are inc/dec there, REX prefixes here).
+    if (!renamed && !env_.compat) {
       a_.embed(d.bytes, d.insn.length);
       return true;
     }

@@ -94,6 +94,7 @@ void BlockEmitter::EmitEffectiveAddress(const DecodedInsn& d, const ZydisDecoded
 
 // In 64-bit mode only FS and GS have bases (SDM Vol. 3 §3.4.4).
 void BlockEmitter::AddSegmentBase(ZydisRegister segment, int s) {
+  if (env_.compat) return AddCompatSegmentBase(segment, s);
   if (segment != ZYDIS_REGISTER_FS && segment != ZYDIS_REGISTER_GS) return;
   int seg = segment == ZYDIS_REGISTER_FS ? kFs : kGs;
   a_.add(x86::gpq(s), x86::qword_ptr(x86::r15, static_cast<int32_t>(offsetof(CpuState, seg) +

@@ -37,6 +37,9 @@ struct EmitEnv {
   Block* block = nullptr;       // the block being emitted (its chain stubs name it)
   uint64_t block_rip = 0;       // its first guest instruction
   bool single = false;          // a one-instruction block: every exit returns to the runtime
+  // Compatibility-mode code (emit_compat.cpp): 32-bit stack and EIP,
+  // segment bases on every memory operand, no jump cache or RAS.
+  bool compat = false;
   bool count_hits = false;      // count inline soft-TLB hits in BtContext::tlb_hits
   // Arithmetic flags the code at a RIP in the block's page may read before
   // writing them (block_builder.cpp); null: all of them.
@@ -76,6 +79,10 @@ class BlockEmitter {
   bool EmitString(const DecodedInsn& d);
   bool EmitXlat(const DecodedInsn& d, uint32_t flags_live);
   bool EmitMaskMove(const DecodedInsn& d, uint32_t flags_live);
+  // Compatibility mode (emit_compat.cpp): push/pop/leave on the 32-bit
+  // stack, and near call/ret/indirect jmp with a 32-bit EIP.
+  bool EmitCompatStack(const DecodedInsn& d, uint32_t flags_live);
+  bool EmitCompatBranch(const DecodedInsn& d, uint32_t flags_live, uint64_t target);
 
   // Leaves the block: RIP = rip, exit reason as given.
   void EmitExit(uint64_t rip, BlockExit reason);
@@ -209,6 +216,16 @@ class BlockEmitter {
   // Full flags (DF too) with pushfq/popfq: around helper calls.
   // s += the base of FS or GS (other segments have none in 64-bit mode).
   void AddSegmentBase(ZydisRegister segment, int s);
+  // Compatibility mode: s = (s + the segment's base) mod 2^32, for every
+  // segment register (emit_compat.cpp).
+  void AddCompatSegmentBase(ZydisRegister segment, int s);
+  // s = SS.base + (ESP + delta) mod 2^32, mod 2^32; and ESP += delta
+  // (zero-extended, flags untouched).
+  void CompatStackAddress(int s, int32_t delta);
+  void AdjustGuestEsp(int tmp, int32_t delta);
+  // Leaves for the runtime with RIP = s (compatibility-mode indirect
+  // branches do not probe the jump cache).
+  void EmitCompatIndirectExit(const Plan& p, int s, bool flags_saved);
   void SaveFlags(int32_t slot);
   void RestoreFlags(int32_t slot);
   // Arithmetic flags only, with lahf/seto and sahf (much cheaper than

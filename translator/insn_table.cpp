@@ -72,8 +72,10 @@ constexpr Row kRows[] = {
     {ZYDIS_MNEMONIC_STI, InsnClass::kRuntime, "virtual IF, interrupt shadow"},
     {ZYDIS_MNEMONIC_PUSHFQ, InsnClass::kRuntime, "exposes virtual IF/IOPL"},
     {ZYDIS_MNEMONIC_PUSHF, InsnClass::kRuntime, "exposes virtual IF/IOPL"},
+    {ZYDIS_MNEMONIC_PUSHFD, InsnClass::kRuntime, "exposes virtual IF/IOPL (compatibility mode)"},
     {ZYDIS_MNEMONIC_POPFQ, InsnClass::kRuntime, "writes virtual IF/IOPL"},
     {ZYDIS_MNEMONIC_POPF, InsnClass::kRuntime, "writes virtual IF/IOPL"},
+    {ZYDIS_MNEMONIC_POPFD, InsnClass::kRuntime, "writes virtual IF/IOPL (compatibility mode)"},
     {ZYDIS_MNEMONIC_IN, InsnClass::kRuntime, "port I/O"},
     {ZYDIS_MNEMONIC_OUT, InsnClass::kRuntime, "port I/O"},
     {ZYDIS_MNEMONIC_INSB, InsnClass::kRuntime, "string port I/O"},
@@ -175,6 +177,25 @@ constexpr Row kRows[] = {
     {ZYDIS_MNEMONIC_SCASW, InsnClass::kRuntime, "string"},
     {ZYDIS_MNEMONIC_SCASD, InsnClass::kRuntime, "string"},
     {ZYDIS_MNEMONIC_SCASQ, InsnClass::kRuntime, "string"},
+    // Valid only outside 64-bit mode, so decoded only in compatibility mode
+    // (SDM Vol. 2, "64-bit mode: invalid"): the 64-bit host cannot run
+    // them, the runtime emulates them (or stops, naming them).
+    {ZYDIS_MNEMONIC_PUSHA, InsnClass::kRuntime, "Vol.2 PUSHA: compatibility mode only"},
+    {ZYDIS_MNEMONIC_PUSHAD, InsnClass::kRuntime, "Vol.2 PUSHAD: compatibility mode only"},
+    {ZYDIS_MNEMONIC_POPA, InsnClass::kRuntime, "Vol.2 POPA: compatibility mode only"},
+    {ZYDIS_MNEMONIC_POPAD, InsnClass::kRuntime, "Vol.2 POPAD: compatibility mode only"},
+    {ZYDIS_MNEMONIC_LDS, InsnClass::kRuntime, "segment load (compatibility mode only)"},
+    {ZYDIS_MNEMONIC_LES, InsnClass::kRuntime, "segment load (compatibility mode only)"},
+    {ZYDIS_MNEMONIC_BOUND, InsnClass::kRuntime, "Vol.2 BOUND: #BR (compatibility mode only)"},
+    {ZYDIS_MNEMONIC_ARPL, InsnClass::kRuntime, "Vol.2 ARPL (compatibility mode only)"},
+    {ZYDIS_MNEMONIC_AAA, InsnClass::kRuntime, "Vol.2 BCD adjustment (compatibility mode only)"},
+    {ZYDIS_MNEMONIC_AAS, InsnClass::kRuntime, "Vol.2 BCD adjustment (compatibility mode only)"},
+    {ZYDIS_MNEMONIC_AAM, InsnClass::kRuntime, "Vol.2 BCD adjustment (compatibility mode only)"},
+    {ZYDIS_MNEMONIC_AAD, InsnClass::kRuntime, "Vol.2 BCD adjustment (compatibility mode only)"},
+    {ZYDIS_MNEMONIC_DAA, InsnClass::kRuntime, "Vol.2 BCD adjustment (compatibility mode only)"},
+    {ZYDIS_MNEMONIC_DAS, InsnClass::kRuntime, "Vol.2 BCD adjustment (compatibility mode only)"},
+    {ZYDIS_MNEMONIC_SALC, InsnClass::kRuntime, "AL = CF ? FFh : 0 (undocumented; compatibility mode only)"},
+    {ZYDIS_MNEMONIC_JCXZ, InsnClass::kRuntime, "16-bit addressing: not emulated"},
     // div and idiv run natively: a #DE arrives as SIGFPE and becomes a
     // guest #DE at the precise RIP (translator/host_fault.cpp).
 };
@@ -252,6 +273,20 @@ InsnClass ClassifyInsn(const ZydisDecodedInstruction& insn, const ZydisDecodedOp
   if ((insn.mnemonic == ZYDIS_MNEMONIC_PUSH || insn.mnemonic == ZYDIS_MNEMONIC_POP) &&
       ops[0].type == ZYDIS_OPERAND_TYPE_MEMORY) {
     return InsnClass::kRuntime;
+  }
+  // Compatibility mode: 16-bit addressing (the 67h prefix) has no 64-bit
+  // host form, nor has a near branch with a 16-bit operand size (IP wraps
+  // at 64 KiB): the runtime reports them.
+  if (insn.machine_mode == ZYDIS_MACHINE_MODE_LONG_COMPAT_32) {
+    bool memory = false;
+    for (unsigned i = 0; i < insn.operand_count; ++i) {
+      memory |= ops[i].type == ZYDIS_OPERAND_TYPE_MEMORY;
+    }
+    bool counts_cx = insn.mnemonic == ZYDIS_MNEMONIC_LOOP ||
+                     insn.mnemonic == ZYDIS_MNEMONIC_LOOPE ||
+                     insn.mnemonic == ZYDIS_MNEMONIC_LOOPNE;
+    if (insn.address_width == 16 && (memory || counts_cx)) return InsnClass::kRuntime;
+    if (c == InsnClass::kBranch && insn.operand_width == 16) return InsnClass::kRuntime;
   }
   // movsd/cmpsd are also SSE2 instructions with the same mnemonic.
   if ((insn.mnemonic == ZYDIS_MNEMONIC_MOVSD || insn.mnemonic == ZYDIS_MNEMONIC_CMPSD) &&

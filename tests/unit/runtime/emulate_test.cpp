@@ -187,6 +187,21 @@ class EmulateTest : public ::testing::Test {
     return emu_->Emulate(cpu_, d);
   }
 
+  // Decodes `bytes` as 32-bit compatibility-mode code and emulates them
+  // (whether or not the translator sends them to the runtime).
+  EmulateOutcome RunCompat(std::initializer_list<uint8_t> bytes) {
+    std::vector<uint8_t> b(bytes);
+    DecodedInsn d;
+    EXPECT_TRUE(compat_decoder_.Decode(b.data(), b.size(), cpu_.rip, &d)) << "undecodable bytes";
+    length_ = d.insn.length;
+    return emu_->Emulate(cpu_, d);
+  }
+  // CPL 3 in compatibility mode: the 32-bit user code segment.
+  void ToCompatUser() {
+    cpu_.seg[kCs] = {kUserCs32 | 3, 0xc0fb, 0xffffffff, 0};
+    for (int s : {kEs, kSs, kDs}) cpu_.seg[s] = {kUserDs, 0xc0f3, 0xffffffff, 0};
+  }
+
   void ToUser() {
     cpu_.seg[kCs] = {kUserCs, 0xa0fb, 0xffffffff, 0};
     for (int s : {kEs, kSs, kDs}) cpu_.seg[s] = {kUserDs, 0xc0f3, 0xffffffff, 0};
@@ -284,6 +299,7 @@ class EmulateTest : public ::testing::Test {
   std::unique_ptr<Mmu> mmu_;
   std::unique_ptr<Emulator> emu_;
   Decoder decoder_;
+  Decoder compat_decoder_{CodeMode::kCompat32};
   CpuState cpu_;
   unsigned length_ = 0;
 };
@@ -1280,8 +1296,15 @@ TEST_F(EmulateTest, IretqFaults) {
   cpu_.rflags &= ~rflags::kNT;
   cpu_.gpr[kRsp] = kPaged + 0x2000 - 16;  // the frame runs into a not-present page
   EXPECT_FAULT(Run({0x48, 0xcf}), kPF, 0);
-  IretFrame(0x401000, kUserCs32 | 3, rflags::kFixed1, 0x6ff000, kUserDs);
-  EXPECT_EQ(Run({0x48, 0xcf}).kind, EmulateOutcome::kUnsupported) << "compatibility mode";
+  cpu_.gpr[kRsp] = kStack;
+  // A 16-bit code segment (L = 0, D = 0) is not modelled.
+  Put<uint64_t>(kGdt + kFreshData, 0x008ffb000000ffff);
+  IretFrame(0x401000, kFreshData | 3, rflags::kFixed1, 0x6ff000, kUserDs);
+  EXPECT_EQ(Run({0x48, 0xcf}).kind, EmulateOutcome::kUnsupported) << "16-bit code";
+  // L = 1 with D = 1 is reserved.
+  Put<uint64_t>(kGdt + kFreshData, 0x00effb000000ffff);
+  IretFrame(0x401000, kFreshData | 3, rflags::kFixed1, 0x6ff000, kUserDs);
+  EXPECT_FAULT(Run({0x48, 0xcf}), kGP, kFreshData);
 }
 
 TEST_F(EmulateTest, FarReturn) {
@@ -1372,6 +1395,312 @@ TEST_F(EmulateTest, SysretChecks) {
   EXPECT_FAULT(Run({0x48, 0x0f, 0x07}), kGP, 0) << "sysret at CPL 3";
   cpu_.efer &= ~efer::kSCE;
   EXPECT_FAULT(Run({0x0f, 0x05}), kUD) << "syscall without EFER.SCE";
+}
+
+// ---------------------------------------------------------------------------
+// Compatibility mode (IA-32e mode under a 32-bit code segment): the ways in
+// and out, its 32-bit stack and segment bases, its own instructions.
+
+TEST_F(EmulateTest, IretqToCompatibilityMode) {
+  // CPL 0 -> CPL 3, 32-bit code: RIP is the low 32 bits, RSP as popped.
+  IretFrame(0x401000, kUserCs32 | 3, rflags::kFixed1 | rflags::kCF, 0x6ff000, kUserDs);
+  EXPECT_EQ(Run({0x48, 0xcf}).kind, EmulateOutcome::kDone);
+  EXPECT_EQ(cpu_.Cpl(), 3u);
+  EXPECT_EQ(cpu_.seg[kCs].selector, kUserCs32 | 3);
+  EXPECT_FALSE(cpu_.seg[kCs].Long());
+  EXPECT_TRUE(cpu_.seg[kCs].Db());
+  EXPECT_EQ(cpu_.rip, 0x401000u);
+  EXPECT_EQ(cpu_.gpr[kRsp], 0x6ff000u);
+  EXPECT_EQ(cpu_.seg[kSs].selector, kUserDs);
+  EXPECT_TRUE(cpu_.rflags & rflags::kCF);
+  EXPECT_EQ(cpu_.seg[kDs].selector, 0) << "DPL 0 data is nulled on the way out";
+}
+
+TEST_F(EmulateTest, IretqToCompatibilityModeChecks) {
+  // A 32-bit DPL 0 code segment in place of kFreshData.
+  Put<uint64_t>(kGdt + kFreshData, 0x00cf9b000000ffff);
+  IretFrame(0x401000, kFreshData, rflags::kFixed1, 0x6ff000, 0);
+  EXPECT_FAULT(Run({0x48, 0xcf}), kGP, 0) << "a null SS going back to compatibility mode";
+  IretFrame(0x0000800000401000ull, kFreshData, rflags::kFixed1, 0x6ff000, kKernelDs);
+  EXPECT_FAULT(Run({0x48, 0xcf}), kGP, 0) << "the popped RIP is checked whole";
+  // CPL 0 -> CPL 0 compatibility mode, with SS:RSP (64-bit iretq pops them).
+  IretFrame(0x12345678, kFreshData, rflags::kFixed1, 0x6ff008, kKernelDs);
+  EXPECT_EQ(Run({0x48, 0xcf}).kind, EmulateOutcome::kDone);
+  EXPECT_EQ(cpu_.Cpl(), 0u);
+  EXPECT_EQ(cpu_.rip, 0x12345678u);
+  EXPECT_EQ(cpu_.gpr[kRsp], 0x6ff008u);
+}
+
+TEST_F(EmulateTest, IretdWithinCompatibilityMode) {
+  ToCompatUser();
+  cpu_.rflags = rflags::kFixed1;
+  // Same privilege from compatibility mode: EIP, CS, EFLAGS only (4 bytes
+  // each), no SS:ESP (SDM Vol. 2 IRET).
+  const uint64_t frame = 0x6ff000;
+  Put<uint32_t>(frame, 0x402000);
+  Put<uint32_t>(frame + 4, kUserCs32 | 3);
+  Put<uint32_t>(frame + 8, rflags::kFixed1 | rflags::kZF | rflags::kIF);
+  Put<uint32_t>(frame + 12, 0xdeadbeef);  // not popped
+  cpu_.gpr[kRsp] = frame;
+  EXPECT_EQ(RunCompat({0xcf}).kind, EmulateOutcome::kDone);
+  EXPECT_EQ(cpu_.rip, 0x402000u);
+  EXPECT_EQ(cpu_.gpr[kRsp], frame + 12);
+  EXPECT_EQ(cpu_.rflags, rflags::kFixed1 | rflags::kZF) << "IF stays at IOPL 0";
+  // To 64-bit user code at the same privilege: still no SS:ESP.
+  cpu_.rip = kCode;
+  Put<uint32_t>(frame + 4, kUserCs);
+  cpu_.gpr[kRsp] = frame;
+  EXPECT_EQ(RunCompat({0xcf}).kind, EmulateOutcome::kDone);
+  EXPECT_TRUE(cpu_.seg[kCs].Long());
+  EXPECT_EQ(cpu_.gpr[kRsp], frame + 12);
+  // A far return from compatibility mode to CPL 0 is #GP(selector).
+  ToCompatUser();
+  cpu_.rip = kCode;
+  Put<uint32_t>(frame, 0x402000);
+  Put<uint32_t>(frame + 4, kKernelCs);
+  cpu_.gpr[kRsp] = frame;
+  EXPECT_FAULT(RunCompat({0xcb}), kGP, kKernelCs);
+}
+
+TEST_F(EmulateTest, SysretlToCompatibilityMode) {
+  cpu_.msr.star = (uint64_t{kUserCs32 | 3} << 48) | (uint64_t{kKernelCs} << 32);
+  cpu_.gpr[kRcx] = 0xdead000000402000ull;  // only ECX counts: no canonical check
+  cpu_.gpr[kR11] = rflags::kFixed1 | rflags::kIF | rflags::kCF;
+  EXPECT_EQ(Run({0x0f, 0x07}).kind, EmulateOutcome::kDone);  // sysretl
+  EXPECT_EQ(cpu_.Cpl(), 3u);
+  EXPECT_EQ(cpu_.seg[kCs].selector, kUserCs32 | 3) << "CS = STAR[63:48] | 3";
+  EXPECT_FALSE(cpu_.seg[kCs].Long());
+  EXPECT_TRUE(cpu_.seg[kCs].Db());
+  EXPECT_EQ(cpu_.seg[kSs].selector, kUserDs) << "SS = STAR[63:48] + 8";
+  EXPECT_EQ(cpu_.rip, 0x402000u);
+  EXPECT_EQ(cpu_.rflags, rflags::kFixed1 | rflags::kIF | rflags::kCF);
+}
+
+TEST_F(EmulateTest, SyscallFromCompatibilityModeUsesCstar) {
+  cpu_.msr.star = (uint64_t{kUserCs32 | 3} << 48) | (uint64_t{kKernelCs} << 32);
+  cpu_.msr.lstar = kData + 0x300;
+  cpu_.msr.cstar = kData + 0x400;
+  cpu_.msr.fmask = rflags::kIF;
+  ToCompatUser();
+  cpu_.rflags = rflags::kFixed1 | rflags::kIF;
+  EXPECT_EQ(RunCompat({0x0f, 0x05}).kind, EmulateOutcome::kDone);
+  EXPECT_EQ(cpu_.rip, kData + 0x400);
+  EXPECT_EQ(cpu_.gpr[kRcx], kCode + 2);
+  EXPECT_EQ(cpu_.gpr[kR11], rflags::kFixed1 | rflags::kIF);
+  EXPECT_EQ(cpu_.seg[kCs].selector, kKernelCs);
+  EXPECT_TRUE(cpu_.seg[kCs].Long()) << "the kernel runs 64-bit code";
+  EXPECT_EQ(cpu_.Cpl(), 0u);
+}
+
+TEST_F(EmulateTest, SysexitToCompatibilityMode) {
+  cpu_.msr.sysenter_cs = kKernelCs;
+  cpu_.gpr[kRcx] = 0xffff0000006f0000ull;
+  cpu_.gpr[kRdx] = 0x1234000000403000ull;
+  EXPECT_EQ(Run({0x0f, 0x35}).kind, EmulateOutcome::kDone);  // sysexit (32-bit)
+  EXPECT_EQ(cpu_.seg[kCs].selector, (kKernelCs + 16) | 3);
+  EXPECT_FALSE(cpu_.seg[kCs].Long());
+  EXPECT_EQ(cpu_.seg[kSs].selector, (kKernelCs + 24) | 3);
+  EXPECT_EQ(cpu_.gpr[kRsp], 0x6f0000u);
+  EXPECT_EQ(cpu_.rip, 0x403000u);
+}
+
+TEST_F(EmulateTest, FarTransfersBetweenModes) {
+  // 64-bit CPL 3 -> compatibility mode: jmp far m16:32.
+  ToUser();
+  Put<uint32_t>(kData, 0x404000);
+  Put<uint16_t>(kData + 4, kUserCs32 | 3);
+  cpu_.gpr[kRbx] = kData;
+  EXPECT_EQ(Run({0xff, 0x2b}).kind, EmulateOutcome::kDone);
+  EXPECT_EQ(cpu_.seg[kCs].selector, kUserCs32 | 3);
+  EXPECT_FALSE(cpu_.seg[kCs].Long());
+  EXPECT_EQ(cpu_.rip, 0x404000u);
+  // Compatibility mode -> 64-bit: call far ptr16:32 pushes CS and EIP in
+  // 4-byte slots on the 32-bit stack.
+  cpu_.rip = kCode;
+  cpu_.gpr[kRsp] = 0x6ff000;
+  EXPECT_EQ(RunCompat({0x9a, 0x00, 0x50, 0x40, 0x00, kUserCs, 0x00}).kind,
+            EmulateOutcome::kDone);
+  EXPECT_TRUE(cpu_.seg[kCs].Long());
+  EXPECT_EQ(cpu_.seg[kCs].selector, kUserCs);
+  EXPECT_EQ(cpu_.rip, 0x405000u);
+  EXPECT_EQ(cpu_.gpr[kRsp], 0x6ff000u - 8);
+  EXPECT_EQ(Get<uint32_t>(0x6ff000 - 4), kUserCs32 | 3u);
+  EXPECT_EQ(Get<uint32_t>(0x6ff000 - 8), kCode + 7);
+  // And back by lret (operand size 32) from 64-bit code: 4-byte pops.
+  cpu_.rip = kCode;
+  Put<uint32_t>(0x6ff000 - 4, kUserCs32 | 3);
+  EXPECT_EQ(Run({0xcb}).kind, EmulateOutcome::kDone);
+  EXPECT_FALSE(cpu_.seg[kCs].Long());
+  EXPECT_EQ(cpu_.rip, kCode + 7);
+  EXPECT_EQ(cpu_.gpr[kRsp], 0x6ff000u);
+  // A 16-bit code segment is reported, not entered.
+  Put<uint64_t>(kGdt + kFreshData, 0x008ffb000000ffff);
+  cpu_.rip = kCode;
+  EXPECT_EQ(RunCompat({0xea, 0x00, 0x50, 0x40, 0x00, kFreshData | 3, 0x00}).kind,
+            EmulateOutcome::kUnsupported);
+}
+
+TEST_F(EmulateTest, CompatibilityModeStackWrapsAt4GiB) {
+  ToCompatUser();
+  cpu_.gpr[kRsp] = 0;  // push ds writes at 0xfffffffc, not 0xfffffffffffffffc
+  EXPECT_FAULT(RunCompat({0x1e}), kPF, pf::kUser | pf::kWrite);
+  EXPECT_EQ(cpu_.gpr[kRsp], 0u);
+  cpu_.gpr[kRsp] = 0x6ff000;
+  EXPECT_DONE(RunCompat({0x1e}));  // push ds: a 4-byte slot, zero-extended selector
+  EXPECT_EQ(cpu_.gpr[kRsp], 0x6ff000u - 4);
+  EXPECT_EQ(Get<uint32_t>(0x6ff000 - 4), kUserDs);
+  cpu_.rip = kCode;
+  EXPECT_DONE(RunCompat({0x07}));  // pop es
+  EXPECT_EQ(cpu_.seg[kEs].selector, kUserDs);
+  EXPECT_EQ(cpu_.gpr[kRsp], 0x6ff000u);
+}
+
+TEST_F(EmulateTest, CompatibilityModeSegmentBases) {
+  // DS with base 0x12345678: push dword [ebx] reads DS.base + EBX, mod 2^32.
+  ToCompatUser();
+  cpu_.seg[kDs] = {kBasedData, 0xc093, 0xffffffff, 0x12345678};
+  cpu_.gpr[kRsp] = 0x6ff000;
+  cpu_.gpr[kRbx] = 0xf0000000;
+  const EmulateOutcome o = RunCompat({0xff, 0x33});
+  EXPECT_FAULT(o, kPF, pf::kUser);
+  EXPECT_EQ(o.exception.cr2, 0x02345678u) << "(0x12345678 + 0xf0000000) mod 2^32";
+  // In 64-bit mode DS has no base.
+  cpu_.seg[kCs] = {kUserCs, 0xa0fb, 0xffffffff, 0};
+  cpu_.gpr[kRbx] = kData;
+  Put<uint64_t>(kData, 0x1122334455667788ull);
+  cpu_.rip = kCode;
+  EXPECT_DONE(Run({0xff, 0x33}));
+  EXPECT_EQ(Get<uint64_t>(0x6ff000 - 8), 0x1122334455667788ull);
+}
+
+TEST_F(EmulateTest, PushadPopad) {
+  ToCompatUser();
+  for (int r = kRax; r <= kRdi; ++r) cpu_.gpr[r] = 0x100 + r;
+  cpu_.gpr[kRsp] = 0x6ff000;
+  EXPECT_DONE(RunCompat({0x60}));
+  EXPECT_EQ(cpu_.gpr[kRsp], 0x6ff000u - 32);
+  EXPECT_EQ(Get<uint32_t>(0x6ff000 - 4), 0x100u) << "EAX first";
+  EXPECT_EQ(Get<uint32_t>(0x6ff000 - 20), 0x6ff000u) << "ESP before pushad";
+  EXPECT_EQ(Get<uint32_t>(0x6ff000 - 32), 0x107u) << "EDI last";
+  Put<uint32_t>(0x6ff000 - 20, 0x12345678);  // popad ignores the ESP slot
+  for (int r = kRax; r <= kRdi; ++r) {
+    if (r != kRsp) cpu_.gpr[r] = 0;
+  }
+  cpu_.rip = kCode;
+  EXPECT_DONE(RunCompat({0x61}));
+  EXPECT_EQ(cpu_.gpr[kRsp], 0x6ff000u);
+  for (int r = kRax; r <= kRdi; ++r) {
+    if (r != kRsp) {
+      EXPECT_EQ(cpu_.gpr[r], 0x100u + r) << "register " << r;
+    }
+  }
+}
+
+TEST_F(EmulateTest, CompatibilityModeOnlyInstructions) {
+  ToCompatUser();
+  cpu_.gpr[kRsp] = 0x6ff000;
+  // into: #OF (a trap through the gate, DPL checked) only when OF is set.
+  cpu_.rflags = rflags::kFixed1;
+  EXPECT_DONE(RunCompat({0xce}));
+  cpu_.rip = kCode;
+  cpu_.rflags |= rflags::kOF;
+  Put<uint64_t>(kIdt + 16 * kOF, (uint64_t{kKernelCs} << 16) | (0xeeull << 40));
+  EmulateOutcome o = RunCompat({0xce});
+  EXPECT_EQ(o.kind, EmulateOutcome::kSoftwareInt);
+  EXPECT_EQ(o.exception.vector, kOF);
+  EXPECT_EQ(cpu_.rip, kCode + 1);
+  // bound: #BR outside [lower, upper], signed.
+  cpu_.rip = kCode;
+  Put<int32_t>(kData, -5);
+  Put<int32_t>(kData + 4, 10);
+  cpu_.gpr[kRbx] = kData;
+  cpu_.gpr[kRax] = static_cast<uint32_t>(-5);
+  EXPECT_DONE(RunCompat({0x62, 0x03}));
+  cpu_.rip = kCode;
+  cpu_.gpr[kRax] = 11;
+  EXPECT_FAULT(RunCompat({0x62, 0x03}), kBR);
+  // arpl: raises the RPL, ZF says so.
+  cpu_.rip = kCode;
+  cpu_.gpr[kRax] = 0x10;
+  cpu_.gpr[kRcx] = 0x3b;
+  EXPECT_DONE(RunCompat({0x63, 0xc8}));  // arpl ax, cx
+  EXPECT_EQ(cpu_.gpr[kRax], 0x13u);
+  EXPECT_TRUE(cpu_.rflags & rflags::kZF);
+  cpu_.rip = kCode;
+  EXPECT_DONE(RunCompat({0x63, 0xc8}));
+  EXPECT_FALSE(cpu_.rflags & rflags::kZF);
+  // lds: offset and selector.
+  cpu_.rip = kCode;
+  Put<uint32_t>(kData, 0xabcd);
+  Put<uint16_t>(kData + 4, kUserDs);
+  cpu_.seg[kDs] = {};
+  EXPECT_DONE(RunCompat({0x3e, 0xc5, 0x13}));  // lds edx, ds:[ebx] (DS null: flat)
+  EXPECT_EQ(cpu_.gpr[kRdx], 0xabcdu);
+  EXPECT_EQ(cpu_.seg[kDs].selector, kUserDs);
+  // salc: AL from CF.
+  cpu_.rip = kCode;
+  cpu_.gpr[kRax] = 0x1234;
+  cpu_.rflags = rflags::kFixed1 | rflags::kCF;
+  EXPECT_DONE(RunCompat({0xd6}));
+  EXPECT_EQ(cpu_.gpr[kRax], 0x12ffu);
+  // 64-bit mode has no into.
+  cpu_.seg[kCs] = {kUserCs, 0xa0fb, 0xffffffff, 0};
+  cpu_.rip = kCode;
+  EXPECT_FAULT(RunCompat({0xce}), kUD);
+}
+
+TEST_F(EmulateTest, BcdAdjustments) {
+  ToCompatUser();
+  const uint64_t arith = rflags::kArith;
+  // daa after 0x38 + 0x45 = 0x7d: 83 (SDM Vol. 2 DAA example).
+  cpu_.gpr[kRax] = 0x7d;
+  cpu_.rflags = rflags::kFixed1;
+  EXPECT_DONE(RunCompat({0x27}));
+  EXPECT_EQ(cpu_.gpr[kRax], 0x83u);
+  EXPECT_EQ(cpu_.rflags & arith, rflags::kAF | rflags::kSF);
+  // daa with a decimal carry: 0x99 + 0x01 = 0x9a -> 0x00, CF.
+  cpu_.rip = kCode;
+  cpu_.gpr[kRax] = 0x9a;
+  cpu_.rflags = rflags::kFixed1;
+  EXPECT_DONE(RunCompat({0x27}));
+  EXPECT_EQ(cpu_.gpr[kRax], 0x00u);
+  EXPECT_EQ(cpu_.rflags & arith, rflags::kCF | rflags::kAF | rflags::kZF | rflags::kPF);
+  // das after 0x35 - 0x47 = 0xee (CF, AF): -12 as 88 with a borrow.
+  cpu_.rip = kCode;
+  cpu_.gpr[kRax] = 0xee;
+  cpu_.rflags = rflags::kFixed1 | rflags::kCF | rflags::kAF;
+  EXPECT_DONE(RunCompat({0x2f}));
+  EXPECT_EQ(cpu_.gpr[kRax], 0x88u);
+  EXPECT_TRUE(cpu_.rflags & rflags::kCF);
+  // aaa: AX = 0x0009 + 8 = 0x0011 with AF -> 0x0107, CF AF.
+  cpu_.rip = kCode;
+  cpu_.gpr[kRax] = 0x0011;
+  cpu_.rflags = rflags::kFixed1 | rflags::kAF;
+  EXPECT_DONE(RunCompat({0x37}));
+  EXPECT_EQ(cpu_.gpr[kRax], 0x0107u);
+  EXPECT_EQ(cpu_.rflags & (rflags::kCF | rflags::kAF), rflags::kCF | rflags::kAF);
+  // aas: AX = 0x0102 - 3 = 0x01ff with AF -> 0x0009 (AH - 1, AL - 6 masked).
+  cpu_.rip = kCode;
+  cpu_.gpr[kRax] = 0x01ff;
+  cpu_.rflags = rflags::kFixed1 | rflags::kAF;
+  EXPECT_DONE(RunCompat({0x3f}));
+  EXPECT_EQ(cpu_.gpr[kRax], 0x0009u);
+  // aam: AL = 75 -> AH 7, AL 5; aad back; aam 0 is #DE.
+  cpu_.rip = kCode;
+  cpu_.gpr[kRax] = 0x12340000 | 75;
+  EXPECT_DONE(RunCompat({0xd4, 0x0a}));
+  EXPECT_EQ(cpu_.gpr[kRax], 0x12340705u);
+  cpu_.rip = kCode;
+  EXPECT_DONE(RunCompat({0xd5, 0x0a}));
+  EXPECT_EQ(cpu_.gpr[kRax], 0x1234004bu);
+  cpu_.rip = kCode;
+  EXPECT_FAULT(RunCompat({0xd4, 0x00}), kDE);
+}
+
+TEST_F(EmulateTest, CompatibilityModeUnsupportedInstructions) {
+  ToCompatUser();
+  EXPECT_EQ(RunCompat({0x67, 0xa4}).kind, EmulateOutcome::kUnsupported) << "movsb, 16-bit addresses";
+  EXPECT_EQ(RunCompat({0x66, 0xc3}).kind, EmulateOutcome::kUnsupported) << "ret, 16-bit IP";
 }
 
 // ---------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 //
 //   btvm_difftest --seed S --count N [--start I] [--cpl 0|3|both]
 //                 [--include a,b] [--exclude a,b] [--only a,b]
-//                 [--no-minimize] [--verbose] [--list]
+//                 [--no-minimize] [--max-reports K] [--jobs J] [--verbose] [--list]
 //   btvm_difftest --code "48 01 d8 ..." [--set rax=1,r15=2] [--seed S] [--cpl ...]
 //
 // --code runs the given bytes instead (a reproducer), from the initial
@@ -15,7 +15,14 @@
 // Exit status: 0 if every run matched, 1 on a mismatch, 2 on a usage or
 // setup error.
 
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
 #include <cctype>
+#include <cerrno>
 #include <chrono>
 #include <cinttypes>
 #include <cstdio>
@@ -23,6 +30,7 @@
 #include <cstring>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <vector>
 
 #include "tests/diff/bt_runner.h"
@@ -31,6 +39,8 @@
 
 namespace btvm::diff {
 namespace {
+
+constexpr int kMaxJobs = 64;
 
 struct Options {
   uint64_t seed = 1;
@@ -41,7 +51,8 @@ struct Options {
   bool minimize = true;
   bool list = false;
   CategorySet categories = DefaultCategories();
-  int max_reports = 20;
+  int max_reports = 20;  // per job
+  uint64_t jobs = 1;  // --jobs: processes the range is split over
   std::vector<uint8_t> code;                       // --code
   std::vector<std::pair<int, uint64_t>> settings;  // --set: register (16 = rflags), value
 };
@@ -50,10 +61,12 @@ void Usage(std::FILE* out) {
   std::fprintf(out,
                "usage: btvm_difftest [--seed S] [--count N] [--start I] [--cpl 0|3|both]\n"
                "                     [--include CATS] [--exclude CATS] [--only CATS]\n"
-               "                     [--no-minimize] [--max-reports K] [--verbose] [--list]\n"
+               "                     [--no-minimize] [--max-reports K] [--jobs J] [--verbose]\n"
+               "                     [--list]\n"
                "       btvm_difftest --code HEX [--set REG=V,...] [--seed S] [--cpl 0|3|both]\n"
                "Runs N random instruction sequences natively and on the bt engine and\n"
-               "compares the final state. CATS is a comma-separated list (--list).\n");
+               "compares the final state. CATS is a comma-separated list (--list).\n"
+               "--jobs J splits the range over J processes; --max-reports counts per job.\n");
 }
 
 bool ParseCategories(std::string_view list, CategorySet* out) {
@@ -132,7 +145,8 @@ bool Parse(int argc, char** argv, Options* o) {
       }
       return argv[++i];
     };
-    if (a == "--seed" || a == "--count" || a == "--start" || a == "--max-reports") {
+    if (a == "--seed" || a == "--count" || a == "--start" || a == "--max-reports" ||
+        a == "--jobs") {
       const char* v = value();
       uint64_t n;
       if (!v || !ParseU64(v, &n)) return false;
@@ -140,6 +154,13 @@ bool Parse(int argc, char** argv, Options* o) {
       if (a == "--count") o->count = n;
       if (a == "--start") o->start = n;
       if (a == "--max-reports") o->max_reports = static_cast<int>(n);
+      if (a == "--jobs") {
+        if (n < 1 || n > kMaxJobs) {
+          std::fprintf(stderr, "btvm_difftest: --jobs takes 1 to %d\n", kMaxJobs);
+          return false;
+        }
+        o->jobs = n;
+      }
     } else if (a == "--cpl") {
       const char* v = value();
       if (!v) return false;
@@ -218,25 +239,41 @@ Sequence FromCode(const Options& opt, const GeneratorConfig& gen) {
   return seq;
 }
 
-int Main(int argc, char** argv) {
-  Options opt;
-  if (!Parse(argc, argv, &opt)) {
-    Usage(stderr);
-    return 2;
+// What a range of sequences added up to; a job sends its Totals to the
+// parent as raw bytes (same binary, same layout).
+struct Totals {
+  uint64_t sequences = 0, runs = 0, mismatches = 0, native_faults = 0, setup_errors = 0;
+  uint64_t by_kind[kDiffKindCount] = {};
+  uint64_t by_category[kCategoryCount] = {};
+  uint64_t dropped[kCategoryCount] = {};
+  double native_seconds = 0, bt_seconds = 0;
+  bool could_not_start = false;
+
+  void Add(const Totals& o) {
+    sequences += o.sequences;
+    runs += o.runs;
+    mismatches += o.mismatches;
+    native_faults += o.native_faults;
+    setup_errors += o.setup_errors;
+    for (size_t k = 0; k < kDiffKindCount; ++k) by_kind[k] += o.by_kind[k];
+    for (size_t c = 0; c < kCategoryCount; ++c) by_category[c] += o.by_category[c];
+    for (size_t c = 0; c < kCategoryCount; ++c) dropped[c] += o.dropped[c];
+    native_seconds += o.native_seconds;
+    bt_seconds += o.bt_seconds;
+    could_not_start |= o.could_not_start;
   }
-  if (opt.list) {
-    const CategorySet def = DefaultCategories();
-    for (size_t c = 0; c < kCategoryCount; ++c) {
-      const auto cat = static_cast<Category>(c);
-      std::printf("  %-10s %s %s\n", CategoryName(cat), def.test(c) ? "(default)" : "(opt-in) ",
-                  CategoryHelp(cat));
-    }
-    return 0;
-  }
+};
+static_assert(std::is_trivially_copyable_v<Totals>);
+
+// Runs sequences [first, first + count) of the seed, printing a report per
+// mismatch (at most opt.max_reports) on stdout and progress on stderr.
+Totals RunRange(const Options& opt, uint64_t first, uint64_t count) {
+  Totals t;
   Result<std::unique_ptr<BtRunner>> runner = BtRunner::Create();
   if (!runner) {
     std::fprintf(stderr, "btvm_difftest: %s\n", runner.error().message.c_str());
-    return 2;
+    t.could_not_start = true;
+    return t;
   }
   DiffTester tester(**runner);
   GeneratorConfig gen;
@@ -247,29 +284,27 @@ int Main(int argc, char** argv) {
   if (opt.cpl0) cpls.push_back(0);
   if (opt.cpl3) cpls.push_back(3);
 
-  uint64_t runs = 0, mismatches = 0, native_faults = 0, setup_errors = 0;
-  uint64_t by_kind[kDiffKindCount] = {};
-  uint64_t by_category[kCategoryCount] = {};
-  uint64_t dropped[kCategoryCount] = {};
   int reports = 0;
   const auto t0 = std::chrono::steady_clock::now();
-
-  for (uint64_t index = opt.start; index < opt.start + opt.count; ++index) {
-    if (index > opt.start && (index - opt.start) % 10000 == 0) {
+  for (uint64_t index = first; index < first + count; ++index) {
+    if (index > first && (index - first) % 10000 == 0) {
       // Progress for long runs, on stderr so that reports stay clean.
-      std::fprintf(stderr, "btvm_difftest: %" PRIu64 " sequences, %" PRIu64 " mismatches, %.0f s\n",
-                   index - opt.start, mismatches,
+      std::fprintf(stderr,
+                   "btvm_difftest: sequences %" PRIu64 "..%" PRIu64 ": %" PRIu64 " done, %" PRIu64
+                   " mismatches, %.0f s\n",
+                   first, first + count, index - first, t.mismatches,
                    std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     }
+    ++t.sequences;
     const Sequence seq =
         opt.code.empty() ? Generate(gen, SequenceSeed(opt.seed, index)) : FromCode(opt, gen);
-    for (size_t c = 0; c < kCategoryCount; ++c) dropped[c] += seq.dropped.test(c);
+    for (size_t c = 0; c < kCategoryCount; ++c) t.dropped[c] += seq.dropped.test(c);
     Outcome native;
     bool have_native = false;
     for (unsigned cpl : cpls) {
       DiffTester::Run r = tester.RunAt(seq, cpl, have_native ? &native : nullptr);
       if (!r.encoded || r.native.kind == Outcome::kError) {
-        ++setup_errors;
+        ++t.setup_errors;
         std::printf("SETUP ERROR seed=%" PRIu64 " index=%" PRIu64 ": %s\n", opt.seed, index,
                     r.encoded ? r.native.message.c_str() : r.encode_error.c_str());
         break;
@@ -277,9 +312,9 @@ int Main(int argc, char** argv) {
       if (!have_native) {
         native = r.native;
         have_native = true;
-        if (native.kind == Outcome::kFault) ++native_faults;
+        if (native.kind == Outcome::kFault) ++t.native_faults;
       }
-      ++runs;
+      ++t.runs;
       if (opt.verbose) {
         std::printf("seed=%" PRIu64 " index=%" PRIu64 " cpl=%u: %s [%s]\n%s", opt.seed, index, cpl,
                     r.cmp.ok() ? "match" : "MISMATCH", CategoriesOf(seq).c_str(),
@@ -287,8 +322,8 @@ int Main(int argc, char** argv) {
       }
       if (r.cmp.ok()) continue;
 
-      ++mismatches;
-      for (size_t k = 0; k < kDiffKindCount; ++k) by_kind[k] += r.cmp.kinds.test(k);
+      ++t.mismatches;
+      for (size_t k = 0; k < kDiffKindCount; ++k) t.by_kind[k] += r.cmp.kinds.test(k);
       // Minimized only while reports are printed (it costs dozens of runs).
       const bool report = reports++ < opt.max_reports;
       Sequence small = seq;
@@ -303,7 +338,7 @@ int Main(int argc, char** argv) {
       }
       CategorySet seen;
       for (const Item& it : small.items) seen.set(static_cast<size_t>(it.category));
-      for (size_t c = 0; c < kCategoryCount; ++c) by_category[c] += seen.test(c);
+      for (size_t c = 0; c < kCategoryCount; ++c) t.by_category[c] += seen.test(c);
       if (!report) continue;
       std::string kinds;
       for (size_t k = 0; k < kDiffKindCount; ++k) {
@@ -326,35 +361,164 @@ int Main(int argc, char** argv) {
       std::fflush(stdout);
     }
   }
+  t.native_seconds = std::chrono::duration<double>(tester.timing().native).count();
+  t.bt_seconds = std::chrono::duration<double>(tester.timing().bt).count();
+  return t;
+}
 
-  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+// Runs the range in `jobs` child processes, each on a contiguous slice with
+// its own engine and native server. A job's stdout is collected through a
+// pipe and printed when all are done, in slice order, so that reports never
+// interleave; its Totals come back through a second pipe.
+bool RunJobs(const Options& opt, Totals* total) {
+  struct Job {
+    pid_t pid = -1;
+    int out = -1, totals = -1;
+    std::string text;
+  };
+  std::vector<Job> jobs(opt.jobs);
+  std::fflush(stdout);
+  for (uint64_t k = 0; k < opt.jobs; ++k) {
+    // Slices differ by at most one sequence; the first count % jobs are longer.
+    const uint64_t per = opt.count / opt.jobs, extra = opt.count % opt.jobs;
+    const uint64_t first = opt.start + per * k + std::min(k, extra);
+    const uint64_t last = first + per + (k < extra ? 1 : 0);
+    int out[2], totals[2];
+    if (pipe2(out, O_CLOEXEC) != 0 || pipe2(totals, O_CLOEXEC) != 0) {
+      std::perror("btvm_difftest: pipe");
+      return false;
+    }
+    const pid_t pid = fork();
+    if (pid < 0) {
+      std::perror("btvm_difftest: fork");
+      return false;
+    }
+    if (pid == 0) {
+      // The job: nothing of the parent's but the options (no engine, no
+      // native server, no threads exist yet).
+      dup2(out[1], STDOUT_FILENO);
+      const Totals t = RunRange(opt, first, last - first);
+      std::fflush(stdout);
+      const bool sent = write(totals[1], &t, sizeof(t)) == static_cast<ssize_t>(sizeof(t));
+      std::exit(sent ? 0 : 2);  // exit, not _exit: the native servers are reaped
+    }
+    close(out[1]);
+    close(totals[1]);
+    jobs[k] = Job{.pid = pid, .out = out[0], .totals = totals[0], .text = {}};
+  }
+
+  // Drain every job's stdout until all have closed it.
+  for (size_t open = jobs.size(); open > 0;) {
+    std::vector<pollfd> fds;
+    for (const Job& j : jobs) {
+      if (j.out >= 0) fds.push_back(pollfd{j.out, POLLIN, 0});
+    }
+    if (poll(fds.data(), fds.size(), -1) < 0 && errno != EINTR) {
+      std::perror("btvm_difftest: poll");
+      return false;
+    }
+    for (Job& j : jobs) {
+      if (j.out < 0) continue;
+      const auto it = std::find_if(fds.begin(), fds.end(),
+                                   [&](const pollfd& p) { return p.fd == j.out; });
+      if (it == fds.end() || it->revents == 0) continue;
+      char buf[65536];
+      const ssize_t n = read(j.out, buf, sizeof(buf));
+      if (n > 0) {
+        j.text.append(buf, static_cast<size_t>(n));
+      } else if (n == 0 || errno != EINTR) {
+        close(j.out);
+        j.out = -1;
+        --open;
+      }
+    }
+  }
+
+  bool ok = true;
+  for (size_t k = 0; k < jobs.size(); ++k) {
+    Job& j = jobs[k];
+    std::fwrite(j.text.data(), 1, j.text.size(), stdout);
+    Totals t;
+    const bool got = read(j.totals, &t, sizeof(t)) == static_cast<ssize_t>(sizeof(t));
+    close(j.totals);
+    int status = 0;
+    while (waitpid(j.pid, &status, 0) < 0 && errno == EINTR) {
+    }
+    if (!got || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+      std::fprintf(stderr, "btvm_difftest: job %zu ended without its totals (wait status 0x%x)\n",
+                   k, status);
+      ok = false;
+      continue;
+    }
+    total->Add(t);
+  }
+  return ok;
+}
+
+void PrintSummary(const Options& opt, const Totals& t, double secs) {
   std::printf("btvm_difftest: seed %" PRIu64 ", sequences %" PRIu64 "..%" PRIu64 ", %" PRIu64
               " runs (%" PRIu64 " ending in a fault), %" PRIu64 " mismatches, %" PRIu64
               " setup errors, %.1f s\n",
-              opt.seed, opt.start, opt.start + opt.count, runs, native_faults, mismatches,
-              setup_errors, secs);
-  if (mismatches) {
+              opt.seed, opt.start, opt.start + opt.count, t.runs, t.native_faults, t.mismatches,
+              t.setup_errors, secs);
+  std::printf("  %.0f sequences/s with %" PRIu64 " job%s; native runs took %.1f s, bt runs %.1f s%s\n",
+              secs > 0 ? static_cast<double>(t.sequences) / secs : 0.0, opt.jobs,
+              opt.jobs == 1 ? "" : "s", t.native_seconds, t.bt_seconds,
+              opt.jobs == 1 ? "" : " (summed over the jobs)");
+  if (t.mismatches) {
     std::printf("  mismatches by kind:");
     for (size_t k = 0; k < kDiffKindCount; ++k) {
-      if (by_kind[k])
-        std::printf(" %s %" PRIu64, DiffKindName(static_cast<DiffKind>(k)), by_kind[k]);
+      if (t.by_kind[k])
+        std::printf(" %s %" PRIu64, DiffKindName(static_cast<DiffKind>(k)), t.by_kind[k]);
     }
     std::printf("\n  mismatches by category (of the sequence, minimized if reported):");
     for (size_t c = 0; c < kCategoryCount; ++c) {
-      if (by_category[c])
-        std::printf(" %s %" PRIu64, CategoryName(static_cast<Category>(c)), by_category[c]);
+      if (t.by_category[c])
+        std::printf(" %s %" PRIu64, CategoryName(static_cast<Category>(c)), t.by_category[c]);
     }
     std::printf("\n");
   }
   bool any_dropped = false;
   for (size_t c = 0; c < kCategoryCount; ++c) {
-    if (!dropped[c]) continue;
+    if (!t.dropped[c]) continue;
     if (!any_dropped) std::printf("  generator could not build items of:");
     any_dropped = true;
-    std::printf(" %s %" PRIu64, CategoryName(static_cast<Category>(c)), dropped[c]);
+    std::printf(" %s %" PRIu64, CategoryName(static_cast<Category>(c)), t.dropped[c]);
   }
   if (any_dropped) std::printf("\n");
-  return mismatches || setup_errors || any_dropped ? 1 : 0;
+}
+
+int Main(int argc, char** argv) {
+  Options opt;
+  if (!Parse(argc, argv, &opt)) {
+    Usage(stderr);
+    return 2;
+  }
+  if (opt.list) {
+    const CategorySet def = DefaultCategories();
+    for (size_t c = 0; c < kCategoryCount; ++c) {
+      const auto cat = static_cast<Category>(c);
+      std::printf("  %-10s %s %s\n", CategoryName(cat), def.test(c) ? "(default)" : "(opt-in) ",
+                  CategoryHelp(cat));
+    }
+    return 0;
+  }
+  if (!opt.code.empty()) opt.jobs = 1;
+  opt.jobs = std::max<uint64_t>(1, std::min(opt.jobs, opt.count));
+
+  const auto t0 = std::chrono::steady_clock::now();
+  Totals t;
+  if (opt.jobs == 1) {
+    t = RunRange(opt, opt.start, opt.count);
+  } else if (!RunJobs(opt, &t)) {
+    return 2;
+  }
+  if (t.could_not_start) return 2;
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  PrintSummary(opt, t, secs);
+  bool any_dropped = false;
+  for (size_t c = 0; c < kCategoryCount; ++c) any_dropped |= t.dropped[c] != 0;
+  return t.mismatches || t.setup_errors || any_dropped ? 1 : 0;
 }
 
 }  // namespace

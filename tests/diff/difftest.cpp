@@ -237,9 +237,14 @@ DiffTester::Run DiffTester::RunAt(const Sequence& seq, unsigned cpl, const Outco
   Run r;
   r.encoded = Encode(seq, &r.code, &r.encode_error);
   if (!r.encoded) return r;
+  using Clock = std::chrono::steady_clock;
+  const Clock::time_point t0 = Clock::now();
   r.native = native ? *native : RunNativeOutcome(r.code.code, seq.initial);
+  const Clock::time_point t1 = Clock::now();
+  timing_.native += t1 - t0;
   if (r.native.kind == Outcome::kError) return r;
   r.bt = bt_.Run(r.code.code, seq.initial, cpl);
+  timing_.bt += Clock::now() - t1;
   r.cmp = Compare(r.code, r.native, r.bt, cpl);
   return r;
 }

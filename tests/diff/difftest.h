@@ -6,6 +6,7 @@
 // vector, RIP, error code and address of a fault).
 
 #include <bitset>
+#include <chrono>
 #include <cstdint>
 #include <string>
 
@@ -71,8 +72,16 @@ class DiffTester {
   // exactly `kinds`: the smallest sequence that shows the same bug.
   Sequence Minimize(const Sequence& seq, unsigned cpl, const Outcome& native, DiffSet kinds);
 
+  // Wall time spent so far in native runs and in bt runs (where a sequence's
+  // time goes; the rest is generating, encoding and comparing).
+  struct Timing {
+    std::chrono::steady_clock::duration native{}, bt{};
+  };
+  const Timing& timing() const { return timing_; }
+
  private:
   BtRunner& bt_;
+  Timing timing_;
 };
 
 }  // namespace btvm::diff

@@ -1,5 +1,6 @@
 // btvm_native_enter: load all guest registers from btvm_native_block and jump
-// to the snippet. Runs only in the forked child (see native_entry.h).
+// to the snippet. Runs only in a child forked by btvm_native_server (see
+// native_entry.h).
 //
 // Invariants: btvm_native_block is 64-byte aligned (FXRSTOR needs 16); its
 // MXCSR image has no reserved bit set (checked by RunNative, else FXRSTOR

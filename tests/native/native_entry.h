@@ -27,9 +27,9 @@ struct alignas(64) EntryBlock {
 }  // namespace btvm::native::detail
 
 extern "C" {
-// Child-only state: written by a forked child after fork() and read by the
-// stub in that child. The parent never writes it, so concurrent RunNative
-// calls on several threads do not share it (each child has its own copy).
+// Child-only state, in btvm_native_server: written by a forked child after
+// fork() and read by the stub in that child. The server never writes it, so
+// each child has its own copy.
 __attribute__((visibility("hidden"))) extern btvm::native::detail::EntryBlock btvm_native_block;
 // Loads every register from btvm_native_block and jumps to its target.
 // Never returns: the snippet ends in a signal (its int3 terminator or a fault).

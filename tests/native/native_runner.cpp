@@ -1,35 +1,29 @@
-// Native runner: see native_runner.h for the contract.
+// Native runner, the caller's side: see native_runner.h for the contract.
 //
-// Shape of one run:
-//   parent: validate the input, build the code image (snippet + int3 filler),
-//           map a MAP_SHARED report area, fork.
-//   child:  map the code and the regions (MAP_FIXED_NOREPLACE), install
-//           signal handlers on an alternate stack, install a seccomp filter,
-//           then jump into the snippet through btvm_native_enter.
-//   child:  the snippet ends in a signal (the int3 terminator or a fault);
-//           the handler copies registers and region contents into the report
-//           area and exits.
-//   parent: wait (with a timeout), then turn the report into a RunResult.
-//
-// Between fork() and exit the child only calls async-signal-safe functions
-// and never allocates: the caller may be multi-threaded.
+// Snippets run in children of btvm_native_server (native_server.cpp), a
+// small static process that the runner spawns once per concurrent caller
+// and keeps: forking the server is much cheaper than forking the caller,
+// whose address space (the engine, its code cache, the test's heap) the
+// child never needed. Shape of one run:
+//   runner: validate the input, check that the code and regions are free
+//           in the caller too, build the request (native_protocol.h), take
+//           an idle server from the pool (or spawn one), send the request.
+//   server: fork a child that runs the snippet, wait with the timeout,
+//           answer with the child's report.
+//   runner: turn the report into a RunResult, give the server back.
+// A server whose conversation breaks (it died, or answered out of step) is
+// killed and dropped; the next run spawns a fresh one.
 
 #include "tests/native/native_runner.h"
 
 #include <errno.h>
-#include <linux/audit.h>
-#include <linux/filter.h>
-#include <linux/seccomp.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <spawn.h>
 #include <sys/mman.h>
-#include <sys/prctl.h>
-#include <sys/resource.h>
-#include <sys/syscall.h>
-#include <sys/ucontext.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
-#include <time.h>
-#include <ucontext.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -37,34 +31,27 @@
 #include <cstddef>
 #include <cstdio>
 #include <cstring>
+#include <memory>
+#include <mutex>
 #include <string>
 
 #include "base/cpu_state.h"
 #include "base/types.h"
-#include "tests/native/native_entry.h"
+#include "tests/native/native_protocol.h"
 
-// Child-only (see native_entry.h): written by the forked child before it
-// enters the snippet; the parent never touches it.
-extern "C" {
-__attribute__((visibility("hidden"))) btvm::native::detail::EntryBlock btvm_native_block;
-}
+extern char** environ;
 
 namespace btvm::native {
 namespace {
 
-using detail::EntryBlock;
-
-static_assert(offsetof(EntryBlock, fxsave) == BTVM_NATIVE_FXSAVE);
-static_assert(offsetof(EntryBlock, gpr) == BTVM_NATIVE_GPR);
-static_assert(offsetof(EntryBlock, rflags) == BTVM_NATIVE_RFLAGS);
-static_assert(offsetof(EntryBlock, target) == BTVM_NATIVE_TARGET);
-static_assert(offsetof(EntryBlock, has_avx) == BTVM_NATIVE_HAS_AVX);
-static_assert(sizeof(EntryBlock) == BTVM_NATIVE_BLOCK_SIZE);
-static_assert(alignof(EntryBlock) % 16 == 0, "FXRSTOR needs a 16-byte aligned image");
+using protocol::RegionHeader;
+using protocol::Report;
+using protocol::Request;
+using protocol::Response;
+using protocol::SetupStep;
 
 // FXSAVE image layout (SDM Vol. 1 §10.5.1, Table 10-2).
-constexpr size_t kFxFcw = 0, kFxFtw = 4, kFxMxcsr = 24, kFxMxcsrMask = 28, kFxXmm = 160;
-constexpr uint16_t kFcwReset = 0x37f;           // x87 control word after FNINIT
+constexpr size_t kFxMxcsrMask = 28;
 constexpr uint32_t kDefaultMxcsrMask = 0xffbf;  // SDM Vol. 1 §11.6.6 when FXSAVE reports 0
 
 // The last page below the top of the 47-bit user address space is never
@@ -72,228 +59,12 @@ constexpr uint32_t kDefaultMxcsrMask = 0xffbf;  // SDM Vol. 1 §11.6.6 when FXSA
 constexpr uint64_t kUserTop = 0x7ffffffff000;
 
 constexpr uint8_t kInt3 = 0xcc;
-constexpr size_t kAltStackSize = 256 * 1024;  // AVX-512 signal frames are ~3 KiB; be generous
-
 constexpr uint64_t kInputFlags = rflags::kArith | rflags::kDF;
 
-// What the child writes into the shared area. The parent reads it only as
-// values: a snippet could scribble over it, so nothing in it is used as a
-// size or a pointer.
-enum class ReportState : uint32_t { kNone = 0, kDone, kSetupFailed };
-enum class SetupStep : uint32_t {
-  kNone = 0,
-  kParentDeath,
-  kMapCode,
-  kProtectCode,
-  kMapRegion,
-  kProtectRegion,
-  kAltStack,
-  kSigaction,
-  kSeccomp,
-};
-
-struct Report {
-  ReportState state;
-  int32_t signal;
-  SetupStep setup_step;
-  int32_t setup_index;
-  int32_t setup_errno;
-  uint64_t fault_address;
-  uint64_t rip, trapno, err;
-  uint64_t gpr[16];
-  uint64_t rflags;
-  alignas(16) uint8_t xmm[16][16];
-  uint32_t mxcsr;
-};
-constexpr size_t kRegionDataOffset = (sizeof(Report) + 63) & ~size_t{63};
-
-// Everything the child needs, computed by the parent before fork() so the
-// child does not allocate. The child sees its own copy-on-write copy.
-struct ChildPlan {
-  pid_t parent;
-  const MachineState* initial;
-  const uint8_t* code_image;
-  uint64_t code_page_base;
-  uint64_t code_image_size;
-  uint64_t code_address;
-  uint64_t code_size;
-  Report* report;
-  uint8_t* region_out;  // region i's contents go at region_out + region_offset[i]
-  const uint64_t* region_offset;
-  void* alt_stack;
-  bool has_avx;
-};
-
-// Child-only: set by the forked child for its signal handler.
-const ChildPlan* g_child_plan = nullptr;
-
-constexpr int kCaughtSignals[] = {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGSYS};
-
-constexpr int kGregForGpr[16] = {REG_RAX, REG_RCX, REG_RDX, REG_RBX, REG_RSP, REG_RBP,
-                                 REG_RSI, REG_RDI, REG_R8,  REG_R9,  REG_R10, REG_R11,
-                                 REG_R12, REG_R13, REG_R14, REG_R15};
-
-int ProtFor(Access access) {
-  switch (access) {
-    case Access::kReadWrite:
-      return PROT_READ | PROT_WRITE;
-    case Access::kReadOnly:
-      return PROT_READ;
-    case Access::kNone:
-      return PROT_NONE;
-  }
-  return PROT_NONE;
-}
-
-// Runs on the alternate stack when the snippet stops, so it never touches
-// the guest's RSP. It calls only memcpy and _exit and has no stack canary
-// (no_stack_protector): nothing in it reads FS, which a snippet could change
-// with wrfsbase on hosts that enable FSGSBASE.
-__attribute__((no_stack_protector)) void OnSnippetSignal(int sig, siginfo_t* info, void* ctx) {
-  // The kernel clears DF and TF for a handler but keeps the snippet's AC,
-  // under which memcpy's misaligned accesses would raise #AC. Clear it
-  // before any memory access the compiler emits (hence the clobber); the
-  // prologue's pushes are aligned.
-  asm volatile("pushfq\n\tandq %0, (%%rsp)\n\tpopfq" : : "i"(~rflags::kAC) : "memory", "cc");
-  const ChildPlan& plan = *g_child_plan;
-  Report& r = *plan.report;
-  const auto* uc = static_cast<const ucontext_t*>(ctx);
-  const greg_t* g = uc->uc_mcontext.gregs;
-  for (int i = 0; i < 16; ++i) r.gpr[i] = static_cast<uint64_t>(g[kGregForGpr[i]]);
-  r.rflags = static_cast<uint64_t>(g[REG_EFL]);
-  r.rip = static_cast<uint64_t>(g[REG_RIP]);
-  r.trapno = static_cast<uint64_t>(g[REG_TRAPNO]);
-  r.err = static_cast<uint64_t>(g[REG_ERR]);
-  if (uc->uc_mcontext.fpregs != nullptr) {
-    std::memcpy(r.xmm, uc->uc_mcontext.fpregs->_xmm, sizeof(r.xmm));
-    r.mxcsr = uc->uc_mcontext.fpregs->mxcsr;
-  }
-  // The terminator int3 right after the snippet: a trap (vector 3) whose
-  // return address is one past it.
-  const bool at_end =
-      sig == SIGTRAP && r.trapno == 3 && r.rip == plan.code_address + plan.code_size + 1;
-  r.signal = at_end ? 0 : sig;
-  if (sig == SIGSEGV || sig == SIGBUS) r.fault_address = reinterpret_cast<uint64_t>(info->si_addr);
-
-  const MachineState& in = *plan.initial;
-  for (size_t i = 0; i < in.memory.size(); ++i) {
-    const MemoryRegion& region = in.memory[i];
-    // A region without access cannot have changed; reading it would fault.
-    const void* from = region.access == Access::kNone
-                           ? static_cast<const void*>(region.bytes.data())
-                           : reinterpret_cast<const void*>(region.address);
-    std::memcpy(plan.region_out + plan.region_offset[i], from, region.bytes.size());
-  }
-  r.state = ReportState::kDone;
-  _exit(0);
-}
-
-[[noreturn]] void ChildFail(const ChildPlan& plan, SetupStep step, int index, int err) {
-  plan.report->setup_step = step;
-  plan.report->setup_index = index;
-  plan.report->setup_errno = err;
-  plan.report->state = ReportState::kSetupFailed;
-  _exit(1);
-}
-
-// Maps [address, address + size) fresh, or reports why not. MAP_FIXED_NOREPLACE
-// never replaces an existing mapping of the host process: a collision fails
-// with EEXIST. Kernels before 4.17 treat the flag as a hint, so a mapping
-// placed elsewhere is a collision too.
-void* MapFixed(uint64_t address, uint64_t size) {
-  void* want = reinterpret_cast<void*>(address);
-  void* got = mmap(want, size, PROT_READ | PROT_WRITE,
-                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
-  if (got == MAP_FAILED) return nullptr;
-  if (got != want) {
-    munmap(got, size);
-    errno = EEXIST;
-    return nullptr;
-  }
-  return got;
-}
-
-// Every system call but exit_group (which the signal handler uses to leave)
-// raises SIGSYS, and so does any call through a non-x86-64 ABI (int 0x80).
-int InstallSeccomp() {
-  sock_filter filter[] = {
-      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, arch)),
-      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 0, 2),
-      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, nr)),
-      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_exit_group, 1, 0),
-      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_TRAP),
-      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
-  };
-  sock_fprog prog{static_cast<unsigned short>(std::size(filter)), filter};
-  if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return -1;
-  return static_cast<int>(syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog));
-}
-
-[[noreturn]] void ChildMain(const ChildPlan& plan) {
-  // Die with the parent, so an endless snippet never outlives the test.
-  if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0 || getppid() != plan.parent) {
-    ChildFail(plan, SetupStep::kParentDeath, -1, errno);
-  }
-  const rlimit no_core{0, 0};
-  setrlimit(RLIMIT_CORE, &no_core);  // a crashing child is reported, not dumped
-
-  // Code pages: written through a RW mapping, then made R+X (never W+X).
-  void* code = MapFixed(plan.code_page_base, plan.code_image_size);
-  if (code == nullptr) ChildFail(plan, SetupStep::kMapCode, -1, errno);
-  std::memcpy(code, plan.code_image, plan.code_image_size);
-  if (mprotect(code, plan.code_image_size, PROT_READ | PROT_EXEC) != 0) {
-    ChildFail(plan, SetupStep::kProtectCode, -1, errno);
-  }
-
-  const MachineState& in = *plan.initial;
-  for (size_t i = 0; i < in.memory.size(); ++i) {
-    const MemoryRegion& region = in.memory[i];
-    void* mem = MapFixed(region.address, region.bytes.size());
-    if (mem == nullptr) ChildFail(plan, SetupStep::kMapRegion, static_cast<int>(i), errno);
-    std::memcpy(mem, region.bytes.data(), region.bytes.size());
-    if (region.access != Access::kReadWrite &&
-        mprotect(mem, region.bytes.size(), ProtFor(region.access)) != 0) {
-      ChildFail(plan, SetupStep::kProtectRegion, static_cast<int>(i), errno);
-    }
-  }
-
-  // Signals run on the alternate stack: RSP belongs to the snippet.
-  stack_t ss{};
-  ss.ss_sp = plan.alt_stack;
-  ss.ss_size = kAltStackSize;
-  if (sigaltstack(&ss, nullptr) != 0) ChildFail(plan, SetupStep::kAltStack, -1, errno);
-  g_child_plan = &plan;
-  struct sigaction sa {};
-  sa.sa_sigaction = OnSnippetSignal;
-  sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
-  sigfillset(&sa.sa_mask);  // nothing interrupts the handler
-  for (int sig : kCaughtSignals) {
-    if (sigaction(sig, &sa, nullptr) != 0) ChildFail(plan, SetupStep::kSigaction, sig, errno);
-  }
-  sigset_t none;
-  sigemptyset(&none);
-  sigprocmask(SIG_SETMASK, &none, nullptr);  // the caller's thread may have blocked some
-
-  EntryBlock& block = btvm_native_block;
-  std::memset(&block, 0, sizeof(block));
-  const uint16_t fcw = kFcwReset;
-  std::memcpy(block.fxsave + kFxFcw, &fcw, sizeof(fcw));
-  block.fxsave[kFxFtw] = 0;  // abridged tag word: all x87 registers empty
-  std::memcpy(block.fxsave + kFxMxcsr, &in.mxcsr, sizeof(in.mxcsr));
-  std::memcpy(block.fxsave + kFxXmm, in.xmm, sizeof(in.xmm));
-  std::memcpy(block.gpr, in.gpr, sizeof(block.gpr));
-  block.rflags = (in.rflags & kInputFlags) | rflags::kFixed1;
-  block.target = plan.code_address;
-  block.has_avx = plan.has_avx ? 1 : 0;
-
-  // Last: from here on only exit_group is allowed.
-  if (InstallSeccomp() != 0) ChildFail(plan, SetupStep::kSeccomp, -1, errno);
-  // Raw jump into the snippet. Invariants: the code is mapped R+X at
-  // code_address and ends in int3; every signal it can raise is caught on the
-  // alternate stack by OnSnippetSignal, which exits; the MXCSR image was
-  // validated by the parent.
-  btvm_native_enter();
-}
+// How long past the snippet's timeout the runner waits for the server's
+// answer before it declares the server wedged (its own work per run is a
+// fork and a few system calls).
+constexpr std::chrono::seconds kServerGrace{10};
 
 uint32_t HostMxcsrMask() {
   alignas(16) uint8_t image[512] = {};
@@ -313,17 +84,22 @@ bool Overlaps(uint64_t a, uint64_t a_size, uint64_t b, uint64_t b_size) {
   return a < b + b_size && b < a + a_size;
 }
 
+std::string CodeName(uint64_t code_page_base, uint64_t code_image_size) {
+  return "code pages at " + Hex(code_page_base) + " (size " + Hex(code_image_size) + ")";
+}
+
+std::string RegionName(const MachineState& in, int index) {
+  const size_t i = static_cast<size_t>(index);
+  if (index < 0 || i >= in.memory.size()) return "memory region " + std::to_string(index);
+  return "memory region " + std::to_string(i) + " at " + Hex(in.memory[i].address) + " (size " +
+         Hex(in.memory[i].bytes.size()) + ")";
+}
+
 std::string SetupErrorText(const Report& r, const MachineState& in, uint64_t code_page_base,
                            uint64_t code_image_size) {
   const int err = r.setup_errno;
-  const size_t index = static_cast<size_t>(r.setup_index);
-  const bool region_known = r.setup_index >= 0 && index < in.memory.size();
-  const std::string region = region_known ? "memory region " + std::to_string(index) + " at " +
-                                                Hex(in.memory[index].address) + " (size " +
-                                                Hex(in.memory[index].bytes.size()) + ")"
-                                          : "memory region " + std::to_string(r.setup_index);
-  const std::string code =
-      "code pages at " + Hex(code_page_base) + " (size " + Hex(code_image_size) + ")";
+  const std::string code = CodeName(code_page_base, code_image_size);
+  const std::string region = RegionName(in, r.setup_index);
   switch (r.setup_step) {
     case SetupStep::kMapCode:
       if (err == EEXIST) return code + " collide with a host mapping";
@@ -336,7 +112,7 @@ std::string SetupErrorText(const Report& r, const MachineState& in, uint64_t cod
     case SetupStep::kProtectRegion:
       return "cannot protect " + region + ": " + std::strerror(err);
     case SetupStep::kParentDeath:
-      return std::string("native child cannot follow its parent: ") + std::strerror(err);
+      return std::string("native child cannot follow its server: ") + std::strerror(err);
     case SetupStep::kAltStack:
       return std::string("native child cannot set its signal stack: ") + std::strerror(err);
     case SetupStep::kSigaction:
@@ -350,58 +126,192 @@ std::string SetupErrorText(const Report& r, const MachineState& in, uint64_t cod
   return "native child failed to set up";
 }
 
-// Owns a mapping of the parent.
-class Mapping {
- public:
-  explicit Mapping(size_t size)
-      : size_(size),
-        p_(mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0)) {}
-  ~Mapping() {
-    if (ok()) munmap(p_, size_);
+// 0 if [address, address + size) is free in the calling process, else the
+// errno of mapping it there (EEXIST: it overlaps a mapping). The snippet
+// runs in the server's address space, but the contract promises that its
+// addresses are free in the caller's too. The probe reserves the range
+// with MAP_FIXED_NOREPLACE, which never replaces a mapping, and releases it
+// at once; meanwhile another thread's mmap merely lands elsewhere.
+int ProbeCallerRange(uint64_t address, uint64_t size) {
+  void* want = reinterpret_cast<void*>(address);
+  void* got =
+      mmap(want, size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+  if (got == MAP_FAILED) return errno;
+  munmap(got, size);
+  return got == want ? 0 : EEXIST;  // before Linux 4.17 the flag is only a hint
+}
+
+enum class Io { kOk, kEof, kTimedOut, kError };
+
+// Reads exactly `size` bytes from `fd` before `deadline`.
+Io ReadFull(int fd, void* buffer, size_t size, std::chrono::steady_clock::time_point deadline) {
+  auto* p = static_cast<uint8_t*>(buffer);
+  for (size_t done = 0; done < size;) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) return Io::kTimedOut;
+    pollfd pfd{fd, POLLIN, 0};
+    const int ready = poll(&pfd, 1, static_cast<int>(std::min<int64_t>(left.count() + 1, 1 << 30)));
+    if (ready < 0 && errno != EINTR) return Io::kError;
+    if (ready <= 0) continue;
+    const ssize_t n = read(fd, p + done, size - done);
+    if (n == 0) return Io::kEof;
+    if (n < 0) {
+      if (errno == EINTR || errno == EAGAIN) continue;
+      return Io::kError;
+    }
+    done += static_cast<size_t>(n);
   }
-  Mapping(const Mapping&) = delete;
-  Mapping& operator=(const Mapping&) = delete;
-  bool ok() const { return p_ != MAP_FAILED; }
-  uint8_t* data() const { return static_cast<uint8_t*>(p_); }
+  return Io::kOk;
+}
+
+// MSG_NOSIGNAL: a dead server is an error, not a SIGPIPE for the caller.
+bool WriteFull(int fd, const void* buffer, size_t size) {
+  const auto* p = static_cast<const uint8_t*>(buffer);
+  for (size_t done = 0; done < size;) {
+    const ssize_t n = send(fd, p + done, size - done, MSG_NOSIGNAL);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return false;
+    }
+    done += static_cast<size_t>(n);
+  }
+  return true;
+}
+
+// One spawned btvm_native_server and the runner's end of its socket.
+class Server {
+ public:
+  static Result<std::unique_ptr<Server>> Spawn();
+  // Closes the socket. A healthy server sees EOF and exits at once, and is
+  // reaped; a broken one is killed first. One inherited through fork() is
+  // not ours to reap: only our copy of the socket is closed.
+  ~Server() {
+    close(fd_);
+    if (getpid() != owner_) return;
+    if (broken_) kill(pid_, SIGKILL);
+    while (waitpid(pid_, nullptr, 0) < 0 && errno == EINTR) {
+    }
+  }
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+
+  pid_t owner() const { return owner_; }
+
+  // Sends `request` and reads the Response and, for kDone, `region_bytes`
+  // bytes of region contents into `regions_out`. Any failure breaks the
+  // conversation: the server is then marked broken and must be dropped.
+  Result<Response> Exchange(const std::vector<uint8_t>& request, size_t region_bytes,
+                            std::vector<uint8_t>* regions_out,
+                            std::chrono::steady_clock::time_point deadline) {
+    if (!WriteFull(fd_, request.data(), request.size())) return Broken("cannot send to", errno);
+    Response response;
+    Io io = ReadFull(fd_, &response, sizeof(response), deadline);
+    if (io == Io::kOk && response.status == protocol::Status::kDone) {
+      regions_out->resize(region_bytes);
+      io = ReadFull(fd_, regions_out->data(), region_bytes, deadline);
+    }
+    switch (io) {
+      case Io::kOk:
+        return response;
+      case Io::kEof:
+        return Broken("connection closed by", 0);
+      case Io::kTimedOut:
+        return Broken("no answer from", 0);
+      case Io::kError:
+        break;
+    }
+    return Broken("cannot read from", errno);
+  }
 
  private:
-  size_t size_;
-  void* p_;
+  Server(pid_t pid, int fd) : pid_(pid), fd_(fd) {}
+
+  Error Broken(const char* what, int err) {
+    broken_ = true;
+    std::string text = std::string(what) + " the native server";
+    if (err != 0) text += std::string(": ") + std::strerror(err);
+    return MakeError(text);
+  }
+
+  const pid_t owner_ = getpid();
+  pid_t pid_;
+  int fd_;
+  bool broken_ = false;
 };
 
-enum class WaitOutcome { kExited, kTimedOut, kFailed };
-
-// Waits until `pid` exits or `timeout` passes; reaps it unless timed out.
-WaitOutcome WaitForChild(pid_t pid, std::chrono::milliseconds timeout, int* status) {
-  using Clock = std::chrono::steady_clock;
-  const auto deadline = Clock::now() + timeout;
-  // A pidfd becomes readable when the child exits. The child is not reaped
-  // yet, so its pid cannot have been reused.
-  const int pidfd = static_cast<int>(syscall(SYS_pidfd_open, pid, 0));
-  for (;;) {
-    const pid_t done = waitpid(pid, status, WNOHANG);
-    if (done == pid) break;
-    if (done < 0 && errno != EINTR) {
-      if (pidfd >= 0) close(pidfd);
-      return WaitOutcome::kFailed;
-    }
-    const auto left =
-        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
-    if (left.count() <= 0) {
-      if (pidfd >= 0) close(pidfd);
-      return WaitOutcome::kTimedOut;
-    }
-    if (pidfd >= 0) {
-      pollfd p{pidfd, POLLIN, 0};
-      poll(&p, 1, static_cast<int>(std::min<int64_t>(left.count() + 1, 1 << 30)));
-    } else {
-      // No pidfd (kernel before 5.3, or filtered): poll the child every ms.
-      const timespec ms{0, 1000000};
-      nanosleep(&ms, nullptr);
-    }
+Result<std::unique_ptr<Server>> Server::Spawn() {
+  int fds[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) != 0) {
+    return MakeError("cannot create the native server's socket: " +
+                     std::string(std::strerror(errno)));
   }
-  if (pidfd >= 0) close(pidfd);
-  return WaitOutcome::kExited;
+  // dup2 onto the same number would keep FD_CLOEXEC: move it out of the way.
+  if (fds[1] == protocol::kServerFd) {
+    const int moved = fcntl(fds[1], F_DUPFD_CLOEXEC, protocol::kServerFd + 1);
+    close(fds[1]);
+    fds[1] = moved;
+  }
+  // The server starts with default signal handling and nothing blocked,
+  // whatever the calling thread has set up (an ignored SIGCHLD would make
+  // its children unwaitable).
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_adddup2(&actions, fds[1], protocol::kServerFd);
+  posix_spawnattr_t attr;
+  posix_spawnattr_init(&attr);
+  sigset_t all, none;
+  sigfillset(&all);
+  sigemptyset(&none);
+  posix_spawnattr_setsigdefault(&attr, &all);
+  posix_spawnattr_setsigmask(&attr, &none);
+  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK);
+  const char* path = BTVM_NATIVE_SERVER_PATH;
+  char* const argv[] = {const_cast<char*>(path), nullptr};
+  pid_t pid = -1;
+  const int err = fds[1] < 0 ? errno : posix_spawn(&pid, path, &actions, &attr, argv, environ);
+  posix_spawnattr_destroy(&attr);
+  posix_spawn_file_actions_destroy(&actions);
+  if (fds[1] >= 0) close(fds[1]);
+  if (err != 0) {
+    close(fds[0]);
+    return MakeError("cannot start the native server " + std::string(path) + ": " +
+                     std::strerror(err));
+  }
+  return std::unique_ptr<Server>(new Server(pid, fds[0]));
+}
+
+// Idle servers, one per caller that ran concurrently so far.
+class ServerPool {
+ public:
+  // An idle server, or a fresh one.
+  Result<std::unique_ptr<Server>> Take() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      // After fork() the child has its own copy of this pool, but the
+      // servers' sockets are shared with the parent: never talk on them.
+      if (!idle_.empty() && idle_.back()->owner() != getpid()) idle_.clear();
+      if (!idle_.empty()) {
+        std::unique_ptr<Server> server = std::move(idle_.back());
+        idle_.pop_back();
+        return server;
+      }
+    }
+    return Server::Spawn();
+  }
+  void Give(std::unique_ptr<Server> server) {
+    std::lock_guard<std::mutex> lock(mu_);
+    idle_.push_back(std::move(server));
+  }
+
+ private:
+  std::mutex mu_;
+  std::vector<std::unique_ptr<Server>> idle_;
+};
+
+ServerPool& Pool() {
+  static ServerPool pool;  // destroyed at exit: the servers see EOF and are reaped
+  return pool;
 }
 
 }  // namespace
@@ -425,6 +335,11 @@ Result<RunResult> RunNative(std::span<const uint8_t> code, const MachineState& i
                      Hex(mxcsr_mask) + ")");
   }
   const auto& regions = initial.memory;
+  if (regions.size() > protocol::kMaxRegions) {
+    return MakeError(std::to_string(regions.size()) + " memory regions, more than " +
+                     std::to_string(protocol::kMaxRegions));
+  }
+  uint64_t total_bytes = code_image_size;
   for (size_t i = 0; i < regions.size(); ++i) {
     const MemoryRegion& r = regions[i];
     const std::string name = "memory region " + std::to_string(i) + " at " + Hex(r.address);
@@ -444,72 +359,94 @@ Result<RunResult> RunNative(std::span<const uint8_t> code, const MachineState& i
         return MakeError(name + " overlaps memory region " + std::to_string(j));
       }
     }
+    total_bytes += r.bytes.size();
+  }
+  if (total_bytes > protocol::kMaxBytes) {
+    return MakeError("code and memory regions take " + Hex(total_bytes) + " bytes, more than " +
+                     Hex(protocol::kMaxBytes));
   }
 
-  // --- Prepare everything the child needs; it must not allocate.
-  std::vector<uint8_t> code_image(code_image_size, kInt3);
-  std::copy(code.begin(), code.end(), code_image.begin() + (code_address - code_page_base));
-  std::vector<uint64_t> region_offset(regions.size());
-  size_t shared_size = kRegionDataOffset;
+  // --- The addresses must be free in the caller too (the contract).
+  if (const int err = ProbeCallerRange(code_page_base, code_image_size); err != 0) {
+    const std::string name = CodeName(code_page_base, code_image_size);
+    if (err == EEXIST) return MakeError(name + " collide with a host mapping");
+    return MakeError("cannot map " + name + ": " + std::strerror(err));
+  }
   for (size_t i = 0; i < regions.size(); ++i) {
-    region_offset[i] = shared_size - kRegionDataOffset;
-    shared_size += regions[i].bytes.size();
+    if (const int err = ProbeCallerRange(regions[i].address, regions[i].bytes.size()); err != 0) {
+      const std::string name = RegionName(initial, static_cast<int>(i));
+      if (err == EEXIST) return MakeError(name + " collides with a host mapping");
+      return MakeError("cannot map " + name + ": " + std::strerror(err));
+    }
   }
-  Mapping shared(shared_size);
-  if (!shared.ok())
-    return MakeError("cannot map the report area: " + std::string(std::strerror(errno)));
-  // Anonymous memory is zero-filled: state starts at kNone. The parent's
-  // heap pages below are copied on write into the child.
-  std::vector<uint8_t> alt_stack(kAltStackSize);
-  const ChildPlan plan{
-      .parent = getpid(),
-      .initial = &initial,
-      .code_image = code_image.data(),
-      .code_page_base = code_page_base,
-      .code_image_size = code_image_size,
-      .code_address = code_address,
-      .code_size = code.size(),
-      .report = reinterpret_cast<Report*>(shared.data()),
-      .region_out = shared.data() + kRegionDataOffset,
-      .region_offset = region_offset.data(),
-      .alt_stack = alt_stack.data(),
-      .has_avx = __builtin_cpu_supports("avx") != 0,
+
+  // --- The request: header, region headers, code image, region contents.
+  Request request{};
+  request.code_address = code_address;
+  request.code_page_base = code_page_base;
+  request.code_image_size = code_image_size;
+  request.code_size = code.size();
+  request.timeout_ms = timeout.count();
+  request.region_count = static_cast<uint32_t>(regions.size());
+  request.mxcsr = initial.mxcsr;
+  std::memcpy(request.gpr, initial.gpr, sizeof(request.gpr));
+  request.rflags = (initial.rflags & kInputFlags) | rflags::kFixed1;
+  std::memcpy(request.xmm, initial.xmm, sizeof(request.xmm));
+
+  std::vector<uint8_t> message;
+  message.reserve(sizeof(request) + regions.size() * sizeof(RegionHeader) + total_bytes);
+  auto append = [&message](const void* p, size_t n) {
+    const auto* bytes = static_cast<const uint8_t*>(p);
+    message.insert(message.end(), bytes, bytes + n);
   };
+  append(&request, sizeof(request));
+  for (const MemoryRegion& r : regions) {
+    const RegionHeader h{.address = r.address,
+                         .size = r.bytes.size(),
+                         .access = static_cast<uint32_t>(r.access),
+                         .reserved = 0};
+    append(&h, sizeof(h));
+  }
+  const size_t image_at = message.size();
+  message.resize(image_at + code_image_size, kInt3);
+  std::copy(code.begin(), code.end(), message.begin() + image_at + (code_address - code_page_base));
+  for (const MemoryRegion& r : regions) append(r.bytes.data(), r.bytes.size());
 
-  const pid_t pid = fork();
-  if (pid < 0)
-    return MakeError("cannot fork the native child: " + std::string(std::strerror(errno)));
-  if (pid == 0) ChildMain(plan);  // never returns
+  // --- Run it on a server.
+  Result<std::unique_ptr<Server>> server = Pool().Take();
+  if (!server) return server.error();
+  std::vector<uint8_t> region_data;
+  const auto deadline = std::chrono::steady_clock::now() + timeout + kServerGrace;
+  Result<Response> answer =
+      (*server)->Exchange(message, total_bytes - code_image_size, &region_data, deadline);
+  if (!answer) return answer.error();  // the broken server is killed and reaped on the way out
+  Pool().Give(std::move(*server));
+  const Response& response = *answer;
 
-  int status = 0;
-  switch (WaitForChild(pid, timeout, &status)) {
-    case WaitOutcome::kExited:
+  switch (response.status) {
+    case protocol::Status::kDone:
       break;
-    case WaitOutcome::kTimedOut:
-      kill(pid, SIGKILL);
-      while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-      }
+    case protocol::Status::kSetupFailed:
+      return MakeError(SetupErrorText(response.report, initial, code_page_base, code_image_size));
+    case protocol::Status::kTimedOut:
       return MakeError("snippet timed out");
-    case WaitOutcome::kFailed:
-      return MakeError("cannot wait for the native child: " + std::string(std::strerror(errno)));
+    case protocol::Status::kNoReport: {
+      const int status = response.wait_status;
+      if (WIFSIGNALED(status)) {
+        return MakeError("native child crashed with signal " + std::to_string(WTERMSIG(status)) +
+                         " (" + strsignal(WTERMSIG(status)) + ")");
+      }
+      return MakeError("native child exited with status " +
+                       std::to_string(WIFEXITED(status) ? WEXITSTATUS(status) : -1) +
+                       " without a report");
+    }
+    case protocol::Status::kServerError: {
+      const size_t n = strnlen(response.message, sizeof(response.message));
+      return MakeError(std::string(response.message, n));
+    }
   }
 
-  // The child has exited: the report is stable. Copy it out as values.
-  Report report;
-  std::memcpy(&report, shared.data(), sizeof(report));
-  if (report.state == ReportState::kSetupFailed) {
-    return MakeError(SetupErrorText(report, initial, code_page_base, code_image_size));
-  }
-  if (WIFSIGNALED(status)) {
-    return MakeError("native child crashed with signal " + std::to_string(WTERMSIG(status)) + " (" +
-                     strsignal(WTERMSIG(status)) + ")");
-  }
-  if (report.state != ReportState::kDone || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-    return MakeError("native child exited with status " +
-                     std::to_string(WIFEXITED(status) ? WEXITSTATUS(status) : -1) +
-                     " without a report");
-  }
-
+  const Report& report = response.report;
   RunResult result;
   MachineState& out = result.final;
   std::memcpy(out.gpr, report.gpr, sizeof(out.gpr));
@@ -517,13 +454,15 @@ Result<RunResult> RunNative(std::span<const uint8_t> code, const MachineState& i
   std::memcpy(out.xmm, report.xmm, sizeof(out.xmm));
   out.mxcsr = report.mxcsr;
   out.memory.reserve(regions.size());
-  for (size_t i = 0; i < regions.size(); ++i) {
-    const uint8_t* data = shared.data() + kRegionDataOffset + region_offset[i];
+  size_t offset = 0;
+  for (const MemoryRegion& r : regions) {
+    const uint8_t* data = region_data.data() + offset;
     out.memory.push_back(MemoryRegion{
-        .address = regions[i].address,
-        .bytes = std::vector<uint8_t>(data, data + regions[i].bytes.size()),
-        .access = regions[i].access,
+        .address = r.address,
+        .bytes = std::vector<uint8_t>(data, data + r.bytes.size()),
+        .access = r.access,
     });
+    offset += r.bytes.size();
   }
   result.signal = report.signal;
   result.fault_address = report.fault_address;

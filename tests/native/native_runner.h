@@ -1,12 +1,14 @@
 #pragma once
 // Native runner: executes a snippet of x86-64 machine code on the host CPU,
-// in a forked child process, from a given register and memory state, and
-// returns the final state. It is the hardware reference for differential
-// tests of instruction semantics (STYLE.md habit 9): the same snippet runs
-// here and on btvm's engines, and the final states are compared.
+// in a child process, from a given register and memory state, and returns
+// the final state. It is the hardware reference for differential tests of
+// instruction semantics (STYLE.md habit 9): the same snippet runs here and
+// on btvm's engines, and the final states are compared.
 //
 // Contract:
-//  - The snippet runs in a fresh fork of the calling process, never in the
+//  - The snippet runs in a fresh fork of btvm_native_server, a small static
+//    helper process that the runner spawns on first use (one per caller
+//    running concurrently) and keeps until the caller exits; never in the
 //    caller's address space. The code is mapped read+execute at
 //    `code_address`, followed by an `int3` terminator; the bytes that fill
 //    the rest of the code pages are `int3` too. Falling off the end of the
@@ -14,14 +16,16 @@
 //  - Every GPR, including RSP, is loaded from `initial`; the snippet may use
 //    any register. Signals are handled on an alternate stack.
 //  - Each MemoryRegion is mapped at its address; a region (or the code pages)
-//    that overlaps a mapping of the host process is refused with an error.
+//    that overlaps a mapping of the calling process (or of the server) is
+//    refused with an error.
 //  - Once the snippet runs, a seccomp filter turns every system call into
 //    SIGSYS (reported like a fault) so that a snippet cannot touch the host.
 //  - Guest events (faults, traps) are values in RunResult; only problems of
 //    the runner itself (bad input, collision, timeout, child crash) are
-//    errors.
+//    errors. The server needs no help from the caller: it is found at the
+//    path the build recorded (BTVM_NATIVE_SERVER_PATH).
 //
-// Limitations: FS/GS bases are the host's (the child's TLS), so fs:/gs:
+// Limitations: FS/GS bases are the host's (the server's TLS), so fs:/gs:
 // loads see host data; x87 state starts at its reset value (FCW 0x37f, empty
 // stack) and is not returned; YMM upper halves start zeroed and are not
 // returned; AVX-512 state (zmm16-31, k0-7) is the host's; the code pages are

@@ -6,6 +6,8 @@
 
 #include <dirent.h>
 #include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
@@ -442,6 +444,32 @@ TEST(NativeRunner, ConcurrentCallersDoNotInterfere) {
   }
   for (std::thread& th : threads) th.join();
   EXPECT_EQ(wrong.load(), 0);
+}
+
+// The runner keeps its servers across calls; a process forked from the
+// caller must get servers of its own, not talk on the parent's sockets.
+TEST(NativeRunner, ForkedCallerRunsOnItsOwnServer) {
+  const uint8_t code[] = {0x48, 0x01, 0xd8};  // add rax, rbx
+  MachineState in = Distinct();
+  RunOk(code, in);  // the parent now has a server
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    bool good = true;
+    for (int i = 0; i < 5; ++i) {
+      in.gpr[kRax] = static_cast<uint64_t>(i);
+      Result<RunResult> r = RunNative(code, in);
+      good &= r.ok() && r->final.gpr[kRax] == static_cast<uint64_t>(i) + in.gpr[kRbx];
+    }
+    _exit(good ? 0 : 1);
+  }
+  for (int i = 0; i < 5; ++i) {
+    in.gpr[kRax] = static_cast<uint64_t>(100 + i);
+    EXPECT_EQ(RunOk(code, in).final.gpr[kRax], in.gpr[kRax] + in.gpr[kRbx]);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "status " << status;
 }
 
 int OpenFds() {

@@ -131,8 +131,12 @@ std::string SetupErrorText(const Report& r, const MachineState& in, uint64_t cod
 // runs in the server's address space, but the contract promises that its
 // addresses are free in the caller's too. The probe reserves the range
 // with MAP_FIXED_NOREPLACE, which never replaces a mapping, and releases it
-// at once; meanwhile another thread's mmap merely lands elsewhere.
+// at once; meanwhile another thread's mmap merely lands elsewhere. Probes
+// are serialized: two callers probing the same range at once would each
+// see the other's reservation as a collision.
 int ProbeCallerRange(uint64_t address, uint64_t size) {
+  static std::mutex probe_mu;
+  std::lock_guard<std::mutex> lock(probe_mu);
   void* want = reinterpret_cast<void*>(address);
   void* got =
       mmap(want, size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);

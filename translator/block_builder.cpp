@@ -280,17 +280,27 @@ BuildResult BuildBlock(CodeCache& cache, const BlockKey& key, const FetchFn& fet
   const bool loop = !single && !insns.empty() && insns.back().cls == InsnClass::kBranch &&
                     BranchTarget(insns.back()) == rip;
   uint16_t loop_regs = 0;
+  std::vector<std::pair<uint64_t, int>> loop_slots;
   if (loop) {
     asmjit::CodeHolder trial_code;
     trial_code.init(cache.environment(), cache.next_address());
     asmjit::x86::Assembler ta(&trial_code);
     BlockEmitter te(ta, env);
+    uint16_t all_names = 0;
+    for (uint16_t n : names) all_names |= n;
+    te.PlanLoopSlots(all_names);
     uint64_t saved_pc = pc;
-    if (emit_insns(te, ta)) loop_regs = te.back_edge_borrowed();
+    if (emit_insns(te, ta)) {
+      loop_regs = te.back_edge_borrowed();
+      for (const auto& slot : te.loop_slots()) {
+        if (loop_regs & (1u << slot.second)) loop_slots.push_back(slot);
+      }
+    }
     pc = saved_pc;
   }
   BlockEmitter e(a, env);
   if (loop_regs) {
+    e.UseLoopSlots(loop_slots);
     e.EnterLoop(loop_regs, live_in[0] != 0);
   } else if (!single) {
     e.EmitEntryCheck(live_in.empty() ? true : live_in[0] != 0);

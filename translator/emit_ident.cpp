@@ -97,6 +97,10 @@ void BlockEmitter::TakeRegisters(Plan* p) {
   }
   borrowed_ &= ~p->used;
   p->spilled = borrowed_;
+  if (p->used & sticky_) {  // named by the guest code: not a slot register after all
+    std::erase_if(loop_slots_, [&](const auto& slot) { return p->used & (1u << slot.second); });
+    sticky_ &= ~p->used;
+  }
   if (rsp_in_ >= 0 && (p->used & (1u << rsp_in_))) rsp_in_ = -1;
   if (stack_slot_in_ >= 0 && (p->used & (1u << stack_slot_in_))) stack_slot_in_ = -1;
 }
@@ -131,7 +135,7 @@ int BlockEmitter::PickScratch(Plan* p, bool low_only) {
                           static_cast<uint16_t>(0xffff)}) {
     for (int h : kOrder) {
       if (low_only && h >= 8) break;
-      if ((p->used & (1u << h)) || !(prefer & (1u << h))) continue;
+      if (((p->used | sticky_) & (1u << h)) || !(prefer & (1u << h))) continue;
       p->used |= 1u << h;
       p->spilled |= 1u << h;
       if (h == rsp_in_) rsp_in_ = -1;
@@ -176,6 +180,7 @@ void BlockEmitter::Materialize() {
   borrowed_ = 0;
   rsp_in_ = -1;
   stack_slot_in_ = -1;
+  slots_valid_ = false;  // slot registers hold guest values again
 }
 
 void BlockEmitter::Spill(int host) {
@@ -407,7 +412,29 @@ bool BlockEmitter::EmitIdent(const DecodedInsn& d, uint32_t flags_live) {
   bool read = mem->actions & ZYDIS_OPERAND_ACTION_MASK_READ;
   bool write = mem->actions & ZYDIS_OPERAND_ACTION_MASK_WRITE;
   int s = PickScratch(&p, p.needs_low);
-  int t = PickScratch(&p, false);
+  // A loop's slot register for this instruction, or one to reserve now.
+  int t = -1;
+  bool index_ready = false;
+  for (const auto& [rip, h] : loop_slots_) {
+    if (rip == d.rip && !plan_slots_ && slots_valid_ && (borrowed_ & (1u << h)) &&
+        !(p.used & (1u << h))) {
+      t = h;
+      index_ready = true;
+      p.used |= 1u << h;
+      p.spilled |= 1u << h;  // taken since EnterLoop
+    }
+  }
+  if (t < 0 && plan_slots_) {
+    uint16_t saved = lookahead_;
+    lookahead_ = block_names_;  // a register no instruction of the loop names
+    t = PickScratch(&p, false);
+    lookahead_ = saved;
+    if (t >= 0 && !(block_names_ & (1u << t))) {
+      loop_slots_.push_back({d.rip, t});
+      sticky_ |= 1u << t;
+    }
+  }
+  if (t < 0) t = PickScratch(&p, false);
   if (s < 0 || t < 0) return Fail("no scratch register for " + FormatInsn(d));
 
   // bt/bts/btr/btc [mem], reg address the bit string at mem + (reg >> 3),
@@ -455,7 +482,8 @@ bool BlockEmitter::EmitIdent(const DecodedInsn& d, uint32_t flags_live) {
     a_.and_(U, static_cast<int32_t>(size * 8 - 1));
   }
   EmitAccess(d, p, s, t, size, read, write,
-             [this, bytes] { a_.embed(bytes.data(), bytes.size()); }, touches_flags);
+             [this, bytes] { a_.embed(bytes.data(), bytes.size()); }, touches_flags,
+             index_ready);
   StoreRenamed(d, p);
   if (u >= 0) {
     rsp_in_ = -1;  // u took RSP's rename and then the bit offset

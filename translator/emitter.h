@@ -130,6 +130,24 @@ class BlockEmitter {
   // The scratch registers taken when the block's back edge was reached
   // (what EnterLoop should take on a second translation).
   uint16_t back_edge_borrowed() const { return back_edge_borrowed_; }
+
+  // Soft-TLB slot registers of a loop: each memory instruction of a loop
+  // body may keep the slot offset of its last access in a register of its
+  // own across iterations, probed first (no index computation while the
+  // accesses stay in a page). On the first translation of a loop,
+  // PlanLoopSlots(names) reserves them (`names`: registers any instruction
+  // of the block names); loop_slots() then says which instruction (by
+  // RIP) got which register; UseLoopSlots hands that to the second
+  // translation, whose EnterLoop zeroes them (a valid offset).
+  void PlanLoopSlots(uint16_t names) {
+    plan_slots_ = true;
+    block_names_ = names;
+  }
+  const std::vector<std::pair<uint64_t, int>>& loop_slots() const { return loop_slots_; }
+  void UseLoopSlots(const std::vector<std::pair<uint64_t, int>>& slots) {
+    loop_slots_ = slots;
+    for (const auto& [rip, h] : slots) sticky_ |= 1u << h;
+  }
   // Copies of instructions emitted out of line (a slow path runs the
   // instruction on the pointer the MMU gave): they can fault on the host
   // too, so the side table maps them as well.
@@ -267,6 +285,11 @@ class BlockEmitter {
   // last stack access, or -1: the next push or pop probes that slot first.
   int stack_slot_in_ = -1;
   uint16_t loop_regs_ = 0;           // EnterLoop's registers
+  bool plan_slots_ = false;          // first translation of a loop: reserve slot registers
+  uint16_t block_names_ = 0;
+  uint16_t sticky_ = 0;              // slot registers: never picked as scratch
+  bool slots_valid_ = true;          // no Materialize since the loop head (they hold offsets)
+  std::vector<std::pair<uint64_t, int>> loop_slots_;
   asmjit::Label loop_head_;
   uint16_t back_edge_borrowed_ = 0;
   // Branches back to the loop head (jcc or, with kIdNone, jmp): the

@@ -66,17 +66,6 @@ uint64_t Linear(const CpuState& cpu, int seg, uint64_t offset) {
   return (offset + cpu.seg[seg].base) & 0xffffffff;
 }
 
-int SegOf(ZydisRegister r) {
-  switch (r) {
-    case ZYDIS_REGISTER_ES: return kEs;
-    case ZYDIS_REGISTER_CS: return kCs;
-    case ZYDIS_REGISTER_SS: return kSs;
-    case ZYDIS_REGISTER_FS: return kFs;
-    case ZYDIS_REGISTER_GS: return kGs;
-    default: return kDs;
-  }
-}
-
 // The data segment an instruction with an implicit DS operand uses (string
 // sources, xlat): DS or a segment-override prefix.
 int OverrideOrDs(const DecodedInsn& d) {
@@ -397,7 +386,7 @@ uint64_t Emulator::EffectiveAddress(const CpuState& cpu, const DecodedInsn& d,
     if (DecodeGpr(m.index, &r)) ea += cpu.gpr[r.index] * m.scale;
   }
   if (d.insn.address_width == 32) ea &= 0xffffffff;
-  return Linear(cpu, SegOf(m.segment), ea);
+  return Linear(cpu, SegmentIndexOf(m.segment), ea);
 }
 
 bool Emulator::ReadOperand(CpuState& cpu, const DecodedInsn& d, const ZydisDecodedOperand& op,

@@ -2,6 +2,8 @@
 
 #include <string>
 
+#include "base/cpu_state.h"
+
 namespace btvm {
 
 Decoder::Decoder(CodeMode mode) : mode_(mode) {
@@ -38,6 +40,17 @@ std::string FormatInsn(const DecodedInsn& d) {
     return "(unformattable)";
   }
   return buf;
+}
+
+int SegmentIndexOf(ZydisRegister r) {
+  switch (r) {
+    case ZYDIS_REGISTER_ES: return kEs;
+    case ZYDIS_REGISTER_CS: return kCs;
+    case ZYDIS_REGISTER_SS: return kSs;
+    case ZYDIS_REGISTER_FS: return kFs;
+    case ZYDIS_REGISTER_GS: return kGs;
+    default: return kDs;
+  }
 }
 
 }  // namespace btvm

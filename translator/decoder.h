@@ -64,4 +64,8 @@ InsnClass ClassifyInsn(const ZydisDecodedInstruction& insn, const ZydisDecodedOp
 // Formats one instruction in Intel syntax (for traces and error messages).
 std::string FormatInsn(const DecodedInsn& d);
 
+// CpuState's index (kEs..kGs) of a segment register operand; DS for any
+// other value (the default data segment).
+int SegmentIndexOf(ZydisRegister r);
+
 }  // namespace btvm

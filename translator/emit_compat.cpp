@@ -31,22 +31,12 @@ int32_t SegBaseOffset(int seg) {
                               offsetof(SegmentReg, base));
 }
 
-int SegOf(ZydisRegister r) {
-  switch (r) {
-    case ZYDIS_REGISTER_ES: return kEs;
-    case ZYDIS_REGISTER_CS: return kCs;
-    case ZYDIS_REGISTER_SS: return kSs;
-    case ZYDIS_REGISTER_FS: return kFs;
-    case ZYDIS_REGISTER_GS: return kGs;
-    default: return kDs;
-  }
-}
 }  // namespace
 
 // Flags are saved (or dead) where addresses are computed, so add may
 // clobber them.
 void BlockEmitter::AddCompatSegmentBase(ZydisRegister segment, int s) {
-  a_.add(x86::gpq(s), x86::qword_ptr(x86::r15, SegBaseOffset(SegOf(segment))));
+  a_.add(x86::gpq(s), x86::qword_ptr(x86::r15, SegBaseOffset(SegmentIndexOf(segment))));
   a_.mov(x86::gpd(s), x86::gpd(s));
 }
 

@@ -2,12 +2,16 @@
 //
 //   btvm_difftest --seed S --count N [--start I] [--cpl 0|3|both]
 //                 [--include a,b] [--exclude a,b] [--only a,b]
-//                 [--no-minimize] [--max-reports K] [--jobs J] [--verbose] [--list]
+//                 [--no-minimize] [--max-reports K] [--jobs J] [--exact-fault-flags]
+//                 [--verbose] [--list]
 //   btvm_difftest --code "48 01 d8 ..." [--set rax=1,r15=2] [--seed S] [--cpl ...]
 //
 // --code runs the given bytes instead (a reproducer), from the initial
 // state of sequence --start of the seed, --set registers overridden; its
 // flag mask treats the code as straight-line.
+//
+// --exact-fault-flags compares the arithmetic flags of a fault's frame even
+// where they are dead at the faulting instruction (FaultFlags, difftest.h).
 //
 // Sequence I of seed S is the same on every run and every machine with the
 // same host features, so a mismatch is reproduced with
@@ -50,6 +54,7 @@ struct Options {
   bool verbose = false;
   bool minimize = true;
   bool list = false;
+  FaultFlags fault_flags = FaultFlags::kMaskDead;
   CategorySet categories = DefaultCategories();
   int max_reports = 20;  // per job
   uint64_t jobs = 1;  // --jobs: processes the range is split over
@@ -61,12 +66,13 @@ void Usage(std::FILE* out) {
   std::fprintf(out,
                "usage: btvm_difftest [--seed S] [--count N] [--start I] [--cpl 0|3|both]\n"
                "                     [--include CATS] [--exclude CATS] [--only CATS]\n"
-               "                     [--no-minimize] [--max-reports K] [--jobs J] [--verbose]\n"
-               "                     [--list]\n"
+               "                     [--no-minimize] [--max-reports K] [--jobs J]\n"
+               "                     [--exact-fault-flags] [--verbose] [--list]\n"
                "       btvm_difftest --code HEX [--set REG=V,...] [--seed S] [--cpl 0|3|both]\n"
                "Runs N random instruction sequences natively and on the bt engine and\n"
                "compares the final state. CATS is a comma-separated list (--list).\n"
-               "--jobs J splits the range over J processes; --max-reports counts per job.\n");
+               "--jobs J splits the range over J processes; --max-reports counts per job.\n"
+               "--exact-fault-flags: compare a fault's flags even where they are dead.\n");
 }
 
 bool ParseCategories(std::string_view list, CategorySet* out) {
@@ -184,6 +190,8 @@ bool Parse(int argc, char** argv, Options* o) {
       if (!v || !ParseSettings(v, &o->settings)) return false;
     } else if (a == "--verbose") {
       o->verbose = true;
+    } else if (a == "--exact-fault-flags") {
+      o->fault_flags = FaultFlags::kExact;
     } else if (a == "--no-minimize") {
       o->minimize = false;
     } else if (a == "--list") {
@@ -275,7 +283,7 @@ Totals RunRange(const Options& opt, uint64_t first, uint64_t count) {
     t.could_not_start = true;
     return t;
   }
-  DiffTester tester(**runner);
+  DiffTester tester(**runner, opt.fault_flags);
   GeneratorConfig gen;
   gen.categories = opt.categories;
   gen.host = HostFeatures::Detect();

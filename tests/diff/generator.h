@@ -162,8 +162,10 @@ struct Encoded {
 // by a count that masks to 0 may write nothing, a large count leaves more
 // undefined. `defined` are flags surely written with a defined value,
 // `undefined` flags that may hold anything afterwards.
+// `written` are flags surely overwritten, with a defined value or not (a
+// reader after it never sees the old value).
 struct FlagEffect {
-  uint64_t tested = 0, defined = 0, undefined = 0;
+  uint64_t tested = 0, defined = 0, undefined = 0, written = 0;
 };
 FlagEffect FlagEffectOf(const uint8_t* code, size_t length);
 

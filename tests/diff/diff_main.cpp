@@ -8,7 +8,7 @@
 //
 // --code runs the given bytes instead (a reproducer), from the initial
 // state of sequence --start of the seed, --set registers overridden; its
-// flag mask treats the code as straight-line.
+// flag masks follow the direct branches in the code.
 //
 // --exact-fault-flags compares the arithmetic flags of a fault's frame even
 // where they are dead at the faulting instruction (FaultFlags, difftest.h).
@@ -218,6 +218,22 @@ std::string CategoriesOf(const Sequence& s) {
   return out;
 }
 
+// The flow of a decoded instruction, for the flag masks of a --code run:
+// direct jumps, jccs, loops and calls go to their target; anything else
+// (ret, indirect branches included) counts as falling through.
+Op::Flow FlowOf(const ZydisDecodedInstruction& insn, const ZydisDecodedOperand& op0) {
+  if (insn.meta.category != ZYDIS_CATEGORY_COND_BR &&
+      insn.meta.category != ZYDIS_CATEGORY_UNCOND_BR && insn.meta.category != ZYDIS_CATEGORY_CALL) {
+    return Op::Flow::kNext;
+  }
+  if (insn.operand_count_visible == 0 || op0.type != ZYDIS_OPERAND_TYPE_IMMEDIATE ||
+      !op0.imm.is_relative) {
+    return Op::Flow::kNext;
+  }
+  if (insn.meta.category == ZYDIS_CATEGORY_COND_BR) return Op::Flow::kBranch;
+  return insn.meta.category == ZYDIS_CATEGORY_CALL ? Op::Flow::kCall : Op::Flow::kJump;
+}
+
 // The --code sequence: one instruction an op, from a generated initial state.
 Sequence FromCode(const Options& opt, const GeneratorConfig& gen) {
   Sequence seq;
@@ -230,18 +246,38 @@ Sequence FromCode(const Options& opt, const GeneratorConfig& gen) {
     }
   }
   Item item;
+  std::vector<uint64_t> offsets, targets;
   for (size_t at = 0; at < opt.code.size();) {
     ZydisDisassembledInstruction d;
     size_t len = opt.code.size() - at;
+    Op op;
+    uint64_t target = 0;
     if (ZYAN_SUCCESS(ZydisDisassembleIntel(ZYDIS_MACHINE_MODE_LONG_64, kCodeAddress + at,
                                            opt.code.data() + at, len, &d))) {
       len = d.info.length;
+      op.flow = FlowOf(d.info, d.operands[0]);
+      target = at + len + d.operands[0].imm.value.u;
     }
-    Op op;
     op.raw.assign(opt.code.begin() + static_cast<long>(at),
                   opt.code.begin() + static_cast<long>(at + len));
     item.ops.push_back(op);
+    offsets.push_back(at);
+    targets.push_back(target);
     at += len;
+  }
+  // A branch target is an op of the code, or its end (the op past the
+  // last); a branch elsewhere is taken as straight-line.
+  for (size_t k = 0; k < item.ops.size(); ++k) {
+    Op& op = item.ops[k];
+    if (op.flow == Op::Flow::kNext) continue;
+    const auto at = std::find(offsets.begin(), offsets.end(), targets[k]);
+    if (at != offsets.end()) {
+      op.target_op = static_cast<int>(at - offsets.begin());
+    } else if (targets[k] == opt.code.size()) {
+      op.target_op = static_cast<int>(item.ops.size());
+    } else {
+      op.flow = Op::Flow::kNext;
+    }
   }
   seq.items.push_back(item);
   return seq;

@@ -279,5 +279,32 @@ TEST(Generator, BuildsEveryCategory) {
   }
 }
 
+TEST(Generator, LoopsBranchBack) {
+  // Every loop item has a branch back into itself, and its sequences
+  // encode (rel8 loop forms reach).
+  GeneratorConfig config;
+  config.host = HostFeatures::Detect();
+  config.categories.reset();
+  config.categories.set(static_cast<size_t>(Category::kLoop));
+  size_t loops = 0;
+  for (uint64_t i = 0; i < 50; ++i) {
+    const Sequence s = Generate(config, SequenceSeed(9, i));
+    Encoded e;
+    std::string error;
+    ASSERT_TRUE(Encode(s, &e, &error)) << error;
+    std::vector<bool> back(s.items.size(), false);
+    for (const Encoded::Insn& insn : e.insns) {
+      if (insn.flow != Op::Flow::kNext && insn.target <= insn.offset) {
+        back[static_cast<size_t>(insn.item)] = true;
+      }
+    }
+    for (size_t k = 0; k < s.items.size(); ++k) {
+      EXPECT_TRUE(back[k]) << "sequence " << i << " item " << k;
+      loops += back[k];
+    }
+  }
+  EXPECT_GT(loops, 100u);
+}
+
 }  // namespace
 }  // namespace btvm::diff

@@ -461,6 +461,36 @@ Sequence Gen::Generate() {
       op.skip_items = k;
     }
   }
+  // jrcxz, jecxz and the loop forms have rel8 only: they skip no more items
+  // than they reach (a loop item may be long). Each short jcc or jmp in
+  // between may still be widened by 4 bytes.
+  auto bytes = [](const Op& op) -> int {
+    std::vector<uint8_t> b = op.raw;
+    if (b.empty()) EncodeAt(Patched(op, op.req, kCodeAddress), kCodeAddress, &b);
+    const bool may_widen = op.patch == Op::Patch::kBranch && !op.wide;
+    return static_cast<int>(b.size()) + (may_widen ? 4 : 0);
+  };
+  for (size_t i = 0; i < seq.items.size(); ++i) {
+    std::vector<Op>& ops = seq.items[i].ops;
+    for (size_t j = 0; j < ops.size(); ++j) {
+      const ZydisMnemonic m = ops[j].req.mnemonic;
+      const bool rel8_only = ops[j].raw.empty() && (m == MN(JRCXZ) || m == MN(JECXZ) ||
+                                                    m == MN(LOOP) || m == MN(LOOPE) ||
+                                                    m == MN(LOOPNE));
+      if (!rel8_only || ops[j].skip_items <= 0) continue;
+      int distance = 0;
+      for (size_t k = j + 1; k < ops.size(); ++k) distance += bytes(ops[k]);
+      int reach = 0;
+      while (reach < ops[j].skip_items) {
+        int item = 0;
+        for (const Op& op : seq.items[i + 1 + static_cast<size_t>(reach)].ops) item += bytes(op);
+        if (distance + item > 127) break;
+        distance += item;
+        ++reach;
+      }
+      ops[j].skip_items = reach;
+    }
+  }
   return seq;
 }
 

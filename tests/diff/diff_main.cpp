@@ -2,12 +2,16 @@
 //
 //   btvm_difftest --seed S --count N [--start I] [--cpl 0|3|both]
 //                 [--include a,b] [--exclude a,b] [--only a,b]
-//                 [--no-minimize] [--max-reports K] [--jobs J] [--verbose] [--list]
+//                 [--no-minimize] [--max-reports K] [--jobs J] [--exact-fault-flags]
+//                 [--verbose] [--list]
 //   btvm_difftest --code "48 01 d8 ..." [--set rax=1,r15=2] [--seed S] [--cpl ...]
 //
 // --code runs the given bytes instead (a reproducer), from the initial
 // state of sequence --start of the seed, --set registers overridden; its
-// flag mask treats the code as straight-line.
+// flag masks follow the direct branches in the code.
+//
+// --exact-fault-flags compares the arithmetic flags of a fault's frame even
+// where they are dead at the faulting instruction (FaultFlags, difftest.h).
 //
 // Sequence I of seed S is the same on every run and every machine with the
 // same host features, so a mismatch is reproduced with
@@ -50,6 +54,7 @@ struct Options {
   bool verbose = false;
   bool minimize = true;
   bool list = false;
+  FaultFlags fault_flags = FaultFlags::kMaskDead;
   CategorySet categories = DefaultCategories();
   int max_reports = 20;  // per job
   uint64_t jobs = 1;  // --jobs: processes the range is split over
@@ -61,12 +66,13 @@ void Usage(std::FILE* out) {
   std::fprintf(out,
                "usage: btvm_difftest [--seed S] [--count N] [--start I] [--cpl 0|3|both]\n"
                "                     [--include CATS] [--exclude CATS] [--only CATS]\n"
-               "                     [--no-minimize] [--max-reports K] [--jobs J] [--verbose]\n"
-               "                     [--list]\n"
+               "                     [--no-minimize] [--max-reports K] [--jobs J]\n"
+               "                     [--exact-fault-flags] [--verbose] [--list]\n"
                "       btvm_difftest --code HEX [--set REG=V,...] [--seed S] [--cpl 0|3|both]\n"
                "Runs N random instruction sequences natively and on the bt engine and\n"
                "compares the final state. CATS is a comma-separated list (--list).\n"
-               "--jobs J splits the range over J processes; --max-reports counts per job.\n");
+               "--jobs J splits the range over J processes; --max-reports counts per job.\n"
+               "--exact-fault-flags: compare a fault's flags even where they are dead.\n");
 }
 
 bool ParseCategories(std::string_view list, CategorySet* out) {
@@ -184,6 +190,8 @@ bool Parse(int argc, char** argv, Options* o) {
       if (!v || !ParseSettings(v, &o->settings)) return false;
     } else if (a == "--verbose") {
       o->verbose = true;
+    } else if (a == "--exact-fault-flags") {
+      o->fault_flags = FaultFlags::kExact;
     } else if (a == "--no-minimize") {
       o->minimize = false;
     } else if (a == "--list") {
@@ -210,6 +218,22 @@ std::string CategoriesOf(const Sequence& s) {
   return out;
 }
 
+// The flow of a decoded instruction, for the flag masks of a --code run:
+// direct jumps, jccs, loops and calls go to their target; anything else
+// (ret, indirect branches included) counts as falling through.
+Op::Flow FlowOf(const ZydisDecodedInstruction& insn, const ZydisDecodedOperand& op0) {
+  if (insn.meta.category != ZYDIS_CATEGORY_COND_BR &&
+      insn.meta.category != ZYDIS_CATEGORY_UNCOND_BR && insn.meta.category != ZYDIS_CATEGORY_CALL) {
+    return Op::Flow::kNext;
+  }
+  if (insn.operand_count_visible == 0 || op0.type != ZYDIS_OPERAND_TYPE_IMMEDIATE ||
+      !op0.imm.is_relative) {
+    return Op::Flow::kNext;
+  }
+  if (insn.meta.category == ZYDIS_CATEGORY_COND_BR) return Op::Flow::kBranch;
+  return insn.meta.category == ZYDIS_CATEGORY_CALL ? Op::Flow::kCall : Op::Flow::kJump;
+}
+
 // The --code sequence: one instruction an op, from a generated initial state.
 Sequence FromCode(const Options& opt, const GeneratorConfig& gen) {
   Sequence seq;
@@ -222,18 +246,38 @@ Sequence FromCode(const Options& opt, const GeneratorConfig& gen) {
     }
   }
   Item item;
+  std::vector<uint64_t> offsets, targets;
   for (size_t at = 0; at < opt.code.size();) {
     ZydisDisassembledInstruction d;
     size_t len = opt.code.size() - at;
+    Op op;
+    uint64_t target = 0;
     if (ZYAN_SUCCESS(ZydisDisassembleIntel(ZYDIS_MACHINE_MODE_LONG_64, kCodeAddress + at,
                                            opt.code.data() + at, len, &d))) {
       len = d.info.length;
+      op.flow = FlowOf(d.info, d.operands[0]);
+      target = at + len + d.operands[0].imm.value.u;
     }
-    Op op;
     op.raw.assign(opt.code.begin() + static_cast<long>(at),
                   opt.code.begin() + static_cast<long>(at + len));
     item.ops.push_back(op);
+    offsets.push_back(at);
+    targets.push_back(target);
     at += len;
+  }
+  // A branch target is an op of the code, or its end (the op past the
+  // last); a branch elsewhere is taken as straight-line.
+  for (size_t k = 0; k < item.ops.size(); ++k) {
+    Op& op = item.ops[k];
+    if (op.flow == Op::Flow::kNext) continue;
+    const auto at = std::find(offsets.begin(), offsets.end(), targets[k]);
+    if (at != offsets.end()) {
+      op.target_op = static_cast<int>(at - offsets.begin());
+    } else if (targets[k] == opt.code.size()) {
+      op.target_op = static_cast<int>(item.ops.size());
+    } else {
+      op.flow = Op::Flow::kNext;
+    }
   }
   seq.items.push_back(item);
   return seq;
@@ -275,7 +319,7 @@ Totals RunRange(const Options& opt, uint64_t first, uint64_t count) {
     t.could_not_start = true;
     return t;
   }
-  DiffTester tester(**runner);
+  DiffTester tester(**runner, opt.fault_flags);
   GeneratorConfig gen;
   gen.categories = opt.categories;
   gen.host = HostFeatures::Detect();

@@ -133,6 +133,46 @@ uint64_t UndefinedFlags(const Encoded& e, uint64_t stop_offset) {
   return stop < 0 ? anywhere : in[stop];
 }
 
+uint64_t DeadFlags(const Encoded& e, uint64_t offset) {
+  const size_t n = e.insns.size();
+  std::map<uint64_t, size_t> node_at;  // offset -> node; node n is the end
+  for (size_t i = 0; i < n; ++i) node_at[e.insns[i].offset] = i;
+  node_at[e.code.size()] = n;
+  auto live_at = [&](const std::vector<uint64_t>& live_in, uint64_t at) -> uint64_t {
+    auto it = node_at.find(at);
+    return it == node_at.end() ? kArith : live_in[it->second];
+  };
+  std::vector<uint64_t> reads(n, 0), writes(n, 0);
+  for (size_t i = 0; i < n; ++i) {
+    const FlagEffect f = FlagEffectOf(e.code.data() + e.insns[i].offset, e.insns[i].length);
+    reads[i] = f.tested & kArith;
+    writes[i] = f.written & kArith;
+  }
+  // Live flags grow from none to a fixpoint; the end (hlt, then the
+  // harness) reads them all.
+  std::vector<uint64_t> live_in(n + 1, 0);
+  live_in[n] = kArith;
+  for (bool changed = true; changed;) {
+    changed = false;
+    for (size_t i = n; i-- > 0;) {
+      const Encoded::Insn& insn = e.insns[i];
+      uint64_t out = 0;
+      if (insn.flow == Op::Flow::kNext || insn.flow == Op::Flow::kBranch) {
+        out |= live_at(live_in, insn.offset + insn.length);
+      }
+      if (insn.flow != Op::Flow::kNext) out |= live_at(live_in, insn.target);
+      const uint64_t in = reads[i] | (out & ~writes[i]);
+      if (in != live_in[i]) {
+        live_in[i] = in;
+        changed = true;
+      }
+    }
+  }
+  auto it = node_at.find(offset);
+  if (it == node_at.end()) return 0;
+  return kArith & ~live_in[it->second];
+}
+
 std::string FormatState(const native::MachineState& s) {
   std::string out;
   char line[160];
@@ -156,7 +196,8 @@ std::string FormatState(const native::MachineState& s) {
   return out;
 }
 
-Comparison Compare(const Encoded& e, const Outcome& native, const Outcome& bt, unsigned cpl) {
+Comparison Compare(const Encoded& e, const Outcome& native, const Outcome& bt, unsigned cpl,
+                   FaultFlags fault_flags) {
   Comparison c;
   auto note = [&](DiffKind k, const std::string& line) {
     c.kinds.set(static_cast<size_t>(k));
@@ -188,12 +229,18 @@ Comparison Compare(const Encoded& e, const Outcome& native, const Outcome& bt, u
   }
   const uint64_t stop = native.kind == Outcome::kEnd ? e.code.size() : native.rip_offset;
   const uint64_t undefined = UndefinedFlags(e, stop);
-  const uint64_t compared = (kArith & ~undefined) | rflags::kDF;
+  const bool trap = native.vector == kDB || native.vector == kBP || native.vector == kOF;
+  const uint64_t dead = native.kind == Outcome::kFault && same_outcome && !trap &&
+                                fault_flags == FaultFlags::kMaskDead
+                            ? DeadFlags(e, stop)
+                            : 0;
+  const uint64_t compared = (kArith & ~undefined & ~dead) | rflags::kDF;
   if ((a.rflags & compared) != (b.rflags & compared)) {
     note(DiffKind::kFlags, "flags: native " + FlagNames(a.rflags & compared) + ", bt " +
                                FlagNames(b.rflags & compared) +
                                " (differ: " + FlagNames((a.rflags ^ b.rflags) & compared) +
-                               "; undefined here: " + FlagNames(undefined) + ")");
+                               "; undefined here: " + FlagNames(undefined) +
+                               "; dead at the fault: " + FlagNames(dead) + ")");
   }
   for (int i = 0; i < 16; ++i) {
     if (std::memcmp(a.xmm[i], b.xmm[i], 16) != 0) {
@@ -245,7 +292,7 @@ DiffTester::Run DiffTester::RunAt(const Sequence& seq, unsigned cpl, const Outco
   if (r.native.kind == Outcome::kError) return r;
   r.bt = bt_.Run(r.code.code, seq.initial, cpl);
   timing_.bt += Clock::now() - t1;
-  r.cmp = Compare(r.code, r.native, r.bt, cpl);
+  r.cmp = Compare(r.code, r.native, r.bt, cpl, fault_flags_);
   return r;
 }
 

@@ -170,6 +170,47 @@ TEST(UndefinedFlags, ValueDependentWriters) {
   EXPECT_EQ(UndefinedFlags(Linear({0xc1, 0xe0, 0x05}, {3}), 3), kFlagOF | kFlagAF);
 }
 
+TEST(DeadFlags, FollowTheBackEdge) {
+  // 0: adc edx, edx ; 2: mov eax, [rbx] ; 4: inc ecx ; 6: jnz 0 ; 8: add eax, eax
+  Encoded e = Linear({0x11, 0xd2, 0x8b, 0x03, 0xff, 0xc1, 0x75, 0xf8, 0x01, 0xc0}, {2, 2, 2, 2, 2});
+  e.insns[3].flow = Op::Flow::kBranch;
+  e.insns[3].target = 0;
+  // At the mov: inc overwrites all but CF; CF goes around the back edge
+  // to the adc, which reads it.
+  EXPECT_EQ(DeadFlags(e, 2), kFlagOF | kFlagSF | kFlagZF | kFlagAF | kFlagPF);
+  // Without the back edge the add overwrites CF too.
+  e.insns[3].flow = Op::Flow::kNext;
+  EXPECT_EQ(DeadFlags(e, 2), kFlagCF | kFlagOF | kFlagSF | kFlagZF | kFlagAF | kFlagPF);
+  // The end of the sequence reads every flag; the adc reads CF itself.
+  EXPECT_EQ(DeadFlags(e, 10), 0u);
+  EXPECT_EQ(DeadFlags(e, 0), kFlagOF | kFlagSF | kFlagZF | kFlagAF | kFlagPF);
+  // A shift by CL may write nothing: it kills no flag.
+  EXPECT_EQ(DeadFlags(Linear({0x8b, 0x03, 0xd3, 0xe0}, {2, 2}), 0), 0u);
+}
+
+TEST(Compare, MasksFlagsDeadAtAFault) {
+  // add [rbx], eax faults: every arithmetic flag is dead there (the add
+  // overwrites them all), so the frame's may differ; with kExact not.
+  Encoded e = Linear({0x01, 0x03}, {2});
+  Outcome a;
+  a.state = SmallState();
+  a.kind = Outcome::kFault;
+  a.vector = kPF;
+  Outcome b = a;
+  b.state.rflags ^= kFlagZF | kFlagCF;
+  EXPECT_TRUE(Compare(e, a, b, 0).ok());
+  EXPECT_FALSE(Compare(e, a, b, 0, FaultFlags::kExact).ok());
+  // DF is never masked.
+  b.state.rflags ^= 0x400;
+  EXPECT_FALSE(Compare(e, a, b, 0).ok());
+  // A trap (#BP: RIP after int3) is compared as ever.
+  Encoded trap = Linear({0xcc, 0x01, 0xc0}, {1, 2});  // int3 ; add eax, eax
+  a.vector = b.vector = kBP;
+  a.rip_offset = b.rip_offset = 1;
+  b.state.rflags = a.state.rflags ^ kFlagZF;
+  EXPECT_FALSE(Compare(trap, a, b, 0).ok());
+}
+
 TEST(Compare, SeesEveryKindOfDifference) {
   Encoded e = Linear({0x48, 0xf7, 0xeb}, {3});  // imul rbx
   Outcome a;
@@ -236,6 +277,33 @@ TEST(Generator, BuildsEveryCategory) {
     }
     EXPECT_GT(items, 0u) << CategoryName(static_cast<Category>(c));
   }
+}
+
+TEST(Generator, LoopsBranchBack) {
+  // Every loop item has a branch back into itself, and its sequences
+  // encode (rel8 loop forms reach).
+  GeneratorConfig config;
+  config.host = HostFeatures::Detect();
+  config.categories.reset();
+  config.categories.set(static_cast<size_t>(Category::kLoop));
+  size_t loops = 0;
+  for (uint64_t i = 0; i < 50; ++i) {
+    const Sequence s = Generate(config, SequenceSeed(9, i));
+    Encoded e;
+    std::string error;
+    ASSERT_TRUE(Encode(s, &e, &error)) << error;
+    std::vector<bool> back(s.items.size(), false);
+    for (const Encoded::Insn& insn : e.insns) {
+      if (insn.flow != Op::Flow::kNext && insn.target <= insn.offset) {
+        back[static_cast<size_t>(insn.item)] = true;
+      }
+    }
+    for (size_t k = 0; k < s.items.size(); ++k) {
+      EXPECT_TRUE(back[k]) << "sequence " << i << " item " << k;
+      loops += back[k];
+    }
+  }
+  EXPECT_GT(loops, 100u);
 }
 
 }  // namespace

@@ -20,21 +20,23 @@ FlagEffect FlagEffectOf(const uint8_t* code, size_t length) {
   e.tested = f.tested & kArithFlags;
   e.undefined = f.undefined & kArithFlags;
   e.defined = (f.modified | f.set_0 | f.set_1) & kArithFlags & ~e.undefined;
+  e.written = e.defined | e.undefined;
   const ZydisMnemonic m = d.info.mnemonic;
   // rep cmps/scas with RCX = 0 compare nothing and write no flag.
-  if (d.info.attributes & (ZYDIS_ATTRIB_HAS_REPE | ZYDIS_ATTRIB_HAS_REPNE)) e.defined = 0;
+  if (d.info.attributes & (ZYDIS_ATTRIB_HAS_REPE | ZYDIS_ATTRIB_HAS_REPNE))
+    e.defined = e.written = 0;
   const bool shift = m == MN(SHL) || m == MN(SHR) || m == MN(SAR) || m == MN(ROL) || m == MN(ROR) ||
                      m == MN(RCL) || m == MN(RCR) || m == MN(SHLD) || m == MN(SHRD);
   if (shift) {
     const ZydisDecodedOperand& count = d.operands[d.info.operand_count_visible - 1];
     const unsigned size = d.operands[0].size / 8;
     if (count.type != ZYDIS_OPERAND_TYPE_IMMEDIATE) {
-      e.defined = 0;  // by CL: perhaps by 0, which writes nothing
+      e.defined = e.written = 0;  // by CL: perhaps by 0, which writes nothing
     } else {
       const unsigned n = static_cast<unsigned>(count.imm.value.u);
       const unsigned masked = n & (size == 8 ? 63 : 31);
       if (KeepsFlags(m, size, n)) {
-        e.defined = e.undefined = 0;
+        e.defined = e.undefined = e.written = 0;
       } else if ((m == MN(SHL) || m == MN(SHR)) && masked >= 8 * size) {
         // SDM Vol. 2 SAL/SAR/SHL/SHR: CF undefined once the count reaches
         // the operand size.

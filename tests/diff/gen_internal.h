@@ -295,6 +295,10 @@ struct InsnOptions {
   int imm_bytes = 0;  // 0: the operand size (imm32 at most)
   int count = -1;     // the `k` immediate (-1: random)
   int cl = -1;        // with a `c` operand: load CL with this first (-1: leave CL)
+  // The memory operand as given (base and displacement already set up by
+  // the caller, as in a loop's pointer walk); no setup is emitted.
+  bool fixed_mem = false;
+  ZydisEncoderOperand mem_operand{};
 };
 
 class Gen {
@@ -338,6 +342,14 @@ class Gen {
   bool SseFp(Item& it);
   bool Fault(Item& it);
   bool HostFault(Item& it);
+  bool Loop(Item& it);
+
+  // Parts of a loop (gen_loop.cpp).
+  struct Walk;
+  bool LoopBodyPart(std::vector<Op>* body, Walk* walk, int counter, bool* moves_rsp);
+  bool LoopWalkAccess(std::vector<Op>* body, Walk* walk);
+  bool WalkAccessOnce(std::vector<Op>* body, Walk* walk);
+  bool PlaceWalk(Walk* walk, uint64_t iterations, bool fault);
 
   // Operand builder: emits the memory setup (if the form has memory) and the
   // instruction. `size` is the GPR/memory operand size; SSE forms use
@@ -356,6 +368,7 @@ class Gen {
 
   // Register choice. `exclude` are register numbers not to use.
   int PickGpr(uint32_t exclude) {
+    exclude |= reserved_;
     for (;;) {
       int r = static_cast<int>(rng_.Below(16));
       if (!(exclude & Bit(r))) return r;
@@ -366,7 +379,7 @@ class Gen {
   ZydisRegister PickReg(unsigned bytes, bool written, uint32_t exclude = 0, int* index = nullptr) {
     if (bytes == 1 && rng_.Chance(25)) {
       int r = static_cast<int>(rng_.Below(4));
-      if (!(exclude & Bit(r))) {
+      if (!((exclude | reserved_) & Bit(r))) {
         if (index) *index = r;
         return High8(r);
       }
@@ -426,6 +439,14 @@ class Gen {
   const GeneratorConfig& cfg_;
   Rng rng_;
   uint64_t rsp_ = kStackStart;  // guest RSP as far as the generator knows
+  // Registers no builder may pick (a loop's counter and pointer while its
+  // body is built; builders with fixed registers are checked afterwards).
+  uint32_t reserved_ = 0;
+  // The item being built is the sequence's first: a loop may take its
+  // counter and pointer from the initial state (`initial_gprs_`), so that
+  // its head is the sequence's first instruction.
+  bool first_item_ = false;
+  std::vector<std::pair<int, uint64_t>> initial_gprs_;
 };
 
 }  // namespace btvm::diff::gen

@@ -21,7 +21,7 @@ bool Gen::Build(Category c, Item& it) {
       &Gen::Mem,        &Gen::Stack,   &Gen::Branch,     &Gen::String,    &Gen::Flags,
       &Gen::Sse,        &Gen::SseFp,   &Gen::Fault,      &Gen::HostFault, &Gen::Shift0,
       &Gen::Enter,      &Gen::Xlat,    &Gen::Stack16,    &Gen::Branch32,  &Gen::BtMemR15,
-      &Gen::FaultFlags, &Gen::FaultSs, &Gen::FaultSplit,
+      &Gen::FaultFlags, &Gen::FaultSs, &Gen::FaultSplit, &Gen::Loop,
   };
   static_assert(std::size(kBuilders) == kCategoryCount, "one builder per category");
   it.category = c;
@@ -206,6 +206,14 @@ bool Gen::Insn(Item& it, ZydisMnemonic m, std::string_view form, unsigned size, 
         mo.write = k == 'M';
         mo.rsp = rsp_;
         const unsigned msize = o.mem_size ? o.mem_size : size;
+        if (o.fixed_mem) {
+          op = o.mem_operand;
+          op.mem.size = static_cast<ZyanU16>(msize);
+          if (ZydisRegisterGetWidth(kMode, op.mem.base) == 32) {
+            req.address_size_hint = ZYDIS_ADDRESS_SIZE_HINT_32;
+          }
+          break;
+        }
         // `c` needs RCX for the count, loaded after the address.
         if (form.find('c') != std::string_view::npos) mo.reserved |= Bit(kRcx);
         ZydisAddressSizeHint hint;
@@ -256,6 +264,14 @@ void Gen::InlineAlu(Item& it) {
 
 uint64_t Gen::DefineReadFlags(Item& it, uint64_t undefined, std::vector<uint64_t>* undefined_at,
                               size_t index) {
+  // In a loop, the flags at the head also come around the back edge: any
+  // flag an op of the item may leave undefined is taken as undefined
+  // everywhere in it (a fixpoint would be tighter; this is never wrong).
+  // Its exits may leave at any op, so the item passes on all it has seen.
+  uint64_t seen = 0;
+  if (it.loops) {
+    for (const Op& op : it.ops) undefined |= EffectOf(op).undefined;
+  }
   for (size_t j = 0; j < it.ops.size(); ++j) {
     const FlagEffect e = EffectOf(it.ops[j]);
     if (e.tested & undefined) {
@@ -270,6 +286,7 @@ uint64_t Gen::DefineReadFlags(Item& it, uint64_t undefined, std::vector<uint64_t
       continue;  // the reading op, now at j + 1, is looked at next
     }
     undefined = (undefined & ~e.defined) | e.undefined;
+    seen |= undefined;
     const Op& op = it.ops[j];
     if (op.skip_items >= 0) {
       const size_t last =
@@ -277,7 +294,7 @@ uint64_t Gen::DefineReadFlags(Item& it, uint64_t undefined, std::vector<uint64_t
       for (size_t t = index + 1; t <= last; ++t) (*undefined_at)[t] |= undefined;
     }
   }
-  return undefined;
+  return it.loops ? seen | undefined : undefined;
 }
 
 // --- Initial state --------------------------------------------------------
@@ -400,11 +417,16 @@ Sequence Gen::Generate() {
   std::vector<uint64_t> undefined_at(static_cast<size_t>(n) + 2, 0);
   auto add = [&](Category c) {
     bool built = false;
+    first_item_ = seq.items.empty();
     for (int tries = 0; tries < 50 && !built; ++tries) {
       Item it;
       const uint64_t rsp = rsp_;
+      initial_gprs_.clear();
+      reserved_ = 0;
       built = Build(c, it) && Encodes(it);
+      reserved_ = 0;
       if (built) {
+        for (const auto& [reg, value] : initial_gprs_) seq.initial.gpr[reg] = value;
         for (Op& op : it.ops) {
           if (rng_.Chance(4)) AddRedundantRex(&op);
         }
@@ -421,8 +443,11 @@ Sequence Gen::Generate() {
     const uint64_t after = DefineReadFlags(seq.items.back(), undefined_at[k], &undefined_at, k);
     undefined_at[k + 1] |= after;
   };
-  for (int i = 0; i < n; ++i) add(rng_.Pick(body));
-  if (!terminal.empty() && (body.empty() || rng_.Chance(35))) add(rng_.Pick(terminal));
+  auto ended = [&] { return !seq.items.empty() && seq.items.back().ends_run; };
+  for (int i = 0; i < n && !ended(); ++i) add(rng_.Pick(body));
+  if (!terminal.empty() && !ended() && (body.empty() || rng_.Chance(35))) {
+    add(rng_.Pick(terminal));
+  }
   // A branch never skips an item that moves RSP: RSP stays what the
   // generator assumed on every path.
   for (size_t i = 0; i < seq.items.size(); ++i) {
@@ -434,6 +459,36 @@ Sequence Gen::Generate() {
         ++k;
       }
       op.skip_items = k;
+    }
+  }
+  // jrcxz, jecxz and the loop forms have rel8 only: they skip no more items
+  // than they reach (a loop item may be long). Each short jcc or jmp in
+  // between may still be widened by 4 bytes.
+  auto bytes = [](const Op& op) -> int {
+    std::vector<uint8_t> b = op.raw;
+    if (b.empty()) EncodeAt(Patched(op, op.req, kCodeAddress), kCodeAddress, &b);
+    const bool may_widen = op.patch == Op::Patch::kBranch && !op.wide;
+    return static_cast<int>(b.size()) + (may_widen ? 4 : 0);
+  };
+  for (size_t i = 0; i < seq.items.size(); ++i) {
+    std::vector<Op>& ops = seq.items[i].ops;
+    for (size_t j = 0; j < ops.size(); ++j) {
+      const ZydisMnemonic m = ops[j].req.mnemonic;
+      const bool rel8_only = ops[j].raw.empty() && (m == MN(JRCXZ) || m == MN(JECXZ) ||
+                                                    m == MN(LOOP) || m == MN(LOOPE) ||
+                                                    m == MN(LOOPNE));
+      if (!rel8_only || ops[j].skip_items <= 0) continue;
+      int distance = 0;
+      for (size_t k = j + 1; k < ops.size(); ++k) distance += bytes(ops[k]);
+      int reach = 0;
+      while (reach < ops[j].skip_items) {
+        int item = 0;
+        for (const Op& op : seq.items[i + 1 + static_cast<size_t>(reach)].ops) item += bytes(op);
+        if (distance + item > 127) break;
+        distance += item;
+        ++reach;
+      }
+      ops[j].skip_items = reach;
     }
   }
   return seq;

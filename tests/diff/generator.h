@@ -47,35 +47,36 @@ inline constexpr uint64_t kStackHigh = kStackAddress + 0xf00;
 // those marked final end a sequence (everything after a fault is dead).
 // Those that fail on the current translator (DefaultCategories, README.md)
 // are opt-in, so that the default mix must pass.
-#define BTVM_DIFF_CATEGORIES(X)                                                          \
-  X(kAlu, "alu", false, "add/or/adc/sbb/and/sub/xor/cmp/test/mov, adcx/adox")            \
-  X(kUnary, "unary", false, "inc/dec/neg/not")                                           \
-  X(kShift, "shift", false, "shl/shr/sar/rol/ror/rcl/rcr by 1, imm, cl; shld/shrd")      \
-  X(kMulDiv, "muldiv", false, "mul, imul (1, 2, 3 operands), div, idiv without #DE")     \
-  X(kBits, "bits", false, "bt/bts/btr/btc, bsf/bsr, tzcnt/lzcnt/popcnt, bswap")          \
-  X(kCmov, "cmov", false, "cmovcc, setcc")                                               \
-  X(kXchg, "xchg", false, "xchg, xadd, cmpxchg, cmpxchg8b/16b")                          \
-  X(kLock, "lock", false, "lock-prefixed read-modify-write on memory")                   \
-  X(kMovx, "movx", false, "movzx/movsx/movsxd, cbw/cwde/cdqe/cwd/cdq/cqo")               \
-  X(kLea, "lea", false, "lea, nop and prefetch with random addressing modes")            \
-  X(kMem, "mem", false, "loads/stores in every addressing mode, movnti, movbe, clflush") \
-  X(kStack, "stack", false, "push/pop, call/ret, rsp arithmetic, leave")                 \
-  X(kBranch, "branch", false, "forward jcc/jmp/jrcxz/loop/indirect jmp")                 \
-  X(kString, "string", false, "movs/stos/lods/cmps/scas, rep/repe/repne, both DF")       \
-  X(kFlags, "flags", false, "clc/stc/cmc/cld/std, lahf/sahf, pushfq/popfq")              \
-  X(kSse, "sse", false, "SSE/SSE2/SSSE3/SSE4.1 integer ops on xmm")                      \
-  X(kSseFp, "ssefp", false, "SSE/SSE2/SSE4.1 float ops and conversions")                 \
-  X(kFault, "fault", true, "final #PF (load, store, fetch, rep), #GP, #UD, #BP")         \
-  X(kHostFault, "hostfault", true, "final #GP of a misaligned SSE operand, #XM")         \
-  X(kShift0, "shift0", false, "shifts/rotates by a count that changes no flag")          \
-  X(kEnter, "enter", false, "enter")                                                     \
-  X(kXlat, "xlat", false, "xlat")                                                        \
-  X(kStack16, "stack16", false, "16-bit push/pop (66 prefix)")                           \
-  X(kBranch32, "branch32", false, "jecxz and loop with a 32-bit address size")           \
-  X(kBtMemR15, "btmemr15", false, "bt/bts/btr/btc [mem], r15")                           \
-  X(kFaultFlags, "faultflags", true, "final #DE in div/idiv, #PF in a flag-writing RMW") \
-  X(kFaultSs, "faultss", true, "final #SS: a non-canonical address through RBP")         \
-  X(kFaultSplit, "faultsplit", true, "final #GP of a misaligned SSE operand across pages")
+#define BTVM_DIFF_CATEGORIES(X)                                                            \
+  X(kAlu, "alu", false, "add/or/adc/sbb/and/sub/xor/cmp/test/mov, adcx/adox")              \
+  X(kUnary, "unary", false, "inc/dec/neg/not")                                             \
+  X(kShift, "shift", false, "shl/shr/sar/rol/ror/rcl/rcr by 1, imm, cl; shld/shrd")        \
+  X(kMulDiv, "muldiv", false, "mul, imul (1, 2, 3 operands), div, idiv without #DE")       \
+  X(kBits, "bits", false, "bt/bts/btr/btc, bsf/bsr, tzcnt/lzcnt/popcnt, bswap")            \
+  X(kCmov, "cmov", false, "cmovcc, setcc")                                                 \
+  X(kXchg, "xchg", false, "xchg, xadd, cmpxchg, cmpxchg8b/16b")                            \
+  X(kLock, "lock", false, "lock-prefixed read-modify-write on memory")                     \
+  X(kMovx, "movx", false, "movzx/movsx/movsxd, cbw/cwde/cdqe/cwd/cdq/cqo")                 \
+  X(kLea, "lea", false, "lea, nop and prefetch with random addressing modes")              \
+  X(kMem, "mem", false, "loads/stores in every addressing mode, movnti, movbe, clflush")   \
+  X(kStack, "stack", false, "push/pop, call/ret, rsp arithmetic, leave")                   \
+  X(kBranch, "branch", false, "forward jcc/jmp/jrcxz/loop/indirect jmp")                   \
+  X(kString, "string", false, "movs/stos/lods/cmps/scas, rep/repe/repne, both DF")         \
+  X(kFlags, "flags", false, "clc/stc/cmc/cld/std, lahf/sahf, pushfq/popfq")                \
+  X(kSse, "sse", false, "SSE/SSE2/SSSE3/SSE4.1 integer ops on xmm")                        \
+  X(kSseFp, "ssefp", false, "SSE/SSE2/SSE4.1 float ops and conversions")                   \
+  X(kFault, "fault", true, "final #PF (load, store, fetch, rep), #GP, #UD, #BP")           \
+  X(kHostFault, "hostfault", true, "final #GP of a misaligned SSE operand, #XM")           \
+  X(kShift0, "shift0", false, "shifts/rotates by a count that changes no flag")            \
+  X(kEnter, "enter", false, "enter")                                                       \
+  X(kXlat, "xlat", false, "xlat")                                                          \
+  X(kStack16, "stack16", false, "16-bit push/pop (66 prefix)")                             \
+  X(kBranch32, "branch32", false, "jecxz and loop with a 32-bit address size")             \
+  X(kBtMemR15, "btmemr15", false, "bt/bts/btr/btc [mem], r15")                             \
+  X(kFaultFlags, "faultflags", true, "final #DE in div/idiv, #PF in a flag-writing RMW")   \
+  X(kFaultSs, "faultss", true, "final #SS: a non-canonical address through RBP")           \
+  X(kFaultSplit, "faultsplit", true, "final #GP of a misaligned SSE operand across pages") \
+  X(kLoop, "loop", false, "counted loops: backward jcc/jmp/loop, a pointer walk, #PF mid-loop")
 
 enum class Category : uint8_t {
 #define BTVM_DIFF_ENUM(id, name, final, text) id,
@@ -133,6 +134,8 @@ struct Item {
   Category category = Category::kAlu;
   std::vector<Op> ops;
   bool changes_rsp = false;  // a branch never skips it: RSP stays known
+  bool loops = false;        // has a backward branch (a loop): flags flow around it
+  bool ends_run = false;     // faults by construction: nothing after it runs
 };
 
 struct Sequence {
@@ -162,8 +165,10 @@ struct Encoded {
 // by a count that masks to 0 may write nothing, a large count leaves more
 // undefined. `defined` are flags surely written with a defined value,
 // `undefined` flags that may hold anything afterwards.
+// `written` are flags surely overwritten, with a defined value or not (a
+// reader after it never sees the old value).
 struct FlagEffect {
-  uint64_t tested = 0, defined = 0, undefined = 0;
+  uint64_t tested = 0, defined = 0, undefined = 0, written = 0;
 };
 FlagEffect FlagEffectOf(const uint8_t* code, size_t length);
 

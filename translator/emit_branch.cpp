@@ -14,6 +14,12 @@ namespace btvm {
 using namespace asmjit;
 
 namespace {
+// A 64-bit value a sign-extended imm32 store can write (user addresses
+// below 2 GiB, kernel addresses in the top 2 GiB).
+bool FitsImm32(uint64_t v) {
+  return static_cast<int64_t>(v) == static_cast<int32_t>(v);
+}
+
 // Jcc mnemonic -> AsmJit instruction (SDM Vol. 2, Jcc).
 InstId JccId(ZydisMnemonic m) {
   switch (m) {
@@ -386,12 +392,20 @@ bool BlockEmitter::EmitBranch(const DecodedInsn& d, uint32_t flags_live) {
     EmitAccess(
         d, p, s, t, 8, false, true,
         [this, s, t, ret] {
-          a_.mov(x86::gpq(t), ret);
-          a_.mov(x86::qword_ptr(x86::gpq(s)), x86::gpq(t));
+          if (FitsImm32(ret)) {
+            a_.mov(x86::qword_ptr(x86::gpq(s)), static_cast<int32_t>(ret));
+          } else {
+            a_.mov(x86::gpq(t), ret);
+            a_.mov(x86::qword_ptr(x86::gpq(s)), x86::gpq(t));
+          }
         },
         false, stack_ready);
     // Flags here are saved (restored before leaving) or dead.
-    a_.sub(x86::qword_ptr(x86::r15, GprOffset(kRsp)), 8);
+    // RSP from the register copy (a store whose data is ready early: the
+    // next block loads it).
+    x86::Gp R = x86::gpq(p.rename[kRsp]);
+    a_.lea(R, x86::ptr(R, -8));
+    a_.mov(x86::qword_ptr(x86::r15, GprOffset(kRsp)), R);
     if (env_.single) return;
     int32_t top = static_cast<int32_t>(offsetof(BtContext, ras_top) + env_.mmu_index);
     int32_t rips = static_cast<int32_t>(offsetof(BtContext, ras_rip) +
@@ -400,8 +414,12 @@ bool BlockEmitter::EmitBranch(const DecodedInsn& d, uint32_t flags_live) {
                                          env_.mmu_index * kRasEntries * 8);
     a_.add(x86::byte_ptr(x86::r15, top), 1);
     a_.movzx(x86::gpd(t), x86::byte_ptr(x86::r15, top));
-    a_.mov(x86::gpq(s), ret);
-    a_.mov(x86::qword_ptr(x86::r15, x86::gpq(t), 3, rips), x86::gpq(s));
+    if (FitsImm32(ret)) {
+      a_.mov(x86::qword_ptr(x86::r15, x86::gpq(t), 3, rips), static_cast<int32_t>(ret));
+    } else {
+      a_.mov(x86::gpq(s), ret);
+      a_.mov(x86::qword_ptr(x86::r15, x86::gpq(t), 3, rips), x86::gpq(s));
+    }
     a_.lea(x86::gpq(s), x86::ptr(continuation));
     a_.mov(x86::qword_ptr(x86::r15, x86::gpq(t), 3, codes), x86::gpq(s));
   };
@@ -452,7 +470,9 @@ bool BlockEmitter::EmitBranch(const DecodedInsn& d, uint32_t flags_live) {
     EmitAccess(
         d, p, s, t, 8, true, false, [this, s] { a_.mov(x86::gpq(s), x86::qword_ptr(x86::gpq(s))); },
         false, stack_ready);
-    a_.add(x86::qword_ptr(x86::r15, GprOffset(kRsp)), 8 + pop);  // flags saved
+    x86::Gp R = x86::gpq(p.rename[kRsp]);
+    a_.lea(R, x86::ptr(R, 8 + pop));
+    a_.mov(x86::qword_ptr(x86::r15, GprOffset(kRsp)), R);
     EmitIndirectJump(p, s, t, save, true);
     return true;
   }

@@ -224,8 +224,9 @@ void BlockEmitter::EmitIndirectJump(const Plan& p, int s, int t, bool flags_save
       a_.movzx(T.r32(), x86::byte_ptr(x86::r15, top));
       a_.cmp(S, x86::qword_ptr(x86::r15, T, 3, rips));
       a_.jne(lookup);
-      a_.sub(x86::byte_ptr(x86::r15, top), 1);
       a_.mov(S, x86::qword_ptr(x86::r15, T, 3, codes));
+      a_.sub(T.r8(), 1);  // top -= 1 (mod 256), stored from a register
+      a_.mov(x86::byte_ptr(x86::r15, top), T.r8());
       // A hit goes to the call's continuation exit, which restores the
       // flags from saved_flags only if the code after the call reads them.
       a_.mov(x86::qword_ptr(x86::r15, offsetof(BtContext, jump_target)), S);
@@ -412,8 +413,11 @@ bool BlockEmitter::EmitBranch(const DecodedInsn& d, uint32_t flags_live) {
                                         env_.mmu_index * kRasEntries * 8);
     int32_t codes = static_cast<int32_t>(offsetof(BtContext, ras_code) +
                                          env_.mmu_index * kRasEntries * 8);
-    a_.add(x86::byte_ptr(x86::r15, top), 1);
+    // top += 1 (mod 256) in a register: the store's data is ready at once
+    // for the ret that loads it.
     a_.movzx(x86::gpd(t), x86::byte_ptr(x86::r15, top));
+    a_.add(x86::gpq(t).r8(), 1);
+    a_.mov(x86::byte_ptr(x86::r15, top), x86::gpq(t).r8());
     if (FitsImm32(ret)) {
       a_.mov(x86::qword_ptr(x86::r15, x86::gpq(t), 3, rips), static_cast<int32_t>(ret));
     } else {

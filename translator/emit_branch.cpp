@@ -251,7 +251,11 @@ void BlockEmitter::EmitIndirectJump(const Plan& p, int s, int t, bool flags_save
     a_.jmp(x86::qword_ptr(x86::r15, offsetof(BtContext, jump_target)));
   }
   a_.bind(miss);
-  a_.mov(x86::qword_ptr(x86::r15, kRipOffset), S);  // S still holds the target
+  EmitRuntimeExit(p, s, flags_saved);  // s still holds the target
+}
+
+void BlockEmitter::EmitRuntimeExit(const Plan& p, int s, bool flags_saved) {
+  a_.mov(x86::qword_ptr(x86::r15, kRipOffset), x86::gpq(s));
   if (flags_saved) RestoreArith(offsetof(BtContext, saved_flags));
   ReloadSpilled(p);
   a_.mov(x86::dword_ptr(x86::r15, offsetof(BtContext, exit_reason)),
@@ -301,8 +305,7 @@ bool BlockEmitter::EmitBranch(const DecodedInsn& d, uint32_t flags_live) {
 
   if (InstId id = JccId(m); id != x86::Inst::kIdNone) {
     Materialize();
-    if (m == ZYDIS_MNEMONIC_LOOP || m == ZYDIS_MNEMONIC_LOOPE || m == ZYDIS_MNEMONIC_LOOPNE ||
-        m == ZYDIS_MNEMONIC_JRCXZ || m == ZYDIS_MNEMONIC_JECXZ) {
+    if (!plain_jcc) {  // loop, loope, loopne, jrcxz, jecxz
       // rel8 only: hop over a near jump to the taken side.
       Label not_taken = a_.newLabel(), hop = a_.newLabel();
       // 32-bit addressing counts in ECX (the 0x67 prefix).

@@ -52,15 +52,6 @@ void BlockEmitter::AdjustGuestEsp(int tmp, int32_t delta) {
   a_.mov(x86::qword_ptr(x86::r15, GprOffset(kRsp)), x86::gpq(tmp));
 }
 
-void BlockEmitter::EmitCompatIndirectExit(const Plan& p, int s, bool flags_saved) {
-  a_.mov(x86::qword_ptr(x86::r15, kRipOffset), x86::gpq(s));
-  if (flags_saved) RestoreArith(offsetof(BtContext, saved_flags));
-  ReloadSpilled(p);
-  a_.mov(x86::dword_ptr(x86::r15, offsetof(BtContext, exit_reason)),
-         static_cast<uint32_t>(BlockExit::kNext));
-  a_.jmp(Imm(env_.exit_stub));
-}
-
 // push r32/r16, push imm, pop r32/r16, leave (SDM Vol. 2 PUSH, POP, LEAVE
 // with a 32-bit stack-address size). ESP changes only after the access
 // succeeded, as in emit_stack.cpp.
@@ -217,12 +208,12 @@ bool BlockEmitter::EmitCompatBranch(const DecodedInsn& d, uint32_t flags_live, u
       return true;
     }
     a_.mov(x86::gpq(s), x86::qword_ptr(x86::r15, slot));
-    EmitCompatIndirectExit(p, s, save);
+    EmitRuntimeExit(p, s, save);
     return true;
   }
   if (m == ZYDIS_MNEMONIC_JMP) {
     a_.mov(x86::gpq(s), x86::qword_ptr(x86::r15, slot));
-    EmitCompatIndirectExit(p, s, save);
+    EmitRuntimeExit(p, s, save);
     return true;
   }
   // RET: pop EIP, then release imm16 bytes.
@@ -234,7 +225,7 @@ bool BlockEmitter::EmitCompatBranch(const DecodedInsn& d, uint32_t flags_live, u
       d, p, s, t, 4, true, false,
       [this, s] { a_.mov(x86::gpd(s), x86::dword_ptr(x86::gpq(s))); }, false);
   AdjustGuestEsp(t, 4 + release);
-  EmitCompatIndirectExit(p, s, save);
+  EmitRuntimeExit(p, s, save);
   return true;
 }
 

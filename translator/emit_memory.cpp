@@ -153,7 +153,7 @@ void BlockEmitter::EmitAccess(const DecodedInsn& d, const Plan& p, int s, int t,
   // Flags are clobbered here anyway (and restored below when live).
   if (env_.count_hits) a_.add(x86::qword_ptr(x86::r15, offsetof(BtContext, tlb_hits)), 1);
   a_.add(S, x86::qword_ptr(x86::r15, T, 0, host));
-  if (flags_saved_ && restore_flags) RestoreSavedFlags();
+  if (restore_flags) RestoreSavedFlags();
   body();
   a_.bind(sp.resume);
   slow_paths_.push_back(std::move(sp));

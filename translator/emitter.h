@@ -241,9 +241,6 @@ class BlockEmitter {
   // (zero-extended, flags untouched).
   void CompatStackAddress(int s, int32_t delta);
   void AdjustGuestEsp(int tmp, int32_t delta);
-  // Leaves for the runtime with RIP = s (compatibility-mode indirect
-  // branches do not probe the jump cache).
-  void EmitCompatIndirectExit(const Plan& p, int s, bool flags_saved);
   void SaveFlags(int32_t slot);
   void RestoreFlags(int32_t slot);
   // Arithmetic flags only, with lahf/seto and sahf (much cheaper than
@@ -255,6 +252,9 @@ class BlockEmitter {
   // were saved in saved_flags if `flags_saved`; `p`'s spilled registers
   // are reloaded on every path.
   void EmitIndirectJump(const Plan& p, int s, int t, bool flags_saved, bool is_ret);
+  // Leaves for the runtime with RIP = the guest address in host register
+  // s: restores saved flags, reloads p's spilled registers.
+  void EmitRuntimeExit(const Plan& p, int s, bool flags_saved);
   void EmitLookupConst(uint64_t target);
   void EmitSlowPaths();
   void CallHelper(uint64_t fn);

@@ -277,8 +277,10 @@ BuildResult BuildBlock(CodeCache& cache, const BlockKey& key, const FetchFn& fet
   // translated twice: the first time tells which scratch registers the
   // body takes, and the second takes them once, before the loop head, so
   // that the back edge neither reloads nor spills them.
+  // (loop and jrcxz back edges test RCX themselves: EmitBranch takes no
+  // registers around them, so a second translation would change nothing.)
   const bool loop = !single && !insns.empty() && insns.back().cls == InsnClass::kBranch &&
-                    BranchTarget(insns.back()) == rip;
+                    !IsRcxBranch(insns.back().insn.mnemonic) && BranchTarget(insns.back()) == rip;
   uint16_t loop_regs = 0;
   std::vector<std::pair<uint64_t, int>> loop_slots;
   if (loop) {

@@ -42,6 +42,11 @@ std::string FormatInsn(const DecodedInsn& d) {
   return buf;
 }
 
+bool IsRcxBranch(ZydisMnemonic m) {
+  return m == ZYDIS_MNEMONIC_LOOP || m == ZYDIS_MNEMONIC_LOOPE || m == ZYDIS_MNEMONIC_LOOPNE ||
+         m == ZYDIS_MNEMONIC_JRCXZ || m == ZYDIS_MNEMONIC_JECXZ;
+}
+
 int SegmentIndexOf(ZydisRegister r) {
   switch (r) {
     case ZYDIS_REGISTER_ES: return kEs;

@@ -64,6 +64,10 @@ InsnClass ClassifyInsn(const ZydisDecodedInstruction& insn, const ZydisDecodedOp
 // Formats one instruction in Intel syntax (for traces and error messages).
 std::string FormatInsn(const DecodedInsn& d);
 
+// loop, loope, loopne, jrcxz, jecxz: conditional branches on RCX (or ECX),
+// not on flags.
+bool IsRcxBranch(ZydisMnemonic m);
+
 // CpuState's index (kEs..kGs) of a segment register operand; DS for any
 // other value (the default data segment).
 int SegmentIndexOf(ZydisRegister r);

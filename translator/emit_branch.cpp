@@ -286,9 +286,7 @@ bool BlockEmitter::EmitBranch(const DecodedInsn& d, uint32_t flags_live) {
     return Fail("16-bit branch: " + FormatInsn(d));
   }
 
-  bool plain_jcc = JccId(m) != x86::Inst::kIdNone && m != ZYDIS_MNEMONIC_LOOP &&
-                   m != ZYDIS_MNEMONIC_LOOPE && m != ZYDIS_MNEMONIC_LOOPNE &&
-                   m != ZYDIS_MNEMONIC_JRCXZ && m != ZYDIS_MNEMONIC_JECXZ;
+  bool plain_jcc = JccId(m) != x86::Inst::kIdNone && !IsRcxBranch(m);
   if ((plain_jcc || (m == ZYDIS_MNEMONIC_JMP && relative)) && target == env_.block_rip &&
       !env_.single) {
     RestoreSavedFlags();

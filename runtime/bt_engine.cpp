@@ -193,7 +193,7 @@ bool BtEngine::EmulateDecoded(const DecodedInsn& d, EngineExit* exit) {
   return true;
 }
 
-bool BtEngine::FetchBlock(bool single, Block** block, EngineExit* exit) {
+bool BtEngine::FetchBlock(bool single, bool plain_stack, Block** block, EngineExit* exit) {
   *block = nullptr;
   CpuState& c = ctx_->cpu;
   const MmuIndex index = MmuIndexFor(c);
@@ -208,7 +208,7 @@ bool BtEngine::FetchBlock(bool single, Block** block, EngineExit* exit) {
   // is compatibility mode; a 16-bit one, and a code segment with a base
   // (EIP would not be the linear address the blocks are keyed by), are
   // not translated.
-  uint32_t flags = single ? kBlockSingle : 0u;
+  uint32_t flags = single ? kBlockSingle : plain_stack ? kBlockPlainStack : 0u;
   if (!c.seg[kCs].Long()) {
     if (!c.seg[kCs].Db() || c.seg[kCs].base != 0) {
       exit->kind = EngineExit::kError;
@@ -306,14 +306,19 @@ EngineExit BtEngine::Run(CpuState& cpu) {
     }
     store_alone = false;
 
+    // A window block whose entry probe missed asks for its plain variant
+    // (unless an interrupt moved RIP meanwhile).
+    const bool plain_stack = link_from && link_from->exits[link_exit].flags &&
+                             link_from->exits[link_exit].target == c.rip;
     Block* b = nullptr;
-    if (!FetchBlock(single, &b, &exit)) break;
+    if (!FetchBlock(single, plain_stack, &b, &exit)) break;
     if (!b) {
       link_from = nullptr;
       continue;
     }
     if (link_from && link_epoch == cache_.flushes() && link_from->valid &&
-        link_from->exits[link_exit].target == b->key.rip && CodeCache::CanLink(*link_from, *b)) {
+        link_from->exits[link_exit].target == b->key.rip &&
+        CodeCache::CanLink(*link_from, link_exit, *b)) {
       cache_.Link(link_from, link_exit, b);
       ++counters_.chain_links;
     }

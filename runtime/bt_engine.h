@@ -57,7 +57,9 @@ class BtEngine final : public Engine {
   // Finds or translates the block at the current RIP; false with *exit set
   // when the run must end, or with *block null after delivering a fault or
   // emulating the instruction there.
-  bool FetchBlock(bool single, Block** block, EngineExit* exit);
+  // `plain_stack`: the block without a stack window (its window probe
+  // missed; emit_stack.cpp).
+  bool FetchBlock(bool single, bool plain_stack, Block** block, EngineExit* exit);
   // Emulates the sensitive instruction at RIP (decoded once, kept in the
   // code cache as a code-less block).
   bool EmulateDecoded(const DecodedInsn& d, EngineExit* exit);

@@ -116,6 +116,99 @@ uint16_t RegistersNamed(const DecodedInsn& d) {
   return regs;
 }
 
+// The stack window (emit_stack.cpp): the stack accesses of push, pop, call
+// and ret at offsets from the block's entry RSP known now, up to the first
+// instruction that moves RSP in another way. `offsets[i]` = instruction i's
+// offset in the window, or -1.
+struct StackWindowPlan {
+  int32_t lo = 0;
+  uint32_t size = 0;
+  bool write = false;
+  std::vector<int32_t> offsets;
+};
+
+// Whether an instruction writes RSP (any operand, hidden ones included).
+bool WritesRsp(const DecodedInsn& d) {
+  for (unsigned i = 0; i < d.insn.operand_count; ++i) {
+    GprRef r;
+    if (d.ops[i].type == ZYDIS_OPERAND_TYPE_REGISTER && DecodeGpr(d.ops[i].reg.value, &r) &&
+        r.index == kRsp && (d.ops[i].actions & ZYDIS_OPERAND_ACTION_MASK_WRITE)) {
+      return true;
+    }
+  }
+  return false;
+}
+
+StackWindowPlan PlanStackWindow(const std::vector<DecodedInsn>& insns) {
+  // Below two accesses the one probe saves nothing; a window this large
+  // already means frames the probe would rarely fit in one page.
+  constexpr int kMinAccesses = 2;
+  constexpr int32_t kMaxSize = 512;
+  StackWindowPlan w;
+  w.offsets.assign(insns.size(), -1);
+  std::vector<int32_t> at(insns.size(), INT32_MIN);
+  int32_t delta = 0, lo = INT32_MAX, hi = INT32_MIN;
+  int accesses = 0;
+  auto access = [&](size_t i, int32_t from, bool write) {
+    at[i] = from;
+    lo = std::min(lo, from);
+    hi = std::max(hi, from + 8);
+    w.write |= write;
+    ++accesses;
+  };
+  for (size_t i = 0; i < insns.size(); ++i) {
+    const DecodedInsn& d = insns[i];
+    const ZydisMnemonic m = d.insn.mnemonic;
+    const ZydisDecodedOperand& op = d.ops[0];
+    if (d.cls == InsnClass::kStack) {
+      GprRef r;
+      bool reg = op.type == ZYDIS_OPERAND_TYPE_REGISTER && DecodeGpr(op.reg.value, &r) &&
+                 r.index != kRsp && r.index != kR15;
+      bool push = m == ZYDIS_MNEMONIC_PUSH && (reg || op.type == ZYDIS_OPERAND_TYPE_IMMEDIATE);
+      bool pop = m == ZYDIS_MNEMONIC_POP && reg;
+      if (d.insn.operand_width != 64 || (!push && !pop)) break;
+      if (push) {
+        access(i, delta - 8, true);
+        delta -= 8;
+      } else {
+        access(i, delta, false);
+        delta += 8;
+      }
+      continue;
+    }
+    if (d.cls == InsnClass::kBranch) {
+      bool relative = d.insn.operand_count_visible > 0 && op.type == ZYDIS_OPERAND_TYPE_IMMEDIATE &&
+                      op.imm.is_relative;
+      if (m == ZYDIS_MNEMONIC_CALL && relative) access(i, delta - 8, true);
+      if (m == ZYDIS_MNEMONIC_RET) access(i, delta, false);
+      break;
+    }
+    if (WritesRsp(d)) {
+      // add/sub rsp, imm move it by a known amount.
+      GprRef r;
+      bool imm = d.insn.operand_count_visible == 2 && op.type == ZYDIS_OPERAND_TYPE_REGISTER &&
+                 DecodeGpr(op.reg.value, &r) && r.index == kRsp && r.size == 8 &&
+                 d.ops[1].type == ZYDIS_OPERAND_TYPE_IMMEDIATE;
+      int64_t v = imm ? d.ops[1].imm.value.s : 0;
+      if (imm && m == ZYDIS_MNEMONIC_ADD && v > -kMaxSize && v < kMaxSize) {
+        delta += static_cast<int32_t>(v);
+      } else if (imm && m == ZYDIS_MNEMONIC_SUB && v > -kMaxSize && v < kMaxSize) {
+        delta -= static_cast<int32_t>(v);
+      } else {
+        break;
+      }
+      if (delta < -kMaxSize || delta > kMaxSize) break;
+    }
+  }
+  if (accesses < kMinAccesses || hi - lo > kMaxSize) return w;
+  w.lo = lo;
+  w.size = static_cast<uint32_t>(hi - lo);
+  for (size_t i = 0; i < insns.size(); ++i) {
+    if (at[i] != INT32_MIN) w.offsets[i] = at[i] - lo;
+  }
+  return w;
+}
+
 }  // namespace
 
 BuildResult BuildBlock(CodeCache& cache, const BlockKey& key, const FetchFn& fetch,
@@ -222,6 +315,7 @@ BuildResult BuildBlock(CodeCache& cache, const BlockKey& key, const FetchFn& fet
   };
   std::vector<InsnLabel> records;
   size_t emitted = 0;
+  StackWindowPlan window;  // none until the final translation decides
   // Emits the instructions; false: the first cannot be translated.
   auto emit_insns = [&](BlockEmitter& e, asmjit::x86::Assembler& a) -> bool {
     records.clear();
@@ -235,6 +329,7 @@ BuildResult BuildBlock(CodeCache& cache, const BlockKey& key, const FetchFn& fet
       uint16_t ahead = 0;
       for (size_t j = i + 1; j < std::min(insns.size(), i + 1 + kLookahead); ++j) ahead |= names[j];
       e.BeginInsn(keep, ahead);
+      e.SetWindowAccess(window.offsets.empty() ? -1 : window.offsets[i]);
       bool ok = true;
       switch (d.cls) {
         case InsnClass::kIdent:
@@ -306,6 +401,15 @@ BuildResult BuildBlock(CodeCache& cache, const BlockKey& key, const FetchFn& fet
     e.EnterLoop(loop_regs, live_in[0] != 0);
   } else if (!single) {
     e.EmitEntryCheck(live_in.empty() ? true : live_in[0] != 0);
+    if (!compat && !(key.flags & kBlockPlainStack) && !loop) {
+      StackWindowPlan plan = PlanStackWindow(insns);
+      uint16_t all_names = 0;
+      for (uint16_t n : names) all_names |= n;
+      if (plan.size &&
+          e.EnterStackWindow(plan.lo, plan.size, plan.write, live_in[0] != 0, all_names)) {
+        window = std::move(plan);
+      }
+    }
   }
   if (!emit_insns(e, a)) {
     r.kind = BuildResult::kUnsupported;
@@ -334,7 +438,7 @@ BuildResult BuildBlock(CodeCache& cache, const BlockKey& key, const FetchFn& fet
   for (const auto& x : e.exits()) {
     b->exits.push_back({static_cast<uint32_t>(code.labelOffsetFromBase(x.jmp)),
                         static_cast<uint32_t>(code.labelOffsetFromBase(x.stub)), x.target,
-                        nullptr});
+                        nullptr, x.flags});
   }
   for (const InsnLabel& rec : records) {
     b->insns.push_back({static_cast<uint32_t>(code.labelOffsetFromBase(rec.label)), rec.scratch,

@@ -228,8 +228,9 @@ void CodeCache::AddToPage(uint64_t page, Block* b) {
   list.push_back(b);
 }
 
-bool CodeCache::CanLink(const Block& from, const Block& to) {
+bool CodeCache::CanLink(const Block& from, uint32_t exit, const Block& to) {
   return from.valid && to.valid && from.code && to.code && !((from.key.flags | to.key.flags) & kBlockSingle) &&
+         from.exits[exit].flags == (to.key.flags & kBlockPlainStack) &&
          !((from.key.flags ^ to.key.flags) & kBlockCompat) &&
          !to.spans_pages && from.key.mmu_index == to.key.mmu_index &&
          ((from.key.rip ^ to.key.rip) >> 12) == 0;
@@ -267,7 +268,7 @@ void CodeCache::Link(Block* from, uint32_t exit, Block* to) {
 }
 
 void CodeCache::RememberLookup(const Block& b) {
-  if ((b.key.flags & (kBlockSingle | kBlockCompat)) || !b.code) return;
+  if ((b.key.flags & (kBlockSingle | kBlockCompat | kBlockPlainStack)) || !b.code) return;
   JumpCacheEntry& e = ctx_->jump_cache[b.key.mmu_index][JumpCacheIndex(b.key.rip)];
   ctx_->jump_cache_used = true;
   e.rip = b.key.rip;

@@ -33,6 +33,10 @@ inline constexpr uint32_t kBlockSingle = 1;
 // RIP under a 64-bit CS is another block. Such blocks are not entered
 // through the jump cache or the return-address cache (emit_compat.cpp).
 inline constexpr uint32_t kBlockCompat = 2;
+// Translated without a stack window (emit_stack.cpp): the block a window
+// block goes to when its entry probe misses. Found only through that
+// block's exit, never through the jump cache.
+inline constexpr uint32_t kBlockPlainStack = 4;
 
 struct BlockKeyHash {
   size_t operator()(const BlockKey& k) const {
@@ -63,6 +67,7 @@ struct Block {
     uint32_t stub_offset = 0;
     uint64_t target = 0;
     Block* linked = nullptr;
+    uint32_t flags = 0;  // key flags the target must have (kBlockPlainStack)
   };
   std::vector<Exit> exits;
   std::vector<std::pair<Block*, uint32_t>> incoming;  // (block, exit) linked here
@@ -116,10 +121,10 @@ class CodeCache final : public MmuObserver {
   bool FindExit(uint64_t site, Block** block, uint32_t* exit) const;
   // Points direct exit `exit` of `from` straight at `to`.
   void Link(Block* from, uint32_t exit, Block* to);
-  // Whether a direct exit of `from` to `to` may be patched: same page (so
-  // the same translation), same privilege, same code mode, both plain
-  // blocks.
-  static bool CanLink(const Block& from, const Block& to);
+  // Whether direct exit `exit` of `from` may be patched to `to`: same page
+  // (so the same translation), same privilege, same code mode, neither a
+  // single-instruction block, and `to` the variant the exit asks for.
+  static bool CanLink(const Block& from, uint32_t exit, const Block& to);
 
   // Records a block reached through the runtime in the inline jump cache.
   void RememberLookup(const Block& block);

@@ -390,18 +390,23 @@ bool BlockEmitter::EmitBranch(const DecodedInsn& d, uint32_t flags_live) {
   // return-address cache.
   auto push_return = [&](Label continuation) {
     uint64_t ret = d.NextRip();
-    a_.lea(x86::gpq(s), x86::ptr(x86::gpq(p.rename[kRsp]), -8));
-    EmitAccess(
-        d, p, s, t, 8, false, true,
-        [this, s, t, ret] {
-          if (FitsImm32(ret)) {
-            a_.mov(x86::qword_ptr(x86::gpq(s)), static_cast<int32_t>(ret));
-          } else {
-            a_.mov(x86::gpq(t), ret);
-            a_.mov(x86::qword_ptr(x86::gpq(s)), x86::gpq(t));
-          }
-        },
-        false, stack_ready);
+    auto store = [this, s, t, ret](x86::Mem slot) {
+      if (FitsImm32(ret)) {
+        a_.mov(slot, static_cast<int32_t>(ret));
+      } else {
+        a_.mov(x86::gpq(t), ret);
+        a_.mov(slot, x86::gpq(t));
+      }
+    };
+    x86::Mem win;
+    if (WindowMem(8, &win)) {
+      store(win);
+    } else {
+      a_.lea(x86::gpq(s), x86::ptr(x86::gpq(p.rename[kRsp]), -8));
+      EmitAccess(
+          d, p, s, t, 8, false, true, [store, s] { store(x86::qword_ptr(x86::gpq(s))); }, false,
+          stack_ready);
+    }
     // Flags here are saved (restored before leaving) or dead.
     // RSP from the register copy (a store whose data is ready early: the
     // next block loads it).
@@ -471,10 +476,15 @@ bool BlockEmitter::EmitBranch(const DecodedInsn& d, uint32_t flags_live) {
   if (m == ZYDIS_MNEMONIC_RET) {
     uint16_t pop = op.type == ZYDIS_OPERAND_TYPE_IMMEDIATE ? op.imm.value.u : 0;
     if (!setup()) return false;
-    a_.mov(x86::gpq(s), x86::gpq(p.rename[kRsp]));
-    EmitAccess(
-        d, p, s, t, 8, true, false, [this, s] { a_.mov(x86::gpq(s), x86::qword_ptr(x86::gpq(s))); },
-        false, stack_ready);
+    x86::Mem win;
+    if (WindowMem(8, &win)) {
+      a_.mov(x86::gpq(s), win);
+    } else {
+      a_.mov(x86::gpq(s), x86::gpq(p.rename[kRsp]));
+      EmitAccess(
+          d, p, s, t, 8, true, false,
+          [this, s] { a_.mov(x86::gpq(s), x86::qword_ptr(x86::gpq(s))); }, false, stack_ready);
+    }
     x86::Gp R = x86::gpq(p.rename[kRsp]);
     a_.lea(R, x86::ptr(R, 8 + pop));
     a_.mov(x86::qword_ptr(x86::r15, GprOffset(kRsp)), R);

@@ -181,6 +181,8 @@ void BlockEmitter::Materialize() {
   rsp_in_ = -1;
   stack_slot_in_ = -1;
   slots_valid_ = false;  // slot registers hold guest values again
+  if (window_reg_ >= 0) sticky_ &= ~(1u << window_reg_);
+  window_reg_ = -1;
 }
 
 void BlockEmitter::Spill(int host) {

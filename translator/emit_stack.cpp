@@ -6,11 +6,77 @@
 // after the access succeeded, so a #PF on the stack leaves the guest state
 // as before the instruction.
 
+#include "translator/code_cache.h"
 #include "translator/emitter.h"
 
 namespace btvm {
 
 using namespace asmjit;
+
+bool BlockEmitter::EnterStackWindow(int32_t lo, uint32_t size, bool write, bool flags_live,
+                                    uint16_t names) {
+  Plan p;
+  TakeRegisters(&p);
+  RenameRsp(&p);
+  // The window's register: one no instruction of the block names, so that
+  // it stays taken to the end of the block.
+  uint16_t saved = lookahead_;
+  lookahead_ = names;
+  int h = PickScratch(&p, false);
+  lookahead_ = saved;
+  if (h < 0 || (names & (1u << h))) return false;
+  int t = PickScratch(&p, false);
+  if (t < 0) return false;
+  const bool saved_here = flags_live && !flags_saved_;
+  SaveFlagsIfLive(flags_live);
+  SpillPlan(p);
+  LoadRenamed(p);
+  const int r = p.rename[kRsp];
+  rsp_in_ = r;
+
+  int32_t tlb = static_cast<int32_t>(offsetof(BtContext, tlb) + env_.mmu_index * sizeof(SoftTlb));
+  int32_t tag = tlb + static_cast<int32_t>(write ? offsetof(TlbEntry, write_tag)
+                                                 : offsetof(TlbEntry, read_tag));
+  int32_t host = tlb + static_cast<int32_t>(offsetof(TlbEntry, host_page));
+  x86::Gp H = x86::gpq(h), T = x86::gpq(t);
+  Label miss = a_.newLabel();
+  a_.lea(H, x86::ptr(x86::gpq(r), lo));
+  SlotOffset(h, t);
+  a_.xor_(H, x86::qword_ptr(x86::r15, T, 0, tag));
+  // One page holds the whole window, and it allows the accesses.
+  a_.cmp(H, static_cast<int32_t>(kPageSize - size));
+  a_.ja(miss);
+  a_.add(H, x86::qword_ptr(x86::r15, T, 0, host));
+  window_reg_ = h;
+  sticky_ |= 1u << h;
+  // The slot is the stack page's: stack accesses beyond the window probe
+  // it first.
+  stack_slot_in_ = t;
+
+  // Nothing of the block has run: back to the entry state, and on to the
+  // block without a window (a patchable exit, linked once it exists).
+  const uint16_t spilled = p.spilled;
+  out_of_line_.push_back([this, miss, spilled, saved_here] {
+    a_.bind(miss);
+    if (saved_here) RestoreArith(offsetof(BtContext, saved_flags));
+    for (int g = 0; g < 16; ++g) {
+      if (spilled & (1u << g)) Reload(g);
+    }
+    ExitLabels x{a_.newLabel(), a_.newLabel(), env_.block_rip, kBlockPlainStack};
+    exits_.push_back(x);
+    a_.bind(x.jmp);
+    a_.long_().jmp(x.stub);
+    a_.bind(x.stub);
+    EmitCompactExit(env_.exit_chain, x.target);
+  });
+  return true;
+}
+
+bool BlockEmitter::WindowMem(unsigned size, x86::Mem* out) const {
+  if (window_reg_ < 0 || window_access_ < 0) return false;
+  *out = x86::ptr(x86::gpq(window_reg_), window_access_, size);
+  return true;
+}
 
 bool BlockEmitter::EmitStack(const DecodedInsn& d, uint32_t flags_live) {
   Plan p;
@@ -51,6 +117,26 @@ bool BlockEmitter::EmitStack(const DecodedInsn& d, uint32_t flags_live) {
   if (is_reg && !special) p.used |= 1u << reg.index;
   TakeRegisters(&p);
   RenameRsp(&p);
+  x86::Mem win;
+  if (!special && WindowMem(width, &win)) {
+    // In the window: no probe, and flags untouched.
+    SpillPlan(p);
+    LoadRenamed(p);
+    x86::Gp R = x86::gpq(p.rename[kRsp]);
+    if (push && is_imm) {
+      a_.mov(win, static_cast<int32_t>(width == 2 ? op.imm.value.s & 0xffff : op.imm.value.s));
+    } else if (push) {
+      a_.mov(win, width == 2 ? x86::Gp(x86::gpw(reg.index)) : x86::Gp(x86::gpq(reg.index)));
+    } else if (width == 2) {
+      a_.mov(x86::gpw(reg.index), win);
+    } else {
+      a_.mov(x86::gpq(reg.index), win);
+    }
+    a_.lea(R, x86::ptr(R, push ? -width : width));
+    a_.mov(x86::qword_ptr(x86::r15, GprOffset(kRsp)), R);
+    rsp_in_ = p.rename[kRsp];
+    return true;
+  }
   int s = PickScratch(&p, false);
   // The slot offset of the last stack access is probed first: the stack
   // seldom leaves its page within a block.

@@ -101,6 +101,7 @@ class BlockEmitter {
   struct ExitLabels {
     asmjit::Label jmp, stub;
     uint64_t target;
+    uint32_t flags = 0;  // Block::Exit::flags
   };
   const std::vector<ExitLabels>& exits() const { return exits_; }
   // Host registers whose guest values sat in CpuState while the last
@@ -148,6 +149,20 @@ class BlockEmitter {
     loop_slots_ = slots;
     for (const auto& [rip, h] : slots) sticky_ |= 1u << h;
   }
+  // The stack window (emit_stack.cpp). A block whose stack accesses lie at
+  // offsets from its entry RSP known at translation time probes the soft
+  // TLB once, at entry, for the whole range [RSP + lo, RSP + lo + size);
+  // each access is then a plain load or store at a fixed offset from the
+  // host pointer kept in a register no instruction of the block names
+  // (`names`). A miss (another page, no permission, or a range across two
+  // pages) leaves for the same block translated without a window
+  // (kBlockPlainStack), through a direct exit chained like any other.
+  // False: no register to keep the window in (the block goes without).
+  bool EnterStackWindow(int32_t lo, uint32_t size, bool write, bool flags_live, uint16_t names);
+  // Before each instruction: the offset of its stack access in the window,
+  // or -1 if it is not a window access.
+  void SetWindowAccess(int32_t offset) { window_access_ = offset; }
+
   // Copies of instructions emitted out of line (a slow path runs the
   // instruction on the pointer the MMU gave): they can fault on the host
   // too, so the side table maps them as well.
@@ -284,6 +299,14 @@ class BlockEmitter {
   // A scratch register holding the soft-TLB slot offset of the page of the
   // last stack access, or -1: the next push or pop probes that slot first.
   int stack_slot_in_ = -1;
+  // The stack window's host pointer (a scratch register, sticky), or -1
+  // once a Materialize has given it back; the current instruction's offset
+  // in it, or -1.
+  int window_reg_ = -1;
+  int32_t window_access_ = -1;
+  // The memory operand of the current instruction's window access, if it
+  // has one and the window is still there.
+  bool WindowMem(unsigned size, asmjit::x86::Mem* out) const;
   uint16_t loop_regs_ = 0;           // EnterLoop's registers
   bool plan_slots_ = false;          // first translation of a loop: reserve slot registers
   uint16_t block_names_ = 0;

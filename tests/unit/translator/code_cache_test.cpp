@@ -74,7 +74,7 @@ TEST_F(CodeCacheTest, DirectExitChainsAndUnchains) {
   const uint8_t* stub = a.block->code + a.block->exits[0].stub_offset;
   EXPECT_EQ(JumpTarget(*a.block, 0), stub);
 
-  ASSERT_TRUE(CodeCache::CanLink(*a.block, *b.block));
+  ASSERT_TRUE(CodeCache::CanLink(*a.block, 0, *b.block));
   cache_.Link(a.block, 0, b.block);
   EXPECT_EQ(JumpTarget(*a.block, 0), b.block->code);
   EXPECT_EQ(a.block->exits[0].linked, b.block);
@@ -91,13 +91,42 @@ TEST_F(CodeCacheTest, DirectExitChainsAndUnchains) {
 }
 
 TEST_F(CodeCacheTest, OnlySamePagePlainBlocksLink) {
-  Put(kBase, {0x90, 0xc3});
+  Put(kBase, {0x90, 0xeb, 0xfd});  // nop; jmp back to the nop
   Put(kBase + 0x1000, {0x90, 0xc3});
   BuildResult a = Build(kBase), far = Build(kBase + 0x1000);
   ASSERT_EQ(a.kind, BuildResult::kOk);
   ASSERT_EQ(far.kind, BuildResult::kOk);
-  EXPECT_TRUE(CodeCache::CanLink(*a.block, *a.block));
-  EXPECT_FALSE(CodeCache::CanLink(*a.block, *far.block));
+  ASSERT_EQ(a.block->exits.size(), 1u);
+  EXPECT_TRUE(CodeCache::CanLink(*a.block, 0, *a.block));
+  EXPECT_FALSE(CodeCache::CanLink(*a.block, 0, *far.block));
+}
+
+// A block with a stack window (push, push, pop, pop, ret) gets one more
+// direct exit, to itself translated without the window, which links only
+// to that variant.
+TEST_F(CodeCacheTest, StackWindowExitLinksToThePlainVariant) {
+  Put(kBase, {0x50, 0x53, 0x5b, 0x58, 0xc3});  // push rax; push rbx; pop rbx; pop rax; ret
+  BuildResult a = Build(kBase);
+  ASSERT_EQ(a.kind, BuildResult::kOk);
+  ASSERT_EQ(a.block->exits.size(), 1u);
+  EXPECT_EQ(a.block->exits[0].target, kBase);
+  EXPECT_EQ(a.block->exits[0].flags, kBlockPlainStack);
+  FetchFn fetch = [this](uint64_t pc, uint8_t* buf, size_t len, GuestException*) {
+    for (size_t i = 0; i < len; ++i) {
+      uint64_t off = pc + i - kBase;
+      buf[i] = off < code_.size() ? code_[off] : 0xf4;
+    }
+    return len;
+  };
+  BuildResult plain = BuildBlock(cache_, BlockKey{kBase, kBase, 0, kBlockPlainStack}, fetch,
+                                 [](uint64_t v) { return v; });
+  ASSERT_EQ(plain.kind, BuildResult::kOk);
+  EXPECT_TRUE(plain.block->exits.empty());  // no window there
+  EXPECT_FALSE(CodeCache::CanLink(*a.block, 0, *a.block));
+  EXPECT_TRUE(CodeCache::CanLink(*a.block, 0, *plain.block));
+  // The variant is never entered through the jump cache.
+  cache_.RememberLookup(*plain.block);
+  EXPECT_NE(ctx_.jump_cache[0][JumpCacheIndex(kBase)].rip, kBase);
 }
 
 TEST_F(CodeCacheTest, WritesOutsideTheBytesKeepTheBlock) {

@@ -90,7 +90,22 @@ void Machine::PollConsoleInput() {
       console_open_ = false;
       return;
     }
-    uart_->Receive(byte);
+    uint8_t deliver = 0;
+    switch (escapes_.Feed(byte, &deliver)) {
+      case ConsoleEscapes::Action::kNone: break;
+      case ConsoleEscapes::Action::kDeliver: uart_->Receive(deliver); break;
+      case ConsoleEscapes::Action::kHelp:
+        std::fputs(ConsoleEscapes::HelpText().c_str(), config_.console_out);
+        std::fflush(config_.console_out);
+        break;
+      case ConsoleEscapes::Action::kQuit:
+        std::fflush(config_.console_out);
+        std::fputs("\r\nbtvm: terminated (C-a x)\r\n", stderr);
+        stop_outcome_ = {0, true, ""};
+        stop_.store(true);
+        console_open_ = false;
+        return;
+    }
   }
 }
 

@@ -22,6 +22,7 @@
 #include "devices/i8259.h"
 #include "devices/uart_16550.h"
 #include "mmu/guest_memory.h"
+#include "runtime/console.h"
 #include "runtime/engine.h"
 
 namespace btvm {
@@ -95,6 +96,7 @@ class Machine final : public SystemControl, public IrqSink, public InterruptSour
   std::unique_ptr<I8254> pit_;
   std::unique_ptr<CmosRtc> rtc_;
   uint64_t next_input_poll_ns_ = 0;
+  ConsoleEscapes escapes_;  // Ctrl-A x, Ctrl-A h on the console input
   std::unique_ptr<Uart16550> uart_;
   std::unique_ptr<ConsolePort> console_port_;
   std::unique_ptr<DebugExit> debug_exit_;

@@ -11,6 +11,7 @@
 #include <string>
 #include <string_view>
 
+#include "runtime/console.h"
 #include "runtime/loader.h"
 #include "runtime/machine.h"
 
@@ -127,7 +128,13 @@ int Run(int argc, char** argv) {
 
   Result<std::unique_ptr<Machine>> machine = Machine::Create(config);
   if (!machine) return Fail(kRunError, machine.error().message);
-  RunOutcome o = machine.value()->Run();
+  RunOutcome o;
+  {
+    // A terminal on stdin is in raw mode while the guest runs (qemu
+    // -nographic); restored here, at exit and on fatal signals.
+    RawTerminal terminal(config.console_in);
+    o = machine.value()->Run();
+  }
   if (stats) {
     std::fprintf(stderr, "btvm: statistics (engine %s)\n", config.engine.c_str());
     machine.value()->counters().Print(stderr);

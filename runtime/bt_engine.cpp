@@ -113,11 +113,18 @@ bool BtEngine::TakeInterrupt(EngineExit* exit) {
   // Asked even with IF = 0: it brings the timers (and what the guest reads
   // of the PIC) up to now.
   if (!irq_->InterruptPending()) {
+    ctx_->irq_waiting = 0;
     ArmTimer();
     return true;
   }
-  // Enabling interrupts goes through the runtime, which looks again.
-  if (!(c.rflags & rflags::kIF) || irq_shadow_) return true;
+  // IF = 0: held back until the guest sets IF (popf and iret through the
+  // runtime, which looks again; an inline sti returns here when it sees
+  // irq_waiting).
+  if (!(c.rflags & rflags::kIF) || irq_shadow_) {
+    ctx_->irq_waiting = 1;
+    return true;
+  }
+  ctx_->irq_waiting = 0;
   uint8_t vector = irq_->AcknowledgeInterrupt();
   ++counters_.interrupts_delivered;
   if (!Deliver(GuestException{vector, false, 0, 0}, EventSource::kExternal, exit)) return false;
@@ -354,6 +361,16 @@ EngineExit BtEngine::Run(CpuState& cpu) {
       case BlockExit::kSmc:
         cache_.InvalidateRange(ctx.smc_phys, ctx.smc_size);
         store_alone = true;
+        break;
+      case BlockExit::kSti:
+        // An inline sti with an interrupt waiting: one more instruction
+        // runs before it is taken (runtime/emulate.h's shadow contract).
+        irq_shadow_ = true;
+        c.pending.interrupt_shadow = 1;
+        check_irq_ = true;
+        break;
+      case BlockExit::kAlone:
+        store_alone = true;  // a single-instruction block: the runtime emulates it
         break;
     }
   }

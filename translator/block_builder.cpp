@@ -14,6 +14,11 @@ constexpr uint32_t kArithFlags = ZYDIS_CPUFLAG_CF | ZYDIS_CPUFLAG_PF | ZYDIS_CPU
                                  ZYDIS_CPUFLAG_ZF | ZYDIS_CPUFLAG_SF | ZYDIS_CPUFLAG_OF;
 
 uint32_t FlagsRead(const DecodedInsn& d) {
+  // pushf stores every flag.
+  if (d.insn.mnemonic == ZYDIS_MNEMONIC_PUSHFQ || d.insn.mnemonic == ZYDIS_MNEMONIC_PUSHF ||
+      d.insn.mnemonic == ZYDIS_MNEMONIC_PUSHFD) {
+    return kArithFlags;
+  }
   return d.insn.cpu_flags ? (d.insn.cpu_flags->tested & kArithFlags) : 0;
 }
 // Shifts and rotates whose masked count is 0 leave every flag alone (SDM
@@ -240,6 +245,14 @@ BuildResult BuildBlock(CodeCache& cache, const BlockKey& key, const FetchFn& fet
       }
       return r;
     }
+    // cli, sti and pushfq of supervisor code go inline (emit_system.cpp):
+    // Linux's irq save/restore would otherwise leave translated code at
+    // every spin_lock_irqsave.
+    if (d.cls == InsnClass::kRuntime && !single && !compat && key.mmu_index == kMmuKernel &&
+        (d.insn.mnemonic == ZYDIS_MNEMONIC_CLI || d.insn.mnemonic == ZYDIS_MNEMONIC_STI ||
+         d.insn.mnemonic == ZYDIS_MNEMONIC_PUSHFQ)) {
+      d.cls = InsnClass::kSystem;
+    }
     if (d.cls == InsnClass::kRuntime) {
       if (insns.empty()) {  // the runtime emulates it; no block
         r.kind = BuildResult::kEmulate;
@@ -251,7 +264,9 @@ BuildResult BuildBlock(CodeCache& cache, const BlockKey& key, const FetchFn& fet
     // An instruction reaching into the next page ends the block before it,
     // unless it is the first: such a block depends on two pages.
     if (d.NextRip() > page_end && !insns.empty()) break;
-    ended = d.cls == InsnClass::kBranch;
+    // sti ends the block: an interrupt may wait for it.
+    ended = d.cls == InsnClass::kBranch ||
+            (d.cls == InsnClass::kSystem && d.insn.mnemonic == ZYDIS_MNEMONIC_STI);
     pc = d.NextRip();
     insns.push_back(d);
   }
@@ -282,6 +297,7 @@ BuildResult BuildBlock(CodeCache& cache, const BlockKey& key, const FetchFn& fet
       live = at(target);
     }
   }
+  const uint32_t live_out = live;
   std::vector<uint32_t> live_in(insns.size());
   for (size_t i = insns.size(); i-- > 0;) {
     live = (live & ~FlagsWritten(insns[i])) | FlagsRead(insns[i]);
@@ -342,6 +358,9 @@ BuildResult BuildBlock(CodeCache& cache, const BlockKey& key, const FetchFn& fet
           ok = compat ? e.EmitCompatStack(d, keep) : e.EmitStack(d, keep);
           break;
         case InsnClass::kString: ok = e.EmitString(d); break;
+        case InsnClass::kSystem:
+          ok = e.EmitSystem(d, i + 1 < insns.size() ? live_in[i + 1] : live_out);
+          break;
         case InsnClass::kBranch: ok = e.EmitBranch(d, keep); break;
         case InsnClass::kRuntime:
         case InsnClass::kUndefined: ok = false; break;
@@ -361,7 +380,10 @@ BuildResult BuildBlock(CodeCache& cache, const BlockKey& key, const FetchFn& fet
       ++emitted;
       if (d.cls == InsnClass::kBranch) break;
     }
-    if (emitted == insns.size() && (insns.empty() || insns.back().cls != InsnClass::kBranch)) {
+    const bool ends_itself = !insns.empty() && (insns.back().cls == InsnClass::kBranch ||
+                                                (insns.back().cls == InsnClass::kSystem &&
+                                                 insns.back().insn.mnemonic == ZYDIS_MNEMONIC_STI));
+    if (emitted == insns.size() && !ends_itself) {
       e.Materialize();
       e.EmitJumpTo(pc);
     }

@@ -25,6 +25,10 @@ enum class BlockExit : uint32_t {
   kException = 1,  // RIP holds the faulting instruction; `exception` says what
   kSmc = 2,        // RIP holds a store into translated code: invalidate, then
                    // run that one instruction on its own (smc_phys/smc_size)
+  kSti = 3,        // RIP follows an inline sti and an interrupt waits
+                   // (irq_waiting): open the sti shadow, then take it
+  kAlone = 4,      // RIP holds an instruction the runtime must emulate on
+                   // its own (an inline cli/sti found CPL != 0)
 };
 
 // The guest-RIP -> host-code lookup translated code does inline for indirect
@@ -89,7 +93,10 @@ struct alignas(64) BtContext {
   // Set from any thread to make translated code return to the runtime at
   // the next block entry (timer deadlines, stop requests).
   alignas(8) uint8_t exit_request = 0;
-  uint8_t pad2[7] = {};
+  // Set by the runtime while an interrupt is pending that IF = 0 holds
+  // back: an inline sti then returns to the runtime to take it.
+  uint8_t irq_waiting = 0;
+  uint8_t pad2[6] = {};
   uint64_t rcx_save = 0;      // guest RCX around flag-free checks (jrcxz)
   uint64_t rax_save = 0;      // guest RAX around lahf/sahf flag saves
   uint64_t jump_target = 0;   // host code an indirect jump goes to

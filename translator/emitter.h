@@ -79,6 +79,10 @@ class BlockEmitter {
   bool EmitString(const DecodedInsn& d);
   bool EmitXlat(const DecodedInsn& d, uint32_t flags_live);
   bool EmitMaskMove(const DecodedInsn& d, uint32_t flags_live);
+  // cli, sti, pushfq (InsnClass::kSystem, emit_system.cpp); `live_after` =
+  // flags live after the instruction. sti ends the block.
+  bool EmitSystem(const DecodedInsn& d, uint32_t live_after);
+  bool EmitPushf(const DecodedInsn& d, uint32_t live_after);
   // Compatibility mode (emit_compat.cpp): push/pop/leave on the 32-bit
   // stack, and near call/ret/indirect jmp with a 32-bit EIP.
   bool EmitCompatStack(const DecodedInsn& d, uint32_t flags_live);

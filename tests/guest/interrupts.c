@@ -24,8 +24,9 @@ static void sw_handler(struct ex_regs* r) {
   sw_count++;
 }
 
+static volatile u64 tick_rip;
 static void timer_handler(struct ex_regs* r) {
-  (void)r;
+  tick_rip = r->rip;
   tick_rflags = read_rflags();
   ticks++;
   pic_eoi(0);
@@ -39,6 +40,21 @@ asm(".pushsection .text\n"
     ".popsection");
 void do_int40(void);
 extern char int40_after[];
+
+/* u64 sti_shadow(u64 x): sti, then x + 1 in the shadow; returns it with
+   IF clear again. An interrupt waiting for IF arrives at sti_after. */
+asm(".pushsection .text\n"
+    "sti_shadow:\n"
+    "  movq %rdi, %rax\n"
+    "  sti\n"
+    "  incq %rax\n"
+    "sti_after:\n"
+    "  nop\n"
+    "  cli\n"
+    "  ret\n"
+    ".popsection");
+u64 sti_shadow(u64 x);
+extern char sti_after[];
 
 int main(void) {
   /* Firmware may leave the PIT running with IRQ 0 unmasked at vector 8:
@@ -88,12 +104,32 @@ int main(void) {
     report(ok, "IRQ pending while IF = 0, taken after sti's shadow");
     if (!ok) report_info("IRR %#x, %d taken with IF = 0, %d after sti", irr, held, taken);
 
+    /* The same, exactly: the instruction after sti runs, then the IRQ. */
+    irr = 0;
+    for (u64 i = 0; i < SPIN_LIMIT && !(irr & 1); i++) {
+      irr = pic_read_irr();
+    }
+    held = ticks;
+    u64 y = sti_shadow(41);
+    ok = (irr & 1) && ticks == held + 1 && y == 42 && tick_rip == (u64)(uintptr_t)sti_after;
+    report(ok, "the pending IRQ interrupts the instruction after sti's shadow");
+
     /* HLT wakes on the next tick. */
     int before = ticks;
     safe_halt();
     cli();
     report(ticks > before, "hlt woken by the timer interrupt");
   }
+
+  /* pushfq shows the virtual IF beside the arithmetic flags and DF; RF
+     is clear in the image (SDM Vol. 2 PUSHF). */
+  u64 f1, f2;
+  asm volatile("cli; stc; std; pushfq; popq %0; cld; sti; clc; pushfq; popq %1; cli"
+               : "=r"(f1), "=r"(f2) : : "memory", "cc");
+  const u64 kWatch = X86_EFLAGS_IF | X86_EFLAGS_CF | X86_EFLAGS_DF | (1ull << 16);
+  report((f1 & kWatch) == (X86_EFLAGS_CF | X86_EFLAGS_DF) && (f2 & kWatch) == X86_EFLAGS_IF,
+         "pushfq after cli/stc/std: %#llx, after sti/clc/cld: %#llx",
+         (unsigned long long)(f1 & kWatch), (unsigned long long)(f2 & kWatch));
 
   pic_mask(0); /* mask everything again */
   return report_summary();

@@ -12,7 +12,9 @@
 #define X86_CR0_WP (1ull << 16)
 #define X86_CR0_PG (1ull << 31)
 #define X86_CR4_PAE (1ull << 5)
+#define X86_EFLAGS_CF (1ull << 0)
 #define X86_EFLAGS_IF (1ull << 9)
+#define X86_EFLAGS_DF (1ull << 10)
 #define X86_EFLAGS_AC (1ull << 18)
 
 #define MSR_EFER 0xc0000080u

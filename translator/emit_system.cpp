@@ -1,0 +1,120 @@
+// cli, sti and pushfq of 64-bit supervisor code, inline (InsnClass::kSystem).
+// Guest IF is virtual: it lives in CpuState's RFLAGS, which translated code
+// can read and write like any memory. Linux saves and restores the
+// interrupt flag around every spinlock taken with interrupts off
+// (pushf; pop; cli ... sti), so leaving translated code for each of them
+// (about a thousand cycles) would dominate a kernel's run time.
+//
+//   cli    IF := 0 in CpuState. Nothing can be pending because of it.
+//   sti    IF := 1, and the block ends. If an interrupt is waiting for IF
+//          (the runtime sets BtContext::irq_waiting when it saw one it
+//          could not deliver), the block returns to the runtime with
+//          kSti, which opens the one-instruction sti shadow (SDM Vol. 2
+//          STI) before taking it; otherwise the block chains on.
+//   pushfq the arithmetic flags and DF from host RFLAGS, the rest from
+//          CpuState, RF and VM cleared in the image (SDM Vol. 2
+//          PUSHF/PUSHFD/PUSHFQ), pushed like push reg.
+//
+// cli and sti are legal at CPL 0 always (and at CPL <= IOPL): the block
+// checks CS.RPL and, if it is not 0 (a ring 1 or 2 guest), leaves with
+// kAlone for the runtime to emulate the instruction with its IOPL checks.
+// Translated blocks never run with TF set (kBlockSingle), so no trap
+// after the instruction is due here.
+
+#include "translator/emitter.h"
+
+namespace btvm {
+
+using namespace asmjit;
+
+namespace {
+constexpr int32_t kRflagsOffset = static_cast<int32_t>(offsetof(CpuState, rflags));
+constexpr int32_t kCsSelectorOffset = static_cast<int32_t>(
+    offsetof(CpuState, seg) + kCs * sizeof(SegmentReg) + offsetof(SegmentReg, selector));
+}  // namespace
+
+bool BlockEmitter::EmitSystem(const DecodedInsn& d, uint32_t live_after) {
+  const ZydisMnemonic m = d.insn.mnemonic;
+  last_scratch_ = 0xffff;
+  if (m == ZYDIS_MNEMONIC_PUSHFQ) return EmitPushf(d, live_after);
+  if (m != ZYDIS_MNEMONIC_CLI && m != ZYDIS_MNEMONIC_STI) return Fail("not inline: " + FormatInsn(d));
+
+  // The flags the checks clobber are saved if live (and restored lazily,
+  // by the next instruction that needs them, or at the block's end).
+  SaveFlagsIfLive(live_after != 0);
+  // Not ring 0: the runtime emulates it (with the IOPL check).
+  Label alone = a_.newLabel();
+  a_.test(x86::byte_ptr(x86::r15, kCsSelectorOffset), 3);
+  a_.jnz(alone);
+  const bool flags_saved = flags_saved_;
+  const uint16_t borrowed = borrowed_;
+  const uint64_t rip = d.rip;
+  out_of_line_.push_back([this, alone, flags_saved, borrowed, rip] {
+    a_.bind(alone);
+    if (flags_saved) RestoreArith(offsetof(BtContext, saved_flags));
+    for (int h = 0; h < 16; ++h) {
+      if (borrowed & (1u << h)) Reload(h);
+    }
+    EmitExit(rip, BlockExit::kAlone);
+  });
+
+  if (m == ZYDIS_MNEMONIC_CLI) {
+    a_.and_(x86::dword_ptr(x86::r15, kRflagsOffset), ~static_cast<int32_t>(rflags::kIF));
+    return true;
+  }
+  a_.or_(x86::dword_ptr(x86::r15, kRflagsOffset), static_cast<int32_t>(rflags::kIF));
+  Label waiting = a_.newLabel();
+  a_.cmp(x86::byte_ptr(x86::r15, offsetof(BtContext, irq_waiting)), 0);
+  a_.jne(waiting);
+  const bool saved_now = flags_saved_;
+  const uint16_t borrowed_now = borrowed_;
+  const uint64_t next = d.NextRip();
+  out_of_line_.push_back([this, waiting, saved_now, borrowed_now, next] {
+    a_.bind(waiting);
+    if (saved_now) RestoreArith(offsetof(BtContext, saved_flags));
+    for (int h = 0; h < 16; ++h) {
+      if (borrowed_now & (1u << h)) Reload(h);
+    }
+    EmitExit(next, BlockExit::kSti);
+  });
+  Materialize();
+  EmitJumpTo(next);
+  return true;
+}
+
+bool BlockEmitter::EmitPushf(const DecodedInsn& d, uint32_t live_after) {
+  Plan p;
+  TakeRegisters(&p);
+  RenameRsp(&p);
+  int u = PickScratch(&p, false), v = PickScratch(&p, false), s = PickScratch(&p, false);
+  const bool index_ready = stack_slot_in_ >= 0;
+  int t = index_ready ? stack_slot_in_ : PickScratch(&p, false);
+  if (u < 0 || v < 0 || s < 0 || t < 0) return Fail("no scratch register for " + FormatInsn(d));
+  p.used |= 1u << t;
+  // pushf reads the flags: they must be in host RFLAGS.
+  RestoreSavedFlags();
+  SpillPlan(p);
+  LoadRenamed(p);
+  x86::Gp U = x86::gpq(u), V = x86::gpq(v);
+  // The monitor's stack is host RSP (helper calls use it too).
+  a_.pushfq();
+  a_.pop(U);
+  SaveFlagsIfLive(live_after != 0);
+  constexpr uint64_t kFromHost = rflags::kArith | rflags::kDF;
+  a_.and_(U, static_cast<int32_t>(kFromHost));
+  a_.mov(V, x86::qword_ptr(x86::r15, kRflagsOffset));
+  a_.and_(V, static_cast<int32_t>(~(kFromHost | rflags::kRF | rflags::kVM)));
+  a_.or_(U, V);
+  const int r = p.rename[kRsp];
+  x86::Gp R = x86::gpq(r);
+  a_.lea(x86::gpq(s), x86::ptr(R, -8));
+  EmitAccess(d, p, s, t, 8, false, true, [this, s, U] { a_.mov(x86::qword_ptr(x86::gpq(s)), U); },
+             false, index_ready);
+  a_.lea(R, x86::ptr(R, -8));
+  a_.mov(x86::qword_ptr(x86::r15, GprOffset(kRsp)), R);
+  rsp_in_ = r;
+  stack_slot_in_ = t;
+  return true;
+}
+
+}  // namespace btvm

@@ -42,22 +42,24 @@
 // An EOI write clears the highest ISR bit and, if that vector's TMR bit is
 // set, tells the EOI listener (the IOAPIC) the vector (§11.8.5).
 //
-// Timer (§11.5.4): the bus clock is kBusFrequencyHz = 1 GHz (one count per
-// nanosecond before the divider), QEMU's and KVM's choice. The divide
-// configuration register divides it by 1-128. Nothing ticks: the current
-// count and the next expiry are computed from the Clock. Modes (LVT bits
-// 18:17): 0 one-shot, 1 periodic (reloads keep their phase; when several
-// periods passed between two Update() calls one interrupt is raised and
-// the others are counted in missed_timer_interrupts()), 2 TSC-deadline
-// (§11.5.4.1: the IA32_TSC_DEADLINE MSR arms it, the interrupt clears the
-// MSR, writing 0 disarms it; the initial count is ignored and the current
-// count reads 0), 3 reserved, which counts as one-shot. A write to the LVT
-// timer that changes the mode disarms the timer (§11.5.4.1): the current
-// count reads 0 until the initial count is written again. Changing the
-// divider while the timer counts keeps the current count (the rest of the
-// period is rescaled). A masked timer counts but raises nothing, and its
-// expiries are not events for NextEventNs(). The TSC is the guest's, as the
-// machine defines it (TscModel).
+// Timer (§11.5.4): the bus clock is kBusFrequencyHz = 25 MHz (one count per
+// 40 ns before the divider), the core crystal clock CPUID leaf 0x15
+// reports: Linux takes the APIC timer's period from that crystal, so the
+// timer must tick at its rate. The divide configuration register divides it
+// by 1-128. Nothing ticks: the current count and the next expiry are
+// computed from the Clock. Modes (LVT bits 18:17): 0 one-shot, 1 periodic
+// (reloads keep their phase; when several periods passed between two
+// Update() calls one interrupt is raised and the others are counted in
+// missed_timer_interrupts()), 2 TSC-deadline (§11.5.4.1: the
+// IA32_TSC_DEADLINE MSR arms it, the interrupt clears the MSR, writing 0
+// disarms it; the initial count is ignored and the current count reads 0),
+// 3 reserved, which counts as one-shot. A write to the LVT timer that
+// changes the mode disarms the timer (§11.5.4.1): the current count reads 0
+// until the initial count is written again. Changing the divider while the
+// timer counts keeps the current count (the rest of the period is
+// rescaled). A masked timer counts but raises nothing, and its expiries are
+// not events for NextEventNs(). The TSC is the guest's, as the machine
+// defines it (TscModel).
 //
 // Local interrupts: the timer and the error LVT deliver fixed,
 // edge-triggered interrupts; thermal and performance have no source here.
@@ -192,7 +194,7 @@ class LocalApic final : public MmioDevice, public ClockedDevice, public ApicSink
   // The timer's input clock before the divider: what CPUID leaf 0x15 (core
   // crystal clock, which Linux takes as the APIC timer's rate) or a
   // hypervisor timing leaf must report if the machine reports one.
-  static constexpr uint64_t kBusFrequencyHz = 1'000'000'000;
+  static constexpr uint64_t kBusFrequencyHz = 25'000'000;
   static constexpr uint32_t kVersion = 0x00050014;
   static constexpr unsigned kDefaultPhysAddrBits = 40;
 

@@ -40,6 +40,8 @@ class BtEngine final : public Engine {
   void PrintStats(std::FILE* out) const override;
   // Count inline soft-TLB hits (a little slower; for --stats).
   void set_count_tlb_hits(bool on) { cache_.set_count_tlb_hits(on); }
+  // Device-held CPU state (APIC MSRs, CR8): runtime/emulate.h.
+  void set_platform(CpuPlatform* platform) { emulator_.set_platform(platform); }
 
   // Thread-safe: makes translated code return to the loop soon.
   void Kick();

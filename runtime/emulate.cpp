@@ -105,7 +105,7 @@ void SetZf(CpuState& cpu, bool zf) {
 //   (0x80000007) is reported when the host's TSC is invariant.
 // - Hidden: AVX and everything VEX/EVEX (the engines switch the FXSAVE
 //   image only), PCID/INVPCID, SMAP (stac/clac are not emulated), UMIP,
-//   MONITOR/MWAIT, APIC/x2APIC/TSC-deadline (no local APIC device yet),
+//   MONITOR/MWAIT, x2APIC,
 //   performance counters (leaf 0xa is zero, rdpmc #GPs), MCE/MCA, VMX, PKU,
 //   RDRAND, ERMS/FSRM (rep movs is emulated element by element, so guests
 //   should prefer movsq over movsb).
@@ -264,13 +264,15 @@ CpuidResult VirtualCpuid(const CpuState& cpu, uint32_t leaf, uint32_t sub) {
       r.eax = kSignature;
       // CLFLUSH line 8 * 8 bytes; 1 logical processor; initial APIC ID 0.
       r.ebx = (8u << 8) | (1u << 16);
-      // EDX: FPU DE PSE TSC MSR PAE CX8 SEP MTRR PGE CMOV PAT CLFSH MMX FXSR SSE SSE2
-      r.edx = Bit(0) | Bit(2) | Bit(3) | Bit(4) | Bit(5) | Bit(6) | Bit(8) | Bit(11) | Bit(12) |
-              Bit(13) | Bit(15) | Bit(16) | Bit(19) | Bit(23) | Bit(24) | Bit(25) | Bit(26);
+      // EDX: FPU DE PSE TSC MSR PAE CX8 APIC SEP MTRR PGE CMOV PAT CLFSH MMX
+      // FXSR SSE SSE2
+      r.edx = Bit(0) | Bit(2) | Bit(3) | Bit(4) | Bit(5) | Bit(6) | Bit(8) | Bit(9) | Bit(11) |
+              Bit(12) | Bit(13) | Bit(15) | Bit(16) | Bit(19) | Bit(23) | Bit(24) | Bit(25) |
+              Bit(26);
       // ECX: SSE3 PCLMULQDQ SSSE3 CX16 SSE4.1 SSE4.2 POPCNT (the host's),
-      // XSAVE, OSXSAVE (CR4), hypervisor.
+      // TSC-deadline (the local APIC's), XSAVE, OSXSAVE (CR4), hypervisor.
       r.ecx = (Bit(0) | Bit(1) | Bit(9) | Bit(13) | Bit(19) | Bit(20) | Bit(23)) & host.ecx1;
-      r.ecx |= Bit(26) | Bit(31);
+      r.ecx |= Bit(24) | Bit(26) | Bit(31);
       if (cpu.cr4 & cr4::kOSXSAVE) r.ecx |= Bit(27);
       break;
     case 2:
@@ -719,7 +721,7 @@ EmulateOutcome Emulator::MovCr(CpuState& cpu, const DecodedInsn& d) {
       case 2: v = cpu.cr2; break;
       case 3: v = cpu.cr3; break;
       case 4: v = cpu.cr4; break;
-      case 8: v = cpu.cr8; break;
+      case 8: v = platform_ ? platform_->ReadCr8() : cpu.cr8; break;
       default: return Fault(Ud());
     }
     cpu.gpr[g.index] = v;
@@ -759,6 +761,7 @@ EmulateOutcome Emulator::MovCr(CpuState& cpu, const DecodedInsn& d) {
     case 8:  // the task-priority register (SDM Vol. 3 §11.8.6.5)
       if (v & ~0xfull) return Fault(Gp0());
       cpu.cr8 = v;
+      if (platform_) platform_->WriteCr8(v);
       break;
     default:
       return Fault(Ud());
@@ -1314,13 +1317,18 @@ bool WriteMsr(CpuState& cpu, Mmu& mmu, uint32_t index, uint64_t v) {
 EmulateOutcome Emulator::Msr(CpuState& cpu, bool write) {
   if (cpu.Cpl() != 0) return Fault(Gp0());
   const uint32_t index = static_cast<uint32_t>(cpu.gpr[kRcx]);
+  using R = CpuPlatform::MsrResult;
   if (write) {
     const uint64_t v = (cpu.gpr[kRdx] << 32) | (cpu.gpr[kRax] & 0xffffffff);
-    if (!WriteMsr(cpu, mmu_, index, v)) return Fault(Gp0());
+    R r = platform_ ? platform_->WriteMsr(index, v) : R::kNotMine;
+    if (r == R::kFault || (r == R::kNotMine && !WriteMsr(cpu, mmu_, index, v))) {
+      return Fault(Gp0());
+    }
     return Done();
   }
   uint64_t v;
-  if (!ReadMsr(cpu, index, &v)) return Fault(Gp0());
+  R r = platform_ ? platform_->ReadMsr(index, &v) : R::kNotMine;
+  if (r == R::kFault || (r == R::kNotMine && !ReadMsr(cpu, index, &v))) return Fault(Gp0());
   cpu.gpr[kRax] = v & 0xffffffff;
   cpu.gpr[kRdx] = v >> 32;
   return Done();

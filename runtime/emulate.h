@@ -78,12 +78,27 @@ struct EmulateOutcome {
   std::string message;
 };
 
+// CPU state that lives in devices (the local APIC's registers): the
+// machine answers for it. Without one, the emulator keeps what it can in
+// CpuState (an APIC base MSR and CR8 with no APIC behind them).
+class CpuPlatform {
+ public:
+  enum class MsrResult { kNotMine, kDone, kFault };
+  virtual ~CpuPlatform() = default;
+  virtual MsrResult ReadMsr(uint32_t index, uint64_t* value) = 0;
+  virtual MsrResult WriteMsr(uint32_t index, uint64_t value) = 0;
+  // CR8 is the local APIC's TPR[7:4] (SDM Vol. 3 §11.8.6.5).
+  virtual uint64_t ReadCr8() = 0;
+  virtual void WriteCr8(uint64_t value) = 0;  // bits 63:4 checked (#GP) by the caller
+};
+
 class Emulator {
  public:
   Emulator(Mmu& mmu, PioBus& pio, Counters& counters)
       : mmu_(mmu), pio_(pio), counters_(counters) {}
 
   EmulateOutcome Emulate(CpuState& cpu, const DecodedInsn& d);
+  void set_platform(CpuPlatform* platform) { platform_ = platform; }
 
  private:
   // Operand access. Registers follow x86 write rules (32-bit writes
@@ -130,6 +145,7 @@ class Emulator {
   Mmu& mmu_;
   PioBus& pio_;
   Counters& counters_;
+  CpuPlatform* platform_ = nullptr;
 };
 
 // The guest TSC: the host's plus the guest's offset (IA32_TSC writes).

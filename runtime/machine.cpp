@@ -4,6 +4,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <x86intrin.h>
+
 #include <algorithm>
 
 #include "runtime/bt_engine.h"
@@ -27,9 +29,39 @@ class Machine::ConsolePort final : public PioDevice {
   Uart16550& uart_;
 };
 
+// Guest TSC = host TSC (+ the guest's IA32_TSC offset, which only rdtsc
+// sees: the TSC deadline follows the host TSC, a small inexactness for a
+// guest that both writes IA32_TSC and arms a deadline). Host TSC and
+// CLOCK_MONOTONIC are tied once at start-up at HostTscKhz().
+class Machine::GuestTscModel final : public TscModel {
+ public:
+  explicit GuestTscModel(const Clock& clock)
+      : khz_(HostTscKhz()), ns0_(clock.NowNs()), tsc0_(__rdtsc()) {}
+  uint64_t NsToTsc(uint64_t ns) const override {
+    if (ns < ns0_) return tsc0_ - static_cast<uint64_t>((ns0_ - ns) * khz_ / 1'000'000);
+    return tsc0_ + static_cast<uint64_t>(static_cast<unsigned __int128>(ns - ns0_) * khz_ / 1'000'000);
+  }
+  uint64_t TscToNs(uint64_t tsc) const override {
+    if (tsc <= tsc0_) return ns0_ - std::min<uint64_t>(ns0_, (tsc0_ - tsc) * 1'000'000 / khz_);
+    unsigned __int128 ns = static_cast<unsigned __int128>(tsc - tsc0_) * 1'000'000 / khz_ + ns0_;
+    return ns >= ClockedDevice::kNever ? ClockedDevice::kNever : static_cast<uint64_t>(ns) + 1;
+  }
+
+ private:
+  uint64_t khz_, ns0_, tsc0_;
+};
+
 Machine::Machine(GuestMemory memory, const MachineConfig& config)
     : config_(config), memory_(std::move(memory)) {
   config_.kernel.clear();  // loaded already; no second copy
+  // The interrupt controllers first: the other devices drive lines into
+  // them from their constructors on.
+  tsc_model_ = std::make_unique<GuestTscModel>(clock_);
+  apic_ = std::make_unique<LocalApic>(clock_, *tsc_model_);
+  ioapic_ = std::make_unique<IoApic>(*apic_);
+  apic_->SetEoiListener([this](uint8_t vector) { ioapic_->EndOfInterrupt(vector); });
+  // What firmware leaves for an OS: the 8259's INTR through LINT0.
+  apic_->ProgramVirtualWire();
   std::FILE* out = config.console_out;
   uart_ = std::make_unique<Uart16550>(IrqLine(this, Uart16550::kCom1Irq), [out](uint8_t byte) {
     std::fputc(byte, out);
@@ -61,6 +93,8 @@ Result<std::unique_ptr<Machine>> Machine::Create(const MachineConfig& config) {
   if (s) s = m->pic_.RegisterOn(m->pio_);
   if (s) s = m->pit_->RegisterOn(m->pio_);
   if (s) s = m->rtc_->RegisterOn(m->pio_);
+  if (s) s = m->apic_->RegisterOn(m->mmio_);
+  if (s) s = m->ioapic_->RegisterOn(m->mmio_);
   if (!s) return s.error();
   {
     uint64_t below = 0, above = 0;
@@ -75,6 +109,7 @@ Result<std::unique_ptr<Machine>> Machine::Create(const MachineConfig& config) {
   auto engine = std::make_unique<BtEngine>(m->memory_, m->pio_, m->mmio_, m->stop_,
                                            m->counters_, m.get(), config.code_cache);
   engine->set_count_tlb_hits(config.stats);
+  engine->set_platform(m.get());
   m->engine_ = std::move(engine);
   return m;
 }
@@ -141,12 +176,16 @@ void Machine::SetIrqLevel(unsigned line, bool level) {
   irq_levels_ = static_cast<uint16_t>(level ? irq_levels_ | (1u << line)
                                             : irq_levels_ & ~(1u << line));
   if (line != I8259Pair::kCascadeLine) pic_.SetIrqLevel(line, level);
+  // ISA IRQ n is IOAPIC pin n, but for the PIT's IRQ 0 on pin 2 (the
+  // MADT's interrupt source override).
+  if (line != I8259Pair::kCascadeLine) ioapic_->SetIrqLevel(line == 0 ? 2 : line, level);
 }
 
 bool Machine::InterruptPending() {
   uint64_t now = clock_.NowNs();
   for (ClockedDevice* d : {static_cast<ClockedDevice*>(pit_.get()),
-                           static_cast<ClockedDevice*>(rtc_.get())}) {
+                           static_cast<ClockedDevice*>(rtc_.get()),
+                           static_cast<ClockedDevice*>(apic_.get())}) {
     if (d->NextEventNs() <= now) d->Update();
   }
   // Console input for a guest that takes it by interrupt, looked at every
@@ -156,13 +195,43 @@ bool Machine::InterruptPending() {
     next_input_poll_ns_ = now + 1'000'000;
     PollConsoleInput();
   }
-  return pic_.InterruptPending();
+  return apic_->InterruptPending() || (apic_->AcceptsPicInterrupts() && pic_.InterruptPending());
 }
 
-uint8_t Machine::AcknowledgeInterrupt() { return pic_.Acknowledge(); }
+// The APIC's own interrupts first, then the 8259's through LINT0 (as
+// QEMU's pc machine orders them).
+uint8_t Machine::AcknowledgeInterrupt() {
+  if (apic_->InterruptPending()) return apic_->Acknowledge();
+  return pic_.Acknowledge();
+}
 
 uint64_t Machine::NextDeadlineNs() {
-  return std::min(pit_->NextEventNs(), rtc_->NextEventNs());
+  return std::min({pit_->NextEventNs(), rtc_->NextEventNs(), apic_->NextEventNs()});
+}
+
+Machine::MsrResult Machine::ReadMsr(uint32_t index, uint64_t* value) {
+  switch (index) {
+    case LocalApic::kBaseMsr: *value = apic_->ReadBaseMsr(); return MsrResult::kDone;
+    case LocalApic::kTscDeadlineMsr: *value = apic_->ReadTscDeadline(); return MsrResult::kDone;
+    default: return MsrResult::kNotMine;
+  }
+}
+
+Machine::MsrResult Machine::WriteMsr(uint32_t index, uint64_t value) {
+  switch (index) {
+    case LocalApic::kBaseMsr: {
+      const GuestPhys before = apic_->base();
+      if (!apic_->WriteBaseMsr(value)) return MsrResult::kFault;
+      // Linux never moves the APIC; a guest that does gets its registers
+      // only at the architectural address (noted, not modelled).
+      (void)before;
+      return MsrResult::kDone;
+    }
+    case LocalApic::kTscDeadlineMsr:
+      apic_->WriteTscDeadline(value);
+      return MsrResult::kDone;
+    default: return MsrResult::kNotMine;
+  }
 }
 
 void Machine::WaitUntil(uint64_t deadline_ns) {

@@ -20,9 +20,12 @@
 #include "devices/i8042.h"
 #include "devices/i8254.h"
 #include "devices/i8259.h"
+#include "devices/ioapic.h"
+#include "devices/local_apic.h"
 #include "devices/uart_16550.h"
 #include "mmu/guest_memory.h"
 #include "runtime/console.h"
+#include "runtime/emulate.h"
 #include "runtime/engine.h"
 
 namespace btvm {
@@ -44,7 +47,8 @@ struct RunOutcome {
   std::string message;
 };
 
-class Machine final : public SystemControl, public IrqSink, public InterruptSource {
+class Machine final : public SystemControl, public IrqSink, public InterruptSource,
+                      public CpuPlatform {
  public:
   static Result<std::unique_ptr<Machine>> Create(const MachineConfig& config);
   ~Machine() override;
@@ -61,17 +65,27 @@ class Machine final : public SystemControl, public IrqSink, public InterruptSour
   void RequestExit(int status) override;
   void RequestReset() override;
   void RequestPowerOff() override;
-  // IrqSink: ISA interrupt lines go to the i8259 pair (levels are also
+  // IrqSink: ISA interrupt lines go to the i8259 pair and to the IOAPIC
+  // (IRQ 0 to GSI 2, as the MADT's override says; levels are also
   // recorded for tests).
   void SetIrqLevel(unsigned line, bool level) override;
   bool irq_level(unsigned line) const { return line < 16 && (irq_levels_ >> line) & 1; }
 
-  // InterruptSource: the PIC's INTR, with the PIT and RTC brought up to
+  // InterruptSource: the local APIC's interrupts, and the PIC's INTR
+  // while the APIC takes it (virtual wire), with the timers brought up to
   // host time first, and console input polled.
   bool InterruptPending() override;
   uint8_t AcknowledgeInterrupt() override;
   uint64_t NextDeadlineNs() override;
   void WaitUntil(uint64_t deadline_ns) override;
+
+  // CpuPlatform: the local APIC's MSRs and CR8.
+  MsrResult ReadMsr(uint32_t index, uint64_t* value) override;
+  MsrResult WriteMsr(uint32_t index, uint64_t value) override;
+  uint64_t ReadCr8() override { return apic_->GetCr8(); }
+  void WriteCr8(uint64_t value) override { apic_->SetCr8(value); }
+  LocalApic& apic() { return *apic_; }
+  IoApic& ioapic() { return *ioapic_; }
 
  private:
   Machine(GuestMemory memory, const MachineConfig& config);
@@ -93,6 +107,11 @@ class Machine final : public SystemControl, public IrqSink, public InterruptSour
   class ConsolePort;
   HostClock clock_;
   I8259Pair pic_;
+  // The guest TSC as the engines read it (the host's), against clock_.
+  class GuestTscModel;
+  std::unique_ptr<GuestTscModel> tsc_model_;
+  std::unique_ptr<LocalApic> apic_;
+  std::unique_ptr<IoApic> ioapic_;
   std::unique_ptr<I8254> pit_;
   std::unique_ptr<CmosRtc> rtc_;
   uint64_t next_input_poll_ns_ = 0;

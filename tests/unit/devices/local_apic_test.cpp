@@ -657,6 +657,12 @@ TEST_F(LocalApicTest, Lint1RisingEdgeIsAnNmi) {
 
 // --- Timer ---------------------------------------------------------------------------
 
+// Nanoseconds per timer count before the divider: the bus clock is
+// LocalApic::kBusFrequencyHz (25 MHz, CPUID 0x15's crystal: 40 ns).
+constexpr uint64_t kCountNs = 1'000'000'000 / LocalApic::kBusFrequencyHz;
+static_assert(kCountNs * LocalApic::kBusFrequencyHz == 1'000'000'000,
+              "a count lasts a whole number of nanoseconds");
+
 struct Divider {
   uint32_t config;
   uint64_t divisor;
@@ -666,29 +672,32 @@ constexpr Divider kDividers[] = {{0x0, 2},  {0x1, 4},  {0x2, 8},   {0x3, 16},
                                  {0x8, 32}, {0x9, 64}, {0xa, 128}, {0xb, 1}};
 
 TEST_F(LocalApicTest, OneShotTimerWithEachDivider) {
-  // The bus clock is 1 GHz: one count every `divisor` nanoseconds.
-  EXPECT_EQ(LocalApic::kBusFrequencyHz, 1'000'000'000u);
+  // The bus clock is the 25 MHz crystal CPUID 0x15 reports (Linux takes
+  // the APIC timer's period from it): one count every `divisor` * 40 ns.
+  EXPECT_EQ(LocalApic::kBusFrequencyHz, 25'000'000u);
+  EXPECT_EQ(kCountNs, 40u);
   Enable();
   Write(kLvtTimer, 0x40);
   uint64_t t = 0;
   for (const Divider& d : kDividers) {
     SCOPED_TRACE(d.divisor);
+    const uint64_t tick = d.divisor * kCountNs;  // nanoseconds per count
     Write(kDivideConfig, d.config);
     Write(kInitialCount, 1000);
     EXPECT_EQ(Read(kInitialCount), 1000u);
     EXPECT_EQ(Read(kCurrentCount), 1000u);
-    EXPECT_EQ(NextEvent(), t + 1000 * d.divisor);
-    At(t + 500 * d.divisor);
+    EXPECT_EQ(NextEvent(), t + 1000 * tick);
+    At(t + 500 * tick);
     EXPECT_EQ(Read(kCurrentCount), 500u);
     EXPECT_FALSE(TimerFired(0x40));
-    At(t + 1000 * d.divisor - 1);
+    At(t + 1000 * tick - 1);
     EXPECT_EQ(Read(kCurrentCount), 1u);
     EXPECT_FALSE(TimerFired(0x40));
-    At(t + 1000 * d.divisor);
+    At(t + 1000 * tick);
     EXPECT_EQ(Read(kCurrentCount), 0u);
     EXPECT_TRUE(TimerFired(0x40));
     EXPECT_EQ(NextEvent(), ClockedDevice::kNever);  // one-shot: done
-    t += 3000 * d.divisor;
+    t += 3000 * tick;
     At(t);
     EXPECT_FALSE(TimerFired(0x40));
     EXPECT_EQ(Read(kCurrentCount), 0u);
@@ -704,33 +713,33 @@ TEST_F(LocalApicTest, CurrentCountDecreasesWithTime) {
   Write(kInitialCount, 0xffffffff);
   uint32_t last = Read(kCurrentCount);
   EXPECT_EQ(last, 0xffffffffu);
-  for (uint64_t ns = 16; ns <= 160'000; ns *= 10) {
-    At(ns);
+  for (uint64_t counts = 1; counts <= 10'000; counts *= 10) {
+    At(counts * 16 * kCountNs);
     const uint32_t now = Read(kCurrentCount);
     EXPECT_LT(now, last);
-    EXPECT_EQ(now, 0xffffffffu - ns / 16);
+    EXPECT_EQ(now, 0xffffffffu - counts);
     last = now;
   }
 }
 
 TEST_F(LocalApicTest, PeriodicTimerKeepsItsPhase) {
   Enable();
-  Write(kDivideConfig, 0xb);  // 1: one count per nanosecond
+  Write(kDivideConfig, 0xb);  // 1: one count per bus clock
   Write(kLvtTimer, kPeriodic | 0xef);
   Write(kInitialCount, 100);
   for (uint64_t period = 1; period <= 3; ++period) {
-    At(100 * period - 1);
+    At(100 * period * kCountNs - 1);
     EXPECT_FALSE(TimerFired(0xef));
     EXPECT_EQ(Read(kCurrentCount), 1u);
-    At(100 * period);
+    At(100 * period * kCountNs);
     EXPECT_EQ(Read(kCurrentCount), 100u);  // reloaded
     EXPECT_TRUE(TimerFired(0xef));
-    EXPECT_EQ(NextEvent(), 100 * (period + 1));
+    EXPECT_EQ(NextEvent(), 100 * (period + 1) * kCountNs);
   }
-  // Late by 20 ns: the next expiry stays on the 100 ns grid.
-  At(420);
+  // Late by 20 counts: the next expiry stays on the 100-count grid.
+  At(420 * kCountNs);
   EXPECT_TRUE(TimerFired(0xef));
-  EXPECT_EQ(NextEvent(), 500u);
+  EXPECT_EQ(NextEvent(), 500 * kCountNs);
   EXPECT_EQ(Read(kCurrentCount), 80u);
   EXPECT_EQ(apic_.missed_timer_interrupts(), 0u);
 }
@@ -740,9 +749,9 @@ TEST_F(LocalApicTest, PeriodicTimerCatchesUpWithOneInterrupt) {
   Write(kDivideConfig, 0xb);
   Write(kLvtTimer, kPeriodic | 0xef);
   Write(kInitialCount, 100);
-  At(100);
+  At(100 * kCountNs);
   EXPECT_TRUE(TimerFired(0xef));
-  At(550);  // expiries at 200, 300, 400 and 500 passed
+  At(550 * kCountNs);  // expiries at counts 200, 300, 400 and 500 passed
   EXPECT_EQ(Read(kCurrentCount), 50u);
   apic_.Update();
   EXPECT_EQ(apic_.Acknowledge(), 0xef);
@@ -750,7 +759,7 @@ TEST_F(LocalApicTest, PeriodicTimerCatchesUpWithOneInterrupt) {
   Write(kEoi, 0);
   EXPECT_EQ(apic_.missed_timer_interrupts(), 3u);
   EXPECT_EQ(apic_.timer_interrupts(), 2u);
-  EXPECT_EQ(NextEvent(), 600u);
+  EXPECT_EQ(NextEvent(), 600 * kCountNs);
 }
 
 TEST_F(LocalApicTest, RewritingTheInitialCountRestarts) {
@@ -759,16 +768,16 @@ TEST_F(LocalApicTest, RewritingTheInitialCountRestarts) {
   Write(kDivideConfig, 0xb);
   Write(kLvtTimer, kPeriodic | 0xef);
   Write(kInitialCount, 100);
-  At(60);
+  At(60 * kCountNs);
   Write(kInitialCount, 200);
   EXPECT_EQ(Read(kCurrentCount), 200u);
-  EXPECT_EQ(NextEvent(), 260u);
-  At(100);
+  EXPECT_EQ(NextEvent(), 260 * kCountNs);
+  At(100 * kCountNs);
   EXPECT_FALSE(TimerFired(0xef));
   Write(kInitialCount, 0);
   EXPECT_EQ(Read(kCurrentCount), 0u);
   EXPECT_EQ(NextEvent(), ClockedDevice::kNever);
-  At(1000);
+  At(1000 * kCountNs);
   EXPECT_FALSE(TimerFired(0xef));
 }
 
@@ -777,14 +786,16 @@ TEST_F(LocalApicTest, ChangingTheDividerKeepsTheCurrentCount) {
   Write(kDivideConfig, 0x0);  // 2
   Write(kLvtTimer, kPeriodic | 0xef);
   Write(kInitialCount, 1000);
-  At(1000);
+  const uint64_t change = 500 * 2 * kCountNs;  // 500 counts at 2
+  At(change);
   EXPECT_EQ(Read(kCurrentCount), 500u);
   Write(kDivideConfig, 0x3);  // 16
   EXPECT_EQ(Read(kCurrentCount), 500u);
-  EXPECT_EQ(NextEvent(), 1000u + 500 * 16);
-  At(1000 + 500 * 16);
+  EXPECT_EQ(NextEvent(), change + 500 * 16 * kCountNs);
+  At(change + 500 * 16 * kCountNs);
   EXPECT_TRUE(TimerFired(0xef));
-  EXPECT_EQ(NextEvent(), 1000u + 1500 * 16);  // whole periods at the new rate
+  // Whole periods at the new rate.
+  EXPECT_EQ(NextEvent(), change + 1500 * 16 * kCountNs);
 }
 
 TEST_F(LocalApicTest, MaskedTimerCountsButRaisesNothing) {
@@ -794,13 +805,13 @@ TEST_F(LocalApicTest, MaskedTimerCountsButRaisesNothing) {
   Write(kLvtTimer, kMasked | kPeriodic | 0xef);
   Write(kInitialCount, 100);
   EXPECT_EQ(NextEvent(), ClockedDevice::kNever);  // nothing to wake up for
-  At(250);
+  At(250 * kCountNs);
   EXPECT_EQ(Read(kCurrentCount), 50u);
   apic_.Update();
   EXPECT_FALSE(apic_.InterruptPending());
   Write(kLvtTimer, kPeriodic | 0xef);  // unmasked: the next expiry counts
-  EXPECT_EQ(NextEvent(), 300u);
-  At(300);
+  EXPECT_EQ(NextEvent(), 300 * kCountNs);
+  At(300 * kCountNs);
   EXPECT_TRUE(TimerFired(0xef));
   EXPECT_EQ(apic_.timer_interrupts(), 1u);
   EXPECT_EQ(apic_.missed_timer_interrupts(), 0u);
@@ -812,7 +823,7 @@ TEST_F(LocalApicTest, TprHoldsTheTimerInterruptInIrr) {
   Write(kLvtTimer, 0xef);
   Write(kInitialCount, 10);
   Write(kTpr, 0xf0);
-  At(10);
+  At(10 * kCountNs);
   apic_.Update();
   EXPECT_TRUE(Irr(0xef));
   EXPECT_FALSE(apic_.InterruptPending());
@@ -826,10 +837,10 @@ TEST_F(LocalApicTest, DueExpiryIsRaisedBeforeReprogramming) {
   Write(kDivideConfig, 0xb);
   Write(kLvtTimer, 0xef);
   Write(kInitialCount, 10);
-  At(50);                      // expired, no Update() yet
+  At(50 * kCountNs);           // expired, no Update() yet
   Write(kInitialCount, 1000);  // restart
   EXPECT_TRUE(Irr(0xef));
-  EXPECT_EQ(NextEvent(), 1050u);
+  EXPECT_EQ(NextEvent(), 1050 * kCountNs);
 }
 
 TEST_F(LocalApicTest, ChangingTheTimerModeDisarms) {
@@ -838,18 +849,18 @@ TEST_F(LocalApicTest, ChangingTheTimerModeDisarms) {
   Write(kDivideConfig, 0xb);
   Write(kLvtTimer, 0xef);
   Write(kInitialCount, 100);
-  At(50);
+  At(50 * kCountNs);
   Write(kLvtTimer, 0xee);  // same mode, new vector: keeps counting
   EXPECT_EQ(Read(kCurrentCount), 50u);
   Write(kLvtTimer, kPeriodic | 0xee);
   EXPECT_EQ(Read(kCurrentCount), 0u);
   EXPECT_EQ(NextEvent(), ClockedDevice::kNever);
-  At(200);
+  At(200 * kCountNs);
   EXPECT_FALSE(TimerFired(0xee));
   Write(kInitialCount, 100);  // Linux writes LVTT, then TMICT
-  At(300);
+  At(300 * kCountNs);
   EXPECT_TRUE(TimerFired(0xee));
-  EXPECT_EQ(NextEvent(), 400u);
+  EXPECT_EQ(NextEvent(), 400 * kCountNs);
 }
 
 // --- TSC-deadline timer ---------------------------------------------------------------

@@ -331,16 +331,16 @@ TEST_F(EmulateTest, CpuidLeaf1SignatureAndFeatures) {
   EXPECT_EQ((r.ebx >> 8) & 0xff, 8u) << "64-byte CLFLUSH line";
   EXPECT_EQ((r.ebx >> 16) & 0xff, 1u) << "one logical processor";
   EXPECT_EQ(r.ebx >> 24, 0u) << "APIC ID 0";
-  for (unsigned bit : {0u, 3u, 4u, 5u, 6u, 8u, 11u, 12u, 13u, 15u, 16u, 19u, 24u, 25u, 26u}) {
+  for (unsigned bit : {0u, 3u, 4u, 5u, 6u, 8u, 9u, 11u, 12u, 13u, 15u, 16u, 19u, 24u, 25u, 26u}) {
     EXPECT_TRUE(r.edx & (1u << bit)) << "EDX bit " << bit;
   }
-  EXPECT_FALSE(r.edx & (1u << 9)) << "no local APIC device yet";
+  EXPECT_TRUE(r.ecx & (1u << 24)) << "TSC-deadline (the local APIC timer)";
   EXPECT_FALSE(r.edx & (1u << 28)) << "no HTT";
   EXPECT_TRUE(r.ecx & (1u << 26)) << "XSAVE";
   EXPECT_TRUE(r.ecx & (1u << 31)) << "hypervisor";
-  for (unsigned bit : {3u, 5u, 17u, 21u, 24u, 28u, 29u, 30u}) {
+  for (unsigned bit : {3u, 5u, 17u, 21u, 28u, 29u, 30u}) {
     EXPECT_FALSE(r.ecx & (1u << bit)) << "ECX bit " << bit << " (MONITOR VMX PCID x2APIC "
-                                         "TSC-deadline AVX F16C RDRAND) must stay hidden";
+                                         "AVX F16C RDRAND) must stay hidden";
   }
   EXPECT_FALSE(r.ecx & (1u << 27)) << "OSXSAVE follows CR4.OSXSAVE";
   cpu_.cr4 |= cr4::kOSXSAVE;

@@ -72,6 +72,8 @@ Machine::Machine(GuestMemory memory, const MachineConfig& config)
   pit_ = std::make_unique<I8254>(IrqLine(this, I8254::kIrq), clock_);
   rtc_ = std::make_unique<CmosRtc>(IrqLine(this, 8), clock_, HostUnixTimeNs());
   i8042_ = std::make_unique<I8042>(this);
+  acpi_pm_ = std::make_unique<AcpiPm>(IrqLine(this, AcpiPm::kSciIrq), clock_, this);
+  reset_control_ = std::make_unique<ResetControl>(this);
   console_open_ = config.console_in >= 0;
 }
 
@@ -93,6 +95,8 @@ Result<std::unique_ptr<Machine>> Machine::Create(const MachineConfig& config) {
   if (s) s = m->pic_.RegisterOn(m->pio_);
   if (s) s = m->pit_->RegisterOn(m->pio_);
   if (s) s = m->rtc_->RegisterOn(m->pio_);
+  if (s) s = m->acpi_pm_->RegisterOn(m->pio_);
+  if (s) s = m->reset_control_->RegisterOn(m->pio_);
   if (s) s = m->apic_->RegisterOn(m->mmio_);
   if (s) s = m->ioapic_->RegisterOn(m->mmio_);
   if (!s) return s.error();
@@ -106,6 +110,13 @@ Result<std::unique_ptr<Machine>> Machine::Create(const MachineConfig& config) {
 
   Result<LoadedKernel> k = LoadElfKernel(config.kernel, m->memory_, &m->cpu_);
   if (!k) return k.error();
+  // The firmware's tables, where a PC BIOS keeps them (the loaders leave
+  // [kAcpiTablesBase, kAcpiTablesLimit) alone and e820 reserves it).
+  {
+    AcpiTables tables = BuildAcpiTables(kAcpiTablesBase);
+    Status w = m->memory_.Write(kAcpiTablesBase, tables.bytes);
+    if (!w) return w.error();
+  }
   auto engine = std::make_unique<BtEngine>(m->memory_, m->pio_, m->mmio_, m->stop_,
                                            m->counters_, m.get(), config.code_cache);
   engine->set_count_tlb_hits(config.stats);
@@ -185,7 +196,8 @@ bool Machine::InterruptPending() {
   uint64_t now = clock_.NowNs();
   for (ClockedDevice* d : {static_cast<ClockedDevice*>(pit_.get()),
                            static_cast<ClockedDevice*>(rtc_.get()),
-                           static_cast<ClockedDevice*>(apic_.get())}) {
+                           static_cast<ClockedDevice*>(apic_.get()),
+                           static_cast<ClockedDevice*>(acpi_pm_.get())}) {
     if (d->NextEventNs() <= now) d->Update();
   }
   // Console input for a guest that takes it by interrupt, looked at every
@@ -206,7 +218,8 @@ uint8_t Machine::AcknowledgeInterrupt() {
 }
 
 uint64_t Machine::NextDeadlineNs() {
-  return std::min({pit_->NextEventNs(), rtc_->NextEventNs(), apic_->NextEventNs()});
+  return std::min({pit_->NextEventNs(), rtc_->NextEventNs(), apic_->NextEventNs(),
+                   acpi_pm_->NextEventNs()});
 }
 
 Machine::MsrResult Machine::ReadMsr(uint32_t index, uint64_t* value) {

@@ -13,6 +13,8 @@
 #include "base/counters.h"
 #include "base/cpu_state.h"
 #include "base/result.h"
+#include "devices/acpi_pm.h"
+#include "devices/acpi_tables.h"
 #include "devices/bus.h"
 #include "devices/clock.h"
 #include "devices/cmos_rtc.h"
@@ -120,6 +122,8 @@ class Machine final : public SystemControl, public IrqSink, public InterruptSour
   std::unique_ptr<ConsolePort> console_port_;
   std::unique_ptr<DebugExit> debug_exit_;
   std::unique_ptr<I8042> i8042_;
+  std::unique_ptr<AcpiPm> acpi_pm_;
+  std::unique_ptr<ResetControl> reset_control_;
   std::unique_ptr<Engine> engine_;
 };
 

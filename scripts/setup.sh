@@ -19,7 +19,8 @@ build=${BTVM_BUILD_DIR:-$root/build}
 
 # Every dependency is a Debian package.
 packages="g++ cmake ninja-build binutils libzydis-dev libasmjit-dev libboost-dev
-          libgtest-dev libbenchmark-dev qemu-system-x86 cpio"
+          libgtest-dev libbenchmark-dev zlib1g-dev liblzma-dev liblz4-dev libzstd-dev
+          qemu-system-x86 cpio"
 missing=
 for p in $packages; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||

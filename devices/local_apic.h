@@ -42,8 +42,8 @@
 // An EOI write clears the highest ISR bit and, if that vector's TMR bit is
 // set, tells the EOI listener (the IOAPIC) the vector (§11.8.5).
 //
-// Timer (§11.5.4): the bus clock is kBusFrequencyHz = 25 MHz (one count per
-// 40 ns before the divider), the core crystal clock CPUID leaf 0x15
+// Timer (§11.5.4): the bus clock is kBusFrequencyHz = 1 MHz (one count per
+// 1000 ns before the divider), the core crystal clock CPUID leaf 0x15
 // reports: Linux takes the APIC timer's period from that crystal, so the
 // timer must tick at its rate. The divide configuration register divides it
 // by 1-128. Nothing ticks: the current count and the next expiry are
@@ -194,7 +194,7 @@ class LocalApic final : public MmioDevice, public ClockedDevice, public ApicSink
   // The timer's input clock before the divider: what CPUID leaf 0x15 (core
   // crystal clock, which Linux takes as the APIC timer's rate) or a
   // hypervisor timing leaf must report if the machine reports one.
-  static constexpr uint64_t kBusFrequencyHz = 25'000'000;
+  static constexpr uint64_t kBusFrequencyHz = 1'000'000;
   static constexpr uint32_t kVersion = 0x00050014;
   static constexpr unsigned kDefaultPhysAddrBits = 40;
 

@@ -111,10 +111,13 @@ void SetZf(CpuState& cpu, bool zf) {
 //   should prefer movsq over movsb).
 // - XSAVE covers x87 and SSE only: XCR0 is 1 or 3, leaf 0xd reports a
 //   576-byte area and no XSAVEOPT/XSAVEC/XGETBV1/XSAVES.
-// - TSC: leaf 0x15 reports a 25 MHz crystal and the ratio that makes the
-//   host TSC frequency exact to the kHz; leaf 0x16 the same in MHz. Linux
-//   then skips calibration and takes the local APIC timer period from the
-//   crystal: a local APIC timer added later must tick at 25 MHz.
+// - TSC: leaf 0x15 reports a 1 MHz crystal and the ratio (kHz / 1000) that
+//   makes the host TSC frequency exact to the kHz; leaf 0x16 the same in
+//   MHz. Linux then skips calibration and takes the local APIC timer
+//   period from the crystal, so the local APIC timer ticks at 1 MHz
+//   (LocalApic::kBusFrequencyHz). Linux multiplies crystal kHz by the
+//   numerator in 32 bits (native_calibrate_tsc()): with a 25 MHz crystal
+//   the product overflowed and a 2.4 GHz TSC came out as 40 MHz.
 // - IA32_ARCH_CAPABILITIES reports RDCL_NO: a guest user-mode access goes
 //   through the user soft TLB (bt) or the child's address space (direct),
 //   neither of which ever holds a supervisor-only page, so a rogue data
@@ -127,7 +130,7 @@ constexpr uint32_t kMaxBasicLeaf = 0x16;
 constexpr uint32_t kMaxExtendedLeaf = 0x80000008;
 constexpr uint32_t kHypervisorLeaf = 0x40000000;
 constexpr uint32_t kSignature = 0x000606a6;  // family 6, model 0x6a, stepping 6
-constexpr uint32_t kCrystalHz = 25'000'000;
+constexpr uint32_t kCrystalHz = 1'000'000;
 constexpr unsigned kVirtAddrBits = 48;
 
 namespace misc_enable {  // IA32_MISC_ENABLE (SDM Vol. 4 Table 2-2)
@@ -314,11 +317,18 @@ CpuidResult VirtualCpuid(const CpuState& cpu, uint32_t leaf, uint32_t sub) {
         r.ecx = kXsaveAreaSize;
       }
       break;
-    case 0x15:
-      r.eax = kCrystalHz / 1000;
-      r.ebx = static_cast<uint32_t>(HostTscKhz());
+    case 0x15: {
+      // TSC = crystal * EBX / EAX, with crystal kHz * EBX below 2^32.
+      uint64_t num = HostTscKhz(), den = 1000;
+      while (num * (kCrystalHz / 1000) > UINT32_MAX && den > 1) {
+        num /= 2;
+        den /= 2;
+      }
+      r.eax = static_cast<uint32_t>(den);
+      r.ebx = static_cast<uint32_t>(num);
       r.ecx = kCrystalHz;
       break;
+    }
     case 0x16: {
       uint32_t mhz = static_cast<uint32_t>(HostTscKhz() / 1000);
       r.eax = mhz;  // base

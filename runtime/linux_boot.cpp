@@ -295,6 +295,13 @@ bool Reserved(const E820Entry& e) {
 
 }  // namespace
 
+bool IsBzImage(std::span<const uint8_t> image) {
+  if (image.size() < zp::kHeader + 4) return false;
+  uint32_t magic;
+  std::memcpy(&magic, image.data() + zp::kHeader, 4);
+  return magic == kHdrSMagic;
+}
+
 Result<BzImage> ParseBzImage(std::span<const uint8_t> image) {
   const uint64_t size = image.size();
   if (size < zp::kHeader + 4) {

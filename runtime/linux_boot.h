@@ -196,6 +196,10 @@ struct BzImage {
   uint32_t payload_length = 0;
 };
 
+// Whether `image` claims to be a bzImage (the "HdrS" signature at 0x202);
+// ParseBzImage says whether it is a good one.
+bool IsBzImage(std::span<const uint8_t> image);
+
 // Validates a bzImage's setup header against the file (not against guest
 // RAM): one line naming the first problem. Never reads outside `image`.
 Result<BzImage> ParseBzImage(std::span<const uint8_t> image);

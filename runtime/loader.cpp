@@ -317,8 +317,8 @@ SegmentReg FlatSegment(uint16_t selector, uint16_t attrib) {
 
 }  // namespace
 
-Result<std::vector<uint8_t>> ReadKernelFile(const std::string& path) {
-  const std::string quoted = "kernel '" + path + "'";
+Result<std::vector<uint8_t>> ReadKernelFile(const std::string& path, std::string_view what) {
+  const std::string quoted = std::string(what) + " '" + path + "'";
   const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return MakeError("cannot open " + quoted + ": " + std::strerror(errno));
   struct Closer {
@@ -329,7 +329,7 @@ Result<std::vector<uint8_t>> ReadKernelFile(const std::string& path) {
   struct stat st;
   if (fstat(fd, &st) != 0) return MakeError("cannot stat " + quoted + ": " + std::strerror(errno));
   if (S_ISDIR(st.st_mode)) return MakeError(quoted + " is a directory");
-  const std::string too_large = quoted + " is larger than 1 GiB: not a kernel btvm can load";
+  const std::string too_large = quoted + " is larger than 1 GiB: not a file btvm can load";
   if (S_ISREG(st.st_mode) && static_cast<uint64_t>(st.st_size) > kMaxKernelFileSize) {
     return MakeError(too_large);
   }

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "base/cpu_state.h"
@@ -84,7 +85,8 @@ inline constexpr uint32_t kBtvmNoteEntry64 = 0x4254;  // BTVM_NOTE_ENTRY64
 
 // Reads a whole kernel file. Errors are one line naming the path: cannot
 // open, a directory, empty, or larger than any guest RAM could hold.
-Result<std::vector<uint8_t>> ReadKernelFile(const std::string& path);
+Result<std::vector<uint8_t>> ReadKernelFile(const std::string& path,
+                                           std::string_view what = "kernel");
 
 struct LoadedKernel {
   GuestPhys entry;    // the 64-bit entry from the btvm note

@@ -108,8 +108,21 @@ Result<std::unique_ptr<Machine>> Machine::Create(const MachineConfig& config) {
     m->rtc_->SetMemorySize(below, above);
   }
 
-  Result<LoadedKernel> k = LoadElfKernel(config.kernel, m->memory_, &m->cpu_);
-  if (!k) return k.error();
+  if (IsBzImage(config.kernel)) {
+    LinuxBootConfig boot;
+    boot.entry = config.linux_entry;
+    boot.acpi_rsdp = kAcpiRsdpAddress;
+    Result<LinuxBootInfo> info = LoadLinux(config.kernel, config.initrd, config.cmdline, boot,
+                                           m->memory_, &m->cpu_);
+    if (!info) return info.error();
+    m->linux_boot_ = std::move(info.value());
+  } else {
+    if (!config.initrd.empty() || !config.cmdline.empty()) {
+      return MakeError("--initrd and --append are for Linux kernels (bzImage files)");
+    }
+    Result<LoadedKernel> k = LoadElfKernel(config.kernel, m->memory_, &m->cpu_);
+    if (!k) return k.error();
+  }
   // The firmware's tables, where a PC BIOS keeps them (the loaders leave
   // [kAcpiTablesBase, kAcpiTablesLimit) alone and e820 reserves it).
   {
@@ -127,6 +140,7 @@ Result<std::unique_ptr<Machine>> Machine::Create(const MachineConfig& config) {
 
 void Machine::PollConsoleInput() {
   if (!console_open_) return;
+  std::fflush(config_.console_out);  // what the guest printed before it reads
   while (uart_->CanReceive()) {
     pollfd p{config_.console_in, POLLIN, 0};
     if (poll(&p, 1, 0) <= 0 || !(p.revents & (POLLIN | POLLHUP))) return;
@@ -248,6 +262,8 @@ Machine::MsrResult Machine::WriteMsr(uint32_t index, uint64_t value) {
 }
 
 void Machine::WaitUntil(uint64_t deadline_ns) {
+  // An idle guest may wait for input after a prompt that ends no line.
+  std::fflush(config_.console_out);
   uint64_t now = clock_.NowNs();
   if (deadline_ns <= now) return;
   uint64_t wait_ms = (deadline_ns - now + 999'999) / 1'000'000;

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -29,13 +30,19 @@
 #include "runtime/console.h"
 #include "runtime/emulate.h"
 #include "runtime/engine.h"
+#include "runtime/linux_boot.h"
 
 namespace btvm {
 
 struct MachineConfig {
   uint64_t memory = MiB(128);
   std::string engine = "bt";
-  std::vector<uint8_t> kernel;  // an ELF64 image per docs/entry-contract.md
+  // An ELF64 image per docs/entry-contract.md, or a Linux bzImage (the
+  // boot protocol, runtime/linux_boot.h) with `initrd` and `cmdline`.
+  std::vector<uint8_t> kernel;
+  std::vector<uint8_t> initrd;
+  std::string cmdline;
+  KernelEntry linux_entry = KernelEntry::kDecompressed;
   int console_in = 0;           // fd read for COM1 input (-1: none)
   std::FILE* console_out = stdout;
   uint64_t code_cache = uint64_t{64} << 20;  // bytes of translated code before a flush
@@ -62,6 +69,8 @@ class Machine final : public SystemControl, public IrqSink, public InterruptSour
   GuestMemory& memory() { return memory_; }
   PioBus& pio() { return pio_; }
   const Engine& engine() const { return *engine_; }
+  // Where a Linux kernel was loaded (absent for an ELF test kernel).
+  const std::optional<LinuxBootInfo>& linux_boot() const { return linux_boot_; }
 
   // SystemControl
   void RequestExit(int status) override;
@@ -125,6 +134,7 @@ class Machine final : public SystemControl, public IrqSink, public InterruptSour
   std::unique_ptr<AcpiPm> acpi_pm_;
   std::unique_ptr<ResetControl> reset_control_;
   std::unique_ptr<Engine> engine_;
+  std::optional<LinuxBootInfo> linux_boot_;
 };
 
 // The built-in default guest (tests/guest/default.c), linked into btvm.

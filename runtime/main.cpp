@@ -1,8 +1,13 @@
-// btvm's command line: `btvm run [--engine bt] [--memory SIZE] [--kernel FILE] [--code-cache SIZE] [--stats]`.
+// btvm's command line: `btvm run [--engine bt] [--memory SIZE] [--kernel FILE]
+// [--initrd FILE] [--append TEXT] [--decompress host|guest] [--demo]
+// [--code-cache SIZE] [--stats]`.
 // Exit status: the guest's, as QEMU gives it ((v << 1) | 1 for a write of v
 // to isa-debug-exit; 0 for a guest reset or power-off); 2 for a bad command
 // line; 125 when btvm cannot run the guest (bad kernel file, an instruction
 // btvm does not support yet, a triple fault, a halt nothing can end).
+
+#include <limits.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstdio>
@@ -12,6 +17,7 @@
 #include <string_view>
 
 #include "runtime/console.h"
+#include "runtime/linux_boot.h"
 #include "runtime/loader.h"
 #include "runtime/machine.h"
 
@@ -25,18 +31,42 @@ constexpr uint64_t kMaxCodeCache = uint64_t{1} << 30;
 
 void PrintUsage(std::FILE* out) {
   std::fputs(
-      "usage: btvm run [--engine bt] [--memory SIZE] [--kernel FILE] [--code-cache SIZE]\n"
-      "                [--stats]\n"
+      "usage: btvm run [--engine bt] [--memory SIZE] [--kernel FILE] [--initrd FILE]\n"
+      "                [--append TEXT] [--decompress host|guest] [--demo]\n"
+      "                [--code-cache SIZE] [--stats]\n"
       "\n"
       "  --engine bt      translate every guest instruction (the only engine so far)\n"
       "  --memory SIZE    guest RAM: a number of MiB, or with a suffix K, M, G\n"
       "                   (2M to 64G; default 128M)\n"
-      "  --kernel FILE    an ELF64 guest kernel with a btvm entry note\n"
-      "                   (docs/entry-contract.md); default: the built-in guest\n"
+      "  --kernel FILE    a Linux bzImage, or an ELF64 guest kernel with a btvm\n"
+      "                   entry note (docs/entry-contract.md)\n"
+      "  --initrd FILE    Linux: an initramfs\n"
+      "  --append TEXT    Linux: the kernel command line (default \"console=ttyS0\")\n"
+      "  --decompress host|guest  Linux: decompress the kernel on the host and enter\n"
+      "                   it directly (default), or boot through its own decompressor\n"
+      "  --demo           the built-in demo guest\n"
       "  --code-cache SIZE  translated-code cache, flushed whole when full\n"
       "                   (64K to 1G; default 64M)\n"
-      "  --stats          print counters to stderr when the run ends\n",
+      "  --stats          print counters to stderr when the run ends\n"
+      "\n"
+      "Without --kernel: the Linux guest image if it has been built (the\n"
+      "guest-image target, next to this binary's build), else the demo guest.\n"
+      "The console is COM1 on the terminal; C-a x quits, C-a h lists the escapes.\n",
       out);
+}
+
+// The guest image the guest-image target builds (build/guest-image, this
+// binary being build/runtime/btvm), if it is there.
+bool FindGuestImage(std::string* kernel, std::string* initrd) {
+  char exe[PATH_MAX];
+  ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+  if (n <= 0) return false;
+  std::string dir(exe, static_cast<size_t>(n));
+  dir = dir.substr(0, dir.rfind('/'));
+  dir = dir.substr(0, dir.rfind('/')) + "/guest-image/";
+  *kernel = dir + "vmlinuz-cloud";
+  *initrd = dir + "initramfs.cpio.gz";
+  return access(kernel->c_str(), R_OK) == 0 && access(initrd->c_str(), R_OK) == 0;
 }
 
 int Fail(int code, const std::string& message) {
@@ -74,8 +104,8 @@ Result<uint64_t> ParseSize(std::string_view text, std::string_view what) {
 
 int Run(int argc, char** argv) {
   MachineConfig config;
-  std::string kernel_path;
-  bool stats = false;
+  std::string kernel_path, initrd_path;
+  bool stats = false, demo = false, have_append = false;
   for (int i = 2; i < argc; ++i) {
     std::string_view arg = argv[i];
     auto value = [&](const char* name) -> const char* {
@@ -83,7 +113,8 @@ int Run(int argc, char** argv) {
       (void)name;
       return argv[++i];
     };
-    if (arg == "--engine" || arg == "--memory" || arg == "--kernel" || arg == "--code-cache") {
+    if (arg == "--engine" || arg == "--memory" || arg == "--kernel" || arg == "--code-cache" ||
+        arg == "--initrd" || arg == "--append" || arg == "--decompress") {
       const char* v = value(argv[i]);
       if (!v) return Fail(kUsageError, std::string(arg) + " needs a value");
       if (arg == "--engine") {
@@ -103,9 +134,24 @@ int Run(int argc, char** argv) {
                                        "' is outside 64K to 1G");
         }
         config.code_cache = size.value();
+      } else if (arg == "--initrd") {
+        initrd_path = v;
+      } else if (arg == "--append") {
+        config.cmdline = v;
+        have_append = true;
+      } else if (arg == "--decompress") {
+        if (std::string_view(v) == "host") {
+          config.linux_entry = KernelEntry::kDecompressed;
+        } else if (std::string_view(v) == "guest") {
+          config.linux_entry = KernelEntry::kBzImage;
+        } else {
+          return Fail(kUsageError, "--decompress takes host or guest, not '" + std::string(v) + "'");
+        }
       } else {
         kernel_path = v;
       }
+    } else if (arg == "--demo") {
+      demo = true;
     } else if (arg == "--stats") {
       stats = true;
       config.stats = true;
@@ -117,13 +163,29 @@ int Run(int argc, char** argv) {
     }
   }
 
+  if (demo && !kernel_path.empty()) return Fail(kUsageError, "--demo and --kernel exclude each other");
+  if (kernel_path.empty() && !demo && initrd_path.empty() &&
+      FindGuestImage(&kernel_path, &initrd_path) && !have_append) {
+    config.cmdline = "console=ttyS0";
+  }
   if (kernel_path.empty()) {
+    if (!initrd_path.empty() || have_append) {
+      return Fail(kUsageError, "--initrd and --append need a Linux --kernel");
+    }
     std::span<const uint8_t> image = DefaultGuestImage();
     config.kernel.assign(image.begin(), image.end());
   } else {
     Result<std::vector<uint8_t>> file = ReadKernelFile(kernel_path);
     if (!file) return Fail(kRunError, file.error().message);
     config.kernel = std::move(file.value());
+  }
+  if (!initrd_path.empty()) {
+    Result<std::vector<uint8_t>> file = ReadKernelFile(initrd_path, "initrd");
+    if (!file) return Fail(kRunError, file.error().message);
+    config.initrd = std::move(file.value());
+  }
+  if (IsBzImage(config.kernel) && !have_append && config.cmdline.empty()) {
+    config.cmdline = "console=ttyS0";
   }
 
   Result<std::unique_ptr<Machine>> machine = Machine::Create(config);

@@ -70,7 +70,11 @@ Machine::Machine(GuestMemory memory, const MachineConfig& config)
   console_port_ = std::make_unique<ConsolePort>(*this, *uart_);
   debug_exit_ = std::make_unique<DebugExit>(this);
   pit_ = std::make_unique<I8254>(IrqLine(this, I8254::kIrq), clock_);
-  rtc_ = std::make_unique<CmosRtc>(IrqLine(this, 8), clock_, HostUnixTimeNs());
+  // The RTC runs half a second ahead of the host: an OS that sets its clock
+  // from the RTC's whole seconds at boot (Linux's hctosys) then starts
+  // within half a second of the host's time instead of up to a second
+  // behind it.
+  rtc_ = std::make_unique<CmosRtc>(IrqLine(this, 8), clock_, HostUnixTimeNs() + 500'000'000);
   i8042_ = std::make_unique<I8042>(this);
   acpi_pm_ = std::make_unique<AcpiPm>(IrqLine(this, AcpiPm::kSciIrq), clock_, this);
   reset_control_ = std::make_unique<ResetControl>(this);

@@ -1,10 +1,11 @@
 #!/bin/sh
 # btvm's set-up: installs what is missing (Debian 12, as root), builds, and
-# then either boots the default guest (`run`) or runs the whole test suite
-# (`test`). Idempotent: a second run installs nothing and rebuilds only what
-# changed.
+# builds the Linux guest image (Debian's kernels and a busybox initramfs,
+# fetched with apt-get download), then either boots it (`run`) or runs the
+# whole test suite (`test`). Idempotent: a second run installs nothing and
+# rebuilds only what changed.
 #
-#   scripts/setup.sh run     install, build, boot the default guest
+#   scripts/setup.sh run     install, build, boot the Linux guest to a shell
 #   scripts/setup.sh test    install, build, run every test (ctest)
 set -eu
 
@@ -20,7 +21,7 @@ build=${BTVM_BUILD_DIR:-$root/build}
 # Every dependency is a Debian package.
 packages="g++ cmake ninja-build binutils libzydis-dev libasmjit-dev libboost-dev
           libgtest-dev libbenchmark-dev zlib1g-dev liblzma-dev liblz4-dev libzstd-dev
-          qemu-system-x86 cpio"
+          qemu-system-x86 cpio python3"
 missing=
 for p in $packages; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||
@@ -38,6 +39,7 @@ fi
 
 cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build "$build"
+cmake --build "$build" --target guest-image
 
 if [ "$mode" = run ]; then
   exec "$build/runtime/btvm" run

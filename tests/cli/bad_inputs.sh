@@ -54,6 +54,17 @@ expect_error "unknown engine" run --engine qemu
 expect_error "missing value" run --kernel
 expect_error "unknown flag" run --frobnicate
 expect_error "unknown command" fly
+# Linux kernels: a file with the bzImage signature and nothing else, a
+# bzImage whose protected-mode part is cut off, flags that need one.
+head -c 1024 /dev/zero >"$tmp/hdrs"
+printf 'HdrS' | dd of="$tmp/hdrs" bs=1 seek=514 conv=notrunc 2>/dev/null
+expect_error "bzImage with a bare header" run --kernel "$tmp/hdrs"
+expect_error "initrd for an ELF kernel" run --kernel "$good" --initrd "$good"
+expect_error "append for an ELF kernel" run --kernel "$good" --append "console=ttyS0"
+expect_error "initrd without a kernel" run --demo --initrd "$good"
+expect_error "missing initrd" run --kernel "$tmp/hdrs" --initrd "$tmp/does-not-exist"
+expect_error "bad --decompress" run --decompress maybe
+expect_error "--demo with --kernel" run --demo --kernel "$good"
 
 echo "$passes passed, $failures failed"
 [ "$failures" -eq 0 ]

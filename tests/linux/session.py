@@ -4,13 +4,17 @@ have it: boot, wait for the shell prompt, run each command and wait for the
 prompt again, then end the run with a command that powers off or reboots.
 
   session.py [--timeout S] [--log FILE] [--expect-status N] [--forbid RE]...
-             [--step 'COMMAND' 'REGEX']... -- GUEST-COMMAND...
+             [--date-after S] [--step 'COMMAND' 'REGEX']... -- GUEST-COMMAND...
 
 Each --step's REGEX must match the output of COMMAND (up to the next
 prompt). The last step's command is expected to end the guest (no prompt
 follows); the run must then end with --expect-status. --forbid REGEXes must
 not appear anywhere in the console output (the boot log included). Prints
 the time from launch to the first prompt ("boot: N.NN s to the prompt").
+--date-after S: once the prompt is there, waits until the guest has been up
+S seconds (by its /proc/uptime), then checks that its clock agrees with the
+host's within a second: busybox's date prints whole seconds only, so the
+guest prints it right after its second has ticked over.
 Exit status 0 when everything holds.
 """
 import argparse
@@ -22,6 +26,9 @@ import sys
 import time
 
 PROMPT = b"btvm# "
+# Lines a clean Linux boot does not print (the boot issue's acceptance).
+LINUX_ERRORS = ["Kernel panic", "Oops", "BUG:", "WARNING:", "Call Trace", "Unable to calibrate",
+                "Marking TSC unstable", "soft lockup"]
 
 
 def main():
@@ -30,6 +37,9 @@ def main():
     ap.add_argument("--log")
     ap.add_argument("--expect-status", type=int, default=0)
     ap.add_argument("--forbid", action="append", default=[])
+    ap.add_argument("--forbid-linux-errors", action="store_true",
+                    help="forbid what a clean Linux boot never prints: " + ", ".join(LINUX_ERRORS))
+    ap.add_argument("--date-after", type=float, default=0)
     ap.add_argument("--step", nargs=2, action="append", default=[], metavar=("COMMAND", "REGEX"))
     ap.add_argument("command", nargs="+")
     args = ap.parse_args()
@@ -65,6 +75,27 @@ def main():
         failures.append("no shell prompt")
     else:
         print("boot: %.2f s to the prompt" % (time.monotonic() - start), flush=True)
+        if args.date_after:
+            cmd = ("read up idle < /proc/uptime; sleep $(( %d - ${up%%.*} )); "
+                   "t=$(date +%%s); while [ $(date +%%s) = $t ]; do :; done; "
+                   "cat /proc/uptime; date +%%s\n" % int(args.date_after + 1))
+            proc.stdin.write(cmd.encode())
+            proc.stdin.flush()
+            text = read_until(PROMPT, deadline)
+            host = time.time()
+            m = re.findall(r"^(\d+\.\d+) \d+\.\d+\s*$\s*^(\d+)\s*$",
+                           (text or b"").decode(errors="replace"), re.M)
+            if not m:
+                failures.append("no uptime and date from the guest: %r" % text)
+            else:
+                uptime, guest = float(m[-1][0]), float(m[-1][1])
+                skew = guest - host
+                line = "date after %.1f s of uptime: guest %.3f, host %.3f, %+.3f s" % (
+                    uptime, guest, host, skew)
+                if uptime < args.date_after or abs(skew) > 1.0:
+                    failures.append(line)
+                else:
+                    print("PASS: " + line, flush=True)
         for n, (command, regex) in enumerate(args.step):
             last = n == len(args.step) - 1
             proc.stdin.write(command.encode() + b"\n")
@@ -100,6 +131,8 @@ def main():
     if status is not None and status != args.expect_status:
         failures.append("exit status %s, expected %d" % (status, args.expect_status))
     text = out.decode(errors="replace")
+    if args.forbid_linux_errors:
+        args.forbid += [re.escape(e) for e in LINUX_ERRORS]
     for regex in args.forbid:
         for m in re.finditer(regex, text, re.M):
             line = text[text.rfind("\n", 0, m.start()) + 1:text.find("\n", m.end())]

@@ -26,6 +26,8 @@ namespace btvm {
   X(cache_flushes, "code-cache flushes")                              \
   X(chain_links, "direct exits chained block to block")               \
   X(exits_to_runtime, "exits from translated code to the runtime")   \
+  X(exits_unlinked, "  to a block a direct exit could not link to")  \
+  X(exits_lookup, "  to a block no inline lookup found")             \
   X(smc_stores, "stores into translated code (block invalidated)")    \
   X(single_blocks, "one-instruction blocks (TF, shadows, SMC)")       \
   X(host_faults, "host faults mapped to guest exceptions")            \

@@ -75,6 +75,7 @@ struct MsrState {
   uint64_t sysenter_cs = 0, sysenter_esp = 0, sysenter_eip = 0;
   uint64_t tsc_aux = 0;
   uint64_t tsc_offset = 0;  // guest TSC = host-derived TSC + offset
+  uint64_t tsc_adjust = 0;  // IA32_TSC_ADJUST: the sum of the guest's changes to its TSC
   uint64_t tsc_deadline = 0;
   uint64_t apic_base = 0xfee00900;  // BSP, xAPIC enabled, at the default base
   uint64_t pat = 0x0007040600070406ull;  // power-on value (SDM Vol. 3 §11.12.4)

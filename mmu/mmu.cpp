@@ -38,7 +38,8 @@ Mmu::Lookup Mmu::Translate(const CpuState& cpu, GuestVirt addr, Access access, M
   // A soft-TLB hit: the walk already checked this access and set A (and D
   // for a write).
   {
-    const TlbEntry& e = tlbs_[index].entries[SoftTlb::Index(addr.value)];
+    const unsigned slot = SoftTlb::Index(addr.value);
+    const TlbEntry& e = tlbs_[index].entries[slot];
     uint64_t tag = access == Access::kWrite   ? e.write_tag
                    : access == Access::kFetch ? e.fetch_tag
                                               : e.read_tag;
@@ -48,6 +49,7 @@ Mmu::Lookup Mmu::Translate(const CpuState& cpu, GuestVirt addr, Access access, M
       out.kind = Lookup::kRam;
       out.phys = page + addr.PageOffset();
       out.host = reinterpret_cast<uint8_t*>(e.host_page) + addr.PageOffset();
+      out.global = tlbs_[index].global[slot];
       return out;
     }
   }
@@ -70,6 +72,7 @@ Mmu::Lookup Mmu::Translate(const CpuState& cpu, GuestVirt addr, Access access, M
   }
   out.kind = Lookup::kRam;
   out.host = page + out.phys.PageOffset();
+  out.global = w.translation.global && (cpu.cr4 & cr4::kPGE);
 
   // Fill the TLB. A kernel access to a user page under SMAP depends on
   // RFLAGS.AC, which the inline probe does not see: such pages stay slow.
@@ -87,6 +90,7 @@ Mmu::Lookup Mmu::Translate(const CpuState& cpu, GuestVirt addr, Access access, M
     e.write_tag = vpage;
   }
   if (w.translation.executable) e.fetch_tag = vpage;
+  tlbs_[index].global[i] = out.global;
   return out;
 }
 
@@ -149,10 +153,16 @@ bool Mmu::WriteVirt(const CpuState& cpu, GuestVirt addr, const void* in, uint64_
   return true;
 }
 
-void Mmu::FlushTlb() {
+void Mmu::FlushTlb(Flush kind) {
   ++flushes;
-  for (unsigned i = 0; i < kMmuCount; ++i) tlbs_[i].Flush();
-  if (observer_) observer_->OnTlbFlush();
+  for (unsigned i = 0; i < kMmuCount; ++i) {
+    if (kind == Flush::kNonGlobal) {
+      tlbs_[i].FlushNonGlobal();
+    } else {
+      tlbs_[i].Flush();
+    }
+  }
+  if (observer_) observer_->OnTlbFlush(kind == Flush::kNonGlobal);
 }
 
 void Mmu::FlushPage(GuestVirt addr) {

@@ -34,7 +34,8 @@ inline PagingMode PagingModeOf(const CpuState& cpu, bool user) {
 class MmuObserver {
  public:
   virtual ~MmuObserver() = default;
-  virtual void OnTlbFlush() = 0;                  // every translation dropped
+  // Every translation dropped, or (keep_global) all but those of global pages.
+  virtual void OnTlbFlush(bool keep_global) = 0;
   virtual void OnTlbFlushPage(GuestVirt page) = 0;  // one page's translation dropped
   // The runtime (not translated code) wrote [addr, addr+size) of a page
   // that holds translated code.
@@ -52,6 +53,7 @@ class Mmu {
     uint8_t* host = nullptr;  // kRam: host address of the byte
     GuestPhys phys;           // kRam, kMmio
     GuestException fault;     // kFault
+    bool global = false;      // kRam: a global page (PTE.G, CR4.PGE): kept across CR3 writes
   };
 
   // Translates one access that does not cross a page, filling the TLB of
@@ -68,7 +70,10 @@ class Mmu {
   void ReadMmio(GuestPhys phys, uint8_t* dst, uint64_t size);
   void WriteMmio(GuestPhys phys, const uint8_t* src, uint64_t size);
 
-  void FlushTlb();
+  // kAll: every translation (CR4 and CR0 paging changes, EFER.NXE); kNonGlobal:
+  // all but those of global pages (a CR3 write with CR4.PGE set).
+  enum class Flush : uint8_t { kAll, kNonGlobal };
+  void FlushTlb(Flush kind = Flush::kAll);
   void FlushPage(GuestVirt addr);
 
   // Pages holding translated code are write-tracked: no soft-TLB entry lets

@@ -106,6 +106,7 @@ WalkOutcome WalkPageTables(GuestMemory& memory, const PagingMode& mode, GuestVir
   out.translation.dirty = leaf_value & kD;
   out.translation.user = user_ok;
   out.translation.executable = exec_ok;
+  out.translation.global = leaf_value & (1ull << 8);  // G (SDM Vol. 3 §4.10.2.4)
   out.translation.writable =
       mode.user ? (user_ok && write_ok) : (write_ok || !wp);
   return out;

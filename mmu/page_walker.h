@@ -32,6 +32,7 @@ struct Translation {
   bool dirty = false;     // the leaf entry's D bit is set (after this walk)
   bool user = false;      // the page is user-accessible
   bool executable = false;
+  bool global = false;    // the leaf entry's G bit (it counts only with CR4.PGE)
 };
 
 struct WalkOutcome {

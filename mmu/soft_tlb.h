@@ -27,6 +27,9 @@ struct SoftTlb {
   static constexpr unsigned kEntries = 1u << kBits;
 
   TlbEntry entries[kEntries];
+  // Entries for global pages (PTE.G with CR4.PGE): a CR3 write keeps them
+  // (SDM Vol. 3 §4.10.4.1). Not read by translated code.
+  bool global[kEntries];
 
   SoftTlb() { Flush(); }
 
@@ -37,9 +40,15 @@ struct SoftTlb {
   void Invalidate(unsigned index) {
     uint64_t t = InvalidTag(index);
     entries[index] = {t, t, 0, t};
+    global[index] = false;
   }
   void Flush() {
     for (unsigned i = 0; i < kEntries; ++i) Invalidate(i);
+  }
+  void FlushNonGlobal() {
+    for (unsigned i = 0; i < kEntries; ++i) {
+      if (!global[i]) Invalidate(i);
+    }
   }
   void FlushPage(GuestVirt page) { Invalidate(Index(page.value)); }
 

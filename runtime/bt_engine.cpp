@@ -227,6 +227,7 @@ bool BtEngine::FetchBlock(bool single, bool plain_stack, Block** block, EngineEx
     }
     flags |= kBlockCompat;
   }
+  if (index == kMmuKernel && where.global) flags |= kBlockGlobal;
   const BlockKey key{c.rip, where.phys.value, index, flags};
   const auto phys_of = [&](uint64_t vpage) -> uint64_t {
     Mmu::Lookup l = mmu_.Translate(c, GuestVirt(vpage), Access::kFetch, index);
@@ -293,6 +294,7 @@ EngineExit BtEngine::Run(CpuState& cpu) {
   uint32_t link_exit = 0;
   uint64_t link_epoch = 0;
   bool store_alone = false;  // the next instruction stored into code: run it alone
+  bool after_block = false;  // a block just left for the next one (for the exit counters)
   check_irq_ = true;
 
   while (!stop_.load(std::memory_order_relaxed)) {
@@ -328,7 +330,12 @@ EngineExit BtEngine::Run(CpuState& cpu) {
         CodeCache::CanLink(*link_from, link_exit, *b)) {
       cache_.Link(link_from, link_exit, b);
       ++counters_.chain_links;
+    } else if (link_from) {
+      ++counters_.exits_unlinked;
+    } else if (after_block) {
+      ++counters_.exits_lookup;
     }
+    after_block = false;
     link_from = nullptr;
     cache_.RememberLookup(*b);
 
@@ -342,6 +349,7 @@ EngineExit BtEngine::Run(CpuState& cpu) {
     // guest RAM.
     cache_.Enter(&ctx, b->code);
     ++counters_.exits_to_runtime;
+    after_block = ctx.exit_reason == BlockExit::kNext;
     c.rflags = (c.rflags & ~kHostFlags) | (ctx.host_flags & kHostFlags) | rflags::kFixed1;
     switch (ctx.exit_reason) {
       case BlockExit::kNext:

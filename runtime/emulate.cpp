@@ -95,9 +95,11 @@ void SetZf(CpuState& cpu, bool zf) {
 //   EBX, leaf 4 and leaf 0xb describe 1 thread, 1 core, APIC ID 0. Address
 //   sizes 40 physical / 48 virtual (0x80000008), as the MMU walks.
 // - System features are btvm's own and the same on every host: the runtime
-//   implements them. FPU, DE, PSE, TSC, MSR, PAE, CX8, SEP, MTRR, PGE, CMOV,
-//   PAT, CLFSH, MMX, FXSR, SSE, SSE2, XSAVE (+OSXSAVE as CR4 says),
-//   FSGSBASE, SMEP, CLFLUSHOPT, RDPID, SYSCALL, NX, 1 GiB pages, RDTSCP, LM,
+//   implements them. FPU, DE, PSE, TSC, MSR, PAE, CX8, APIC, SEP, MTRR, PGE,
+//   CMOV, PAT, CLFSH, MMX, FXSR, SSE, SSE2, TSC-deadline, XSAVE (+OSXSAVE as
+//   CR4 says), FSGSBASE, TSC_ADJUST, SMEP, CLFLUSHOPT, RDPID, SERIALIZE (translated as
+//   nothing: a direct-execution engine must not run it natively on a host
+//   without it), SYSCALL, NX, 1 GiB pages, RDTSCP, LM,
 //   IA32_ARCH_CAPABILITIES, and the hypervisor bit.
 // - ISA extensions run natively under ident translation, so they are the
 //   ones btvm translates, intersected with the host's: SSE3, PCLMULQDQ,
@@ -292,11 +294,16 @@ CpuidResult VirtualCpuid(const CpuState& cpu, uint32_t leaf, uint32_t sub) {
       break;
     case 7:
       if (sub == 0) {
-        // EBX: FSGSBASE, SMEP, FPU CS/DS deprecated (fxsave/xsave store
-        // them as zero), CLFLUSHOPT. ECX: RDPID. EDX: ARCH_CAPABILITIES.
-        r.ebx = Bit(0) | Bit(7) | Bit(13) | Bit(23);
+        // EBX: FSGSBASE, TSC_ADJUST, SMEP, FPU CS/DS deprecated
+        // (fxsave/xsave store them as zero), CLFLUSHOPT. ECX: RDPID. EDX:
+        // SERIALIZE (a nop in translation), ARCH_CAPABILITIES.
+        // TSC_ADJUST with an invariant TSC (0x80000007) is what lets Linux
+        // trust the TSC without its clocksource watchdog (tsc.c,
+        // check_system_tsc_reliable()): the watchdog compares it with
+        // jiffies, which timer ticks lost on a loaded host make lag.
+        r.ebx = Bit(0) | Bit(1) | Bit(7) | Bit(13) | Bit(23);
         r.ecx = Bit(22);
-        r.edx = Bit(29);
+        r.edx = Bit(14) | Bit(29);
       }
       break;
     case 0xb:
@@ -759,7 +766,8 @@ EmulateOutcome Emulator::MovCr(CpuState& cpu, const DecodedInsn& d) {
     case 3:
       if (v & kCr3Reserved) return Fault(Gp0());
       cpu.cr3 = v;
-      mmu_.FlushTlb();
+      // Global pages survive a CR3 write (SDM Vol. 3 §4.10.4.1; no PCID).
+      mmu_.FlushTlb((cpu.cr4 & cr4::kPGE) ? Mmu::Flush::kNonGlobal : Mmu::Flush::kAll);
       ++counters_.tlb_flushes;
       break;
     case 4:
@@ -1169,7 +1177,7 @@ EmulateOutcome Emulator::Sysexit(CpuState& cpu, const DecodedInsn& d) {
 
 namespace {
 namespace msr {
-inline constexpr uint32_t kTsc = 0x10, kPlatformId = 0x17, kApicBase = 0x1b,
+inline constexpr uint32_t kTsc = 0x10, kPlatformId = 0x17, kApicBase = 0x1b, kTscAdjust = 0x3b,
                           kFeatureControl = 0x3a, kBiosSignId = 0x8b, kMtrrCap = 0xfe,
                           kArchCapabilities = 0x10a, kSysenterCs = 0x174, kSysenterEsp = 0x175,
                           kSysenterEip = 0x176, kMiscEnable = 0x1a0, kMtrrPhysBase0 = 0x200,
@@ -1210,6 +1218,7 @@ bool ReadMsr(const CpuState& cpu, uint32_t index, uint64_t* v) {
   const MsrState& m = cpu.msr;
   switch (index) {
     case msr::kTsc: *v = GuestTsc(cpu); return true;
+    case msr::kTscAdjust: *v = m.tsc_adjust; return true;
     case msr::kPlatformId: *v = 0; return true;
     case msr::kApicBase: *v = m.apic_base; return true;
     case msr::kFeatureControl: *v = 1; return true;  // locked, VMX off
@@ -1252,8 +1261,17 @@ bool WriteMsr(CpuState& cpu, Mmu& mmu, uint32_t index, uint64_t v) {
     return true;
   };
   switch (index) {
-    case msr::kTsc:
-      m.tsc_offset = v - __rdtsc();
+    case msr::kTsc: {
+      // IA32_TSC_ADJUST follows a write to the TSC by the same amount, and
+      // a write to it moves the TSC (SDM Vol. 3 §17.17.3).
+      const uint64_t delta = v - GuestTsc(cpu);
+      m.tsc_offset += delta;
+      m.tsc_adjust += delta;
+      return true;
+    }
+    case msr::kTscAdjust:
+      m.tsc_offset += v - m.tsc_adjust;
+      m.tsc_adjust = v;
       return true;
     case msr::kApicBase:
       // x2APIC (bit 10) is not exposed; BSP is read-only.

@@ -118,16 +118,18 @@ struct alignas(64) BtContext {
 
   BtContext() { ClearLookups(); }
   // Forgets every cached guest-RIP -> host-code mapping (a TLB flush or a
-  // code-cache flush makes them stale).
-  void ClearLookups() {
+  // code-cache flush makes them stale); with `keep_global`, only the user
+  // ones (the kernel's lookups hold only code from global pages, which a
+  // CR3 write keeps: CodeCache::RememberLookup and the emitter's RAS).
+  void ClearLookups(bool keep_global = false) {
     if (jump_cache_used) {
-      for (auto& jc : jump_cache) {
-        for (auto& e : jc) e = {kNoRip, 0};
+      for (unsigned i = keep_global ? 1 : 0; i < 2; ++i) {
+        for (auto& e : jump_cache[i]) e = {kNoRip, 0};
       }
-      jump_cache_used = false;
+      if (!keep_global) jump_cache_used = false;
     }
-    for (auto& r : ras_rip) {
-      for (auto& e : r) e = kNoRip;
+    for (unsigned i = keep_global ? 1 : 0; i < 2; ++i) {
+      for (auto& e : ras_rip[i]) e = kNoRip;
     }
   }
   bool jump_cache_used = true;  // entries may be filled (the runtime fills them)

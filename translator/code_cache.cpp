@@ -231,7 +231,7 @@ void CodeCache::AddToPage(uint64_t page, Block* b) {
 bool CodeCache::CanLink(const Block& from, uint32_t exit, const Block& to) {
   return from.valid && to.valid && from.code && to.code && !((from.key.flags | to.key.flags) & kBlockSingle) &&
          from.exits[exit].flags == (to.key.flags & kBlockPlainStack) &&
-         !((from.key.flags ^ to.key.flags) & kBlockCompat) &&
+         !((from.key.flags ^ to.key.flags) & (kBlockCompat | kBlockGlobal)) &&
          !to.spans_pages && from.key.mmu_index == to.key.mmu_index &&
          ((from.key.rip ^ to.key.rip) >> 12) == 0;
 }
@@ -269,6 +269,7 @@ void CodeCache::Link(Block* from, uint32_t exit, Block* to) {
 
 void CodeCache::RememberLookup(const Block& b) {
   if ((b.key.flags & (kBlockSingle | kBlockCompat | kBlockPlainStack)) || !b.code) return;
+  if (b.key.mmu_index == kMmuKernel && !(b.key.flags & kBlockGlobal)) return;
   JumpCacheEntry& e = ctx_->jump_cache[b.key.mmu_index][JumpCacheIndex(b.key.rip)];
   ctx_->jump_cache_used = true;
   e.rip = b.key.rip;
@@ -373,7 +374,7 @@ const Block* CodeCache::FindByHostPc(uint64_t pc) const {
   return pc < reinterpret_cast<uint64_t>(b->code) + b->code_size ? b : nullptr;
 }
 
-void CodeCache::OnTlbFlush() { ctx_->ClearLookups(); }
+void CodeCache::OnTlbFlush(bool keep_global) { ctx_->ClearLookups(keep_global); }
 
 void CodeCache::OnTlbFlushPage(GuestVirt page) {
   // Lookups that go to code in that page (the return-address cache too).

@@ -37,6 +37,10 @@ inline constexpr uint32_t kBlockCompat = 2;
 // block goes to when its entry probe misses. Found only through that
 // block's exit, never through the jump cache.
 inline constexpr uint32_t kBlockPlainStack = 4;
+// Supervisor code from a global page (PTE.G with CR4.PGE): its lookups
+// (jump cache, return-address cache) survive CR3 writes, as the page's
+// translation does. Kernel blocks without it stay out of both.
+inline constexpr uint32_t kBlockGlobal = 8;
 
 struct BlockKeyHash {
   size_t operator()(const BlockKey& k) const {
@@ -158,7 +162,7 @@ class CodeCache final : public MmuObserver {
   void set_count_tlb_hits(bool on) { count_tlb_hits_ = on; }
 
   // MmuObserver
-  void OnTlbFlush() override;
+  void OnTlbFlush(bool keep_global) override;
   void OnTlbFlushPage(GuestVirt page) override;
   void OnCodeWrite(GuestPhys addr, uint64_t size) override;
 

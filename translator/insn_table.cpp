@@ -64,6 +64,11 @@ constexpr Row kRows[] = {
     {ZYDIS_MNEMONIC_PREFETCHT2, InsnClass::kNop, "prefetch: a hint"},
     {ZYDIS_MNEMONIC_PREFETCHW, InsnClass::kNop, "prefetch: a hint"},
     {ZYDIS_MNEMONIC_PAUSE, InsnClass::kNop, "spin-loop hint"},
+    // Serializing: translated code sees its own stores to code at once (a
+    // store into a translated page invalidates it), so there is nothing
+    // to wait for. Exposed in CPUID so that Linux's sync_core() uses it
+    // instead of an iret to itself (four runtime exits).
+    {ZYDIS_MNEMONIC_SERIALIZE, InsnClass::kNop, "serializing: nothing to do in translated code"},
 
     // Sensitive instructions: emulated by the runtime against CpuState
     // (DESIGN.md, Translator; SDM Vol. 3 §2.8 system instructions).

@@ -87,6 +87,32 @@ TEST_F(MmuTest, StaleUntilInvlpg) {
   EXPECT_EQ(l.fault.cr2, 0x405000u);
 }
 
+// SDM Vol. 3 §4.10.4.1: a CR3 write invalidates every TLB entry but those
+// of global pages (PTE.G) while CR4.PGE is set; a CR4 write that changes
+// PGE, or any full flush, takes them too.
+TEST_F(MmuTest, GlobalPagesSurviveAFlushOfNonGlobalOnes) {
+  Pte(0x4000, 5) = 0x900000 | 3 | (1u << 8);  // global
+  Pte(0x4000, 6) = 0x901000 | 3;              // not global
+  auto hits = [&](uint64_t va) {
+    return SoftTlb::Hits(tlbs_[kMmuKernel].entries[SoftTlb::Index(va)].read_tag, va, 1);
+  };
+  // Without CR4.PGE the G bit means nothing.
+  EXPECT_FALSE(mmu_->Translate(cpu_, GuestVirt(0x405000), Access::kRead, kMmuKernel).global);
+  mmu_->FlushTlb(Mmu::Flush::kNonGlobal);
+  EXPECT_FALSE(hits(0x405000));
+
+  cpu_.cr4 |= cr4::kPGE;
+  EXPECT_TRUE(mmu_->Translate(cpu_, GuestVirt(0x405000), Access::kRead, kMmuKernel).global);
+  EXPECT_FALSE(mmu_->Translate(cpu_, GuestVirt(0x406000), Access::kRead, kMmuKernel).global);
+  EXPECT_TRUE(mmu_->Translate(cpu_, GuestVirt(0x405000), Access::kRead, kMmuKernel).global)
+      << "a hit knows it too";
+  mmu_->FlushTlb(Mmu::Flush::kNonGlobal);
+  EXPECT_TRUE(hits(0x405000));
+  EXPECT_FALSE(hits(0x406000));
+  mmu_->FlushTlb(Mmu::Flush::kAll);
+  EXPECT_FALSE(hits(0x405000));
+}
+
 TEST_F(MmuTest, NonCanonicalIsGp) {
   Mmu::Lookup l = mmu_->Translate(cpu_, GuestVirt(0x8000000000000000ull), Access::kRead,
                                   kMmuKernel);

@@ -357,6 +357,7 @@ TEST_F(EmulateTest, CpuidExposesWhatTheRuntimeImplements) {
   EXPECT_TRUE(l7.ecx & (1u << 22)) << "RDPID";
   EXPECT_FALSE(l7.ecx & (1u << 2)) << "no UMIP";
   EXPECT_TRUE(l7.edx & (1u << 29)) << "IA32_ARCH_CAPABILITIES";
+  EXPECT_TRUE(l7.edx & (1u << 14)) << "SERIALIZE (Linux's sync_core() without iret)";
   EXPECT_EQ(Cpuid(7, 1).ebx, 0u);
   CpuidResult e1 = Cpuid(0x80000001);
   for (unsigned bit : {11u, 20u, 26u, 27u, 29u}) {
@@ -485,6 +486,23 @@ TEST_F(EmulateTest, SegmentBaseMsrsAndSwapgs) {
   ToUser();
   cpu_.rip = kCode;
   EXPECT_FAULT(Run({0x0f, 0x01, 0xf8}), kGP) << "swapgs is privileged";
+}
+
+// IA32_TSC_ADJUST (SDM Vol. 3 §17.17.3): a write to the TSC moves it by
+// the same amount; a write to it moves the TSC.
+TEST_F(EmulateTest, TscAdjustFollowsTheTsc) {
+  EXPECT_DONE(Rdmsr(0x3b));
+  EXPECT_EQ(Edxeax(), 0u);
+  EXPECT_DONE(Rdmsr(0x10));
+  const uint64_t before = Edxeax();
+  EXPECT_DONE(Wrmsr(0x10, before + (1ull << 40)));
+  EXPECT_DONE(Rdmsr(0x3b));
+  const uint64_t adjust = Edxeax();
+  EXPECT_GE(adjust, (1ull << 40) - (1ull << 34));  // the TSC ran meanwhile
+  EXPECT_LE(adjust, 1ull << 40);
+  EXPECT_DONE(Wrmsr(0x3b, 0));  // back: the TSC loses what it gained
+  EXPECT_DONE(Rdmsr(0x10));
+  EXPECT_LT(Edxeax() - before, 1ull << 34);
 }
 
 TEST_F(EmulateTest, TscMsrAndRdtsc) {

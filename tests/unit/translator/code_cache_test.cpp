@@ -26,7 +26,8 @@ class CodeCacheTest : public ::testing::Test {
     if (code_.size() < at - kBase + bytes.size()) code_.resize(at - kBase + bytes.size(), 0xf4);
     std::memcpy(code_.data() + (at - kBase), bytes.data(), bytes.size());
   }
-  BuildResult Build(uint64_t rip) {
+  // Supervisor code from a global page unless told otherwise.
+  BuildResult Build(uint64_t rip, uint32_t flags = kBlockGlobal) {
     FetchFn fetch = [this](uint64_t pc, uint8_t* buf, size_t len, GuestException*) {
       for (size_t i = 0; i < len; ++i) {
         uint64_t off = pc + i - kBase;
@@ -34,7 +35,7 @@ class CodeCacheTest : public ::testing::Test {
       }
       return len;
     };
-    return BuildBlock(cache_, BlockKey{rip, rip, 0, 0}, fetch, [](uint64_t v) { return v; });
+    return BuildBlock(cache_, BlockKey{rip, rip, 0, flags}, fetch, [](uint64_t v) { return v; });
   }
   // Where the patchable jump of `exit` currently goes.
   static const uint8_t* JumpTarget(const Block& b, uint32_t exit) {
@@ -118,7 +119,7 @@ TEST_F(CodeCacheTest, StackWindowExitLinksToThePlainVariant) {
     }
     return len;
   };
-  BuildResult plain = BuildBlock(cache_, BlockKey{kBase, kBase, 0, kBlockPlainStack}, fetch,
+  BuildResult plain = BuildBlock(cache_, BlockKey{kBase, kBase, 0, kBlockPlainStack | kBlockGlobal}, fetch,
                                  [](uint64_t v) { return v; });
   ASSERT_EQ(plain.kind, BuildResult::kOk);
   EXPECT_TRUE(plain.block->exits.empty());  // no window there
@@ -172,6 +173,32 @@ TEST_F(CodeCacheTest, FlushDropsEverything) {
   EXPECT_EQ(cache_.used_bytes(), 0u);
   EXPECT_EQ(cache_.flushes(), 1u);
   EXPECT_EQ(ctx_.jump_cache[0][JumpCacheIndex(kBase)].rip, kNoRip);
+}
+
+// Kernel code from a page that is not global stays out of the lookups; a
+// CR3 write (a flush keeping global pages) keeps the kernel's lookups and
+// drops the user's.
+TEST_F(CodeCacheTest, KernelLookupsHoldOnlyGlobalCodeAndSurviveCr3Writes) {
+  Put(kBase, {0x90, 0xc3});
+  Put(kBase + 0x1000, {0x90, 0xc3});
+  BuildResult global = Build(kBase), local = Build(kBase + 0x1000, 0);
+  ASSERT_EQ(global.kind, BuildResult::kOk);
+  ASSERT_EQ(local.kind, BuildResult::kOk);
+  cache_.RememberLookup(*global.block);
+  cache_.RememberLookup(*local.block);
+  EXPECT_EQ(ctx_.jump_cache[0][JumpCacheIndex(kBase)].rip, kBase);
+  EXPECT_NE(ctx_.jump_cache[0][JumpCacheIndex(kBase + 0x1000)].rip, kBase + 0x1000);
+  ctx_.jump_cache[1][JumpCacheIndex(kBase)] = {kBase, 1};
+  ctx_.ras_rip[0][0] = kBase;
+  ctx_.ras_rip[1][0] = kBase;
+  cache_.OnTlbFlush(/*keep_global=*/true);
+  EXPECT_EQ(ctx_.jump_cache[0][JumpCacheIndex(kBase)].rip, kBase);
+  EXPECT_EQ(ctx_.ras_rip[0][0], kBase);
+  EXPECT_EQ(ctx_.jump_cache[1][JumpCacheIndex(kBase)].rip, kNoRip);
+  EXPECT_EQ(ctx_.ras_rip[1][0], kNoRip);
+  cache_.OnTlbFlush(/*keep_global=*/false);
+  EXPECT_EQ(ctx_.jump_cache[0][JumpCacheIndex(kBase)].rip, kNoRip);
+  EXPECT_EQ(ctx_.ras_rip[0][0], kNoRip);
 }
 
 class SmallCodeCacheTest : public CodeCacheTest {

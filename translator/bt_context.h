@@ -111,6 +111,9 @@ struct alignas(64) BtContext {
   uint64_t ras_rip[2][kRasEntries];
   uint64_t ras_code[2][kRasEntries];
   uint8_t ras_top[2] = {};
+  // Set when a kernel lookup (jump cache or RAS) may name code from a page
+  // that is not global: set by the runtime and by such code's calls.
+  uint8_t kernel_local_lookups = 0;
 
   Mmu* mmu = nullptr;
   CodeCache* cache = nullptr;
@@ -119,9 +122,10 @@ struct alignas(64) BtContext {
   BtContext() { ClearLookups(); }
   // Forgets every cached guest-RIP -> host-code mapping (a TLB flush or a
   // code-cache flush makes them stale); with `keep_global`, only the user
-  // ones (the kernel's lookups hold only code from global pages, which a
-  // CR3 write keeps: CodeCache::RememberLookup and the emitter's RAS).
+  // ones, unless the kernel's hold code from a page that is not global
+  // (kernel_local_lookups): a CR3 write keeps global pages' translations.
   void ClearLookups(bool keep_global = false) {
+    if (kernel_local_lookups) keep_global = false;
     if (jump_cache_used) {
       for (unsigned i = keep_global ? 1 : 0; i < 2; ++i) {
         for (auto& e : jump_cache[i]) e = {kNoRip, 0};
@@ -131,6 +135,7 @@ struct alignas(64) BtContext {
     for (unsigned i = keep_global ? 1 : 0; i < 2; ++i) {
       for (auto& e : ras_rip[i]) e = kNoRip;
     }
+    if (!keep_global) kernel_local_lookups = 0;
   }
   bool jump_cache_used = true;  // entries may be filled (the runtime fills them)
 };

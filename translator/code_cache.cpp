@@ -269,7 +269,9 @@ void CodeCache::Link(Block* from, uint32_t exit, Block* to) {
 
 void CodeCache::RememberLookup(const Block& b) {
   if ((b.key.flags & (kBlockSingle | kBlockCompat | kBlockPlainStack)) || !b.code) return;
-  if (b.key.mmu_index == kMmuKernel && !(b.key.flags & kBlockGlobal)) return;
+  if (b.key.mmu_index == kMmuKernel && !(b.key.flags & kBlockGlobal)) {
+    ctx_->kernel_local_lookups = 1;
+  }
   JumpCacheEntry& e = ctx_->jump_cache[b.key.mmu_index][JumpCacheIndex(b.key.rip)];
   ctx_->jump_cache_used = true;
   e.rip = b.key.rip;

@@ -39,7 +39,8 @@ inline constexpr uint32_t kBlockCompat = 2;
 inline constexpr uint32_t kBlockPlainStack = 4;
 // Supervisor code from a global page (PTE.G with CR4.PGE): its lookups
 // (jump cache, return-address cache) survive CR3 writes, as the page's
-// translation does. Kernel blocks without it stay out of both.
+// translation does. Lookups of other kernel code make a CR3 write drop the
+// kernel's lookups too (BtContext::kernel_local_lookups).
 inline constexpr uint32_t kBlockGlobal = 8;
 
 struct BlockKeyHash {

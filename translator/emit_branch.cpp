@@ -413,7 +413,10 @@ bool BlockEmitter::EmitBranch(const DecodedInsn& d, uint32_t flags_live) {
     x86::Gp R = x86::gpq(p.rename[kRsp]);
     a_.lea(R, x86::ptr(R, -8));
     a_.mov(x86::qword_ptr(x86::r15, GprOffset(kRsp)), R);
-    if (env_.single || env_.no_ras) return;
+    if (env_.single) return;
+    if (env_.local_kernel) {
+      a_.mov(x86::byte_ptr(x86::r15, offsetof(BtContext, kernel_local_lookups)), 1);
+    }
     int32_t top = static_cast<int32_t>(offsetof(BtContext, ras_top) + env_.mmu_index);
     int32_t rips = static_cast<int32_t>(offsetof(BtContext, ras_rip) +
                                         env_.mmu_index * kRasEntries * 8);
@@ -436,7 +439,7 @@ bool BlockEmitter::EmitBranch(const DecodedInsn& d, uint32_t flags_live) {
   // Reached from a ret's return-address-cache hit, with the flags at the
   // ret in saved_flags (EmitIndirectJump).
   auto continuation_exit = [&](Label continuation) {
-    if (env_.single || env_.no_ras) return;
+    if (env_.single) return;
     uint64_t ret = d.NextRip();
     bool restore = !env_.flags_live_at || env_.flags_live_at(ret) != 0;
     out_of_line_.push_back([this, continuation, ret, restore] {

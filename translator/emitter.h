@@ -41,9 +41,10 @@ struct EmitEnv {
   // segment bases on every memory operand, no jump cache or RAS.
   bool compat = false;
   bool count_hits = false;      // count inline soft-TLB hits in BtContext::tlb_hits
-  // Calls push no return-address-cache entry: supervisor code from a page
-  // that is not global (a CR3 write keeps the kernel's RAS).
-  bool no_ras = false;
+  // Supervisor code from a page that is not global: its calls mark the
+  // kernel's lookups as local (BtContext::kernel_local_lookups), which a
+  // CR3 write then drops.
+  bool local_kernel = false;
   // Arithmetic flags the code at a RIP in the block's page may read before
   // writing them (block_builder.cpp); null: all of them.
   std::function<uint32_t(uint64_t)> flags_live_at;

@@ -391,6 +391,11 @@ TEST_F(EmulateTest, CpuidTscLeavesGiveTheHostFrequency) {
   const uint64_t khz = HostTscKhz();
   EXPECT_GT(khz, 100'000u) << "a TSC slower than 100 MHz is a measurement error";
   EXPECT_EQ(uint64_t{r.ecx} * r.ebx / r.eax, khz * 1000) << "crystal * ratio = TSC, to the kHz";
+  // Linux computes crystal kHz * EBX / EAX in 32-bit unsigned arithmetic
+  // (native_calibrate_tsc()); with a 25 MHz crystal the product overflowed
+  // and Debian's kernel saw a 2.4 GHz TSC as 40 MHz.
+  const uint32_t crystal_khz = r.ecx / 1000;
+  EXPECT_EQ(crystal_khz * r.ebx / r.eax, khz) << "the same in Linux's 32-bit arithmetic";
   CpuidResult f = Cpuid(0x16);
   EXPECT_EQ(f.eax, khz / 1000);
   EXPECT_EQ(f.ebx, khz / 1000);

@@ -43,10 +43,9 @@ static_assert(kMinGuestMemory >= kHighMemory.value, "the first MiB is always RAM
 static_assert(zp::kE820Table + zp::kE820MaxEntries * zp::kE820EntrySize <= 0xcd0);
 
 // The 64-bit entry state (boot.rst, "64-bit Boot Protocol"): long mode with
-// paging. CR0 as runtime/loader.cpp's entry has it; CR4 and EFER hold only
-// what long mode needs, as Firecracker enters Linux (startup_64 writes both
-// registers itself soon after).
-constexpr uint64_t kEntryCr0 = cr0::kPE | cr0::kMP | cr0::kET | cr0::kNE | cr0::kWP | cr0::kPG;
+// paging. CR0 as runtime/loader.cpp's entry has it (SetLongModeEntry); CR4
+// and EFER hold only what long mode needs, as Firecracker enters Linux
+// (startup_64 writes both registers itself soon after).
 constexpr uint64_t kEntryCr4 = cr4::kPAE;
 constexpr uint64_t kEntryEfer = efer::kLME | efer::kLMA;
 
@@ -59,14 +58,6 @@ constexpr uint64_t kStartup64Offset = 0x200;
 constexpr uint16_t kHeapEndPtr = 0xfe00;
 constexpr uint16_t kVidModeNormal = 0xffff;  // "vga=normal"
 constexpr uint8_t kLoaderUndefined = 0xff;   // type_of_loader: no assigned ID
-
-// x87/SSE reset values in the FXSAVE layout (SDM Vol. 1 §10.5.1).
-constexpr size_t kFxsaveFcw = 0;
-constexpr size_t kFxsaveMxcsr = 24;
-constexpr size_t kFxsaveMxcsrMask = 28;
-constexpr uint16_t kResetFcw = 0x37f;
-constexpr uint32_t kResetMxcsr = 0x1f80;
-constexpr uint32_t kMxcsrMask = 0xffff;
 
 std::string Hex(uint64_t v) {
   char buf[24];
@@ -247,10 +238,6 @@ void BuildPageTables(GuestMemory& memory) {
   }
 }
 
-SegmentReg FlatSegment(uint16_t selector, uint16_t attrib) {
-  return SegmentReg{.selector = selector, .attrib = attrib, .limit = 0xffffffff, .base = 0};
-}
-
 void SetEntryState(GuestPhys entry, CpuState* cpu) {
   for (uint64_t& r : cpu->gpr) r = 0;
   cpu->gpr[kRsi] = kLinuxBootParams.value;
@@ -261,32 +248,16 @@ void SetEntryState(GuestPhys entry, CpuState* cpu) {
   // boot.rst: CS = __BOOT_CS, DS = ES = SS = __BOOT_DS, both 4 GiB flat; FS
   // and GS as DS, as its 16-bit section recommends. The descriptor bits are
   // runtime/loader.cpp's: a 64-bit code segment and a read/write data one.
-  cpu->seg[kCs] = FlatSegment(kLinuxBootCs, kBootCodeAttrib);
-  for (SegIndex s : {kEs, kSs, kDs, kFs, kGs}) {
-    cpu->seg[s] = FlatSegment(kLinuxBootDs, kBootDataAttrib);
-  }
-  cpu->ldtr = SegmentReg{};
-  cpu->tr = SegmentReg{.selector = kLinuxBootTss,
-                       .attrib = kBootTssAttrib,
-                       .limit = kBootTssSize - 1,
-                       .base = kLinuxTss.value};
-  cpu->gdtr = DescriptorTable{.base = kLinuxGdt.value, .limit = kLinuxGdtLimit};
-  cpu->idtr = DescriptorTable{.base = 0, .limit = 0};
-
-  cpu->cr0 = kEntryCr0;
-  cpu->cr2 = 0;
-  cpu->cr3 = kLinuxPml4.value;
-  cpu->cr4 = kEntryCr4;
-  cpu->cr8 = 0;
-  cpu->efer = kEntryEfer;
-  cpu->pending = PendingEvents{};
-
-  // x87/SSE reset state; the XSAVE header stays zero (every component in
-  // its init state), as in runtime/loader.cpp.
-  std::memset(cpu->xsave.bytes, 0, sizeof cpu->xsave.bytes);
-  std::memcpy(cpu->xsave.bytes + kFxsaveFcw, &kResetFcw, sizeof kResetFcw);
-  std::memcpy(cpu->xsave.bytes + kFxsaveMxcsr, &kResetMxcsr, sizeof kResetMxcsr);
-  std::memcpy(cpu->xsave.bytes + kFxsaveMxcsrMask, &kMxcsrMask, sizeof kMxcsrMask);
+  SetLongModeEntry({.code_selector = kLinuxBootCs,
+                    .data_selector = kLinuxBootDs,
+                    .tss_selector = kLinuxBootTss,
+                    .gdt = kLinuxGdt,
+                    .gdt_limit = kLinuxGdtLimit,
+                    .tss = kLinuxTss,
+                    .cr3 = kLinuxPml4,
+                    .cr4 = kEntryCr4,
+                    .efer = kEntryEfer},
+                   cpu);
 }
 
 bool Reserved(const E820Entry& e) {

@@ -407,24 +407,37 @@ void SetUpBootState(GuestMemory& memory, GuestPhys entry, CpuState* cpu) {
   cpu->rip = entry.value;
   cpu->rflags = rflags::kFixed1;
 
-  cpu->seg[kCs] = FlatSegment(kBootCodeSelector, kBootCodeAttrib);
+  SetLongModeEntry({.code_selector = kBootCodeSelector,
+                    .data_selector = kBootDataSelector,
+                    .tss_selector = kBootTssSelector,
+                    .gdt = kBootGdt,
+                    .gdt_limit = kBootGdtLimit,
+                    .tss = kBootTss,
+                    .cr3 = kBootPml4,
+                    .cr4 = kEntryCr4,
+                    .efer = kEntryEfer},
+                   cpu);
+}
+
+void SetLongModeEntry(const LongModeEntry& e, CpuState* cpu) {
+  cpu->seg[kCs] = FlatSegment(e.code_selector, kBootCodeAttrib);
   for (SegIndex s : {kEs, kSs, kDs, kFs, kGs}) {
-    cpu->seg[s] = FlatSegment(kBootDataSelector, kBootDataAttrib);
+    cpu->seg[s] = FlatSegment(e.data_selector, kBootDataAttrib);
   }
   cpu->ldtr = SegmentReg{};  // not present: the guest has no LDT
-  cpu->tr = SegmentReg{.selector = kBootTssSelector,
+  cpu->tr = SegmentReg{.selector = e.tss_selector,
                        .attrib = kBootTssAttrib,
                        .limit = kBootTssSize - 1,
-                       .base = kBootTss.value};
-  cpu->gdtr = DescriptorTable{.base = kBootGdt.value, .limit = kBootGdtLimit};
+                       .base = e.tss.value};
+  cpu->gdtr = DescriptorTable{.base = e.gdt.value, .limit = e.gdt_limit};
   cpu->idtr = DescriptorTable{.base = 0, .limit = 0};
 
   cpu->cr0 = kEntryCr0;
   cpu->cr2 = 0;
-  cpu->cr3 = kBootPml4.value;
-  cpu->cr4 = kEntryCr4;
+  cpu->cr3 = e.cr3.value;
+  cpu->cr4 = e.cr4;
   cpu->cr8 = 0;
-  cpu->efer = kEntryEfer;
+  cpu->efer = e.efer;
   cpu->pending = PendingEvents{};
 
   // x87/SSE reset state. The XSAVE header stays zero: XSTATE_BV = 0 says

@@ -85,6 +85,22 @@ inline constexpr uint32_t kBtvmNoteEntry64 = 0x4254;  // BTVM_NOTE_ENTRY64
 
 // Reads a whole kernel file. Errors are one line naming the path: cannot
 // open, a directory, empty, or larger than any guest RAM could hold.
+// The flat 64-bit entry state both loaders give (this one and
+// runtime/linux_boot.h): CS and the data segments 4 GiB flat with these
+// selectors (kBootCodeAttrib, kBootDataAttrib), a busy 64-bit TSS in TR,
+// GDTR as given, an empty IDT, CR0 PE|MP|ET|NE|WP|PG, paging at `cr3`,
+// x87/SSE in their reset state, no pending events. GPRs, RIP and RFLAGS
+// are the caller's.
+struct LongModeEntry {
+  uint16_t code_selector, data_selector, tss_selector;
+  GuestPhys gdt;
+  uint16_t gdt_limit;
+  GuestPhys tss;
+  GuestPhys cr3;
+  uint64_t cr4, efer;
+};
+void SetLongModeEntry(const LongModeEntry& e, CpuState* cpu);
+
 Result<std::vector<uint8_t>> ReadKernelFile(const std::string& path,
                                            std::string_view what = "kernel");
 

@@ -19,18 +19,7 @@ namespace {
 // Setup-header and ELF fields are little-endian, read with memcpy.
 static_assert(std::endian::native == std::endian::little);
 
-// Page-table entry bits (SDM Vol. 3 §4.5).
-constexpr uint64_t kPtePresent = 1ull << 0;
-constexpr uint64_t kPteWritable = 1ull << 1;
-constexpr uint64_t kPteLargePage = 1ull << 7;  // PS in a PDE: a 2 MiB page
-constexpr uint64_t kLargePageSize = MiB(2);
-
-// The identity map covers [0, max(4 GiB, top of RAM)), one page directory
-// per GiB; the highest top of RAM is 4 GiB + (kMaxGuestMemory - 3 GiB).
-constexpr uint64_t kMaxMappedTop = kMmioHoleEnd.value + (kMaxGuestMemory - kMmioHoleStart.value);
-constexpr uint64_t kMaxPageDirs = (kMaxMappedTop + GiB(1) - 1) / GiB(1);
-static_assert(kMaxPageDirs <= 512, "one PDPT maps 512 GiB");
-static_assert(kLinuxPageDirs.value + kMaxPageDirs * kPageSize <= kLinuxLoaderEnd.value,
+static_assert(kLinuxPageDirs.value + kMaxIdentityMapPageDirs * kPageSize <= kLinuxLoaderEnd.value,
               "the page directories for the largest guest stay below the EBDA");
 static_assert(kLinuxGdt.value + kLinuxGdtLimit + 1 <= kLinuxTss.value);
 static_assert(kLinuxTss.value + kBootTssSize <= kLinuxPml4.value);
@@ -220,22 +209,6 @@ void PutTssDescriptor(GuestMemory& memory, GuestPhys at, uint64_t base, uint32_t
                        (uint64_t{(limit >> 16) & 0xf} << 48) | (((base >> 24) & 0xff) << 56);
   Put<uint64_t>(memory, at, low);
   Put<uint64_t>(memory, at + 8, base >> 32);
-}
-
-void BuildPageTables(GuestMemory& memory) {
-  const uint64_t top = AlignUp(std::max(kMmioHoleEnd.value, memory.Top().value), GiB(1));
-  const uint64_t page_dirs = top / GiB(1);
-  BTVM_CHECK(page_dirs <= kMaxPageDirs);
-  Put<uint64_t>(memory, kLinuxPml4, kLinuxPdpt.value | kPtePresent | kPteWritable);
-  for (uint64_t i = 0; i < page_dirs; ++i) {
-    Put<uint64_t>(memory, kLinuxPdpt + i * 8,
-                  (kLinuxPageDirs.value + i * kPageSize) | kPtePresent | kPteWritable);
-  }
-  // The page directories are contiguous, so PDE n maps [n * 2 MiB, +2 MiB).
-  for (uint64_t n = 0; n < top / kLargePageSize; ++n) {
-    Put<uint64_t>(memory, kLinuxPageDirs + n * 8,
-                  n * kLargePageSize | kPtePresent | kPteWritable | kPteLargePage);
-  }
 }
 
 void SetEntryState(GuestPhys entry, CpuState* cpu) {
@@ -553,7 +526,7 @@ Result<LinuxBootInfo> LoadLinux(std::span<const uint8_t> bzimage, std::span<cons
   PutTssDescriptor(memory, kLinuxGdt + kLinuxBootTss, kLinuxTss.value, kBootTssSize - 1);
   // An I/O map base at the limit: no I/O permission bitmap.
   Put<uint16_t>(memory, kLinuxTss + 102, static_cast<uint16_t>(kBootTssSize));
-  BuildPageTables(memory);
+  BuildIdentityMap(memory, kLinuxPml4, kLinuxPdpt, kLinuxPageDirs);
 
   BTVM_CHECK(memory.Write(kLinuxBootParams, bp));
   BTVM_CHECK(memory.Write(

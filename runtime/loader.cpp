@@ -30,12 +30,7 @@ constexpr uint64_t kPteWritable = 1ull << 1;
 constexpr uint64_t kPteLargePage = 1ull << 7;  // PS in a PDE: a 2 MiB page
 constexpr uint64_t kLargePageSize = MiB(2);
 
-// The identity map covers [0, max(4 GiB, top of RAM)), one page directory
-// per GiB. The highest top of RAM is 4 GiB + (kMaxGuestMemory - 3 GiB).
-constexpr uint64_t kMaxMappedTop = kMmioHoleEnd.value + (kMaxGuestMemory - kMmioHoleStart.value);
-constexpr uint64_t kMaxPageDirs = (kMaxMappedTop + GiB(1) - 1) / GiB(1);
-static_assert(kMaxPageDirs <= 512, "one PDPT maps 512 GiB");
-static_assert(kBootPageDirs.value + kMaxPageDirs * kPageSize <= kBootStackBottom.value,
+static_assert(kBootPageDirs.value + kMaxIdentityMapPageDirs * kPageSize <= kBootStackBottom.value,
               "the page directories for the largest guest must fit below the stack");
 static_assert(kBootStackBottom + kBootStackSize == kBootStackTop);
 static_assert(kBootStackTop.value % 16 == 0);
@@ -293,29 +288,29 @@ void PutTssDescriptor(GuestMemory& memory, GuestPhys at, uint64_t base, uint32_t
   Put<uint64_t>(memory, at + 8, base >> 32);
 }
 
-void BuildPageTables(GuestMemory& memory) {
-  uint64_t top = std::max(kMmioHoleEnd.value, memory.Top().value);
-  top = (top + kLargePageSize - 1) & ~(kLargePageSize - 1);
-  const uint64_t page_dirs = (top + GiB(1) - 1) / GiB(1);
-  BTVM_CHECK(page_dirs <= kMaxPageDirs);
-
-  Put<uint64_t>(memory, kBootPml4, kBootPdpt.value | kPtePresent | kPteWritable);
-  for (uint64_t i = 0; i < page_dirs; ++i) {
-    Put<uint64_t>(memory, kBootPdpt + i * 8,
-                  (kBootPageDirs.value + i * kPageSize) | kPtePresent | kPteWritable);
-  }
-  // The page directories are contiguous, so PDE n maps [n * 2 MiB, +2 MiB).
-  for (uint64_t n = 0; n < top / kLargePageSize; ++n) {
-    Put<uint64_t>(memory, kBootPageDirs + n * 8,
-                  n * kLargePageSize | kPtePresent | kPteWritable | kPteLargePage);
-  }
-}
-
 SegmentReg FlatSegment(uint16_t selector, uint16_t attrib) {
   return SegmentReg{.selector = selector, .attrib = attrib, .limit = 0xffffffff, .base = 0};
 }
 
 }  // namespace
+
+void BuildIdentityMap(GuestMemory& memory, GuestPhys pml4, GuestPhys pdpt, GuestPhys page_dirs) {
+  uint64_t top = std::max(kMmioHoleEnd.value, memory.Top().value);
+  top = (top + kLargePageSize - 1) & ~(kLargePageSize - 1);
+  const uint64_t dirs = (top + GiB(1) - 1) / GiB(1);
+  BTVM_CHECK(dirs <= kMaxIdentityMapPageDirs);
+
+  Put<uint64_t>(memory, pml4, pdpt.value | kPtePresent | kPteWritable);
+  for (uint64_t i = 0; i < dirs; ++i) {
+    Put<uint64_t>(memory, pdpt + i * 8,
+                  (page_dirs.value + i * kPageSize) | kPtePresent | kPteWritable);
+  }
+  // The page directories are contiguous, so PDE n maps [n * 2 MiB, +2 MiB).
+  for (uint64_t n = 0; n < top / kLargePageSize; ++n) {
+    Put<uint64_t>(memory, page_dirs + n * 8,
+                  n * kLargePageSize | kPtePresent | kPteWritable | kPteLargePage);
+  }
+}
 
 Result<std::vector<uint8_t>> ReadKernelFile(const std::string& path, std::string_view what) {
   const std::string quoted = std::string(what) + " '" + path + "'";
@@ -399,7 +394,7 @@ void SetUpBootState(GuestMemory& memory, GuestPhys entry, CpuState* cpu) {
   }
   Put(memory, kBootInfo, info);
 
-  BuildPageTables(memory);
+  BuildIdentityMap(memory, kBootPml4, kBootPdpt, kBootPageDirs);
 
   for (uint64_t& r : cpu->gpr) r = 0;
   cpu->gpr[kRsp] = kBootStackTop.value;

@@ -85,6 +85,15 @@ inline constexpr uint32_t kBtvmNoteEntry64 = 0x4254;  // BTVM_NOTE_ENTRY64
 
 // Reads a whole kernel file. Errors are one line naming the path: cannot
 // open, a directory, empty, or larger than any guest RAM could hold.
+// The identity map both loaders build: [0, max(4 GiB, top of RAM)) in
+// 2 MiB pages (present, writable, supervisor), one page directory per GiB
+// at `page_dirs` (contiguous), one PDPT, one PML4 entry. The highest top of
+// RAM is 4 GiB + (kMaxGuestMemory - 3 GiB).
+inline constexpr uint64_t kMaxIdentityMapPageDirs =
+    (kMmioHoleEnd.value + (kMaxGuestMemory - kMmioHoleStart.value) + GiB(1) - 1) / GiB(1);
+static_assert(kMaxIdentityMapPageDirs <= 512, "one PDPT maps 512 GiB");
+void BuildIdentityMap(GuestMemory& memory, GuestPhys pml4, GuestPhys pdpt, GuestPhys page_dirs);
+
 // The flat 64-bit entry state both loaders give (this one and
 // runtime/linux_boot.h): CS and the data segments 4 GiB flat with these
 // selectors (kBootCodeAttrib, kBootDataAttrib), a busy 64-bit TSS in TR,

@@ -232,7 +232,7 @@ bool CodeCache::CanLink(const Block& from, uint32_t exit, const Block& to) {
   return from.valid && to.valid && from.code && to.code && !((from.key.flags | to.key.flags) & kBlockSingle) &&
          from.exits[exit].flags == (to.key.flags & kBlockPlainStack) &&
          !((from.key.flags ^ to.key.flags) & (kBlockCompat | kBlockGlobal)) &&
-         !to.spans_pages && from.key.mmu_index == to.key.mmu_index &&
+         from.key.mmu_index == to.key.mmu_index &&
          ((from.key.rip ^ to.key.rip) >> 12) == 0;
 }
 
@@ -265,6 +265,26 @@ void CodeCache::Link(Block* from, uint32_t exit, Block* to) {
   Patch(from, exit, to->code);
   e.linked = to;
   to->incoming.emplace_back(from, exit);
+  if (to->spans_pages) spanning_links_.push_back({from, exit, to});
+}
+
+// A block reaching into a second page is valid only while that page maps
+// where it did when the block was found (the runtime checks at each
+// lookup); a link into it bypasses the check, so TLB flushes, which are
+// when the mapping may change, undo such links. They come back at the next
+// lookup that finds the mapping unchanged.
+void CodeCache::UnlinkSpanning(uint64_t second_vpn, bool all) {
+  std::erase_if(spanning_links_, [&](const SpanningLink& l) {
+    if (!all && (l.to->key.rip >> 12) + 1 != second_vpn) return false;
+    Block::Exit& e = l.from->exits[l.exit];
+    if (e.linked == l.to) {
+      Patch(l.from, l.exit, l.from->code + e.stub_offset);
+      e.linked = nullptr;
+      auto& in = l.to->incoming;
+      in.erase(std::remove(in.begin(), in.end(), std::make_pair(l.from, l.exit)), in.end());
+    }
+    return true;
+  });
 }
 
 void CodeCache::RememberLookup(const Block& b) {
@@ -364,6 +384,7 @@ void CodeCache::Flush() {
   next_ = blocks_start_;
   if (mmu_) mmu_->UnmarkAllCodePages();
   ctx_->ClearLookups();
+  spanning_links_.clear();
 }
 
 const Block* CodeCache::FindByHostPc(uint64_t pc) const {
@@ -376,21 +397,26 @@ const Block* CodeCache::FindByHostPc(uint64_t pc) const {
   return pc < reinterpret_cast<uint64_t>(b->code) + b->code_size ? b : nullptr;
 }
 
-void CodeCache::OnTlbFlush(bool keep_global) { ctx_->ClearLookups(keep_global); }
+void CodeCache::OnTlbFlush(bool keep_global) {
+  ctx_->ClearLookups(keep_global);
+  UnlinkSpanning(0, true);
+}
 
 void CodeCache::OnTlbFlushPage(GuestVirt page) {
-  // Lookups that go to code in that page (the return-address cache too).
+  // Lookups that go to code in that page, or in the page before it (a
+  // block there may reach into this one), the return-address cache too.
   const uint64_t vpn = page.value >> 12;
   for (auto& jc : ctx_->jump_cache) {
     for (auto& e : jc) {
-      if ((e.rip >> 12) == vpn) e = {kNoRip, 0};
+      if ((e.rip >> 12) == vpn || (e.rip >> 12) + 1 == vpn) e = {kNoRip, 0};
     }
   }
   for (auto& rips : ctx_->ras_rip) {
     for (auto& r : rips) {
-      if ((r >> 12) == vpn) r = kNoRip;
+      if ((r >> 12) == vpn || (r >> 12) + 1 == vpn) r = kNoRip;
     }
   }
+  UnlinkSpanning(vpn, false);
 }
 
 void CodeCache::OnCodeWrite(GuestPhys addr, uint64_t size) { InvalidateRange(addr.value, size); }

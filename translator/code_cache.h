@@ -128,7 +128,9 @@ class CodeCache final : public MmuObserver {
   void Link(Block* from, uint32_t exit, Block* to);
   // Whether direct exit `exit` of `from` may be patched to `to`: same page
   // (so the same translation), same privilege, same code mode, neither a
-  // single-instruction block, and `to` the variant the exit asks for.
+  // single-instruction block, and `to` the variant the exit asks for. (A
+  // link into a block that reaches into a second page lasts until the next
+  // TLB flush: UnlinkSpanning.)
   static bool CanLink(const Block& from, uint32_t exit, const Block& to);
 
   // Records a block reached through the runtime in the inline jump cache.
@@ -172,6 +174,9 @@ class CodeCache final : public MmuObserver {
   void Invalidate(Block* b);
   void Patch(Block* from, uint32_t exit, const uint8_t* dest);
   void AddToPage(uint64_t page, Block* b);
+  // Undoes the links into blocks reaching into the page `second_vpn` (or
+  // into any second page, with `all`).
+  void UnlinkSpanning(uint64_t second_vpn, bool all);
 
   BtContext* ctx_;
   Mmu* mmu_;
@@ -196,6 +201,12 @@ class CodeCache final : public MmuObserver {
   std::vector<std::unique_ptr<Block>> emulated_;  // code-less blocks
   std::unordered_map<BlockKey, Block*, BlockKeyHash> blocks_;
   std::unordered_map<uint64_t, std::vector<Block*>> pages_;  // guest-physical page -> blocks
+  struct SpanningLink {
+    Block* from;
+    uint32_t exit;
+    Block* to;
+  };
+  std::vector<SpanningLink> spanning_links_;  // links into blocks that reach into a second page
 };
 
 // Helpers translated code calls (helpers.cpp).

@@ -203,6 +203,35 @@ TEST_F(CodeCacheTest, KernelLookupsOfGlobalCodeSurviveCr3Writes) {
   EXPECT_EQ(ctx_.ras_rip[0][0], kNoRip);
 }
 
+// A block whose first instruction reaches into the next page can be linked
+// to, until a TLB flush that may remap that page (all of them, or an
+// invlpg of the second page) undoes the link.
+TEST_F(CodeCacheTest, LinksIntoABlockSpanningPagesLastUntilATlbFlush) {
+  Put(kBase + 0xf7e, {0xeb, 0x7e});               // jmp kBase + 0xffe
+  Put(kBase + 0xffe, {0x48, 0x01, 0xd8, 0xc3});  // add rax, rbx (across the page); ret
+  BuildResult a = Build(kBase + 0xf7e), span = Build(kBase + 0xffe);
+  ASSERT_EQ(a.kind, BuildResult::kOk);
+  ASSERT_EQ(span.kind, BuildResult::kOk);
+  ASSERT_TRUE(span.block->spans_pages);
+  ASSERT_EQ(a.block->exits.size(), 1u);
+  const uint8_t* stub = a.block->code + a.block->exits[0].stub_offset;
+  ASSERT_TRUE(CodeCache::CanLink(*a.block, 0, *span.block));
+  auto link = [&] {
+    cache_.Link(a.block, 0, span.block);
+    EXPECT_EQ(JumpTarget(*a.block, 0), span.block->code);
+  };
+  link();
+  cache_.OnTlbFlushPage(GuestVirt(kBase));  // the first page: the link may stay
+  EXPECT_EQ(JumpTarget(*a.block, 0), span.block->code);
+  cache_.OnTlbFlushPage(GuestVirt(kBase + 0x1000));  // the second page
+  EXPECT_EQ(JumpTarget(*a.block, 0), stub);
+  EXPECT_EQ(a.block->exits[0].linked, nullptr);
+  EXPECT_TRUE(span.block->incoming.empty());
+  link();
+  cache_.OnTlbFlush(/*keep_global=*/true);
+  EXPECT_EQ(JumpTarget(*a.block, 0), stub);
+}
+
 class SmallCodeCacheTest : public CodeCacheTest {
  protected:
   SmallCodeCacheTest() : CodeCacheTest(16 << 10) {}

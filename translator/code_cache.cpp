@@ -201,6 +201,7 @@ Block* CodeCache::Install(std::unique_ptr<Block> block, CodeHolder& code) {
   order_.push_back(std::move(block));
   if (!(b->key.flags & kBlockSingle)) {
     blocks_[b->key] = b;
+    RecentSlot(b->key) = b;
     AddToPage(b->key.phys & ~uint64_t{0xfff}, b);
     if (b->spans_pages) AddToPage(b->phys2, b);
   }
@@ -218,6 +219,7 @@ Block* CodeCache::InstallEmulated(const BlockKey& key, const DecodedInsn& insn) 
   b->watch_hi = static_cast<uint32_t>(std::min<uint64_t>(b->watch_lo + b->guest_size, 0x1000));
   emulated_.push_back(std::move(block));
   blocks_[key] = b;
+  RecentSlot(key) = b;
   AddToPage(page, b);
   return b;
 }
@@ -385,6 +387,7 @@ void CodeCache::Flush() {
   if (mmu_) mmu_->UnmarkAllCodePages();
   ctx_->ClearLookups();
   spanning_links_.clear();
+  std::fill(recent_.begin(), recent_.end(), nullptr);
 }
 
 const Block* CodeCache::FindByHostPc(uint64_t pc) const {

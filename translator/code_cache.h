@@ -107,9 +107,18 @@ class CodeCache final : public MmuObserver {
   // Runs translated code from `code` until it exits to the runtime.
   void Enter(BtContext* ctx, const void* code) { enter_(ctx, code); }
 
+  // Through a small direct-mapped cache of recent finds first: the hash
+  // map's nodes are scattered, and the runtime looks blocks up on every
+  // exit. Its entries may name invalidated blocks (kept until a flush), so
+  // a hit checks `valid`; installing a block for a key puts it in the key's
+  // slot (a block replaced under its key, still valid, is never found).
   Block* Find(const BlockKey& key) const {
+    Block*& recent = RecentSlot(key);
+    if (recent && recent->valid && recent->key == key) return recent;
     auto it = blocks_.find(key);
-    return it == blocks_.end() ? nullptr : it->second;
+    Block* b = it == blocks_.end() ? nullptr : it->second;
+    if (b) recent = b;
+    return b;
   }
 
   // Translation in two steps: NewBlock, emit into a CodeHolder initialised
@@ -207,6 +216,11 @@ class CodeCache final : public MmuObserver {
     Block* to;
   };
   std::vector<SpanningLink> spanning_links_;  // links into blocks that reach into a second page
+  static constexpr size_t kRecentFinds = 4096;
+  Block*& RecentSlot(const BlockKey& key) const {
+    return recent_[(key.rip ^ (key.rip >> 12) ^ key.flags) & (kRecentFinds - 1)];
+  }
+  mutable std::vector<Block*> recent_ = std::vector<Block*>(kRecentFinds, nullptr);
 };
 
 // Helpers translated code calls (helpers.cpp).

@@ -147,7 +147,17 @@ extern "C" uint64_t BtStringOp(BtContext* ctx) {
       else n = 1;
     }
 
-    if (n > 0 && (dst || kind == kLods) && (src || kind == kStos)) {
+    const uint64_t bytes = n * size;
+    if (n > 0 && dst && kind == kStos && !down && size == 1) {
+      std::memset(dst, static_cast<uint8_t>(c.gpr[kRax]), bytes);  // rep stosb
+    } else if (n > 0 && dst && kind == kStos && !down && (c.gpr[kRax] & size_mask) == 0) {
+      std::memset(dst, 0, bytes);  // clearing: rep stosq of 0 (clear_page)
+    } else if (n > 0 && dst && src && kind == kMovs && !down &&
+               (dst <= src || dst >= src + bytes)) {
+      // Forward without the destination overtaking the source: what the
+      // element-by-element copy does is what memmove does.
+      std::memmove(dst, src, bytes);
+    } else if (n > 0 && (dst || kind == kLods) && (src || kind == kStos)) {
       // Element by element, as the CPU does: an overlapping movs repeats
       // the pattern rather than behaving like memmove.
       for (uint64_t i = 0; i < n; ++i) {

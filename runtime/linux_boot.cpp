@@ -10,7 +10,9 @@
 #include <cstring>
 #include <string>
 
+#include "base/bytes.h"
 #include "base/check.h"
+#include "base/format.h"
 #include "runtime/loader.h"
 
 namespace btvm {
@@ -48,32 +50,8 @@ constexpr uint16_t kHeapEndPtr = 0xfe00;
 constexpr uint16_t kVidModeNormal = 0xffff;  // "vga=normal"
 constexpr uint8_t kLoaderUndefined = 0xff;   // type_of_loader: no assigned ID
 
-std::string Hex(uint64_t v) {
-  char buf[24];
-  std::snprintf(buf, sizeof buf, "0x%llx", static_cast<unsigned long long>(v));
-  return buf;
-}
-
-std::string Range(uint64_t begin, uint64_t end) {
-  return "[" + Hex(begin) + ", " + Hex(end) + ")";
-}
-
-// True if [offset, offset + size) lies inside `total` bytes, for any inputs.
-bool InBounds(uint64_t offset, uint64_t size, uint64_t total) {
-  return offset <= total && size <= total - offset;
-}
-
 uint64_t AlignUp(uint64_t v, uint64_t a) {
   return (v + a - 1) & ~(a - 1);
-}
-
-// Reads a T at `offset`; the caller has checked the bounds.
-template <typename T>
-T ReadAt(std::span<const uint8_t> bytes, uint64_t offset) {
-  BTVM_CHECK(InBounds(offset, sizeof(T), bytes.size()));
-  T v;
-  std::memcpy(&v, bytes.data() + offset, sizeof(T));
-  return v;
 }
 
 template <typename T>
@@ -158,7 +136,7 @@ Result<Vmlinux> ParseVmlinux(std::span<const uint8_t> elf, uint64_t low_end) {
     }
     if (!InBounds(ph.p_paddr, ph.p_memsz, low_end) || ph.p_paddr < kHighMemory.value) {
       return VmlinuxError(
-          name + " at " + Range(ph.p_paddr, ph.p_paddr + ph.p_memsz) +
+          name + " at " + HexRange(ph.p_paddr, ph.p_paddr + ph.p_memsz) +
           " does not fit in guest RAM between 1 MiB and the end of RAM below 4 GiB (" +
           Hex(low_end) + ")");
     }
@@ -200,16 +178,6 @@ Result<Vmlinux> ParseVmlinux(std::span<const uint8_t> elf, uint64_t low_end) {
 
 // ---------------------------------------------------------------------------
 // Boot structures.
-
-// A 16-byte 64-bit busy TSS descriptor (SDM Vol. 3, "TSS Descriptor in
-// 64-bit Mode"), as runtime/loader.cpp builds it.
-void PutTssDescriptor(GuestMemory& memory, GuestPhys at, uint64_t base, uint32_t limit) {
-  const uint64_t low = (limit & 0xffffull) | ((base & 0xffffffull) << 16) |
-                       (uint64_t{kBootTssAttrib & 0xff} << 40) |
-                       (uint64_t{(limit >> 16) & 0xf} << 48) | (((base >> 24) & 0xff) << 56);
-  Put<uint64_t>(memory, at, low);
-  Put<uint64_t>(memory, at + 8, base >> 32);
-}
 
 void SetEntryState(GuestPhys entry, CpuState* cpu) {
   for (uint64_t& r : cpu->gpr) r = 0;
@@ -331,7 +299,7 @@ Result<BzImage> ParseBzImage(std::span<const uint8_t> image) {
   }
   if (bz.pref_address > kMmioHoleStart.value ||
       bz.init_size > kMmioHoleStart.value - bz.pref_address) {
-    return MakeError("bzImage needs " + Range(bz.pref_address, bz.pref_address + bz.init_size) +
+    return MakeError("bzImage needs " + HexRange(bz.pref_address, bz.pref_address + bz.init_size) +
                      " (pref_address + init_size), past the MMIO hole at 3 GiB");
   }
   if (!InBounds(bz.payload_offset, bz.payload_length, bz.kernel_size)) {
@@ -358,7 +326,7 @@ Result<std::vector<E820Entry>> BuildE820Map(const GuestMemory& memory,
   }
   for (const E820Entry& e : config.reserved) {
     if (e.type == E820Type::kRam) {
-      return MakeError("e820: extra range " + Range(e.addr, e.addr + e.size) +
+      return MakeError("e820: extra range " + HexRange(e.addr, e.addr + e.size) +
                        " has type RAM; guest RAM's ranges come from its size");
     }
     if (e.size == 0 || e.addr + e.size < e.addr) {
@@ -372,8 +340,8 @@ Result<std::vector<E820Entry>> BuildE820Map(const GuestMemory& memory,
   for (size_t i = 1; i < map.size(); ++i) {
     const E820Entry& prev = map[i - 1];
     if (map[i].addr < prev.addr + prev.size) {
-      return MakeError("e820: " + Range(map[i].addr, map[i].addr + map[i].size) + " overlaps " +
-                       Range(prev.addr, prev.addr + prev.size));
+      return MakeError("e820: " + HexRange(map[i].addr, map[i].addr + map[i].size) + " overlaps " +
+                       HexRange(prev.addr, prev.addr + prev.size));
     }
   }
   if (map.size() > zp::kE820MaxEntries) {
@@ -414,7 +382,7 @@ Result<LinuxBootInfo> LoadLinux(std::span<const uint8_t> bzimage, std::span<cons
     if (!reserved) {
       return MakeError("ACPI RSDP at " + Hex(rsdp) +
                        " is not inside a reserved e820 range (the firmware area is " +
-                       Range(kFirmwareArea.value, kHighMemory.value) + ")");
+                       HexRange(kFirmwareArea.value, kHighMemory.value) + ")");
     }
   }
 
@@ -439,7 +407,7 @@ Result<LinuxBootInfo> LoadLinux(std::span<const uint8_t> bzimage, std::span<cons
     info.entry = info.kernel_start + kStartup64Offset;
     if (info.kernel_end.value > low_end) {
       return MakeError("guest RAM is too small for this kernel: it needs " +
-                       Range(info.kernel_start.value, info.kernel_end.value) +
+                       HexRange(info.kernel_start.value, info.kernel_end.value) +
                        " (pref_address + init_size), RAM below 4 GiB ends at " + Hex(low_end));
     }
   } else {

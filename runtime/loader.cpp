@@ -12,7 +12,9 @@
 #include <cstring>
 #include <optional>
 
+#include "base/bytes.h"
 #include "base/check.h"
+#include "base/format.h"
 
 namespace btvm {
 namespace {
@@ -56,32 +58,6 @@ constexpr uint16_t kResetFcw = 0x37f;
 constexpr uint32_t kResetMxcsr = 0x1f80;
 constexpr uint32_t kMxcsrMask = 0xffff;
 
-std::string Hex(uint64_t v) {
-  char buf[24];
-  std::snprintf(buf, sizeof buf, "0x%llx", static_cast<unsigned long long>(v));
-  return buf;
-}
-
-std::string Range(uint64_t begin, uint64_t end) {
-  return "[" + Hex(begin) + ", " + Hex(end) + ")";
-}
-
-// Reads a T at `offset` of `bytes`; the caller has checked the bounds, so a
-// failing check here is a loader bug.
-template <typename T>
-T ReadAt(std::span<const uint8_t> bytes, uint64_t offset) {
-  BTVM_CHECK(offset <= bytes.size() && sizeof(T) <= bytes.size() - offset);
-  T v;
-  std::memcpy(&v, bytes.data() + offset, sizeof(T));
-  return v;
-}
-
-// True if [offset, offset + size) lies inside a buffer of `total` bytes,
-// written to be overflow-free for any 64-bit inputs.
-bool InBounds(uint64_t offset, uint64_t size, uint64_t total) {
-  return offset <= total && size <= total - offset;
-}
-
 // A PT_LOAD segment that passed validation.
 struct LoadSegment {
   unsigned index;  // program header number, for messages
@@ -117,15 +93,15 @@ Status CheckLoadSegment(unsigned index, const Elf64_Phdr& ph, uint64_t file_size
   }
   const uint64_t begin = ph.p_paddr, end = ph.p_paddr + ph.p_memsz;
   if (begin < kKernelMinAddress.value) {
-    return MakeError(name + " at " + Range(begin, end) +
+    return MakeError(name + " at " + HexRange(begin, end) +
                      " lies below 1 MiB, which belongs to the loader");
   }
   if (begin < kMmioHoleEnd.value && end > kMmioHoleStart.value) {
-    return MakeError(name + " at " + Range(begin, end) + " overlaps the MMIO hole " +
-                     Range(kMmioHoleStart.value, kMmioHoleEnd.value));
+    return MakeError(name + " at " + HexRange(begin, end) + " overlaps the MMIO hole " +
+                     HexRange(kMmioHoleStart.value, kMmioHoleEnd.value));
   }
   if (!memory.IsRam(GuestPhys(begin), ph.p_memsz)) {
-    return MakeError(name + " at " + Range(begin, end) +
+    return MakeError(name + " at " + HexRange(begin, end) +
                      " does not fit in guest RAM, which ends at " + Hex(memory.Top().value));
   }
   return Ok{};
@@ -278,6 +254,12 @@ void Put(GuestMemory& memory, GuestPhys addr, const T& value) {
   BTVM_CHECK(memory.WriteValue(addr, value));
 }
 
+SegmentReg FlatSegment(uint16_t selector, uint16_t attrib) {
+  return SegmentReg{.selector = selector, .attrib = attrib, .limit = 0xffffffff, .base = 0};
+}
+
+}  // namespace
+
 // A 16-byte 64-bit system-segment descriptor, busy TSS type 0xb (SDM Vol. 3,
 // "TSS Descriptor in 64-bit Mode").
 void PutTssDescriptor(GuestMemory& memory, GuestPhys at, uint64_t base, uint32_t limit) {
@@ -287,12 +269,6 @@ void PutTssDescriptor(GuestMemory& memory, GuestPhys at, uint64_t base, uint32_t
   Put<uint64_t>(memory, at, low);
   Put<uint64_t>(memory, at + 8, base >> 32);
 }
-
-SegmentReg FlatSegment(uint16_t selector, uint16_t attrib) {
-  return SegmentReg{.selector = selector, .attrib = attrib, .limit = 0xffffffff, .base = 0};
-}
-
-}  // namespace
 
 void BuildIdentityMap(GuestMemory& memory, GuestPhys pml4, GuestPhys pdpt, GuestPhys page_dirs) {
   uint64_t top = std::max(kMmioHoleEnd.value, memory.Top().value);

@@ -93,6 +93,8 @@ inline constexpr uint64_t kMaxIdentityMapPageDirs =
     (kMmioHoleEnd.value + (kMaxGuestMemory - kMmioHoleStart.value) + GiB(1) - 1) / GiB(1);
 static_assert(kMaxIdentityMapPageDirs <= 512, "one PDPT maps 512 GiB");
 void BuildIdentityMap(GuestMemory& memory, GuestPhys pml4, GuestPhys pdpt, GuestPhys page_dirs);
+// A 16-byte busy 64-bit TSS descriptor at `at` (the loaders' GDTs).
+void PutTssDescriptor(GuestMemory& memory, GuestPhys at, uint64_t base, uint32_t limit);
 
 // The flat 64-bit entry state both loaders give (this one and
 // runtime/linux_boot.h): CS and the data segments 4 GiB flat with these

@@ -119,7 +119,6 @@ Result<std::unique_ptr<Machine>> Machine::Create(const MachineConfig& config) {
     Result<LinuxBootInfo> info = LoadLinux(config.kernel, config.initrd, config.cmdline, boot,
                                            m->memory_, &m->cpu_);
     if (!info) return info.error();
-    m->linux_boot_ = std::move(info.value());
   } else {
     if (!config.initrd.empty() || !config.cmdline.empty()) {
       return MakeError("--initrd and --append are for Linux kernels (bzImage files)");
@@ -250,14 +249,10 @@ Machine::MsrResult Machine::ReadMsr(uint32_t index, uint64_t* value) {
 
 Machine::MsrResult Machine::WriteMsr(uint32_t index, uint64_t value) {
   switch (index) {
-    case LocalApic::kBaseMsr: {
-      const GuestPhys before = apic_->base();
-      if (!apic_->WriteBaseMsr(value)) return MsrResult::kFault;
-      // Linux never moves the APIC; a guest that does gets its registers
-      // only at the architectural address (noted, not modelled).
-      (void)before;
-      return MsrResult::kDone;
-    }
+    case LocalApic::kBaseMsr:
+      // Linux never moves the APIC; a guest that does still finds its
+      // registers only at the architectural address (not modelled).
+      return apic_->WriteBaseMsr(value) ? MsrResult::kDone : MsrResult::kFault;
     case LocalApic::kTscDeadlineMsr:
       apic_->WriteTscDeadline(value);
       return MsrResult::kDone;

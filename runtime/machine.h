@@ -7,7 +7,6 @@
 #include <cstdint>
 #include <cstdio>
 #include <memory>
-#include <optional>
 #include <string>
 #include <vector>
 
@@ -69,8 +68,6 @@ class Machine final : public SystemControl, public IrqSink, public InterruptSour
   GuestMemory& memory() { return memory_; }
   PioBus& pio() { return pio_; }
   const Engine& engine() const { return *engine_; }
-  // Where a Linux kernel was loaded (absent for an ELF test kernel).
-  const std::optional<LinuxBootInfo>& linux_boot() const { return linux_boot_; }
 
   // SystemControl
   void RequestExit(int status) override;
@@ -134,7 +131,6 @@ class Machine final : public SystemControl, public IrqSink, public InterruptSour
   std::unique_ptr<AcpiPm> acpi_pm_;
   std::unique_ptr<ResetControl> reset_control_;
   std::unique_ptr<Engine> engine_;
-  std::optional<LinuxBootInfo> linux_boot_;
 };
 
 // The built-in default guest (tests/guest/default.c), linked into btvm.

@@ -56,7 +56,7 @@ void PrintUsage(std::FILE* out) {
 }
 
 // The guest image the guest-image target builds (build/guest-image, this
-// binary being build/runtime/btvm), if it is there.
+// binary being build/runtime/btvm): sets *kernel and *initrd if it is there.
 bool FindGuestImage(std::string* kernel, std::string* initrd) {
   char exe[PATH_MAX];
   ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
@@ -64,9 +64,11 @@ bool FindGuestImage(std::string* kernel, std::string* initrd) {
   std::string dir(exe, static_cast<size_t>(n));
   dir = dir.substr(0, dir.rfind('/'));
   dir = dir.substr(0, dir.rfind('/')) + "/guest-image/";
-  *kernel = dir + "vmlinuz-cloud";
-  *initrd = dir + "initramfs.cpio.gz";
-  return access(kernel->c_str(), R_OK) == 0 && access(initrd->c_str(), R_OK) == 0;
+  const std::string k = dir + "vmlinuz-cloud", i = dir + "initramfs.cpio.gz";
+  if (access(k.c_str(), R_OK) != 0 || access(i.c_str(), R_OK) != 0) return false;
+  *kernel = k;
+  *initrd = i;
+  return true;
 }
 
 int Fail(int code, const std::string& message) {
@@ -164,9 +166,8 @@ int Run(int argc, char** argv) {
   }
 
   if (demo && !kernel_path.empty()) return Fail(kUsageError, "--demo and --kernel exclude each other");
-  if (kernel_path.empty() && !demo && initrd_path.empty() &&
-      FindGuestImage(&kernel_path, &initrd_path) && !have_append) {
-    config.cmdline = "console=ttyS0";
+  if (kernel_path.empty() && !demo && initrd_path.empty()) {
+    FindGuestImage(&kernel_path, &initrd_path);
   }
   if (kernel_path.empty()) {
     if (!initrd_path.empty() || have_append) {

@@ -19,3 +19,14 @@ echo "$out" | grep -Eqx 'measured: [0-9]+ cycles per syscall round trip' ||
 echo "$out" | grep -Eqx 'measured: [0-9]+ cycles per page fault' || fail "no page-fault timing"
 echo "$out" | grep -qx 'btvm default guest: done, resetting' || fail "no closing line"
 echo "PASS: default guest"
+
+# Without a guest image next to its build, plain `btvm run` is the demo too.
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+mkdir -p "$tmp/runtime"
+cp "$1" "$tmp/runtime/btvm"
+out=$("$tmp/runtime/btvm" run </dev/null)
+status=$?
+[ "$status" -eq 0 ] || fail "btvm run without a guest image: exit status $status"
+echo "$out" | grep -qx 'checksum: 0x93a421fe' || fail "btvm run without a guest image: not the demo"
+echo "PASS: btvm run without a guest image runs the demo"

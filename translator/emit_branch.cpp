@@ -202,9 +202,7 @@ void BlockEmitter::EmitEntryCheck(bool flags_live) {
   uint16_t taken = loop_regs_;
   out_of_line_.push_back([this, out, rip, taken] {
     a_.bind(out);
-    for (int h = 0; h < 16; ++h) {
-      if (taken & (1u << h)) Reload(h);
-    }
+    RestoreBoundary(false, taken);
     EmitExit(rip, BlockExit::kNext);
   });
 }

@@ -185,6 +185,13 @@ void BlockEmitter::Materialize() {
   window_reg_ = -1;
 }
 
+void BlockEmitter::RestoreBoundary(bool flags_saved, uint16_t regs) {
+  if (flags_saved) RestoreArith(offsetof(BtContext, saved_flags));
+  for (int h = 0; h < 16; ++h) {
+    if (regs & (1u << h)) Reload(h);
+  }
+}
+
 void BlockEmitter::Spill(int host) {
   a_.mov(x86::qword_ptr(x86::r15, GprOffset(host)), x86::gpq(host));
 }

@@ -231,10 +231,7 @@ void BlockEmitter::EmitSlowPaths() {
     // The access faulted, or stores into translated code (the helper set
     // exit_reason): guest state is as before the instruction.
     a_.bind(sp.fault);
-    if (sp.flags_saved) RestoreArith(offsetof(BtContext, saved_flags));
-    for (int h = 0; h < 16; ++h) {
-      if (sp.spilled & (1u << h)) Reload(h);
-    }
+    RestoreBoundary(sp.flags_saved, sp.spilled);
     EmitCompactExit(env_.exit_rip, sp.rip);
   }
 }

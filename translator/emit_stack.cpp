@@ -58,10 +58,7 @@ bool BlockEmitter::EnterStackWindow(int32_t lo, uint32_t size, bool write, bool 
   const uint16_t spilled = p.spilled;
   out_of_line_.push_back([this, miss, spilled, saved_here] {
     a_.bind(miss);
-    if (saved_here) RestoreArith(offsetof(BtContext, saved_flags));
-    for (int g = 0; g < 16; ++g) {
-      if (spilled & (1u << g)) Reload(g);
-    }
+    RestoreBoundary(saved_here, spilled);
     ExitLabels x{a_.newLabel(), a_.newLabel(), env_.block_rip, kBlockPlainStack};
     exits_.push_back(x);
     a_.bind(x.jmp);

@@ -51,10 +51,7 @@ bool BlockEmitter::EmitSystem(const DecodedInsn& d, uint32_t live_after) {
   const uint64_t rip = d.rip;
   out_of_line_.push_back([this, alone, flags_saved, borrowed, rip] {
     a_.bind(alone);
-    if (flags_saved) RestoreArith(offsetof(BtContext, saved_flags));
-    for (int h = 0; h < 16; ++h) {
-      if (borrowed & (1u << h)) Reload(h);
-    }
+    RestoreBoundary(flags_saved, borrowed);
     EmitExit(rip, BlockExit::kAlone);
   });
 
@@ -71,10 +68,7 @@ bool BlockEmitter::EmitSystem(const DecodedInsn& d, uint32_t live_after) {
   const uint64_t next = d.NextRip();
   out_of_line_.push_back([this, waiting, saved_now, borrowed_now, next] {
     a_.bind(waiting);
-    if (saved_now) RestoreArith(offsetof(BtContext, saved_flags));
-    for (int h = 0; h < 16; ++h) {
-      if (borrowed_now & (1u << h)) Reload(h);
-    }
+    RestoreBoundary(saved_now, borrowed_now);
     EmitExit(next, BlockExit::kSti);
   });
   Materialize();

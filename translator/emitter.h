@@ -132,6 +132,10 @@ class BlockEmitter {
   void BeginInsn(uint32_t flags_live, uint16_t lookahead);
   // Back to the block-boundary state (before exits).
   void Materialize();
+  // The same on a path out of the block emitted out of line, from state
+  // captured when the path was planned: the arithmetic flags back from
+  // saved_flags if `flags_saved`, the guest values of `regs` reloaded.
+  void RestoreBoundary(bool flags_saved, uint16_t regs);
   // A block whose last instruction branches back to its start (a loop):
   // `regs` are taken as scratch once, before the loop head, and stay taken
   // around the back edge; the exit_request check moves to the loop head.

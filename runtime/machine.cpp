@@ -164,8 +164,7 @@ void Machine::PollConsoleInput() {
       case ConsoleEscapes::Action::kQuit:
         std::fflush(config_.console_out);
         std::fputs("\r\nbtvm: terminated (C-a x)\r\n", stderr);
-        stop_outcome_ = {0, true, ""};
-        stop_.store(true);
+        RequestExit(0);
         console_open_ = false;
         return;
     }
@@ -190,14 +189,10 @@ void Machine::RequestExit(int status) {
 
 void Machine::RequestReset() {
   // The guest asked for a reboot: as QEMU with -no-reboot, the run ends.
-  stop_outcome_ = {0, true, ""};
-  stop_.store(true);
+  RequestExit(0);
 }
 
-void Machine::RequestPowerOff() {
-  stop_outcome_ = {0, true, ""};
-  stop_.store(true);
-}
+void Machine::RequestPowerOff() { RequestExit(0); }
 
 void Machine::SetIrqLevel(unsigned line, bool level) {
   if (line >= 16) return;

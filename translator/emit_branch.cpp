@@ -78,9 +78,11 @@ int32_t JumpCacheOffset(unsigned mmu_index, uint64_t rip) {
 }
 }  // namespace
 
-void BlockEmitter::EmitJumpTo(uint64_t target, InstId jcc) {
+void BlockEmitter::EmitJumpTo(uint64_t target, InstId jcc, uint32_t target_flags) {
   if (env_.single || ((target ^ env_.block_rip) >> 12) != 0) {
-    // Not chainable: the runtime, or an inline jump-cache probe.
+    // Not chainable: the runtime, or an inline jump-cache probe, which
+    // know no variants.
+    BTVM_CHECK(target_flags == 0);
     Label go = a_.newLabel();
     if (jcc != x86::Inst::kIdNone) {
       a_.emit(jcc, go);
@@ -99,7 +101,7 @@ void BlockEmitter::EmitJumpTo(uint64_t target, InstId jcc) {
     }
     return;
   }
-  ExitLabels x{a_.newLabel(), a_.newLabel(), target};
+  ExitLabels x{a_.newLabel(), a_.newLabel(), target, target_flags};
   uint32_t index = static_cast<uint32_t>(exits_.size());
   exits_.push_back(x);
   a_.bind(x.jmp);

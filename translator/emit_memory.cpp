@@ -109,6 +109,16 @@ ZydisRegister OverrideSegment(const DecodedInsn& d) {
   return ZYDIS_REGISTER_DS;
 }
 
+int32_t BlockEmitter::TlbTagOffset(bool write) const {
+  return static_cast<int32_t>(offsetof(BtContext, tlb) + env_.mmu_index * sizeof(SoftTlb) +
+                              (write ? offsetof(TlbEntry, write_tag) : offsetof(TlbEntry, read_tag)));
+}
+
+int32_t BlockEmitter::TlbHostOffset() const {
+  return static_cast<int32_t>(offsetof(BtContext, tlb) + env_.mmu_index * sizeof(SoftTlb) +
+                              offsetof(TlbEntry, host_page));
+}
+
 // t = the byte offset of the soft-TLB slot of the guest address in s.
 void BlockEmitter::SlotOffset(int s, int t) {
   a_.mov(x86::gpq(t), x86::gpq(s));
@@ -140,10 +150,7 @@ void BlockEmitter::EmitAccess(const DecodedInsn& d, const Plan& p, int s, int t,
   sp.rip = d.rip;
   sp.body = body;
 
-  int32_t tlb = static_cast<int32_t>(offsetof(BtContext, tlb) + env_.mmu_index * sizeof(SoftTlb));
-  int32_t tag = tlb + static_cast<int32_t>(write ? offsetof(TlbEntry, write_tag)
-                                                 : offsetof(TlbEntry, read_tag));
-  int32_t host = tlb + static_cast<int32_t>(offsetof(TlbEntry, host_page));
+  const int32_t tag = TlbTagOffset(write), host = TlbHostOffset();
   x86::Gp S = x86::gpq(s), T = x86::gpq(t);
   if (!index_ready) SlotOffset(s, t);
   a_.xor_(S, x86::qword_ptr(x86::r15, T, 0, tag));
@@ -197,11 +204,7 @@ void BlockEmitter::EmitSlowPaths() {
   paths.swap(slow_paths_);
   for (SlowPath& sp : paths) {
     x86::Gp S = x86::gpq(sp.s), T = x86::gpq(sp.t);
-    int32_t tlb =
-        static_cast<int32_t>(offsetof(BtContext, tlb) + env_.mmu_index * sizeof(SoftTlb));
-    int32_t tag = tlb + static_cast<int32_t>((sp.info & kAccessWrite)
-                                                 ? offsetof(TlbEntry, write_tag)
-                                                 : offsetof(TlbEntry, read_tag));
+    const int32_t tag = TlbTagOffset(sp.info & kAccessWrite);
     a_.bind(sp.entry);
     if (sp.index_ready) {
       // The slot was another access's: probe the address's own slot.

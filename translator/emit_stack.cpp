@@ -34,10 +34,7 @@ bool BlockEmitter::EnterStackWindow(int32_t lo, uint32_t size, bool write, bool 
   const int r = p.rename[kRsp];
   rsp_in_ = r;
 
-  int32_t tlb = static_cast<int32_t>(offsetof(BtContext, tlb) + env_.mmu_index * sizeof(SoftTlb));
-  int32_t tag = tlb + static_cast<int32_t>(write ? offsetof(TlbEntry, write_tag)
-                                                 : offsetof(TlbEntry, read_tag));
-  int32_t host = tlb + static_cast<int32_t>(offsetof(TlbEntry, host_page));
+  const int32_t tag = TlbTagOffset(write), host = TlbHostOffset();
   x86::Gp H = x86::gpq(h), T = x86::gpq(t);
   Label miss = a_.newLabel();
   a_.lea(H, x86::ptr(x86::gpq(r), lo));
@@ -59,12 +56,7 @@ bool BlockEmitter::EnterStackWindow(int32_t lo, uint32_t size, bool write, bool 
   out_of_line_.push_back([this, miss, spilled, saved_here] {
     a_.bind(miss);
     RestoreBoundary(saved_here, spilled);
-    ExitLabels x{a_.newLabel(), a_.newLabel(), env_.block_rip, kBlockPlainStack};
-    exits_.push_back(x);
-    a_.bind(x.jmp);
-    a_.long_().jmp(x.stub);
-    a_.bind(x.stub);
-    EmitCompactExit(env_.exit_chain, x.target);
+    EmitJumpTo(env_.block_rip, x86::Inst::kIdNone, kBlockPlainStack);
   });
   return true;
 }

@@ -98,7 +98,10 @@ class BlockEmitter {
   // target is in the block's page (chaining), else an inline jump-cache
   // probe, else the runtime.
   // With `jcc`, only when that condition holds (else falls through).
-  void EmitJumpTo(uint64_t target, asmjit::InstId jcc = asmjit::x86::Inst::kIdNone);
+  // `target_flags`: the key flags the target block must have
+  // (kBlockPlainStack for a stack window's miss; Block::Exit::flags).
+  void EmitJumpTo(uint64_t target, asmjit::InstId jcc = asmjit::x86::Inst::kIdNone,
+                  uint32_t target_flags = 0);
   // At block entry: return to the runtime if it asked (exit_request).
   void EmitEntryCheck(bool flags_live);
   // Emits the out-of-line code collected while emitting the block (slow
@@ -241,8 +244,13 @@ class BlockEmitter {
   void StoreRenamed(const DecodedInsn& d, const Plan& p);
   void ReloadSpilled(const Plan& p);
 
-  // Computes the effective address of memory operand `op` into host `s`.
+  // t = the byte offset of the soft-TLB entry for the guest address in s.
   void SlotOffset(int s, int t);
+  // Offsets from r15, to add to an entry offset, of the block's soft TLB's
+  // tag for reads or writes and of its host_page.
+  int32_t TlbTagOffset(bool write) const;
+  int32_t TlbHostOffset() const;
+  // Computes the effective address of memory operand `op` into host `s`.
   void EmitEffectiveAddress(const DecodedInsn& d, const ZydisDecodedOperand& op, const Plan& p,
                             int s);
   // Probes the soft TLB for [s, s+size) and leaves the host pointer in s;

@@ -47,11 +47,15 @@ inline constexpr unsigned JumpCacheIndex(uint64_t rip) {
   return static_cast<unsigned>((rip ^ (rip >> kJumpCacheBits)) & (kJumpCacheEntries - 1));
 }
 
-// The return-address cache: a stack of 256 (guest return RIP, host code)
-// pairs per MmuIndex, pushed by call and popped by ret. `top` is a byte so
-// it wraps without flag-clobbering arithmetic. A hit jumps to the call's
-// continuation exit, which chains to the block after the call.
-inline constexpr unsigned kRasEntries = 256;
+// The return-address cache: (guest return RIP, host code) pairs per
+// MmuIndex, indexed by the guest RSP the return address sits at (its bits
+// 3..11): a call fills the entry of the slot it pushes to, the ret that
+// pops that slot finds it. No counter is kept, so nothing carries from one
+// call to the next through memory; deep recursion or a switched stack only
+// costs misses. A hit jumps to the call's continuation exit, which chains
+// to the block after the call.
+inline constexpr unsigned kRasEntries = 512;
+inline constexpr int32_t kRasIndexMask = (kRasEntries - 1) * 8;  // RSP & mask = byte offset
 
 // Register conventions inside translated code:
 //   r15          -> BtContext
@@ -110,7 +114,6 @@ struct alignas(64) BtContext {
   alignas(64) JumpCacheEntry jump_cache[2][kJumpCacheEntries];
   uint64_t ras_rip[2][kRasEntries];
   uint64_t ras_code[2][kRasEntries];
-  uint8_t ras_top[2] = {};
   // Set when a kernel lookup (jump cache or RAS) may name code from a page
   // that is not global: set by the runtime and by such code's calls.
   uint8_t kernel_local_lookups = 0;

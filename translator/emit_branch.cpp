@@ -216,17 +216,14 @@ void BlockEmitter::EmitIndirectJump(const Plan& p, int s, int t, bool flags_save
     a_.jmp(miss);
   } else {
     if (is_ret) {
-      int32_t top = static_cast<int32_t>(offsetof(BtContext, ras_top) + env_.mmu_index);
+      // t holds the slot's offset (the RSP the return address was read at).
       int32_t rips = static_cast<int32_t>(offsetof(BtContext, ras_rip) +
                                           env_.mmu_index * kRasEntries * 8);
       int32_t codes = static_cast<int32_t>(offsetof(BtContext, ras_code) +
                                            env_.mmu_index * kRasEntries * 8);
-      a_.movzx(T.r32(), x86::byte_ptr(x86::r15, top));
-      a_.cmp(S, x86::qword_ptr(x86::r15, T, 3, rips));
+      a_.cmp(S, x86::qword_ptr(x86::r15, T, 0, rips));
       a_.jne(lookup);
-      a_.mov(S, x86::qword_ptr(x86::r15, T, 3, codes));
-      a_.sub(T.r8(), 1);  // top -= 1 (mod 256), stored from a register
-      a_.mov(x86::byte_ptr(x86::r15, top), T.r8());
+      a_.mov(S, x86::qword_ptr(x86::r15, T, 0, codes));
       // A hit goes to the call's continuation exit, which restores the
       // flags from saved_flags only if the code after the call reads them.
       a_.mov(x86::qword_ptr(x86::r15, offsetof(BtContext, jump_target)), S);
@@ -417,24 +414,21 @@ bool BlockEmitter::EmitBranch(const DecodedInsn& d, uint32_t flags_live) {
     if (env_.local_kernel) {
       a_.mov(x86::byte_ptr(x86::r15, offsetof(BtContext, kernel_local_lookups)), 1);
     }
-    int32_t top = static_cast<int32_t>(offsetof(BtContext, ras_top) + env_.mmu_index);
     int32_t rips = static_cast<int32_t>(offsetof(BtContext, ras_rip) +
                                         env_.mmu_index * kRasEntries * 8);
     int32_t codes = static_cast<int32_t>(offsetof(BtContext, ras_code) +
                                          env_.mmu_index * kRasEntries * 8);
-    // top += 1 (mod 256) in a register: the store's data is ready at once
-    // for the ret that loads it.
-    a_.movzx(x86::gpd(t), x86::byte_ptr(x86::r15, top));
-    a_.add(x86::gpq(t).r8(), 1);
-    a_.mov(x86::byte_ptr(x86::r15, top), x86::gpq(t).r8());
+    // The slot of the RSP the return address went to.
+    a_.mov(x86::gpq(t), R);
+    a_.and_(x86::gpq(t), kRasIndexMask);
     if (FitsImm32(ret)) {
-      a_.mov(x86::qword_ptr(x86::r15, x86::gpq(t), 3, rips), static_cast<int32_t>(ret));
+      a_.mov(x86::qword_ptr(x86::r15, x86::gpq(t), 0, rips), static_cast<int32_t>(ret));
     } else {
       a_.mov(x86::gpq(s), ret);
-      a_.mov(x86::qword_ptr(x86::r15, x86::gpq(t), 3, rips), x86::gpq(s));
+      a_.mov(x86::qword_ptr(x86::r15, x86::gpq(t), 0, rips), x86::gpq(s));
     }
     a_.lea(x86::gpq(s), x86::ptr(continuation));
-    a_.mov(x86::qword_ptr(x86::r15, x86::gpq(t), 3, codes), x86::gpq(s));
+    a_.mov(x86::qword_ptr(x86::r15, x86::gpq(t), 0, codes), x86::gpq(s));
   };
   // Reached from a ret's return-address-cache hit, with the flags at the
   // ret in saved_flags (EmitIndirectJump).
@@ -489,6 +483,8 @@ bool BlockEmitter::EmitBranch(const DecodedInsn& d, uint32_t flags_live) {
           [this, s] { a_.mov(x86::gpq(s), x86::qword_ptr(x86::gpq(s))); }, false, stack_ready);
     }
     x86::Gp R = x86::gpq(p.rename[kRsp]);
+    a_.mov(x86::gpq(t), R);  // the return-address cache slot (bt_context.h)
+    a_.and_(x86::gpq(t), kRasIndexMask);
     a_.lea(R, x86::ptr(R, 8 + pop));
     a_.mov(x86::qword_ptr(x86::r15, GprOffset(kRsp)), R);
     EmitIndirectJump(p, s, t, save, true);

@@ -58,11 +58,20 @@ inline constexpr unsigned kRasEntries = 512;
 inline constexpr int32_t kRasIndexMask = (kRasEntries - 1) * 8;  // RSP & mask = byte offset
 
 // Register conventions inside translated code:
-//   r15          -> BtContext
-//   rsp          -> the monitor's own stack (guest RSP lives in cpu.gpr[kRsp])
+//   GS base      -> BtContext (context_operand.h; set per thread by
+//                   CodeCache::Enter)
+//   r15          -> guest RSP (kGuestRspHost), for good: pushes, pops,
+//                   calls and returns read and move it without a trip
+//                   through memory. cpu.gpr[kRsp] is current only outside
+//                   translated code (the exit stubs store it).
+//   rsp          -> the monitor's own stack (helper calls, compact exits)
+//   guest R15    -> cpu.gpr[kR15], loaded into a scratch register by the
+//                   instructions that name it
 //   every other host GPR holds the guest GPR of the same number, except
 //   around one instruction, where scratch registers are spilled to their
 //   cpu.gpr slot and reloaded after it.
+inline constexpr int kGuestRspHost = 15;
+
 struct alignas(64) BtContext {
   CpuState cpu;
   SoftTlb tlb[2];  // indexed by MmuIndex (kernel, user)
@@ -75,6 +84,7 @@ struct alignas(64) BtContext {
   uint64_t slow_info = 0;      // its size and access kind (emitter.h)
   uint64_t call_save[16] = {};  // host registers the helper stubs keep across a call
   uint64_t host_rsp = 0;       // the monitor's RSP at entry
+  BtContext* self = this;      // for the helper stubs' first argument
   uint64_t entry_target = 0;   // where the entry trampoline jumps
   uint32_t host_mxcsr = 0x1f80;
   uint16_t host_fcw = 0x37f;
@@ -123,6 +133,9 @@ struct alignas(64) BtContext {
   Counters* counters = nullptr;
 
   BtContext() { ClearLookups(); }
+  // Translated code and `self` know it by its address.
+  BtContext(const BtContext&) = delete;
+  BtContext& operator=(const BtContext&) = delete;
   // Forgets every cached guest-RIP -> host-code mapping (a TLB flush or a
   // code-cache flush makes them stale); with `keep_global`, only the user
   // ones, unless the kernel's hold code from a page that is not global
@@ -143,7 +156,7 @@ struct alignas(64) BtContext {
   bool jump_cache_used = true;  // entries may be filled (the runtime fills them)
 };
 
-static_assert(offsetof(BtContext, cpu) == 0, "translated code addresses cpu at r15+0");
+static_assert(offsetof(BtContext, cpu) == 0, "translated code addresses cpu at gs:0");
 static_assert(offsetof(BtContext, tlb) % 64 == 0);
 
 inline constexpr int32_t GprOffset(int reg) {

@@ -1,6 +1,9 @@
 #include "translator/code_cache.h"
 
+#include <asm/prctl.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstring>
@@ -12,8 +15,9 @@ namespace btvm {
 using namespace asmjit;
 
 namespace {
-// Guest GPRs held in host registers while translated code runs (all but
-// RSP, which is the monitor's stack, and R15, the context pointer).
+// Guest GPRs held in the host register of the same number while
+// translated code runs: all but RSP (in kGuestRspHost, as host RSP is the
+// monitor's stack) and R15 (in CpuState).
 constexpr int kLiveGprs[] = {kRax, kRcx, kRdx, kRbx, kRbp, kRsi, kRdi,
                              kR8,  kR9,  kR10, kR11, kR12, kR13, kR14};
 constexpr uint64_t kHostFlagsMask = rflags::kArith | rflags::kDF | rflags::kFixed1;
@@ -51,7 +55,8 @@ void CodeCache::BuildTrampolines() {
   x86::Assembler a(&code);
   Label exit = a.newLabel(), fault_exit = a.newLabel();
 
-  // void Enter(BtContext* ctx /*rdi*/, const void* code /*rsi*/)
+  // void Enter(BtContext* ctx /*rdi*/, const void* code /*rsi*/), with GS
+  // base = ctx already (CodeCache::Enter).
   // Saves the monitor's callee-saved registers and stack pointer, loads
   // guest GPRs, guest arithmetic flags and DF, and the guest FPU/SSE state,
   // then jumps to the block. RSP stays 16-byte aligned for helper calls.
@@ -62,35 +67,36 @@ void CodeCache::BuildTrampolines() {
   a.push(x86::r14);
   a.push(x86::r15);
   a.sub(x86::rsp, 8);
-  a.mov(x86::r15, x86::rdi);
-  a.mov(x86::qword_ptr(x86::r15, offsetof(BtContext, host_rsp)), x86::rsp);
-  a.mov(x86::qword_ptr(x86::r15, offsetof(BtContext, entry_target)), x86::rsi);
-  a.stmxcsr(x86::dword_ptr(x86::r15, offsetof(BtContext, host_mxcsr)));
-  a.fnstcw(x86::word_ptr(x86::r15, offsetof(BtContext, host_fcw)));
-  a.fxrstor64(x86::ptr(x86::r15, static_cast<int32_t>(offsetof(CpuState, xsave))));
-  a.mov(x86::rax, x86::qword_ptr(x86::r15, offsetof(BtContext, host_flags)));
+  a.mov(CtxPtr(offsetof(BtContext, host_rsp), 8), x86::rsp);
+  a.mov(CtxPtr(offsetof(BtContext, entry_target), 8), x86::rsi);
+  a.stmxcsr(CtxPtr(offsetof(BtContext, host_mxcsr), 4));
+  a.fnstcw(CtxPtr(offsetof(BtContext, host_fcw), 2));
+  a.fxrstor64(CtxPtr(static_cast<int32_t>(offsetof(CpuState, xsave))));
+  a.mov(x86::rax, CtxPtr(offsetof(BtContext, host_flags), 8));
   a.and_(x86::rax, static_cast<int32_t>(kHostFlagsMask));
   a.push(x86::rax);
   a.popfq();
-  for (int g : kLiveGprs) a.mov(x86::gpq(g), x86::qword_ptr(x86::r15, GprOffset(g)));
-  a.jmp(x86::qword_ptr(x86::r15, offsetof(BtContext, entry_target)));
+  for (int g : kLiveGprs) a.mov(x86::gpq(g), CtxPtr(GprOffset(g), 8));
+  a.mov(x86::gpq(kGuestRspHost), CtxPtr(GprOffset(kRsp), 8));
+  a.jmp(CtxPtr(offsetof(BtContext, entry_target), 8));
 
   // The exit stub: blocks jump here with RIP and exit_reason stored.
   a.align(AlignMode::kCode, 16);
   a.bind(exit);
-  for (int g : kLiveGprs) a.mov(x86::qword_ptr(x86::r15, GprOffset(g)), x86::gpq(g));
+  for (int g : kLiveGprs) a.mov(CtxPtr(GprOffset(g), 8), x86::gpq(g));
+  a.mov(CtxPtr(GprOffset(kRsp), 8), x86::gpq(kGuestRspHost));
   a.pushfq();
-  a.pop(x86::qword_ptr(x86::r15, offsetof(BtContext, host_flags)));
+  a.pop(CtxPtr(offsetof(BtContext, host_flags), 8));
   // The fault exit: the host-fault handler already stored GPRs and flags.
   a.bind(fault_exit);
-  a.fxsave64(x86::ptr(x86::r15, static_cast<int32_t>(offsetof(CpuState, xsave))));
+  a.fxsave64(CtxPtr(static_cast<int32_t>(offsetof(CpuState, xsave))));
   // A pending unmasked x87 exception stays in the guest's saved status
   // word; the monitor's FPU must not raise it (fldcw would).
   a.fnclex();
   a.cld();
-  a.ldmxcsr(x86::dword_ptr(x86::r15, offsetof(BtContext, host_mxcsr)));
-  a.fldcw(x86::word_ptr(x86::r15, offsetof(BtContext, host_fcw)));
-  a.mov(x86::rsp, x86::qword_ptr(x86::r15, offsetof(BtContext, host_rsp)));
+  a.ldmxcsr(CtxPtr(offsetof(BtContext, host_mxcsr), 4));
+  a.fldcw(CtxPtr(offsetof(BtContext, host_fcw), 2));
+  a.mov(x86::rsp, CtxPtr(offsetof(BtContext, host_rsp), 8));
   a.add(x86::rsp, 8);
   a.pop(x86::r15);
   a.pop(x86::r14);
@@ -109,21 +115,22 @@ void CodeCache::BuildTrampolines() {
     a.bind(label);
     a.pushfq();  // with the return address: RSP is 16-byte aligned again
     for (int h : kCallerSaved) {
-      a.mov(x86::qword_ptr(x86::r15, static_cast<int32_t>(offsetof(BtContext, call_save) + 8 * h)),
+      a.mov(CtxPtr(static_cast<int32_t>(offsetof(BtContext, call_save) + 8 * h), 8),
             x86::gpq(h));
     }
-    a.fxsave64(x86::ptr(x86::r15, static_cast<int32_t>(offsetof(CpuState, xsave))));
+    a.fxsave64(CtxPtr(static_cast<int32_t>(offsetof(CpuState, xsave))));
     a.fnclex();
     a.cld();
-    a.ldmxcsr(x86::dword_ptr(x86::r15, offsetof(BtContext, host_mxcsr)));
-    a.mov(x86::rdi, x86::r15);
+    a.ldmxcsr(CtxPtr(offsetof(BtContext, host_mxcsr), 4));
+    a.mov(CtxPtr(GprOffset(kRsp), 8), x86::gpq(kGuestRspHost));  // current for the helper
+    a.mov(x86::rdi, CtxPtr(offsetof(BtContext, self), 8));
     a.mov(x86::rax, fn);
     a.call(x86::rax);
-    a.mov(x86::qword_ptr(x86::r15, offsetof(BtContext, slow_result)), x86::rax);
-    a.fxrstor64(x86::ptr(x86::r15, static_cast<int32_t>(offsetof(CpuState, xsave))));
+    a.mov(CtxPtr(offsetof(BtContext, slow_result), 8), x86::rax);
+    a.fxrstor64(CtxPtr(static_cast<int32_t>(offsetof(CpuState, xsave))));
     for (int h : kCallerSaved) {
       a.mov(x86::gpq(h),
-            x86::qword_ptr(x86::r15, static_cast<int32_t>(offsetof(BtContext, call_save) + 8 * h)));
+            CtxPtr(static_cast<int32_t>(offsetof(BtContext, call_save) + 8 * h), 8));
     }
     a.popfq();
     a.ret();
@@ -134,14 +141,14 @@ void CodeCache::BuildTrampolines() {
   auto exit_variant = [&](Label label, bool chain, bool set_reason) {
     a.align(AlignMode::kCode, 16);
     a.bind(label);
-    a.mov(x86::qword_ptr(x86::r15, offsetof(BtContext, rax_save)), x86::rax);
+    a.mov(CtxPtr(offsetof(BtContext, rax_save), 8), x86::rax);
     a.pop(x86::rax);
-    if (chain) a.mov(x86::qword_ptr(x86::r15, offsetof(BtContext, chain_site)), x86::rax);
+    if (chain) a.mov(CtxPtr(offsetof(BtContext, chain_site), 8), x86::rax);
     a.mov(x86::rax, x86::qword_ptr(x86::rax));
-    a.mov(x86::qword_ptr(x86::r15, kRipOffset), x86::rax);
-    a.mov(x86::rax, x86::qword_ptr(x86::r15, offsetof(BtContext, rax_save)));
+    a.mov(CtxPtr(kRipOffset, 8), x86::rax);
+    a.mov(x86::rax, CtxPtr(offsetof(BtContext, rax_save), 8));
     if (set_reason) {
-      a.mov(x86::dword_ptr(x86::r15, offsetof(BtContext, exit_reason)),
+      a.mov(CtxPtr(offsetof(BtContext, exit_reason), 4),
             static_cast<uint32_t>(BlockExit::kNext));
     }
     a.jmp(exit);
@@ -167,6 +174,20 @@ void CodeCache::BuildTrampolines() {
   commit_stub_ = region_ + code.labelOffsetFromBase(commit_stub);
   blocks_start_ = region_ + ((size + 63) & ~size_t{63});
   next_ = blocks_start_;
+}
+
+namespace {
+// The context this thread's GS base points at (nothing else in the
+// process uses GS).
+thread_local const BtContext* t_gs_context = nullptr;
+}  // namespace
+
+void CodeCache::Enter(BtContext* ctx, const void* code) {
+  if (t_gs_context != ctx) {
+    BTVM_CHECK(syscall(SYS_arch_prctl, ARCH_SET_GS, reinterpret_cast<uintptr_t>(ctx)) == 0);
+    t_gs_context = ctx;
+  }
+  enter_(ctx, code);
 }
 
 EmitEnv CodeCache::EmitEnvFor(unsigned mmu_index) const {

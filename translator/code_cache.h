@@ -105,7 +105,9 @@ class CodeCache final : public MmuObserver {
   CodeCache& operator=(const CodeCache&) = delete;
 
   // Runs translated code from `code` until it exits to the runtime.
-  void Enter(BtContext* ctx, const void* code) { enter_(ctx, code); }
+  // Runs translated code at `code` until it exits; first points this
+  // thread's GS base at ctx (context_operand.h) if it is not there yet.
+  void Enter(BtContext* ctx, const void* code);
 
   // Through a small direct-mapped cache of recent finds first: the hash
   // map's nodes are scattered, and the runtime looks blocks up on every

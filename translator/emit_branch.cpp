@@ -50,8 +50,8 @@ InstId JccId(ZydisMnemonic m) {
 }  // namespace
 
 void BlockEmitter::StoreImm64(int32_t offset, uint64_t value) {
-  a_.mov(x86::dword_ptr(x86::r15, offset), static_cast<uint32_t>(value));
-  a_.mov(x86::dword_ptr(x86::r15, offset + 4), static_cast<uint32_t>(value >> 32));
+  a_.mov(CtxPtr(offset, 4), static_cast<uint32_t>(value));
+  a_.mov(CtxPtr(offset + 4, 4), static_cast<uint32_t>(value >> 32));
 }
 
 void BlockEmitter::EmitExit(uint64_t rip, BlockExit reason) {
@@ -60,7 +60,7 @@ void BlockEmitter::EmitExit(uint64_t rip, BlockExit reason) {
     return;
   }
   StoreImm64(kRipOffset, rip);
-  a_.mov(x86::dword_ptr(x86::r15, offsetof(BtContext, exit_reason)),
+  a_.mov(CtxPtr(offsetof(BtContext, exit_reason), 4),
          static_cast<uint32_t>(reason));
   a_.jmp(Imm(env_.exit_stub));
 }
@@ -128,15 +128,15 @@ void BlockEmitter::EmitLookupConst(uint64_t target) {
   }
   int32_t slot = JumpCacheOffset(env_.mmu_index, target);
   Label hit = a_.newLabel(), miss = a_.newLabel();
-  a_.mov(x86::qword_ptr(x86::r15, offsetof(BtContext, rcx_save)), x86::rcx);
-  a_.mov(x86::rcx, x86::qword_ptr(x86::r15, slot));
+  a_.mov(CtxPtr(offsetof(BtContext, rcx_save), 8), x86::rcx);
+  a_.mov(x86::rcx, CtxPtr(slot, 8));
   a_.lea(x86::rcx, x86::ptr(x86::rcx, static_cast<int32_t>(neg)));
   a_.jecxz(x86::rcx, hit);
-  a_.mov(x86::rcx, x86::qword_ptr(x86::r15, offsetof(BtContext, rcx_save)));
+  a_.mov(x86::rcx, CtxPtr(offsetof(BtContext, rcx_save), 8));
   a_.jmp(miss);
   a_.bind(hit);
-  a_.mov(x86::rcx, x86::qword_ptr(x86::r15, offsetof(BtContext, rcx_save)));
-  a_.jmp(x86::qword_ptr(x86::r15, slot + 8));
+  a_.mov(x86::rcx, CtxPtr(offsetof(BtContext, rcx_save), 8));
+  a_.jmp(CtxPtr(slot + 8, 8));
   out_of_line_.push_back([this, miss, target] {
     a_.bind(miss);
     EmitExit(target, BlockExit::kNext);
@@ -189,15 +189,15 @@ void BlockEmitter::EmitEntryCheck(bool flags_live) {
   int32_t req = offsetof(BtContext, exit_request);
   if (flags_live) {
     Label go = a_.newLabel();
-    a_.mov(x86::qword_ptr(x86::r15, offsetof(BtContext, rcx_save)), x86::rcx);
-    a_.movzx(x86::ecx, x86::byte_ptr(x86::r15, req));
+    a_.mov(CtxPtr(offsetof(BtContext, rcx_save), 8), x86::rcx);
+    a_.movzx(x86::ecx, CtxPtr(req, 1));
     a_.jecxz(x86::rcx, go);
-    a_.mov(x86::rcx, x86::qword_ptr(x86::r15, offsetof(BtContext, rcx_save)));
+    a_.mov(x86::rcx, CtxPtr(offsetof(BtContext, rcx_save), 8));
     a_.jmp(out);
     a_.bind(go);
-    a_.mov(x86::rcx, x86::qword_ptr(x86::r15, offsetof(BtContext, rcx_save)));
+    a_.mov(x86::rcx, CtxPtr(offsetof(BtContext, rcx_save), 8));
   } else {
-    a_.cmp(x86::byte_ptr(x86::r15, req), 0);
+    a_.cmp(CtxPtr(req, 1), 0);
     a_.jne(out);
   }
   uint64_t rip = env_.block_rip;
@@ -221,14 +221,14 @@ void BlockEmitter::EmitIndirectJump(const Plan& p, int s, int t, bool flags_save
                                           env_.mmu_index * kRasEntries * 8);
       int32_t codes = static_cast<int32_t>(offsetof(BtContext, ras_code) +
                                            env_.mmu_index * kRasEntries * 8);
-      a_.cmp(S, x86::qword_ptr(x86::r15, T, 0, rips));
+      a_.cmp(S, CtxPtr(T, 0, rips, 8));
       a_.jne(lookup);
-      a_.mov(S, x86::qword_ptr(x86::r15, T, 0, codes));
+      a_.mov(S, CtxPtr(T, 0, codes, 8));
       // A hit goes to the call's continuation exit, which restores the
       // flags from saved_flags only if the code after the call reads them.
-      a_.mov(x86::qword_ptr(x86::r15, offsetof(BtContext, jump_target)), S);
+      a_.mov(CtxPtr(offsetof(BtContext, jump_target), 8), S);
       ReloadSpilled(p);
-      a_.jmp(x86::qword_ptr(x86::r15, offsetof(BtContext, jump_target)));
+      a_.jmp(CtxPtr(offsetof(BtContext, jump_target), 8));
     }
     a_.bind(lookup);
     int32_t jc = static_cast<int32_t>(offsetof(BtContext, jump_cache) +
@@ -238,24 +238,24 @@ void BlockEmitter::EmitIndirectJump(const Plan& p, int s, int t, bool flags_save
     a_.xor_(T, S);
     a_.and_(T, kJumpCacheEntries - 1);
     a_.shl(T, 4);
-    a_.cmp(S, x86::qword_ptr(x86::r15, T, 0, jc));
+    a_.cmp(S, CtxPtr(T, 0, jc, 8));
     a_.jne(miss);
-    a_.mov(S, x86::qword_ptr(x86::r15, T, 0, jc + 8));
+    a_.mov(S, CtxPtr(T, 0, jc + 8, 8));
     a_.bind(go);
-    a_.mov(x86::qword_ptr(x86::r15, offsetof(BtContext, jump_target)), S);
+    a_.mov(CtxPtr(offsetof(BtContext, jump_target), 8), S);
     if (flags_saved) RestoreArith(offsetof(BtContext, saved_flags));
     ReloadSpilled(p);
-    a_.jmp(x86::qword_ptr(x86::r15, offsetof(BtContext, jump_target)));
+    a_.jmp(CtxPtr(offsetof(BtContext, jump_target), 8));
   }
   a_.bind(miss);
   EmitRuntimeExit(p, s, flags_saved);  // s still holds the target
 }
 
 void BlockEmitter::EmitRuntimeExit(const Plan& p, int s, bool flags_saved) {
-  a_.mov(x86::qword_ptr(x86::r15, kRipOffset), x86::gpq(s));
+  a_.mov(CtxPtr(kRipOffset, 8), x86::gpq(s));
   if (flags_saved) RestoreArith(offsetof(BtContext, saved_flags));
   ReloadSpilled(p);
-  a_.mov(x86::dword_ptr(x86::r15, offsetof(BtContext, exit_reason)),
+  a_.mov(CtxPtr(offsetof(BtContext, exit_reason), 4),
          static_cast<uint32_t>(BlockExit::kNext));
   a_.jmp(Imm(env_.exit_stub));
 }
@@ -344,7 +344,7 @@ bool BlockEmitter::EmitBranch(const DecodedInsn& d, uint32_t flags_live) {
       }
     }
     TakeRegisters(&p);
-    // call and ret use RSP themselves; a copy in a register spares a load.
+    // call and ret use RSP themselves.
     if (p.rename[kRsp] == -1 || m != ZYDIS_MNEMONIC_JMP) RenameRsp(&p);
     if (p.rename[kR15] == -1) p.rename[kR15] = PickScratch(&p, false);
     s = PickScratch(&p, false);
@@ -366,11 +366,13 @@ bool BlockEmitter::EmitBranch(const DecodedInsn& d, uint32_t flags_live) {
     if (op.type == ZYDIS_OPERAND_TYPE_REGISTER) {
       GprRef r;
       DecodeGpr(op.reg.value, &r);
-      if (r.index == kRsp || r.index == kR15) {
-        a_.mov(x86::gpq(t), x86::qword_ptr(x86::r15, GprOffset(r.index)));
-        a_.mov(x86::qword_ptr(x86::r15, slot), x86::gpq(t));
+      if (r.index == kRsp) {
+        a_.mov(CtxPtr(slot, 8), x86::gpq(kGuestRspHost));
+      } else if (r.index == kR15) {
+        a_.mov(x86::gpq(t), CtxPtr(GprOffset(r.index), 8));
+        a_.mov(CtxPtr(slot, 8), x86::gpq(t));
       } else {
-        a_.mov(x86::qword_ptr(x86::r15, slot), x86::gpq(r.index));
+        a_.mov(CtxPtr(slot, 8), x86::gpq(r.index));
       }
     } else {
       EmitEffectiveAddress(d, op, p, s);
@@ -378,7 +380,7 @@ bool BlockEmitter::EmitBranch(const DecodedInsn& d, uint32_t flags_live) {
           d, p, s, t, 8, true, false,
           [this, s, slot] {
             a_.mov(x86::gpq(s), x86::qword_ptr(x86::gpq(s)));
-            a_.mov(x86::qword_ptr(x86::r15, slot), x86::gpq(s));
+            a_.mov(CtxPtr(slot, 8), x86::gpq(s));
           },
           false);
     }
@@ -405,14 +407,11 @@ bool BlockEmitter::EmitBranch(const DecodedInsn& d, uint32_t flags_live) {
           stack_ready);
     }
     // Flags here are saved (restored before leaving) or dead.
-    // RSP from the register copy (a store whose data is ready early: the
-    // next block loads it).
     x86::Gp R = x86::gpq(p.rename[kRsp]);
     a_.lea(R, x86::ptr(R, -8));
-    a_.mov(x86::qword_ptr(x86::r15, GprOffset(kRsp)), R);
     if (env_.single) return;
     if (env_.local_kernel) {
-      a_.mov(x86::byte_ptr(x86::r15, offsetof(BtContext, kernel_local_lookups)), 1);
+      a_.mov(CtxPtr(offsetof(BtContext, kernel_local_lookups), 1), 1);
     }
     int32_t rips = static_cast<int32_t>(offsetof(BtContext, ras_rip) +
                                         env_.mmu_index * kRasEntries * 8);
@@ -422,13 +421,13 @@ bool BlockEmitter::EmitBranch(const DecodedInsn& d, uint32_t flags_live) {
     a_.mov(x86::gpq(t), R);
     a_.and_(x86::gpq(t), kRasIndexMask);
     if (FitsImm32(ret)) {
-      a_.mov(x86::qword_ptr(x86::r15, x86::gpq(t), 0, rips), static_cast<int32_t>(ret));
+      a_.mov(CtxPtr(x86::gpq(t), 0, rips, 8), static_cast<int32_t>(ret));
     } else {
       a_.mov(x86::gpq(s), ret);
-      a_.mov(x86::qword_ptr(x86::r15, x86::gpq(t), 0, rips), x86::gpq(s));
+      a_.mov(CtxPtr(x86::gpq(t), 0, rips, 8), x86::gpq(s));
     }
     a_.lea(x86::gpq(s), x86::ptr(continuation));
-    a_.mov(x86::qword_ptr(x86::r15, x86::gpq(t), 0, codes), x86::gpq(s));
+    a_.mov(CtxPtr(x86::gpq(t), 0, codes, 8), x86::gpq(s));
   };
   // Reached from a ret's return-address-cache hit, with the flags at the
   // ret in saved_flags (EmitIndirectJump).
@@ -457,7 +456,7 @@ bool BlockEmitter::EmitBranch(const DecodedInsn& d, uint32_t flags_live) {
     } else {
       load_target();
       push_return(continuation);
-      a_.mov(x86::gpq(s), x86::qword_ptr(x86::r15, offsetof(BtContext, jump_target)));
+      a_.mov(x86::gpq(s), CtxPtr(offsetof(BtContext, jump_target), 8));
       EmitIndirectJump(p, s, t, save, false);
     }
     continuation_exit(continuation);
@@ -466,7 +465,7 @@ bool BlockEmitter::EmitBranch(const DecodedInsn& d, uint32_t flags_live) {
   if (m == ZYDIS_MNEMONIC_JMP) {
     if (!setup()) return false;
     load_target();
-    a_.mov(x86::gpq(s), x86::qword_ptr(x86::r15, offsetof(BtContext, jump_target)));
+    a_.mov(x86::gpq(s), CtxPtr(offsetof(BtContext, jump_target), 8));
     EmitIndirectJump(p, s, t, save, false);
     return true;
   }
@@ -486,7 +485,6 @@ bool BlockEmitter::EmitBranch(const DecodedInsn& d, uint32_t flags_live) {
     a_.mov(x86::gpq(t), R);  // the return-address cache slot (bt_context.h)
     a_.and_(x86::gpq(t), kRasIndexMask);
     a_.lea(R, x86::ptr(R, 8 + pop));
-    a_.mov(x86::qword_ptr(x86::r15, GprOffset(kRsp)), R);
     EmitIndirectJump(p, s, t, save, true);
     return true;
   }

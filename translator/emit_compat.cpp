@@ -36,20 +36,18 @@ int32_t SegBaseOffset(int seg) {
 // Flags are saved (or dead) where addresses are computed, so add may
 // clobber them.
 void BlockEmitter::AddCompatSegmentBase(ZydisRegister segment, int s) {
-  a_.add(x86::gpq(s), x86::qword_ptr(x86::r15, SegBaseOffset(SegmentIndexOf(segment))));
+  a_.add(x86::gpq(s), CtxPtr(SegBaseOffset(SegmentIndexOf(segment)), 8));
   a_.mov(x86::gpd(s), x86::gpd(s));
 }
 
 void BlockEmitter::CompatStackAddress(int s, int32_t delta) {
-  a_.mov(x86::gpd(s), x86::dword_ptr(x86::r15, GprOffset(kRsp)));
+  a_.mov(x86::gpd(s), x86::gpd(kGuestRspHost));
   if (delta) a_.lea(x86::gpd(s), x86::ptr(x86::gpq(s), delta));
   AddCompatSegmentBase(ZYDIS_REGISTER_SS, s);
 }
 
-void BlockEmitter::AdjustGuestEsp(int tmp, int32_t delta) {
-  a_.mov(x86::gpd(tmp), x86::dword_ptr(x86::r15, GprOffset(kRsp)));
-  a_.lea(x86::gpd(tmp), x86::ptr(x86::gpq(tmp), delta));
-  a_.mov(x86::qword_ptr(x86::r15, GprOffset(kRsp)), x86::gpq(tmp));
+void BlockEmitter::AdjustGuestEsp(int32_t delta) {
+  a_.lea(x86::gpd(kGuestRspHost), x86::ptr(x86::gpq(kGuestRspHost), delta));
 }
 
 // push r32/r16, push imm, pop r32/r16, leave (SDM Vol. 2 PUSH, POP, LEAVE
@@ -62,7 +60,7 @@ bool BlockEmitter::EmitCompatStack(const DecodedInsn& d, uint32_t flags_live) {
   const int width = d.insn.operand_width / 8;
   if (width != 4 && width != 2) return Fail("push/pop of this size: " + FormatInsn(d));
   // One instruction at a time: from and back to the block-boundary state
-  // (emitter.h), guest ESP in CpuState only.
+  // (emitter.h), guest ESP in its host register (kGuestRspHost).
   Materialize();
 
   if (d.insn.mnemonic == ZYDIS_MNEMONIC_LEAVE) {
@@ -77,8 +75,7 @@ bool BlockEmitter::EmitCompatStack(const DecodedInsn& d, uint32_t flags_live) {
       if (width == 2) a_.movzx(x86::gpd(t), x86::word_ptr(x86::gpq(s)));
       else a_.mov(x86::gpd(t), x86::dword_ptr(x86::gpq(s)));
     }, true);
-    a_.lea(x86::gpd(s), x86::ptr(x86::rbp, width));
-    a_.mov(x86::qword_ptr(x86::r15, GprOffset(kRsp)), x86::gpq(s));
+    a_.lea(x86::gpd(kGuestRspHost), x86::ptr(x86::rbp, width));
     if (width == 2) a_.mov(x86::bp, x86::gpw(t));
     else a_.mov(x86::rbp, x86::gpq(t));
     Materialize();
@@ -89,7 +86,7 @@ bool BlockEmitter::EmitCompatStack(const DecodedInsn& d, uint32_t flags_live) {
   const bool is_reg = op.type == ZYDIS_OPERAND_TYPE_REGISTER && DecodeGpr(op.reg.value, &reg);
   const bool is_imm = op.type == ZYDIS_OPERAND_TYPE_IMMEDIATE;
   if (!is_reg && !is_imm) return Fail("push/pop of this operand: " + FormatInsn(d));
-  // Only EAX..EDI exist here; ESP lives in CpuState.
+  // Only EAX..EDI exist here; ESP lives in kGuestRspHost.
   const bool esp = is_reg && reg.index == kRsp;
   if (is_reg && !esp) p.used |= 1u << reg.index;
   int s = PickScratch(&p, false), t = PickScratch(&p, false);
@@ -104,13 +101,13 @@ bool BlockEmitter::EmitCompatStack(const DecodedInsn& d, uint32_t flags_live) {
         if (width == 2) a_.mov(dst, static_cast<int32_t>(op.imm.value.s & 0xffff));
         else a_.mov(dst, static_cast<int32_t>(op.imm.value.s));
       } else if (esp) {  // push esp pushes the value before the push
-        a_.mov(x86::gpd(t), x86::dword_ptr(x86::r15, GprOffset(kRsp)));
+        a_.mov(x86::gpd(t), x86::gpd(kGuestRspHost));
         a_.mov(dst, width == 2 ? x86::Gp(x86::gpw(t)) : x86::Gp(x86::gpd(t)));
       } else {
         a_.mov(dst, width == 2 ? x86::Gp(x86::gpw(reg.index)) : x86::Gp(x86::gpd(reg.index)));
       }
     }, true);
-    AdjustGuestEsp(t, -width);
+    AdjustGuestEsp(-width);
   } else {  // POP
     if (!is_reg) return Fail("pop to non-register");
     CompatStackAddress(s, 0);
@@ -118,11 +115,11 @@ bool BlockEmitter::EmitCompatStack(const DecodedInsn& d, uint32_t flags_live) {
       if (width == 2) a_.movzx(x86::gpd(t), x86::word_ptr(x86::gpq(s)));
       else a_.mov(x86::gpd(t), x86::dword_ptr(x86::gpq(s)));
     }, true);
-    AdjustGuestEsp(s, width);
+    AdjustGuestEsp(width);
     // pop esp: ESP takes the value read; a 16-bit pop replaces the low 16 bits.
     if (esp) {
-      if (width == 2) a_.mov(x86::word_ptr(x86::r15, GprOffset(kRsp)), x86::gpw(t));
-      else a_.mov(x86::qword_ptr(x86::r15, GprOffset(kRsp)), x86::gpq(t));
+      if (width == 2) a_.mov(x86::gpw(kGuestRspHost), x86::gpw(t));
+      else a_.mov(x86::gpq(kGuestRspHost), x86::gpq(t));
     } else if (width == 2) {
       a_.mov(x86::gpw(reg.index), x86::gpw(t));
     } else {
@@ -148,7 +145,7 @@ bool BlockEmitter::EmitCompatBranch(const DecodedInsn& d, uint32_t flags_live, u
   Materialize();
   Plan p;
   const bool save = flags_live != 0;
-  // Registers of the target operand; guest ESP is read from CpuState.
+  // Registers of the target operand; guest ESP is in kGuestRspHost.
   if (op.type == ZYDIS_OPERAND_TYPE_REGISTER) {
     GprRef r;
     if (!DecodeGpr(op.reg.value, &r)) return Fail("odd branch operand");
@@ -160,7 +157,7 @@ bool BlockEmitter::EmitCompatBranch(const DecodedInsn& d, uint32_t flags_live, u
       if (r.index == kRsp) p.rename[kRsp] = -1;
       else p.used |= 1u << r.index;
     }
-    if (p.rename[kRsp] == -1) p.rename[kRsp] = PickScratch(&p, false);
+    if (p.rename[kRsp] == -1) RenameRsp(&p);
   }
   const int s = PickScratch(&p, false), t = PickScratch(&p, false);
   SaveFlagsIfLive(save);
@@ -174,18 +171,18 @@ bool BlockEmitter::EmitCompatBranch(const DecodedInsn& d, uint32_t flags_live, u
       GprRef r;
       DecodeGpr(op.reg.value, &r);
       if (r.index == kRsp) {
-        a_.mov(x86::gpd(t), x86::dword_ptr(x86::r15, GprOffset(kRsp)));
+        a_.mov(x86::gpd(t), x86::gpd(kGuestRspHost));
       } else {
         a_.mov(x86::gpd(t), x86::gpd(r.index));
       }
-      a_.mov(x86::qword_ptr(x86::r15, slot), x86::gpq(t));
+      a_.mov(CtxPtr(slot, 8), x86::gpq(t));
     } else if (op.type == ZYDIS_OPERAND_TYPE_MEMORY) {
       EmitEffectiveAddress(d, op, p, s);
       EmitAccess(
           d, p, s, t, 4, true, false,
           [this, s, slot] {
             a_.mov(x86::gpd(s), x86::dword_ptr(x86::gpq(s)));
-            a_.mov(x86::qword_ptr(x86::r15, slot), x86::gpq(s));
+            a_.mov(CtxPtr(slot, 8), x86::gpq(s));
           },
           false);
     } else {
@@ -200,19 +197,19 @@ bool BlockEmitter::EmitCompatBranch(const DecodedInsn& d, uint32_t flags_live, u
         d, p, s, t, 4, false, true,
         [this, s, ret] { a_.mov(x86::dword_ptr(x86::gpq(s)), static_cast<int32_t>(ret)); },
         false);
-    AdjustGuestEsp(t, -4);
+    AdjustGuestEsp(-4);
     if (relative) {
       if (save) RestoreArith(offsetof(BtContext, saved_flags));
       ReloadSpilled(p);
       EmitJumpTo(target);
       return true;
     }
-    a_.mov(x86::gpq(s), x86::qword_ptr(x86::r15, slot));
+    a_.mov(x86::gpq(s), CtxPtr(slot, 8));
     EmitRuntimeExit(p, s, save);
     return true;
   }
   if (m == ZYDIS_MNEMONIC_JMP) {
-    a_.mov(x86::gpq(s), x86::qword_ptr(x86::r15, slot));
+    a_.mov(x86::gpq(s), CtxPtr(slot, 8));
     EmitRuntimeExit(p, s, save);
     return true;
   }
@@ -224,7 +221,7 @@ bool BlockEmitter::EmitCompatBranch(const DecodedInsn& d, uint32_t flags_live, u
   EmitAccess(
       d, p, s, t, 4, true, false,
       [this, s] { a_.mov(x86::gpd(s), x86::dword_ptr(x86::gpq(s))); }, false);
-  AdjustGuestEsp(t, 4 + release);
+  AdjustGuestEsp(4 + release);
   EmitRuntimeExit(p, s, save);
   return true;
 }

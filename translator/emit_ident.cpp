@@ -101,22 +101,12 @@ void BlockEmitter::TakeRegisters(Plan* p) {
     std::erase_if(loop_slots_, [&](const auto& slot) { return p->used & (1u << slot.second); });
     sticky_ &= ~p->used;
   }
-  if (rsp_in_ >= 0 && (p->used & (1u << rsp_in_))) rsp_in_ = -1;
   if (stack_slot_in_ >= 0 && (p->used & (1u << stack_slot_in_))) stack_slot_in_ = -1;
 }
 
 void BlockEmitter::RenameRsp(Plan* p) {
-  if (p->rename[kRsp] >= 0 && p->rename[kRsp] != kRsp) return;  // done
-  if (rsp_in_ >= 0 && !(p->used & (1u << rsp_in_)) && (!p->needs_low || rsp_in_ < 8)) {
-    p->used |= 1u << rsp_in_;
-    p->rename[kRsp] = rsp_in_;
-  } else {
-    p->rename[kRsp] = PickScratch(p, p->needs_low);
-  }
-}
-
-void BlockEmitter::KeepRsp(const Plan& p) {
-  if (p.rename[kRsp] >= 0 && p.rename[kRsp] != kRsp) rsp_in_ = p.rename[kRsp];
+  p->rename[kRsp] = kGuestRspHost;
+  p->used |= 1u << kGuestRspHost;
 }
 
 int BlockEmitter::PickScratch(Plan* p, bool low_only) {
@@ -126,9 +116,8 @@ int BlockEmitter::PickScratch(Plan* p, bool low_only) {
                                    kR8,  kR9,  kR10, kR11, kR12, kR13, kR14};
   // First a register already taken (no store), then one the next
   // instructions leave alone (no reload soon), then any.
-  // The copy of guest RSP and the stack's slot offset are kept if possible.
+  // The stack's slot offset is kept if possible.
   uint16_t keep = 0xffff;
-  if (rsp_in_ >= 0) keep &= ~(1u << rsp_in_);
   if (stack_slot_in_ >= 0) keep &= ~(1u << stack_slot_in_);
   for (uint16_t prefer : {static_cast<uint16_t>(p->spilled & keep),
                           static_cast<uint16_t>(~lookahead_ & keep), static_cast<uint16_t>(keep),
@@ -138,7 +127,6 @@ int BlockEmitter::PickScratch(Plan* p, bool low_only) {
       if (((p->used | sticky_) & (1u << h)) || !(prefer & (1u << h))) continue;
       p->used |= 1u << h;
       p->spilled |= 1u << h;
-      if (h == rsp_in_) rsp_in_ = -1;
       if (h == stack_slot_in_) stack_slot_in_ = -1;
       return h;
     }
@@ -178,7 +166,6 @@ void BlockEmitter::Materialize() {
     if (borrowed_ & (1u << h)) Reload(h);
   }
   borrowed_ = 0;
-  rsp_in_ = -1;
   stack_slot_in_ = -1;
   slots_valid_ = false;  // slot registers hold guest values again
   if (window_reg_ >= 0) sticky_ &= ~(1u << window_reg_);
@@ -193,32 +180,28 @@ void BlockEmitter::RestoreBoundary(bool flags_saved, uint16_t regs) {
 }
 
 void BlockEmitter::Spill(int host) {
-  a_.mov(x86::qword_ptr(x86::r15, GprOffset(host)), x86::gpq(host));
+  a_.mov(CtxPtr(GprOffset(host), 8), x86::gpq(host));
 }
 
 void BlockEmitter::Reload(int host) {
-  a_.mov(x86::gpq(host), x86::qword_ptr(x86::r15, GprOffset(host)));
+  a_.mov(x86::gpq(host), CtxPtr(GprOffset(host), 8));
 }
 
 void BlockEmitter::LoadRenamed(const Plan& p) {
-  for (int g : {kRsp, kR15}) {
-    if (g == kRsp && p.rename[g] == rsp_in_) continue;  // holds it already
-    if (p.rename[g] != g) a_.mov(x86::gpq(p.rename[g]), x86::qword_ptr(x86::r15, GprOffset(g)));
-  }
+  // Guest RSP is in its host register for good; only R15 is loaded.
+  if (p.rename[kR15] != kR15) a_.mov(x86::gpq(p.rename[kR15]), CtxPtr(GprOffset(kR15), 8));
 }
 
 void BlockEmitter::StoreRenamed(const DecodedInsn& d, const Plan& p) {
-  for (int g : {kRsp, kR15}) {
-    if (p.rename[g] == g) continue;
-    bool written = false;
-    for (unsigned i = 0; i < d.insn.operand_count; ++i) {
-      GprRef r;
-      if (d.ops[i].type == ZYDIS_OPERAND_TYPE_REGISTER && DecodeGpr(d.ops[i].reg.value, &r) &&
-          r.index == g && (d.ops[i].actions & ZYDIS_OPERAND_ACTION_MASK_WRITE)) {
-        written = true;
-      }
+  // Guest RSP's host register is its home; R15's is CpuState.
+  if (p.rename[kR15] == kR15) return;
+  for (unsigned i = 0; i < d.insn.operand_count; ++i) {
+    GprRef r;
+    if (d.ops[i].type == ZYDIS_OPERAND_TYPE_REGISTER && DecodeGpr(d.ops[i].reg.value, &r) &&
+        r.index == kR15 && (d.ops[i].actions & ZYDIS_OPERAND_ACTION_MASK_WRITE)) {
+      a_.mov(CtxPtr(GprOffset(kR15), 8), x86::gpq(p.rename[kR15]));
+      return;
     }
-    if (written) a_.mov(x86::qword_ptr(x86::r15, GprOffset(g)), x86::gpq(p.rename[g]));
   }
 }
 
@@ -392,7 +375,6 @@ bool BlockEmitter::EmitIdent(const DecodedInsn& d, uint32_t flags_live) {
       a_.mov(x86::gpw(host), static_cast<uint16_t>(value));
     }
     StoreRenamed(d, p);
-    KeepRsp(p);
     return true;
   }
 
@@ -412,7 +394,6 @@ bool BlockEmitter::EmitIdent(const DecodedInsn& d, uint32_t flags_live) {
     LoadRenamed(p);
     a_.embed(bytes.data(), bytes.size());
     StoreRenamed(d, p);
-    KeepRsp(p);
     return true;
   }
 
@@ -471,13 +452,15 @@ bool BlockEmitter::EmitIdent(const DecodedInsn& d, uint32_t flags_live) {
   last_flags_saved_ = flags_saved_ && !touches_flags;
   SpillPlan(p);
   LoadRenamed(p);
+  // The address may name RSP, renamed to u above.
+  if (u >= 0 && bit_reg.index == kRsp) a_.mov(x86::gpq(u), x86::gpq(kGuestRspHost));
   EmitEffectiveAddress(d, *mem, p, s);
   if (u >= 0) {
     x86::Gp U = x86::gpq(u);
-    // A renamed source (RSP, R15) was loaded into u itself by LoadRenamed
-    // (the rename map points it there): keep a copy in the scratch that
-    // was meant for it.
-    if (bit_reg.index == kRsp || bit_reg.index == kR15) a_.mov(x86::gpq(bit_src), U);
+    // R15 was loaded into u itself by LoadRenamed (the rename map points
+    // it there): keep a copy in the scratch that was meant for it. RSP's
+    // host register still holds it.
+    if (bit_reg.index == kR15) a_.mov(x86::gpq(bit_src), U);
     x86::Gp src = x86::gpq(bit_src);
     // u = the sign-extended bit offset, scaled to operand units in bytes.
     if (size == 2) a_.movsx(U, src.r16());
@@ -494,11 +477,6 @@ bool BlockEmitter::EmitIdent(const DecodedInsn& d, uint32_t flags_live) {
              [this, bytes] { a_.embed(bytes.data(), bytes.size()); }, touches_flags,
              index_ready);
   StoreRenamed(d, p);
-  if (u >= 0) {
-    rsp_in_ = -1;  // u took RSP's rename and then the bit offset
-  } else {
-    KeepRsp(p);
-  }
   return true;
 }
 

@@ -26,30 +26,30 @@ constexpr uint16_t kCallerSaved = (1u << kRax) | (1u << kRcx) | (1u << kRdx) | (
 
 void BlockEmitter::SaveFlags(int32_t slot) {
   a_.pushfq();
-  a_.pop(x86::qword_ptr(x86::r15, slot));
+  a_.pop(CtxPtr(slot, 8));
 }
 
 void BlockEmitter::RestoreFlags(int32_t slot) {
-  a_.push(x86::qword_ptr(x86::r15, slot));
+  a_.push(CtxPtr(slot, 8));
   a_.popfq();
 }
 
 // lahf keeps SF ZF AF PF CF in AH; seto puts OF in AL. Restoring, adding
 // 0x7f to AL sets OF exactly when AL was 1, and sahf restores the rest.
 void BlockEmitter::SaveArith(int32_t slot) {
-  a_.mov(x86::qword_ptr(x86::r15, offsetof(BtContext, rax_save)), x86::rax);
+  a_.mov(CtxPtr(offsetof(BtContext, rax_save), 8), x86::rax);
   a_.lahf();
   a_.seto(x86::al);
-  a_.mov(x86::word_ptr(x86::r15, slot), x86::ax);
-  a_.mov(x86::rax, x86::qword_ptr(x86::r15, offsetof(BtContext, rax_save)));
+  a_.mov(CtxPtr(slot, 2), x86::ax);
+  a_.mov(x86::rax, CtxPtr(offsetof(BtContext, rax_save), 8));
 }
 
 void BlockEmitter::RestoreArith(int32_t slot) {
-  a_.mov(x86::qword_ptr(x86::r15, offsetof(BtContext, rax_save)), x86::rax);
-  a_.mov(x86::ax, x86::word_ptr(x86::r15, slot));
+  a_.mov(CtxPtr(offsetof(BtContext, rax_save), 8), x86::rax);
+  a_.mov(x86::ax, CtxPtr(slot, 2));
   a_.add(x86::al, 0x7f);
   a_.sahf();
-  a_.mov(x86::rax, x86::qword_ptr(x86::r15, offsetof(BtContext, rax_save)));
+  a_.mov(x86::rax, CtxPtr(offsetof(BtContext, rax_save), 8));
 }
 
 void BlockEmitter::EmitEffectiveAddress(const DecodedInsn& d, const ZydisDecodedOperand& op,
@@ -97,9 +97,9 @@ void BlockEmitter::AddSegmentBase(ZydisRegister segment, int s) {
   if (env_.compat) return AddCompatSegmentBase(segment, s);
   if (segment != ZYDIS_REGISTER_FS && segment != ZYDIS_REGISTER_GS) return;
   int seg = segment == ZYDIS_REGISTER_FS ? kFs : kGs;
-  a_.add(x86::gpq(s), x86::qword_ptr(x86::r15, static_cast<int32_t>(offsetof(CpuState, seg) +
+  a_.add(x86::gpq(s), CtxPtr(static_cast<int32_t>(offsetof(CpuState, seg) +
                                                                      seg * sizeof(SegmentReg) +
-                                                                     offsetof(SegmentReg, base))));
+                                                                     offsetof(SegmentReg, base)), 8));
 }
 
 // The segment an instruction with an implicit memory operand overrides.
@@ -153,13 +153,13 @@ void BlockEmitter::EmitAccess(const DecodedInsn& d, const Plan& p, int s, int t,
   const int32_t tag = TlbTagOffset(write), host = TlbHostOffset();
   x86::Gp S = x86::gpq(s), T = x86::gpq(t);
   if (!index_ready) SlotOffset(s, t);
-  a_.xor_(S, x86::qword_ptr(x86::r15, T, 0, tag));
+  a_.xor_(S, CtxPtr(T, 0, tag, 8));
   a_.cmp(S, static_cast<int32_t>(kPageSize - size));
   a_.ja(sp.entry);
   a_.bind(sp.hit);
   // Flags are clobbered here anyway (and restored below when live).
-  if (env_.count_hits) a_.add(x86::qword_ptr(x86::r15, offsetof(BtContext, tlb_hits)), 1);
-  a_.add(S, x86::qword_ptr(x86::r15, T, 0, host));
+  if (env_.count_hits) a_.add(CtxPtr(offsetof(BtContext, tlb_hits), 8), 1);
+  a_.add(S, CtxPtr(T, 0, host, 8));
   if (restore_flags) RestoreSavedFlags();
   body();
   a_.bind(sp.resume);
@@ -177,14 +177,16 @@ void BlockEmitter::CallHelper(uint64_t fn) {
   for (int h = 0; h < 16; ++h) {
     if (kCallerSaved & (1u << h)) Spill(h);
   }
-  a_.fxsave64(x86::ptr(x86::r15, static_cast<int32_t>(offsetof(CpuState, xsave))));
+  a_.fxsave64(CtxPtr(static_cast<int32_t>(offsetof(CpuState, xsave))));
   a_.fnclex();
-  a_.ldmxcsr(x86::dword_ptr(x86::r15, offsetof(BtContext, host_mxcsr)));
-  a_.mov(x86::rdi, x86::r15);
+  a_.ldmxcsr(CtxPtr(offsetof(BtContext, host_mxcsr), 4));
+  // Guest RSP, current in CpuState for the helper too.
+  a_.mov(CtxPtr(GprOffset(kRsp), 8), x86::gpq(kGuestRspHost));
+  a_.mov(x86::rdi, CtxPtr(offsetof(BtContext, self), 8));
   a_.mov(x86::rax, fn);
   a_.call(x86::rax);
-  a_.fxrstor64(x86::ptr(x86::r15, static_cast<int32_t>(offsetof(CpuState, xsave))));
-  a_.mov(x86::qword_ptr(x86::r15, offsetof(BtContext, slow_result)), x86::rax);
+  a_.fxrstor64(CtxPtr(static_cast<int32_t>(offsetof(CpuState, xsave))));
+  a_.mov(CtxPtr(offsetof(BtContext, slow_result), 8), x86::rax);
   for (int h = 0; h < 16; ++h) {
     if (kCallerSaved & (1u << h)) Reload(h);
   }
@@ -208,19 +210,19 @@ void BlockEmitter::EmitSlowPaths() {
     a_.bind(sp.entry);
     if (sp.index_ready) {
       // The slot was another access's: probe the address's own slot.
-      a_.xor_(S, x86::qword_ptr(x86::r15, T, 0, tag));
+      a_.xor_(S, CtxPtr(T, 0, tag, 8));
       SlotOffset(sp.s, sp.t);
-      a_.xor_(S, x86::qword_ptr(x86::r15, T, 0, tag));
+      a_.xor_(S, CtxPtr(T, 0, tag, 8));
       a_.cmp(S, static_cast<int32_t>(kPageSize - (sp.info & 0xff)));
       a_.jbe(sp.hit);
     }
-    a_.xor_(S, x86::qword_ptr(x86::r15, T, 0, tag));  // the guest address again
+    a_.xor_(S, CtxPtr(T, 0, tag, 8));  // the guest address again
     // The helper takes the address and access from the context; the stub
     // keeps every register (DF included) as it is.
-    a_.mov(x86::qword_ptr(x86::r15, offsetof(BtContext, slow_addr)), S);
-    a_.mov(x86::qword_ptr(x86::r15, offsetof(BtContext, slow_info)), static_cast<int32_t>(sp.info));
+    a_.mov(CtxPtr(offsetof(BtContext, slow_addr), 8), S);
+    a_.mov(CtxPtr(offsetof(BtContext, slow_info), 8), static_cast<int32_t>(sp.info));
     a_.call(Imm(env_.mem_slow_path));
-    a_.mov(S, x86::qword_ptr(x86::r15, offsetof(BtContext, slow_result)));
+    a_.mov(S, CtxPtr(offsetof(BtContext, slow_result), 8));
     a_.test(S, S);  // arithmetic flags are in saved_flags if live
     a_.jz(sp.fault);
     if (sp.flags_saved && sp.restore_after) RestoreArith(offsetof(BtContext, saved_flags));

@@ -1,10 +1,9 @@
 // Explicit stack sequences (DESIGN.md, Translator): guest RSP is not host
 // RSP (host RSP is the monitor's stack, used for helper calls), so push,
 // pop and leave become loads and stores through the soft TLB at the guest
-// RSP kept in CpuState (and, within a block, in a scratch register too, so
-// that a run of pushes does not wait on its own stores). RSP changes only
-// after the access succeeded, so a #PF on the stack leaves the guest state
-// as before the instruction.
+// RSP, which lives in host r15 (kGuestRspHost). RSP changes only after the
+// access succeeded, so a #PF on the stack leaves the guest state as before
+// the instruction.
 
 #include "translator/code_cache.h"
 #include "translator/emitter.h"
@@ -32,18 +31,17 @@ bool BlockEmitter::EnterStackWindow(int32_t lo, uint32_t size, bool write, bool 
   SpillPlan(p);
   LoadRenamed(p);
   const int r = p.rename[kRsp];
-  rsp_in_ = r;
 
   const int32_t tag = TlbTagOffset(write), host = TlbHostOffset();
   x86::Gp H = x86::gpq(h), T = x86::gpq(t);
   Label miss = a_.newLabel();
   a_.lea(H, x86::ptr(x86::gpq(r), lo));
   SlotOffset(h, t);
-  a_.xor_(H, x86::qword_ptr(x86::r15, T, 0, tag));
+  a_.xor_(H, CtxPtr(T, 0, tag, 8));
   // One page holds the whole window, and it allows the accesses.
   a_.cmp(H, static_cast<int32_t>(kPageSize - size));
   a_.ja(miss);
-  a_.add(H, x86::qword_ptr(x86::r15, T, 0, host));
+  a_.add(H, CtxPtr(T, 0, host, 8));
   window_reg_ = h;
   sticky_ |= 1u << h;
   // The slot is the stack page's: stack accesses beyond the window probe
@@ -86,9 +84,7 @@ bool BlockEmitter::EmitStack(const DecodedInsn& d, uint32_t flags_live) {
       if (width == 2) a_.movzx(x86::gpd(t), x86::word_ptr(x86::gpq(s)));
       else a_.mov(x86::gpq(t), x86::qword_ptr(x86::gpq(s)));
     }, false);
-    a_.lea(x86::gpq(s), x86::ptr(x86::rbp, width));
-    a_.mov(x86::qword_ptr(x86::r15, GprOffset(kRsp)), x86::gpq(s));
-    rsp_in_ = s;
+    a_.lea(x86::gpq(kGuestRspHost), x86::ptr(x86::rbp, width));
     if (width == 2) a_.mov(x86::bp, x86::gpw(t));
     else a_.mov(x86::rbp, x86::gpq(t));
     return true;
@@ -122,8 +118,6 @@ bool BlockEmitter::EmitStack(const DecodedInsn& d, uint32_t flags_live) {
       a_.mov(x86::gpq(reg.index), win);
     }
     a_.lea(R, x86::ptr(R, push ? -width : width));
-    a_.mov(x86::qword_ptr(x86::r15, GprOffset(kRsp)), R);
-    rsp_in_ = p.rename[kRsp];
     return true;
   }
   int s = PickScratch(&p, false);
@@ -148,7 +142,7 @@ bool BlockEmitter::EmitStack(const DecodedInsn& d, uint32_t flags_live) {
         else a_.mov(dst, static_cast<int32_t>(op.imm.value.s));
       } else if (special) {  // push rsp pushes the value before the push
         x86::Gp v = reg.index == kRsp ? R : x86::gpq(t);
-        if (reg.index != kRsp) a_.mov(v, x86::qword_ptr(x86::r15, GprOffset(reg.index)));
+        if (reg.index != kRsp) a_.mov(v, CtxPtr(GprOffset(reg.index), 8));
         a_.mov(dst, width == 2 ? x86::Gp(v.r16()) : v);
       } else {
         a_.mov(dst, width == 2 ? x86::Gp(x86::gpw(reg.index)) : x86::Gp(x86::gpq(reg.index)));
@@ -164,8 +158,6 @@ bool BlockEmitter::EmitStack(const DecodedInsn& d, uint32_t flags_live) {
     }, false, index_ready);
     a_.lea(R, x86::ptr(R, width));
   }
-  a_.mov(x86::qword_ptr(x86::r15, GprOffset(kRsp)), R);
-  rsp_in_ = r;
   // push r15 loaded the value through t.
   stack_slot_in_ = push && special && reg.index == kR15 ? -1 : t;
   if (!push) {
@@ -174,10 +166,9 @@ bool BlockEmitter::EmitStack(const DecodedInsn& d, uint32_t flags_live) {
     x86::Gp v = width == 2 ? x86::Gp(x86::gpw(s)) : x86::Gp(x86::gpq(s));
     if (reg.index == kRsp) {
       a_.mov(width == 2 ? x86::Gp(R.r16()) : R, v);
-      a_.mov(x86::qword_ptr(x86::r15, GprOffset(kRsp)), R);
     } else if (special) {
-      a_.mov(width == 2 ? x86::word_ptr(x86::r15, GprOffset(reg.index))
-                        : x86::qword_ptr(x86::r15, GprOffset(reg.index)),
+      a_.mov(width == 2 ? CtxPtr(GprOffset(reg.index), 2)
+                        : CtxPtr(GprOffset(reg.index), 8),
              v);
     } else {
       a_.mov(width == 2 ? x86::Gp(x86::gpw(reg.index)) : x86::Gp(x86::gpq(reg.index)), v);

@@ -63,17 +63,17 @@ bool BlockEmitter::EmitString(const DecodedInsn& d) {
   uint64_t info = size | (rep ? kInfoRep : 0) |
                   (static_cast<uint64_t>(KindOf(d.insn.mnemonic)) << kInfoKindShift) |
                   (seg << kInfoSegShift);
-  a_.mov(x86::qword_ptr(x86::r15, offsetof(BtContext, slow_info)), static_cast<int32_t>(info));
+  a_.mov(CtxPtr(offsetof(BtContext, slow_info), 8), static_cast<int32_t>(info));
   CallHelper(env_.string_op);
   Label out = a_.newLabel();
-  a_.cmp(x86::qword_ptr(x86::r15, offsetof(BtContext, slow_result)), 0);
+  a_.cmp(CtxPtr(offsetof(BtContext, slow_result), 8), 0);
   a_.jne(out);
   RestoreFlags(offsetof(BtContext, slow_flags));
   uint64_t rip = d.rip;
   out_of_line_.push_back([this, out, rip] {
     Label paused = a_.newLabel();
     a_.bind(out);
-    a_.cmp(x86::qword_ptr(x86::r15, offsetof(BtContext, slow_result)), kStringPaused);
+    a_.cmp(CtxPtr(offsetof(BtContext, slow_result), 8), kStringPaused);
     a_.je(paused);
     // A fault or a store into code: the helper set exit_reason.
     RestoreFlags(offsetof(BtContext, slow_flags));

@@ -44,7 +44,7 @@ bool BlockEmitter::EmitSystem(const DecodedInsn& d, uint32_t live_after) {
   SaveFlagsIfLive(live_after != 0);
   // Not ring 0: the runtime emulates it (with the IOPL check).
   Label alone = a_.newLabel();
-  a_.test(x86::byte_ptr(x86::r15, kCsSelectorOffset), 3);
+  a_.test(CtxPtr(kCsSelectorOffset, 1), 3);
   a_.jnz(alone);
   const bool flags_saved = flags_saved_;
   const uint16_t borrowed = borrowed_;
@@ -56,12 +56,12 @@ bool BlockEmitter::EmitSystem(const DecodedInsn& d, uint32_t live_after) {
   });
 
   if (m == ZYDIS_MNEMONIC_CLI) {
-    a_.and_(x86::dword_ptr(x86::r15, kRflagsOffset), ~static_cast<int32_t>(rflags::kIF));
+    a_.and_(CtxPtr(kRflagsOffset, 4), ~static_cast<int32_t>(rflags::kIF));
     return true;
   }
-  a_.or_(x86::dword_ptr(x86::r15, kRflagsOffset), static_cast<int32_t>(rflags::kIF));
+  a_.or_(CtxPtr(kRflagsOffset, 4), static_cast<int32_t>(rflags::kIF));
   Label waiting = a_.newLabel();
-  a_.cmp(x86::byte_ptr(x86::r15, offsetof(BtContext, irq_waiting)), 0);
+  a_.cmp(CtxPtr(offsetof(BtContext, irq_waiting), 1), 0);
   a_.jne(waiting);
   const bool saved_now = flags_saved_;
   const uint16_t borrowed_now = borrowed_;
@@ -96,7 +96,7 @@ bool BlockEmitter::EmitPushf(const DecodedInsn& d, uint32_t live_after) {
   SaveFlagsIfLive(live_after != 0);
   constexpr uint64_t kFromHost = rflags::kArith | rflags::kDF;
   a_.and_(U, static_cast<int32_t>(kFromHost));
-  a_.mov(V, x86::qword_ptr(x86::r15, kRflagsOffset));
+  a_.mov(V, CtxPtr(kRflagsOffset, 8));
   a_.and_(V, static_cast<int32_t>(~(kFromHost | rflags::kRF | rflags::kVM)));
   a_.or_(U, V);
   const int r = p.rename[kRsp];
@@ -105,8 +105,6 @@ bool BlockEmitter::EmitPushf(const DecodedInsn& d, uint32_t live_after) {
   EmitAccess(d, p, s, t, 8, false, true, [this, s, U] { a_.mov(x86::qword_ptr(x86::gpq(s)), U); },
              false, index_ready);
   a_.lea(R, x86::ptr(R, -8));
-  a_.mov(x86::qword_ptr(x86::r15, GprOffset(kRsp)), R);
-  rsp_in_ = r;
   stack_slot_in_ = t;
   return true;
 }

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "translator/bt_context.h"
+#include "translator/context_operand.h"
 #include "translator/decoder.h"
 
 namespace btvm {
@@ -227,12 +228,9 @@ class BlockEmitter {
   int PickScratch(Plan* p, bool low_only);
   // Stores the guest values of p's newly taken scratch registers.
   void SpillPlan(const Plan& p);
-  // Renames guest RSP for the instruction: into the register that already
-  // holds a copy (rsp_in_), else into a scratch register LoadRenamed fills.
+  // Renames guest RSP for the instruction: into its host register
+  // (kGuestRspHost), which holds it everywhere in translated code.
   void RenameRsp(Plan* p);
-  // After the instruction: the register RSP was renamed into still holds
-  // guest RSP (instructions that write RSP store it to CpuState too).
-  void KeepRsp(const Plan& p);
   // Saves the arithmetic flags (lahf/seto) if they are live and not saved
   // yet; returns whether they are saved.
   bool SaveFlagsIfLive(bool live);
@@ -272,10 +270,10 @@ class BlockEmitter {
   // Compatibility mode: s = (s + the segment's base) mod 2^32, for every
   // segment register (emit_compat.cpp).
   void AddCompatSegmentBase(ZydisRegister segment, int s);
-  // s = SS.base + (ESP + delta) mod 2^32, mod 2^32; and ESP += delta
-  // (zero-extended, flags untouched).
+  // s = SS.base + (ESP + delta) mod 2^32, mod 2^32.
   void CompatStackAddress(int s, int32_t delta);
-  void AdjustGuestEsp(int tmp, int32_t delta);
+  // ESP += delta, mod 2^32 and zero-extended, flags untouched.
+  void AdjustGuestEsp(int32_t delta);
   void SaveFlags(int32_t slot);
   void RestoreFlags(int32_t slot);
   // Arithmetic flags only, with lahf/seto and sahf (much cheaper than
@@ -312,10 +310,6 @@ class BlockEmitter {
   uint16_t borrowed_ = 0;      // host registers taken as scratch, guest values in CpuState
   bool flags_saved_ = false;   // guest arithmetic flags in saved_flags, not host RFLAGS
   uint16_t lookahead_ = 0;     // host registers the next instructions name
-  // A scratch register holding a copy of guest RSP, or -1. CpuState's RSP
-  // is always current as well: the copy only spares the reload (a store
-  // forwarding delay per push or pop otherwise).
-  int rsp_in_ = -1;
   // A scratch register holding the soft-TLB slot offset of the page of the
   // last stack access, or -1: the next push or pop probes that slot first.
   int stack_slot_in_ = -1;

@@ -108,6 +108,7 @@ void OnHostFault(int sig, siginfo_t* info, void* ucv) {
     if (g == kRsp || g == kR15 || (rec.scratch & (1u << g))) continue;
     ctx->cpu.gpr[g] = static_cast<uint64_t>(uc->uc_mcontext.gregs[kGregOf[g]]);
   }
+  ctx->cpu.gpr[kRsp] = static_cast<uint64_t>(uc->uc_mcontext.gregs[kGregOf[kGuestRspHost]]);
   uint64_t flags = static_cast<uint64_t>(uc->uc_mcontext.gregs[REG_EFL]);
   if (rec.flags_saved) {
     // SaveArith's layout: AH as lahf left it (SF ZF AF PF CF), AL = OF.

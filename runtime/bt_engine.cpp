@@ -347,7 +347,7 @@ EngineExit BtEngine::Run(CpuState& cpu) {
     // Invariant: b's code lies in the cache and leaves it only through the
     // exit stubs; it reaches memory only through soft-TLB entries into
     // guest RAM.
-    cache_.Enter(&ctx, b->code);
+    cache_.Enter(&ctx, *b);
     ++counters_.exits_to_runtime;
     after_block = ctx.exit_reason == BlockExit::kNext;
     c.rflags = (c.rflags & ~kHostFlags) | (ctx.host_flags & kHostFlags) | rflags::kFixed1;

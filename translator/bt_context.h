@@ -47,13 +47,24 @@ inline constexpr unsigned JumpCacheIndex(uint64_t rip) {
   return static_cast<unsigned>((rip ^ (rip >> kJumpCacheBits)) & (kJumpCacheEntries - 1));
 }
 
-// The return-address cache: (guest return RIP, host code) pairs per
+// Calls and returns. A guest call pushes the guest return address and then
+// makes a host call into the callee, which leaves the address of the
+// call's continuation on the host stack; the guest ret pops the guest
+// return address into RCX and makes a host ret, which the host CPU's own
+// return predictor gets right. The continuation checks RCX against its
+// return address; on a mismatch (the guest changed its stack, switched
+// stacks, or returned past where translated code was entered: Enter leaves
+// a sentinel that catches that) the ret-miss stub (code_cache.cpp) tries
+// the return-address cache below, then the jump cache, then the runtime.
+// Host frames are dropped whenever translated code exits, and calls more
+// than kShadowBytes below the entry RSP make none.
+inline constexpr int32_t kShadowBytes = 64 * 1024;
+//
+// The return-address cache: (guest return RIP, continuation) pairs per
 // MmuIndex, indexed by the guest RSP the return address sits at (its bits
-// 3..11): a call fills the entry of the slot it pushes to, the ret that
-// pops that slot finds it. No counter is kept, so nothing carries from one
-// call to the next through memory; deep recursion or a switched stack only
-// costs misses. A hit jumps to the call's continuation exit, which chains
-// to the block after the call.
+// 3..11): a call fills the entry of the slot it pushes to, a ret that pops
+// that slot and misses its host return finds it there, across exits to
+// the runtime.
 inline constexpr unsigned kRasEntries = 512;
 inline constexpr int32_t kRasIndexMask = (kRasEntries - 1) * 8;  // RSP & mask = byte offset
 
@@ -84,6 +95,8 @@ struct alignas(64) BtContext {
   uint64_t slow_info = 0;      // its size and access kind (emitter.h)
   uint64_t call_save[16] = {};  // host registers the helper stubs keep across a call
   uint64_t host_rsp = 0;       // the monitor's RSP at entry
+  uint64_t shadow_floor = 0;   // host_rsp - kShadowBytes: calls below it make no host frame
+  uint64_t helper_rsp = 0;     // RSP around a helper call made 16-byte aligned
   BtContext* self = this;      // for the helper stubs' first argument
   uint64_t entry_target = 0;   // where the entry trampoline jumps
   uint32_t host_mxcsr = 0x1f80;

@@ -55,19 +55,23 @@ void CodeCache::BuildTrampolines() {
   x86::Assembler a(&code);
   Label exit = a.newLabel(), fault_exit = a.newLabel();
 
-  // void Enter(BtContext* ctx /*rdi*/, const void* code /*rsi*/), with GS
-  // base = ctx already (CodeCache::Enter).
-  // Saves the monitor's callee-saved registers and stack pointer, loads
+  // void Enter(BtContext* ctx /*rdi*/, const void* code /*rsi*/,
+  //            const void* sentinel /*rdx*/), with GS base = ctx already
+  // (CodeCache::Enter).
+  // Saves the monitor's callee-saved registers and stack pointer, pushes
+  // the sentinel that a host ret with no call of its own returns to, loads
   // guest GPRs, guest arithmetic flags and DF, and the guest FPU/SSE state,
-  // then jumps to the block. RSP stays 16-byte aligned for helper calls.
+  // then jumps to the block.
   a.push(x86::rbp);
   a.push(x86::rbx);
   a.push(x86::r12);
   a.push(x86::r13);
   a.push(x86::r14);
   a.push(x86::r15);
-  a.sub(x86::rsp, 8);
+  a.push(x86::rdx);
   a.mov(CtxPtr(offsetof(BtContext, host_rsp), 8), x86::rsp);
+  a.lea(x86::rax, x86::ptr(x86::rsp, -kShadowBytes));
+  a.mov(CtxPtr(offsetof(BtContext, shadow_floor), 8), x86::rax);
   a.mov(CtxPtr(offsetof(BtContext, entry_target), 8), x86::rsi);
   a.stmxcsr(CtxPtr(offsetof(BtContext, host_mxcsr), 4));
   a.fnstcw(CtxPtr(offsetof(BtContext, host_fcw), 2));
@@ -113,7 +117,7 @@ void CodeCache::BuildTrampolines() {
     constexpr int kCallerSaved[] = {kRax, kRcx, kRdx, kRsi, kRdi, kR8, kR9, kR10, kR11};
     a.align(AlignMode::kCode, 16);
     a.bind(label);
-    a.pushfq();  // with the return address: RSP is 16-byte aligned again
+    a.pushfq();
     for (int h : kCallerSaved) {
       a.mov(CtxPtr(static_cast<int32_t>(offsetof(BtContext, call_save) + 8 * h), 8),
             x86::gpq(h));
@@ -124,8 +128,12 @@ void CodeCache::BuildTrampolines() {
     a.ldmxcsr(CtxPtr(offsetof(BtContext, host_mxcsr), 4));
     a.mov(CtxPtr(GprOffset(kRsp), 8), x86::gpq(kGuestRspHost));  // current for the helper
     a.mov(x86::rdi, CtxPtr(offsetof(BtContext, self), 8));
+    // Host call frames (bt_context.h) leave RSP 8-byte aligned only.
+    a.mov(CtxPtr(offsetof(BtContext, helper_rsp), 8), x86::rsp);
+    a.and_(x86::rsp, -16);
     a.mov(x86::rax, fn);
     a.call(x86::rax);
+    a.mov(x86::rsp, CtxPtr(offsetof(BtContext, helper_rsp), 8));
     a.mov(CtxPtr(offsetof(BtContext, slow_result), 8), x86::rax);
     a.fxrstor64(CtxPtr(static_cast<int32_t>(offsetof(CpuState, xsave))));
     for (int h : kCallerSaved) {
@@ -162,6 +170,66 @@ void CodeCache::BuildTrampolines() {
   helper_stub(mem_stub, reinterpret_cast<uint64_t>(&BtMemSlowPath));
   helper_stub(commit_stub, reinterpret_cast<uint64_t>(&BtBounceCommit));
 
+  // The ret-miss stubs, one per MmuIndex: a call's continuation found RCX
+  // (the guest return RIP) is not its return address, or a host ret found
+  // the entry sentinel. Guest RCX is in CpuState, the guest flags in
+  // saved_flags, everything else in place. The return-address cache slot
+  // of a plain ret's RSP first (a hit goes to that call's continuation,
+  // which checks RCX again), then the jump cache, then the runtime.
+  Label ret_miss[2], underflow[2];
+  const int32_t rcx_slot = GprOffset(kRcx), rdx_slot = GprOffset(kRdx);
+  const int32_t target_slot = offsetof(BtContext, jump_target);
+  auto restore_flags = [&] {
+    a.mov(CtxPtr(offsetof(BtContext, rax_save), 8), x86::rax);
+    a.mov(x86::ax, CtxPtr(offsetof(BtContext, saved_flags), 2));
+    a.add(x86::al, 0x7f);
+    a.sahf();
+    a.mov(x86::rax, CtxPtr(offsetof(BtContext, rax_save), 8));
+  };
+  for (unsigned m = 0; m < 2; ++m) {
+    ret_miss[m] = a.newLabel();
+    underflow[m] = a.newLabel();
+    Label jump_cache = a.newLabel(), runtime = a.newLabel();
+    const int32_t rips = static_cast<int32_t>(offsetof(BtContext, ras_rip) + m * kRasEntries * 8);
+    const int32_t codes = static_cast<int32_t>(offsetof(BtContext, ras_code) + m * kRasEntries * 8);
+    const int32_t jc = static_cast<int32_t>(offsetof(BtContext, jump_cache) +
+                                            m * kJumpCacheEntries * sizeof(JumpCacheEntry));
+    a.align(AlignMode::kCode, 16);
+    a.bind(underflow[m]);
+    a.lea(x86::rsp, x86::ptr(x86::rsp, -8));  // the sentinel stays for the next one
+    a.bind(ret_miss[m]);
+    a.mov(CtxPtr(rdx_slot, 8), x86::rdx);
+    a.lea(x86::rdx, x86::ptr(x86::gpq(kGuestRspHost), -8));
+    a.and_(x86::rdx, kRasIndexMask);
+    a.cmp(x86::rcx, CtxPtr(x86::rdx, 0, rips, 8));
+    a.jne(jump_cache);
+    a.mov(x86::rdx, CtxPtr(x86::rdx, 0, codes, 8));
+    a.mov(CtxPtr(target_slot, 8), x86::rdx);
+    a.mov(x86::rdx, CtxPtr(rdx_slot, 8));
+    a.jmp(CtxPtr(target_slot, 8));
+    a.bind(jump_cache);
+    a.mov(x86::rdx, x86::rcx);
+    a.shr(x86::rdx, kJumpCacheBits);
+    a.xor_(x86::rdx, x86::rcx);
+    a.and_(x86::rdx, kJumpCacheEntries - 1);
+    a.shl(x86::rdx, 4);
+    a.cmp(x86::rcx, CtxPtr(x86::rdx, 0, jc, 8));
+    a.jne(runtime);
+    a.mov(x86::rdx, CtxPtr(x86::rdx, 0, jc + 8, 8));
+    a.mov(CtxPtr(target_slot, 8), x86::rdx);
+    restore_flags();
+    a.mov(x86::rdx, CtxPtr(rdx_slot, 8));
+    a.mov(x86::rcx, CtxPtr(rcx_slot, 8));
+    a.jmp(CtxPtr(target_slot, 8));
+    a.bind(runtime);
+    a.mov(CtxPtr(kRipOffset, 8), x86::rcx);
+    restore_flags();
+    a.mov(x86::rdx, CtxPtr(rdx_slot, 8));
+    a.mov(x86::rcx, CtxPtr(rcx_slot, 8));
+    a.mov(CtxPtr(offsetof(BtContext, exit_reason), 4), static_cast<uint32_t>(BlockExit::kNext));
+    a.jmp(exit);
+  }
+
   size_t size = Place(code, region_, capacity_);
   BTVM_CHECK(size != 0);
   enter_ = reinterpret_cast<EnterFn>(region_);
@@ -172,6 +240,10 @@ void CodeCache::BuildTrampolines() {
   exit_rip_ = region_ + code.labelOffsetFromBase(exit_rip);
   mem_stub_ = region_ + code.labelOffsetFromBase(mem_stub);
   commit_stub_ = region_ + code.labelOffsetFromBase(commit_stub);
+  for (unsigned m = 0; m < 2; ++m) {
+    ret_miss_[m] = region_ + code.labelOffsetFromBase(ret_miss[m]);
+    underflow_[m] = region_ + code.labelOffsetFromBase(underflow[m]);
+  }
   blocks_start_ = region_ + ((size + 63) & ~size_t{63});
   next_ = blocks_start_;
 }
@@ -182,12 +254,14 @@ namespace {
 thread_local const BtContext* t_gs_context = nullptr;
 }  // namespace
 
-void CodeCache::Enter(BtContext* ctx, const void* code) {
+void CodeCache::Enter(BtContext* ctx, const Block& b) {
   if (t_gs_context != ctx) {
     BTVM_CHECK(syscall(SYS_arch_prctl, ARCH_SET_GS, reinterpret_cast<uintptr_t>(ctx)) == 0);
     t_gs_context = ctx;
   }
-  enter_(ctx, code);
+  // The MmuIndex cannot change before translated code exits (CPL changes
+  // go through the runtime), so b's is the sentinel's.
+  enter_(ctx, b.code, underflow_[b.key.mmu_index]);
 }
 
 EmitEnv CodeCache::EmitEnvFor(unsigned mmu_index) const {
@@ -201,6 +275,7 @@ EmitEnv CodeCache::EmitEnvFor(unsigned mmu_index) const {
   env.mem_slow_path = reinterpret_cast<uint64_t>(mem_stub_);
   env.bounce_commit = reinterpret_cast<uint64_t>(commit_stub_);
   env.string_op = reinterpret_cast<uint64_t>(&BtStringOp);
+  env.ret_miss = reinterpret_cast<uint64_t>(ret_miss_[mmu_index]);
   return env;
 }
 

@@ -105,9 +105,9 @@ class CodeCache final : public MmuObserver {
   CodeCache& operator=(const CodeCache&) = delete;
 
   // Runs translated code from `code` until it exits to the runtime.
-  // Runs translated code at `code` until it exits; first points this
+  // Runs block b's translated code until it exits; first points this
   // thread's GS base at ctx (context_operand.h) if it is not there yet.
-  void Enter(BtContext* ctx, const void* code);
+  void Enter(BtContext* ctx, const Block& b);
 
   // Through a small direct-mapped cache of recent finds first: the hash
   // map's nodes are scattered, and the runtime looks blocks up on every
@@ -196,7 +196,7 @@ class CodeCache final : public MmuObserver {
   size_t capacity_ = 0;
   uint8_t* blocks_start_ = nullptr;
   uint8_t* next_ = nullptr;
-  using EnterFn = void (*)(BtContext*, const void*);
+  using EnterFn = void (*)(BtContext*, const void*, const void*);
   EnterFn enter_ = nullptr;
   uint8_t* exit_stub_ = nullptr;
   uint8_t* fault_exit_stub_ = nullptr;
@@ -205,6 +205,8 @@ class CodeCache final : public MmuObserver {
   uint8_t* exit_rip_ = nullptr;
   uint8_t* mem_stub_ = nullptr;     // calls BtMemSlowPath, keeping every register
   uint8_t* commit_stub_ = nullptr;  // calls BtBounceCommit, likewise
+  uint8_t* ret_miss_[2] = {};       // per MmuIndex (bt_context.h, calls and returns)
+  uint8_t* underflow_[2] = {};      // the entry sentinels, per MmuIndex
   uint64_t flushes_ = 0;
   bool count_tlb_hits_ = false;
 

@@ -209,27 +209,12 @@ void BlockEmitter::EmitEntryCheck(bool flags_live) {
   });
 }
 
-void BlockEmitter::EmitIndirectJump(const Plan& p, int s, int t, bool flags_saved, bool is_ret) {
+void BlockEmitter::EmitIndirectJump(const Plan& p, int s, int t, bool flags_saved) {
   x86::Gp S = x86::gpq(s), T = x86::gpq(t);
   Label lookup = a_.newLabel(), miss = a_.newLabel(), go = a_.newLabel();
   if (env_.single) {
     a_.jmp(miss);
   } else {
-    if (is_ret) {
-      // t holds the slot's offset (the RSP the return address was read at).
-      int32_t rips = static_cast<int32_t>(offsetof(BtContext, ras_rip) +
-                                          env_.mmu_index * kRasEntries * 8);
-      int32_t codes = static_cast<int32_t>(offsetof(BtContext, ras_code) +
-                                           env_.mmu_index * kRasEntries * 8);
-      a_.cmp(S, CtxPtr(T, 0, rips, 8));
-      a_.jne(lookup);
-      a_.mov(S, CtxPtr(T, 0, codes, 8));
-      // A hit goes to the call's continuation exit, which restores the
-      // flags from saved_flags only if the code after the call reads them.
-      a_.mov(CtxPtr(offsetof(BtContext, jump_target), 8), S);
-      ReloadSpilled(p);
-      a_.jmp(CtxPtr(offsetof(BtContext, jump_target), 8));
-    }
     a_.bind(lookup);
     int32_t jc = static_cast<int32_t>(offsetof(BtContext, jump_cache) +
                                       env_.mmu_index * kJumpCacheEntries * sizeof(JumpCacheEntry));
@@ -260,6 +245,29 @@ void BlockEmitter::EmitRuntimeExit(const Plan& p, int s, bool flags_saved) {
   a_.jmp(Imm(env_.exit_stub));
 }
 
+
+// A call's continuation, reached by a host ret (or through the ret-miss
+// stub's return-address-cache hit) with RCX = the guest return RIP, guest
+// RCX in CpuState and guest flags in saved_flags: if RCX is this call's
+// return address, the guest state is put back and the block after the
+// call follows; else the ret-miss stub looks the target up.
+void BlockEmitter::EmitContinuation(Label continuation, uint64_t ret) {
+  a_.bind(continuation);
+  if (FitsImm32(ret)) {
+    a_.cmp(x86::rcx, static_cast<int32_t>(ret));
+  } else {
+    a_.mov(CtxPtr(offsetof(BtContext, rax_save), 8), x86::rax);
+    a_.mov(x86::rax, ret);
+    a_.cmp(x86::rcx, x86::rax);
+    a_.mov(x86::rax, CtxPtr(offsetof(BtContext, rax_save), 8));
+  }
+  a_.jne(Imm(env_.ret_miss));
+  Reload(kRcx);
+  if (!env_.flags_live_at || env_.flags_live_at(ret) != 0) {
+    RestoreArith(offsetof(BtContext, saved_flags));
+  }
+  EmitJumpTo(ret);
+}
 
 // `flags_live`: flags live before the branch; for a call that is what its
 // callee reads (block_builder.cpp), for indirect branches all of them.
@@ -355,7 +363,10 @@ bool BlockEmitter::EmitBranch(const DecodedInsn& d, uint32_t flags_live) {
     p.used |= 1u << t;
     // The probes clobber flags. Every exit below restores them and reloads
     // p.spilled (which includes scratch taken by earlier instructions).
-    save = SaveFlagsIfLive(flags_live != 0);
+    // A ret leaves the guest flags in saved_flags whatever the liveness
+    // says: its continuation restores them if the code after the call
+    // reads them.
+    save = SaveFlagsIfLive(flags_live != 0 || m == ZYDIS_MNEMONIC_RET);
     SpillPlan(p);
     LoadRenamed(p);
     return true;
@@ -429,19 +440,7 @@ bool BlockEmitter::EmitBranch(const DecodedInsn& d, uint32_t flags_live) {
     a_.lea(x86::gpq(s), x86::ptr(continuation));
     a_.mov(CtxPtr(x86::gpq(t), 0, codes, 8), x86::gpq(s));
   };
-  // Reached from a ret's return-address-cache hit, with the flags at the
-  // ret in saved_flags (EmitIndirectJump).
-  auto continuation_exit = [&](Label continuation) {
-    if (env_.single) return;
-    uint64_t ret = d.NextRip();
-    bool restore = !env_.flags_live_at || env_.flags_live_at(ret) != 0;
-    out_of_line_.push_back([this, continuation, ret, restore] {
-      a_.bind(continuation);
-      if (restore) RestoreArith(offsetof(BtContext, saved_flags));
-      EmitJumpTo(ret);
-    });
-  };
-  auto finish_direct = [&](uint64_t to) {
+  auto finish_direct = [this](const Plan& p, bool save, uint64_t to) {
     if (save) RestoreArith(offsetof(BtContext, saved_flags));
     ReloadSpilled(p);
     EmitJumpTo(to);
@@ -449,24 +448,43 @@ bool BlockEmitter::EmitBranch(const DecodedInsn& d, uint32_t flags_live) {
 
   if (m == ZYDIS_MNEMONIC_CALL) {
     if (!setup()) return false;
+    if (!relative) load_target();
     Label continuation = a_.newLabel();
-    if (relative) {
-      push_return(continuation);
-      finish_direct(target);
-    } else {
-      load_target();
-      push_return(continuation);
-      a_.mov(x86::gpq(s), CtxPtr(offsetof(BtContext, jump_target), 8));
-      EmitIndirectJump(p, s, t, save, false);
+    push_return(continuation);
+    // The way to the callee: a jump to it, with the spilled registers
+    // reloaded and the flags restored.
+    auto to_callee = [this, finish_direct, p, s, t, save, relative, target] {
+      if (relative) {
+        finish_direct(p, save, target);
+      } else {
+        a_.mov(x86::gpq(s), CtxPtr(offsetof(BtContext, jump_target), 8));
+        EmitIndirectJump(p, s, t, save);
+      }
+    };
+    if (env_.single) {
+      to_callee();
+      return true;
     }
-    continuation_exit(continuation);
+    // A host call to that jump leaves the continuation's address on the
+    // host stack, where the guest's ret finds it with a host ret: a return
+    // the host CPU predicts (bt_context.h). Deep below the entry RSP the
+    // callee is jumped to instead, and its return misses.
+    Label callee = a_.newLabel();
+    a_.cmp(x86::rsp, CtxPtr(offsetof(BtContext, shadow_floor), 8));
+    a_.jb(callee);
+    a_.call(callee);
+    EmitContinuation(continuation, d.NextRip());
+    out_of_line_.push_back([this, callee, to_callee] {
+      a_.bind(callee);
+      to_callee();
+    });
     return true;
   }
   if (m == ZYDIS_MNEMONIC_JMP) {
     if (!setup()) return false;
     load_target();
     a_.mov(x86::gpq(s), CtxPtr(offsetof(BtContext, jump_target), 8));
-    EmitIndirectJump(p, s, t, save, false);
+    EmitIndirectJump(p, s, t, save);
     return true;
   }
   if (m == ZYDIS_MNEMONIC_RET) {
@@ -482,10 +500,21 @@ bool BlockEmitter::EmitBranch(const DecodedInsn& d, uint32_t flags_live) {
           [this, s] { a_.mov(x86::gpq(s), x86::qword_ptr(x86::gpq(s))); }, false, stack_ready);
     }
     x86::Gp R = x86::gpq(p.rename[kRsp]);
-    a_.mov(x86::gpq(t), R);  // the return-address cache slot (bt_context.h)
-    a_.and_(x86::gpq(t), kRasIndexMask);
     a_.lea(R, x86::ptr(R, 8 + pop));
-    EmitIndirectJump(p, s, t, save, true);
+    if (env_.single) {
+      EmitIndirectJump(p, s, t, save);
+      return true;
+    }
+    // A host ret to the continuation of the call that pushed it, or to the
+    // entry sentinel (code_cache.cpp), with the continuation's contract:
+    // RCX = the guest return RIP, guest RCX parked in CpuState, every
+    // other guest register in place, guest flags in saved_flags.
+    if (!(p.spilled & (1u << kRcx))) Spill(kRcx);
+    if (s != kRcx) a_.mov(x86::rcx, x86::gpq(s));
+    for (int h = 0; h < 16; ++h) {
+      if (h != kRcx && (p.spilled & (1u << h))) Reload(h);
+    }
+    a_.ret();
     return true;
   }
   return Fail("unhandled branch " + FormatInsn(d));

@@ -183,8 +183,12 @@ void BlockEmitter::CallHelper(uint64_t fn) {
   // Guest RSP, current in CpuState for the helper too.
   a_.mov(CtxPtr(GprOffset(kRsp), 8), x86::gpq(kGuestRspHost));
   a_.mov(x86::rdi, CtxPtr(offsetof(BtContext, self), 8));
+  // Host call frames (bt_context.h) leave RSP 8-byte aligned only.
+  a_.mov(CtxPtr(offsetof(BtContext, helper_rsp), 8), x86::rsp);
+  a_.and_(x86::rsp, -16);
   a_.mov(x86::rax, fn);
   a_.call(x86::rax);
+  a_.mov(x86::rsp, CtxPtr(offsetof(BtContext, helper_rsp), 8));
   a_.fxrstor64(CtxPtr(static_cast<int32_t>(offsetof(CpuState, xsave))));
   a_.mov(CtxPtr(offsetof(BtContext, slow_result), 8), x86::rax);
   for (int h = 0; h < 16; ++h) {

@@ -59,6 +59,10 @@ struct EmitEnv {
   uint64_t mem_slow_path = 0;
   uint64_t bounce_commit = 0;
   uint64_t string_op = 0;       // uint64_t (*)(BtContext*): slow_info in (emit_string.cpp)
+  // Where a call's continuation goes when the host return that reached it
+  // does not match the guest's (code_cache.cpp): the return-address cache,
+  // the jump cache, else the runtime, for this block's MmuIndex.
+  uint64_t ret_miss = 0;
 };
 
 // Access info passed to the slow path helper: size in bits 0..7, read and
@@ -280,11 +284,13 @@ class BlockEmitter {
   // popfq): around the inline probes.
   void SaveArith(int32_t slot);
   void RestoreArith(int32_t slot);
-  // Jumps to the guest RIP in host register s through the return-address
-  // cache (is_ret) and the jump cache, else returns to the runtime. Flags
-  // were saved in saved_flags if `flags_saved`; `p`'s spilled registers
-  // are reloaded on every path.
-  void EmitIndirectJump(const Plan& p, int s, int t, bool flags_saved, bool is_ret);
+  // Jumps to the guest RIP in host register s through the jump cache, else
+  // returns to the runtime. Flags were saved in saved_flags if
+  // `flags_saved`; `p`'s spilled registers are reloaded on every path.
+  void EmitIndirectJump(const Plan& p, int s, int t, bool flags_saved);
+  // A call's continuation: where the host ret of the guest's ret lands
+  // (emit_branch.cpp).
+  void EmitContinuation(asmjit::Label continuation, uint64_t ret);
   // Leaves for the runtime with RIP = the guest address in host register
   // s: restores saved flags, reloads p's spilled registers.
   void EmitRuntimeExit(const Plan& p, int s, bool flags_saved);

@@ -246,8 +246,8 @@ void BM_IndirectJumpLookup(benchmark::State& state) {
 }
 BENCHMARK(BM_IndirectJumpLookup)->Unit(benchmark::kMillisecond);
 
-// A call and a return per iteration: the stack sequences and the
-// return-address cache.
+// A call and a return per iteration: the stack sequences and the host
+// call and ret they pair (bt_context.h).
 void BM_CallReturn(benchmark::State& state) {
   LoopGuest guest([](asmjit::x86::Assembler& a) {
     asmjit::Label fn = a.newLabel(), over = a.newLabel();

@@ -313,7 +313,6 @@ BuildResult BuildBlock(CodeCache& cache, const BlockKey& key, const FetchFn& fet
   env.block_rip = rip;
   env.single = single;
   env.compat = compat;
-  env.local_kernel = key.mmu_index == kMmuKernel && !(key.flags & kBlockGlobal);
   env.flags_live_at = [&](uint64_t target) -> uint32_t {
     if ((target & kPageMask) != (rip & kPageMask)) return kArithFlags;
     return FlagsLiveAt(target, rip & kPageMask, fetch, decoder, &watch_lo, &watch_hi);

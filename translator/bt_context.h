@@ -54,19 +54,12 @@ inline constexpr unsigned JumpCacheIndex(uint64_t rip) {
 // return predictor gets right. The continuation checks RCX against its
 // return address; on a mismatch (the guest changed its stack, switched
 // stacks, or returned past where translated code was entered: Enter leaves
-// a sentinel that catches that) the ret-miss stub (code_cache.cpp) tries
-// the return-address cache below, then the jump cache, then the runtime.
-// Host frames are dropped whenever translated code exits, and calls more
-// than kShadowBytes below the entry RSP make none.
+// a sentinel that catches that) the ret-miss stub (code_cache.cpp) looks
+// the target up in the jump cache, else returns to the runtime. Host
+// frames are dropped whenever translated code exits (and with them any
+// that a TLB flush or a code-cache flush made stale: both happen in the
+// runtime), and calls more than kShadowBytes below the entry RSP make none.
 inline constexpr int32_t kShadowBytes = 64 * 1024;
-//
-// The return-address cache: (guest return RIP, continuation) pairs per
-// MmuIndex, indexed by the guest RSP the return address sits at (its bits
-// 3..11): a call fills the entry of the slot it pushes to, a ret that pops
-// that slot and misses its host return finds it there, across exits to
-// the runtime.
-inline constexpr unsigned kRasEntries = 512;
-inline constexpr int32_t kRasIndexMask = (kRasEntries - 1) * 8;  // RSP & mask = byte offset
 
 // Register conventions inside translated code:
 //   GS base      -> BtContext (context_operand.h; set per thread by
@@ -135,10 +128,8 @@ struct alignas(64) BtContext {
   uint64_t smc_size = 0;
 
   alignas(64) JumpCacheEntry jump_cache[2][kJumpCacheEntries];
-  uint64_t ras_rip[2][kRasEntries];
-  uint64_t ras_code[2][kRasEntries];
-  // Set when a kernel lookup (jump cache or RAS) may name code from a page
-  // that is not global: set by the runtime and by such code's calls.
+  // Set by the runtime when a kernel jump-cache entry may name code from a
+  // page that is not global.
   uint8_t kernel_local_lookups = 0;
 
   Mmu* mmu = nullptr;
@@ -160,9 +151,6 @@ struct alignas(64) BtContext {
         for (auto& e : jump_cache[i]) e = {kNoRip, 0};
       }
       if (!keep_global) jump_cache_used = false;
-    }
-    for (unsigned i = keep_global ? 1 : 0; i < 2; ++i) {
-      for (auto& e : ras_rip[i]) e = kNoRip;
     }
     if (!keep_global) kernel_local_lookups = 0;
   }

@@ -173,9 +173,8 @@ void CodeCache::BuildTrampolines() {
   // The ret-miss stubs, one per MmuIndex: a call's continuation found RCX
   // (the guest return RIP) is not its return address, or a host ret found
   // the entry sentinel. Guest RCX is in CpuState, the guest flags in
-  // saved_flags, everything else in place. The return-address cache slot
-  // of a plain ret's RSP first (a hit goes to that call's continuation,
-  // which checks RCX again), then the jump cache, then the runtime.
+  // saved_flags, everything else in place: the jump cache, else the
+  // runtime.
   Label ret_miss[2], underflow[2];
   const int32_t rcx_slot = GprOffset(kRcx), rdx_slot = GprOffset(kRdx);
   const int32_t target_slot = offsetof(BtContext, jump_target);
@@ -189,9 +188,7 @@ void CodeCache::BuildTrampolines() {
   for (unsigned m = 0; m < 2; ++m) {
     ret_miss[m] = a.newLabel();
     underflow[m] = a.newLabel();
-    Label jump_cache = a.newLabel(), runtime = a.newLabel();
-    const int32_t rips = static_cast<int32_t>(offsetof(BtContext, ras_rip) + m * kRasEntries * 8);
-    const int32_t codes = static_cast<int32_t>(offsetof(BtContext, ras_code) + m * kRasEntries * 8);
+    Label runtime = a.newLabel();
     const int32_t jc = static_cast<int32_t>(offsetof(BtContext, jump_cache) +
                                             m * kJumpCacheEntries * sizeof(JumpCacheEntry));
     a.align(AlignMode::kCode, 16);
@@ -199,15 +196,6 @@ void CodeCache::BuildTrampolines() {
     a.lea(x86::rsp, x86::ptr(x86::rsp, -8));  // the sentinel stays for the next one
     a.bind(ret_miss[m]);
     a.mov(CtxPtr(rdx_slot, 8), x86::rdx);
-    a.lea(x86::rdx, x86::ptr(x86::gpq(kGuestRspHost), -8));
-    a.and_(x86::rdx, kRasIndexMask);
-    a.cmp(x86::rcx, CtxPtr(x86::rdx, 0, rips, 8));
-    a.jne(jump_cache);
-    a.mov(x86::rdx, CtxPtr(x86::rdx, 0, codes, 8));
-    a.mov(CtxPtr(target_slot, 8), x86::rdx);
-    a.mov(x86::rdx, CtxPtr(rdx_slot, 8));
-    a.jmp(CtxPtr(target_slot, 8));
-    a.bind(jump_cache);
     a.mov(x86::rdx, x86::rcx);
     a.shr(x86::rdx, kJumpCacheBits);
     a.xor_(x86::rdx, x86::rcx);
@@ -503,16 +491,11 @@ void CodeCache::OnTlbFlush(bool keep_global) {
 
 void CodeCache::OnTlbFlushPage(GuestVirt page) {
   // Lookups that go to code in that page, or in the page before it (a
-  // block there may reach into this one), the return-address cache too.
+  // block there may reach into this one).
   const uint64_t vpn = page.value >> 12;
   for (auto& jc : ctx_->jump_cache) {
     for (auto& e : jc) {
       if ((e.rip >> 12) == vpn || (e.rip >> 12) + 1 == vpn) e = {kNoRip, 0};
-    }
-  }
-  for (auto& rips : ctx_->ras_rip) {
-    for (auto& r : rips) {
-      if ((r >> 12) == vpn || (r >> 12) + 1 == vpn) r = kNoRip;
     }
   }
   UnlinkSpanning(vpn, false);

@@ -31,14 +31,14 @@ struct BlockKey {
 inline constexpr uint32_t kBlockSingle = 1;
 // Decoded as 32-bit compatibility-mode code (CS.L = 0, CS.D = 1): the same
 // RIP under a 64-bit CS is another block. Such blocks are not entered
-// through the jump cache or the return-address cache (emit_compat.cpp).
+// through the jump cache or a host return (emit_compat.cpp).
 inline constexpr uint32_t kBlockCompat = 2;
 // Translated without a stack window (emit_stack.cpp): the block a window
 // block goes to when its entry probe misses. Found only through that
 // block's exit, never through the jump cache.
 inline constexpr uint32_t kBlockPlainStack = 4;
-// Supervisor code from a global page (PTE.G with CR4.PGE): its lookups
-// (jump cache, return-address cache) survive CR3 writes, as the page's
+// Supervisor code from a global page (PTE.G with CR4.PGE): its jump-cache
+// entries survive CR3 writes, as the page's
 // translation does. Lookups of other kernel code make a CR3 write drop the
 // kernel's lookups too (BtContext::kernel_local_lookups).
 inline constexpr uint32_t kBlockGlobal = 8;
@@ -97,7 +97,7 @@ class CodeCache final : public MmuObserver {
  public:
   static constexpr size_t kDefaultCapacity = size_t{64} << 20;
 
-  // `ctx` holds the inline lookups (jump cache, RAS) this cache keeps
+  // `ctx` holds the inline lookups (the jump cache) this cache keeps
   // consistent; `mmu` tracks the pages blocks come from.
   CodeCache(BtContext* ctx, Mmu* mmu, size_t capacity = kDefaultCapacity);
   ~CodeCache() override;

@@ -2,8 +2,9 @@
 // the block's own page leaves through a patchable `jmp rel32` that the
 // runtime later points straight at the target block (chaining); a direct
 // branch elsewhere probes the jump cache inline; indirect branches probe the
-// jump cache, and returns first the return-address cache that calls fill.
-// What misses returns to the runtime with the target in CpuState.rip.
+// jump cache. Calls and returns pair a host call with a host ret
+// (bt_context.h). What misses returns to the runtime with the target in
+// CpuState.rip.
 
 #include "base/check.h"
 #include "translator/code_cache.h"
@@ -246,13 +247,11 @@ void BlockEmitter::EmitRuntimeExit(const Plan& p, int s, bool flags_saved) {
 }
 
 
-// A call's continuation, reached by a host ret (or through the ret-miss
-// stub's return-address-cache hit) with RCX = the guest return RIP, guest
-// RCX in CpuState and guest flags in saved_flags: if RCX is this call's
-// return address, the guest state is put back and the block after the
-// call follows; else the ret-miss stub looks the target up.
-void BlockEmitter::EmitContinuation(Label continuation, uint64_t ret) {
-  a_.bind(continuation);
+// A call's continuation, reached by a host ret with RCX = the guest return
+// RIP, guest RCX in CpuState and guest flags in saved_flags: if RCX is
+// this call's return address, the guest state is put back and the block
+// after the call follows; else the ret-miss stub looks the target up.
+void BlockEmitter::EmitContinuation(uint64_t ret) {
   if (FitsImm32(ret)) {
     a_.cmp(x86::rcx, static_cast<int32_t>(ret));
   } else {
@@ -396,9 +395,8 @@ bool BlockEmitter::EmitBranch(const DecodedInsn& d, uint32_t flags_live) {
           false);
     }
   };
-  // Pushes the return address, and the call's continuation on the
-  // return-address cache.
-  auto push_return = [&](Label continuation) {
+  // Pushes the return address.
+  auto push_return = [&] {
     uint64_t ret = d.NextRip();
     auto store = [this, s, t, ret](x86::Mem slot) {
       if (FitsImm32(ret)) {
@@ -420,25 +418,6 @@ bool BlockEmitter::EmitBranch(const DecodedInsn& d, uint32_t flags_live) {
     // Flags here are saved (restored before leaving) or dead.
     x86::Gp R = x86::gpq(p.rename[kRsp]);
     a_.lea(R, x86::ptr(R, -8));
-    if (env_.single) return;
-    if (env_.local_kernel) {
-      a_.mov(CtxPtr(offsetof(BtContext, kernel_local_lookups), 1), 1);
-    }
-    int32_t rips = static_cast<int32_t>(offsetof(BtContext, ras_rip) +
-                                        env_.mmu_index * kRasEntries * 8);
-    int32_t codes = static_cast<int32_t>(offsetof(BtContext, ras_code) +
-                                         env_.mmu_index * kRasEntries * 8);
-    // The slot of the RSP the return address went to.
-    a_.mov(x86::gpq(t), R);
-    a_.and_(x86::gpq(t), kRasIndexMask);
-    if (FitsImm32(ret)) {
-      a_.mov(CtxPtr(x86::gpq(t), 0, rips, 8), static_cast<int32_t>(ret));
-    } else {
-      a_.mov(x86::gpq(s), ret);
-      a_.mov(CtxPtr(x86::gpq(t), 0, rips, 8), x86::gpq(s));
-    }
-    a_.lea(x86::gpq(s), x86::ptr(continuation));
-    a_.mov(CtxPtr(x86::gpq(t), 0, codes, 8), x86::gpq(s));
   };
   auto finish_direct = [this](const Plan& p, bool save, uint64_t to) {
     if (save) RestoreArith(offsetof(BtContext, saved_flags));
@@ -449,8 +428,7 @@ bool BlockEmitter::EmitBranch(const DecodedInsn& d, uint32_t flags_live) {
   if (m == ZYDIS_MNEMONIC_CALL) {
     if (!setup()) return false;
     if (!relative) load_target();
-    Label continuation = a_.newLabel();
-    push_return(continuation);
+    push_return();
     // The way to the callee: a jump to it, with the spilled registers
     // reloaded and the flags restored.
     auto to_callee = [this, finish_direct, p, s, t, save, relative, target] {
@@ -473,7 +451,7 @@ bool BlockEmitter::EmitBranch(const DecodedInsn& d, uint32_t flags_live) {
     a_.cmp(x86::rsp, CtxPtr(offsetof(BtContext, shadow_floor), 8));
     a_.jb(callee);
     a_.call(callee);
-    EmitContinuation(continuation, d.NextRip());
+    EmitContinuation(d.NextRip());
     out_of_line_.push_back([this, callee, to_callee] {
       a_.bind(callee);
       to_callee();

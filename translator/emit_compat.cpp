@@ -15,9 +15,9 @@
 //   prefix for push/pop) at SS.base + ESP.
 // - EIP is 32 bits: near branch targets wrap (emit_branch.cpp masks them).
 //   Indirect branches and returns leave for the runtime: the jump cache
-//   and the return-address cache are keyed by RIP alone and hold 64-bit
-//   blocks, so compatibility-mode blocks stay out of them (direct branches
-//   within a page still chain).
+//   is keyed by RIP alone and holds 64-bit blocks, so compatibility-mode
+//   blocks stay out of it, and their calls make no host call (direct
+//   branches within a page still chain).
 
 #include "translator/emitter.h"
 

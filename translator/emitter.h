@@ -39,13 +39,9 @@ struct EmitEnv {
   uint64_t block_rip = 0;       // its first guest instruction
   bool single = false;          // a one-instruction block: every exit returns to the runtime
   // Compatibility-mode code (emit_compat.cpp): 32-bit stack and EIP,
-  // segment bases on every memory operand, no jump cache or RAS.
+  // segment bases on every memory operand, no jump cache or host call/ret.
   bool compat = false;
   bool count_hits = false;      // count inline soft-TLB hits in BtContext::tlb_hits
-  // Supervisor code from a page that is not global: its calls mark the
-  // kernel's lookups as local (BtContext::kernel_local_lookups), which a
-  // CR3 write then drops.
-  bool local_kernel = false;
   // Arithmetic flags the code at a RIP in the block's page may read before
   // writing them (block_builder.cpp); null: all of them.
   std::function<uint32_t(uint64_t)> flags_live_at;
@@ -60,8 +56,8 @@ struct EmitEnv {
   uint64_t bounce_commit = 0;
   uint64_t string_op = 0;       // uint64_t (*)(BtContext*): slow_info in (emit_string.cpp)
   // Where a call's continuation goes when the host return that reached it
-  // does not match the guest's (code_cache.cpp): the return-address cache,
-  // the jump cache, else the runtime, for this block's MmuIndex.
+  // does not match the guest's (code_cache.cpp): the jump cache, else the
+  // runtime, for this block's MmuIndex.
   uint64_t ret_miss = 0;
 };
 
@@ -290,7 +286,7 @@ class BlockEmitter {
   void EmitIndirectJump(const Plan& p, int s, int t, bool flags_saved);
   // A call's continuation: where the host ret of the guest's ret lands
   // (emit_branch.cpp).
-  void EmitContinuation(asmjit::Label continuation, uint64_t ret);
+  void EmitContinuation(uint64_t ret);
   // Leaves for the runtime with RIP = the guest address in host register
   // s: restores saved flags, reloads p's spilled registers.
   void EmitRuntimeExit(const Plan& p, int s, bool flags_saved);

@@ -344,7 +344,7 @@ BuildResult BuildBlock(CodeCache& cache, const BlockKey& key, const FetchFn& fet
       uint32_t keep = live_in[i];
       uint16_t ahead = 0;
       for (size_t j = i + 1; j < std::min(insns.size(), i + 1 + kLookahead); ++j) ahead |= names[j];
-      e.BeginInsn(keep, ahead);
+      e.BeginInsn(d.rip, keep, ahead);
       e.SetWindowAccess(window.offsets.empty() ? -1 : window.offsets[i]);
       bool ok = true;
       switch (d.cls) {
@@ -418,11 +418,13 @@ BuildResult BuildBlock(CodeCache& cache, const BlockKey& key, const FetchFn& fet
     pc = saved_pc;
   }
   BlockEmitter e(a, env);
+  asmjit::Label unchecked = a.newLabel();  // bound past the entry check, if there is one
   if (loop_regs) {
     e.UseLoopSlots(loop_slots);
     e.EnterLoop(loop_regs, live_in[0] != 0);
   } else if (!single) {
     e.EmitEntryCheck(live_in.empty() ? true : live_in[0] != 0);
+    a.bind(unchecked);
     if (!compat && !(key.flags & kBlockPlainStack) && !loop) {
       StackWindowPlan plan = PlanStackWindow(insns);
       uint16_t all_names = 0;
@@ -457,10 +459,13 @@ BuildResult BuildBlock(CodeCache& cache, const BlockKey& key, const FetchFn& fet
     r.kind = BuildResult::kCacheFull;
     return r;
   }
+  if (code.isLabelBound(unchecked)) {
+    b->unchecked_offset = static_cast<uint32_t>(code.labelOffsetFromBase(unchecked));
+  }
   for (const auto& x : e.exits()) {
     b->exits.push_back({static_cast<uint32_t>(code.labelOffsetFromBase(x.jmp)),
                         static_cast<uint32_t>(code.labelOffsetFromBase(x.stub)), x.target,
-                        nullptr, x.flags});
+                        nullptr, x.flags, x.forward});
   }
   for (const InsnLabel& rec : records) {
     b->insns.push_back({static_cast<uint32_t>(code.labelOffsetFromBase(rec.label)), rec.scratch,

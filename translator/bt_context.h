@@ -111,7 +111,8 @@ struct alignas(64) BtContext {
   uint8_t bounce_write = 0;
 
   // Set from any thread to make translated code return to the runtime at
-  // the next block entry (timer deadlines, stop requests).
+  // the next entry check (timer deadlines, stop requests): every loop in
+  // translated code passes one (BlockEmitter::EmitEntryCheck).
   alignas(8) uint8_t exit_request = 0;
   // Set by the runtime while an interrupt is pending that IF = 0 holds
   // back: an inline sti then returns to the runtime to take it.

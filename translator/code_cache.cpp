@@ -348,7 +348,7 @@ bool CodeCache::FindExit(uint64_t site, Block** block, uint32_t* exit) const {
 void CodeCache::Link(Block* from, uint32_t exit, Block* to) {
   Block::Exit& e = from->exits[exit];
   if (e.linked) return;
-  Patch(from, exit, to->code);
+  Patch(from, exit, to->code + (e.forward ? to->unchecked_offset : 0));
   e.linked = to;
   to->incoming.emplace_back(from, exit);
   if (to->spans_pages) spanning_links_.push_back({from, exit, to});

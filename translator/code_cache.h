@@ -54,6 +54,9 @@ struct Block {
   BlockKey key{};
   uint8_t* code = nullptr;  // host entry point
   uint32_t code_size = 0;
+  // Where forward links enter: past the entry check (0 if the block has
+  // none there; BlockEmitter::EmitEntryCheck).
+  uint32_t unchecked_offset = 0;
   uint32_t guest_size = 0;   // guest bytes [key.rip, key.rip + guest_size)
   uint32_t guest_insns = 0;
   // Page offsets, in its first page, of the guest bytes the translation
@@ -73,6 +76,9 @@ struct Block {
     uint64_t target = 0;
     Block* linked = nullptr;
     uint32_t flags = 0;  // key flags the target must have (kBlockPlainStack)
+    // To a RIP above its branch's, not from a call: linked past the
+    // target's entry check (BlockEmitter::EmitEntryCheck).
+    bool forward = false;
   };
   std::vector<Exit> exits;
   std::vector<std::pair<Block*, uint32_t>> incoming;  // (block, exit) linked here

@@ -79,7 +79,8 @@ int32_t JumpCacheOffset(unsigned mmu_index, uint64_t rip) {
 }
 }  // namespace
 
-void BlockEmitter::EmitJumpTo(uint64_t target, InstId jcc, uint32_t target_flags) {
+void BlockEmitter::EmitJumpTo(uint64_t target, InstId jcc, uint32_t target_flags,
+                             bool checked) {
   if (env_.single || ((target ^ env_.block_rip) >> 12) != 0) {
     // Not chainable: the runtime, or an inline jump-cache probe, which
     // know no variants.
@@ -102,7 +103,8 @@ void BlockEmitter::EmitJumpTo(uint64_t target, InstId jcc, uint32_t target_flags
     }
     return;
   }
-  ExitLabels x{a_.newLabel(), a_.newLabel(), target, target_flags};
+  ExitLabels x{a_.newLabel(), a_.newLabel(), target, target_flags,
+               !checked && target > insn_rip_};
   uint32_t index = static_cast<uint32_t>(exits_.size());
   exits_.push_back(x);
   a_.bind(x.jmp);
@@ -422,7 +424,7 @@ bool BlockEmitter::EmitBranch(const DecodedInsn& d, uint32_t flags_live) {
   auto finish_direct = [this](const Plan& p, bool save, uint64_t to) {
     if (save) RestoreArith(offsetof(BtContext, saved_flags));
     ReloadSpilled(p);
-    EmitJumpTo(to);
+    EmitJumpTo(to, x86::Inst::kIdNone, 0, /*checked=*/true);  // calls close loops
   };
 
   if (m == ZYDIS_MNEMONIC_CALL) {

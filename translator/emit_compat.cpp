@@ -201,7 +201,7 @@ bool BlockEmitter::EmitCompatBranch(const DecodedInsn& d, uint32_t flags_live, u
     if (relative) {
       if (save) RestoreArith(offsetof(BtContext, saved_flags));
       ReloadSpilled(p);
-      EmitJumpTo(target);
+      EmitJumpTo(target, x86::Inst::kIdNone, 0, /*checked=*/true);  // calls close loops
       return true;
     }
     a_.mov(x86::gpq(s), CtxPtr(slot, 8));

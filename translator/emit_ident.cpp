@@ -155,7 +155,8 @@ void BlockEmitter::RestoreSavedFlags() {
   flags_saved_ = false;
 }
 
-void BlockEmitter::BeginInsn(uint32_t flags_live, uint16_t lookahead) {
+void BlockEmitter::BeginInsn(uint64_t rip, uint32_t flags_live, uint16_t lookahead) {
+  insn_rip_ = rip;
   if (flags_live == 0) flags_saved_ = false;
   lookahead_ = lookahead;
 }

@@ -101,9 +101,17 @@ class BlockEmitter {
   // With `jcc`, only when that condition holds (else falls through).
   // `target_flags`: the key flags the target block must have
   // (kBlockPlainStack for a stack window's miss; Block::Exit::flags).
+  // A patchable jump forward (to a RIP above the current instruction's)
+  // is linked past the target's entry check, unless `checked` (calls).
   void EmitJumpTo(uint64_t target, asmjit::InstId jcc = asmjit::x86::Inst::kIdNone,
-                  uint32_t target_flags = 0);
+                  uint32_t target_flags = 0, bool checked = false);
   // At block entry: return to the runtime if it asked (exit_request).
+  // Forward chained jumps enter past it (Block::unchecked_offset): a chain
+  // of them cannot loop, as RIP grows along it. Everything else that can
+  // close a loop comes through it: backward jumps, calls, jump-cache
+  // lookups (cross-page jumps, indirect branches, missed returns) and the
+  // runtime. Returns that hit their call's continuation do not, but each
+  // uses up a host frame that only a call, which does, makes.
   void EmitEntryCheck(bool flags_live);
   // Emits the out-of-line code collected while emitting the block (slow
   // paths, chain stubs).
@@ -114,6 +122,7 @@ class BlockEmitter {
     asmjit::Label jmp, stub;
     uint64_t target;
     uint32_t flags = 0;  // Block::Exit::flags
+    bool forward = false;  // Block::Exit::forward
   };
   const std::vector<ExitLabels>& exits() const { return exits_; }
   // Host registers whose guest values sat in CpuState while the last
@@ -133,7 +142,7 @@ class BlockEmitter {
   // Before each instruction: `flags_live` = flags live before it (saved
   // flags that are dead are forgotten); `lookahead` = the host registers
   // the next few instructions name (scratch is taken elsewhere if it can).
-  void BeginInsn(uint32_t flags_live, uint16_t lookahead);
+  void BeginInsn(uint64_t rip, uint32_t flags_live, uint16_t lookahead);
   // Back to the block-boundary state (before exits).
   void Materialize();
   // The same on a path out of the block emitted out of line, from state
@@ -312,6 +321,7 @@ class BlockEmitter {
   uint16_t borrowed_ = 0;      // host registers taken as scratch, guest values in CpuState
   bool flags_saved_ = false;   // guest arithmetic flags in saved_flags, not host RFLAGS
   uint16_t lookahead_ = 0;     // host registers the next instructions name
+  uint64_t insn_rip_ = 0;      // the instruction being emitted
   // A scratch register holding the soft-TLB slot offset of the page of the
   // last stack access, or -1: the next push or pop probes that slot first.
   int stack_slot_in_ = -1;

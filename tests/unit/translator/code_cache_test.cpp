@@ -77,7 +77,10 @@ TEST_F(CodeCacheTest, DirectExitChainsAndUnchains) {
 
   ASSERT_TRUE(CodeCache::CanLink(*a.block, 0, *b.block));
   cache_.Link(a.block, 0, b.block);
-  EXPECT_EQ(JumpTarget(*a.block, 0), b.block->code);
+  // A forward jump enters past b's exit_request check.
+  EXPECT_TRUE(a.block->exits[0].forward);
+  EXPECT_GT(b.block->unchecked_offset, 0u);
+  EXPECT_EQ(JumpTarget(*a.block, 0), b.block->code + b.block->unchecked_offset);
   EXPECT_EQ(a.block->exits[0].linked, b.block);
 
   // A store into b's ret invalidates b and points a's jump back at its
@@ -89,6 +92,43 @@ TEST_F(CodeCacheTest, DirectExitChainsAndUnchains) {
   EXPECT_EQ(cache_.Find(BlockKey{kBase + 0x15, kBase + 0x15, 0, 0}), nullptr);
   EXPECT_EQ(JumpTarget(*a.block, 0), stub);
   EXPECT_EQ(a.block->exits[0].linked, nullptr);
+}
+
+// Jumps backward, and calls, go through the target's exit_request check:
+// every loop must pass one.
+TEST_F(CodeCacheTest, BackwardJumpsAndCallsEnterThroughTheCheck) {
+  Put(kBase, {0x48, 0x01, 0xd8, 0xc3});              // add rax, rbx; ret
+  Put(kBase + 0x10, {0x48, 0x01, 0xd8, 0xeb, 0xeb}); // add rax, rbx; jmp kBase
+  Put(kBase + 0x20, {0xe8, 0xdb, 0xff, 0xff, 0xff}); // call kBase
+  Put(kBase + 0x25, {0xe8, 0x06, 0x00, 0x00, 0x00}); // call kBase + 0x30
+  Put(kBase + 0x30, {0x48, 0x01, 0xd8, 0xc3});       // add rax, rbx; ret
+  BuildResult t = Build(kBase), back = Build(kBase + 0x10), call = Build(kBase + 0x20),
+              fwd_call = Build(kBase + 0x25), t2 = Build(kBase + 0x30);
+  for (const BuildResult* r : {&t, &back, &call, &fwd_call, &t2}) {
+    ASSERT_EQ(r->kind, BuildResult::kOk);
+  }
+  ASSERT_GT(t.block->unchecked_offset, 0u);
+  auto exit_to = [](const Block& b, uint64_t target) {
+    for (uint32_t i = 0; i < b.exits.size(); ++i) {
+      if (b.exits[i].target == target) return i;
+    }
+    return ~0u;
+  };
+  uint32_t x = exit_to(*back.block, kBase);
+  ASSERT_NE(x, ~0u);
+  EXPECT_FALSE(back.block->exits[x].forward);
+  cache_.Link(back.block, x, t.block);
+  EXPECT_EQ(JumpTarget(*back.block, x), t.block->code);
+  x = exit_to(*call.block, kBase);
+  ASSERT_NE(x, ~0u);
+  EXPECT_FALSE(call.block->exits[x].forward);
+  cache_.Link(call.block, x, t.block);
+  EXPECT_EQ(JumpTarget(*call.block, x), t.block->code);
+  x = exit_to(*fwd_call.block, kBase + 0x30);
+  ASSERT_NE(x, ~0u);
+  EXPECT_FALSE(fwd_call.block->exits[x].forward) << "a call forward is checked too";
+  cache_.Link(fwd_call.block, x, t2.block);
+  EXPECT_EQ(JumpTarget(*fwd_call.block, x), t2.block->code);
 }
 
 TEST_F(CodeCacheTest, OnlySamePagePlainBlocksLink) {
@@ -213,11 +253,11 @@ TEST_F(CodeCacheTest, LinksIntoABlockSpanningPagesLastUntilATlbFlush) {
   ASSERT_TRUE(CodeCache::CanLink(*a.block, 0, *span.block));
   auto link = [&] {
     cache_.Link(a.block, 0, span.block);
-    EXPECT_EQ(JumpTarget(*a.block, 0), span.block->code);
+    EXPECT_EQ(JumpTarget(*a.block, 0), span.block->code + span.block->unchecked_offset);
   };
   link();
   cache_.OnTlbFlushPage(GuestVirt(kBase));  // the first page: the link may stay
-  EXPECT_EQ(JumpTarget(*a.block, 0), span.block->code);
+  EXPECT_EQ(JumpTarget(*a.block, 0), span.block->code + span.block->unchecked_offset);
   cache_.OnTlbFlushPage(GuestVirt(kBase + 0x1000));  // the second page
   EXPECT_EQ(JumpTarget(*a.block, 0), stub);
   EXPECT_EQ(a.block->exits[0].linked, nullptr);

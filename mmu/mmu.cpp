@@ -181,6 +181,7 @@ void Mmu::MarkCodePage(GuestPhys page) {
       TlbEntry& e = tlbs_[i].entries[j];
       if (e.host_page == reinterpret_cast<uint64_t>(host)) e.write_tag = SoftTlb::InvalidTag(j);
     }
+    if (tlbs_[i].stack.host_page == reinterpret_cast<uint64_t>(host)) tlbs_[i].ResetStack();
   }
 }
 

@@ -30,8 +30,24 @@ struct SoftTlb {
   // Entries for global pages (PTE.G with CR4.PGE): a CR3 write keeps them
   // (SDM Vol. 3 §4.10.4.1). Not read by translated code.
   bool global[kEntries];
+  // A copy of the entry of the page the guest stack was last found in,
+  // which push, pop, call, ret and stack windows probe first: a fixed
+  // address, so no slot index to compute. Translated code fills it from
+  // entries[stack_offset / sizeof(TlbEntry)] after a hit there; anything
+  // that drops that entry drops the copy. Its empty state has a
+  // non-canonical tag and a null host page: only a non-canonical address,
+  // which must fault anyway, can hit it, and the access then faults on
+  // the host at an address below one page, which the host-fault handler
+  // turns into the guest's #SS(0).
+  TlbEntry stack;
+  static constexpr uint64_t kNoStackTag = 0x8000000000000000ull;
+  static constexpr uint64_t kNoStackOffset = ~0ull;
+  uint64_t stack_offset = kNoStackOffset;
 
-  SoftTlb() { Flush(); }
+  SoftTlb() {
+    ResetStack();
+    Flush();
+  }
 
   static unsigned Index(uint64_t vaddr) { return (vaddr >> 12) & (kEntries - 1); }
   static uint64_t InvalidTag(unsigned index) {
@@ -41,6 +57,11 @@ struct SoftTlb {
     uint64_t t = InvalidTag(index);
     entries[index] = {t, t, 0, t};
     global[index] = false;
+    if (stack_offset == index * sizeof(TlbEntry)) ResetStack();
+  }
+  void ResetStack() {
+    stack = {kNoStackTag, kNoStackTag, 0, kNoStackTag};
+    stack_offset = kNoStackOffset;
   }
   void Flush() {
     for (unsigned i = 0; i < kEntries; ++i) Invalidate(i);

@@ -328,6 +328,7 @@ BuildResult BuildBlock(CodeCache& cache, const BlockKey& key, const FetchFn& fet
     uint16_t scratch;
     bool flags_saved;
     uint64_t rip;
+    bool stack = false;
   };
   std::vector<InsnLabel> records;
   size_t emitted = 0;
@@ -356,12 +357,20 @@ BuildResult BuildBlock(CodeCache& cache, const BlockKey& key, const FetchFn& fet
         case InsnClass::kNop: break;
         case InsnClass::kStack:
           ok = compat ? e.EmitCompatStack(d, keep) : e.EmitStack(d, keep);
+          rec.scratch = e.last_scratch();
+          rec.flags_saved = e.last_flags_saved();
+          rec.stack = true;
           break;
         case InsnClass::kString: ok = e.EmitString(d); break;
         case InsnClass::kSystem:
           ok = e.EmitSystem(d, i + 1 < insns.size() ? live_in[i + 1] : live_out);
           break;
-        case InsnClass::kBranch: ok = e.EmitBranch(d, keep); break;
+        case InsnClass::kBranch:
+          ok = e.EmitBranch(d, keep);
+          rec.scratch = e.last_scratch();
+          rec.flags_saved = e.last_flags_saved();
+          rec.stack = true;
+          break;
         case InsnClass::kRuntime:
         case InsnClass::kUndefined: ok = false; break;
       }
@@ -469,7 +478,7 @@ BuildResult BuildBlock(CodeCache& cache, const BlockKey& key, const FetchFn& fet
   }
   for (const InsnLabel& rec : records) {
     b->insns.push_back({static_cast<uint32_t>(code.labelOffsetFromBase(rec.label)), rec.scratch,
-                        rec.flags_saved, rec.rip});
+                        rec.flags_saved, rec.rip, rec.stack});
   }
   for (const auto& rec : e.out_of_line_insns()) {
     b->insns.push_back({static_cast<uint32_t>(code.labelOffsetFromBase(rec.label)), rec.scratch,

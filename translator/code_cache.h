@@ -90,6 +90,7 @@ struct Block {
     uint16_t scratch;  // host registers holding scratch values, guest ones parked in CpuState
     uint16_t flags_saved = 0;  // guest arithmetic flags in BtContext::saved_flags, not host RFLAGS
     uint64_t rip;
+    bool stack = false;  // a stack access (push, pop, call, ret): may probe SoftTlb::stack
   };
   std::vector<InsnRecord> insns;
 

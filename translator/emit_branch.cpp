@@ -335,7 +335,6 @@ bool BlockEmitter::EmitBranch(const DecodedInsn& d, uint32_t flags_live) {
   Plan p;
   int s = -1, t = -1;
   bool save = false;
-  bool stack_ready = false;
   auto setup = [&]() -> bool {
     // Registers of the target operand (visible operand only: the hidden
     // RSP of call/ret is handled here explicitly).
@@ -357,11 +356,16 @@ bool BlockEmitter::EmitBranch(const DecodedInsn& d, uint32_t flags_live) {
     if (p.rename[kRsp] == -1 || m != ZYDIS_MNEMONIC_JMP) RenameRsp(&p);
     if (p.rename[kR15] == -1) p.rename[kR15] = PickScratch(&p, false);
     s = PickScratch(&p, false);
-    // A direct call's push and a ret probe the stack's last slot first.
-    stack_ready = (m == ZYDIS_MNEMONIC_RET || (m == ZYDIS_MNEMONIC_CALL && relative)) &&
-                  stack_slot_in_ >= 0;
-    t = stack_ready ? stack_slot_in_ : PickScratch(&p, false);
-    p.used |= 1u << t;
+    // A second scratch register: the jump cache's index, an indirect
+    // target's slot, a return address that is no imm32, or guest R15.
+    // Outside single-instruction blocks a ret and a call to a constant
+    // target with an imm32 return address need none (their stack accesses
+    // probe the soft TLB's stack copy).
+    const bool lean = !env_.single && (m == ZYDIS_MNEMONIC_RET ||
+                                       (m == ZYDIS_MNEMONIC_CALL && relative &&
+                                        FitsImm32(d.NextRip())));
+    t = lean ? -1 : PickScratch(&p, false);
+    if (t >= 0) p.used |= 1u << t;
     // The probes clobber flags. Every exit below restores them and reloads
     // p.spilled (which includes scratch taken by earlier instructions).
     // A ret leaves the guest flags in saved_flags whatever the liveness
@@ -370,6 +374,9 @@ bool BlockEmitter::EmitBranch(const DecodedInsn& d, uint32_t flags_live) {
     save = SaveFlagsIfLive(flags_live != 0 || m == ZYDIS_MNEMONIC_RET);
     SpillPlan(p);
     LoadRenamed(p);
+    // For the host-fault handler: a stack access through the stack copy.
+    last_scratch_ = p.spilled;
+    last_flags_saved_ = save;
     return true;
   };
   // The target of an indirect branch goes to the jump_target slot.
@@ -415,7 +422,7 @@ bool BlockEmitter::EmitBranch(const DecodedInsn& d, uint32_t flags_live) {
       a_.lea(x86::gpq(s), x86::ptr(x86::gpq(p.rename[kRsp]), -8));
       EmitAccess(
           d, p, s, t, 8, false, true, [store, s] { store(x86::qword_ptr(x86::gpq(s))); }, false,
-          stack_ready);
+          false, /*stack=*/true);
     }
     // Flags here are saved (restored before leaving) or dead.
     x86::Gp R = x86::gpq(p.rename[kRsp]);
@@ -477,7 +484,8 @@ bool BlockEmitter::EmitBranch(const DecodedInsn& d, uint32_t flags_live) {
       a_.mov(x86::gpq(s), x86::gpq(p.rename[kRsp]));
       EmitAccess(
           d, p, s, t, 8, true, false,
-          [this, s] { a_.mov(x86::gpq(s), x86::qword_ptr(x86::gpq(s))); }, false, stack_ready);
+          [this, s] { a_.mov(x86::gpq(s), x86::qword_ptr(x86::gpq(s))); }, false, false,
+          /*stack=*/true);
     }
     x86::Gp R = x86::gpq(p.rename[kRsp]);
     a_.lea(R, x86::ptr(R, 8 + pop));

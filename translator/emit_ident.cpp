@@ -157,6 +157,8 @@ void BlockEmitter::RestoreSavedFlags() {
 
 void BlockEmitter::BeginInsn(uint64_t rip, uint32_t flags_live, uint16_t lookahead) {
   insn_rip_ = rip;
+  last_scratch_ = 0xffff;
+  last_flags_saved_ = false;
   if (flags_live == 0) flags_saved_ = false;
   lookahead_ = lookahead;
 }

@@ -119,6 +119,46 @@ int32_t BlockEmitter::TlbHostOffset() const {
                               offsetof(TlbEntry, host_page));
 }
 
+int32_t BlockEmitter::StackTagOffset(bool write) const {
+  return static_cast<int32_t>(offsetof(BtContext, tlb) + env_.mmu_index * sizeof(SoftTlb) +
+                              offsetof(SoftTlb, stack) +
+                              (write ? offsetof(TlbEntry, write_tag) : offsetof(TlbEntry, read_tag)));
+}
+
+int32_t BlockEmitter::StackHostOffset() const {
+  return static_cast<int32_t>(offsetof(BtContext, tlb) + env_.mmu_index * sizeof(SoftTlb) +
+                              offsetof(SoftTlb, stack) + offsetof(TlbEntry, host_page));
+}
+
+void BlockEmitter::EmitStackRefill(int s, unsigned size, bool write, Label hit) {
+  // A temporary kept on the host stack: push and pop leave the flags alone.
+  const int t = s == kRax ? kRcx : kRax;
+  x86::Gp S = x86::gpq(s), T = x86::gpq(t);
+  const int32_t tlb = static_cast<int32_t>(offsetof(BtContext, tlb) + env_.mmu_index * sizeof(SoftTlb));
+  const int32_t entries = tlb + static_cast<int32_t>(offsetof(SoftTlb, entries));
+  const int32_t copy = tlb + static_cast<int32_t>(offsetof(SoftTlb, stack));
+  const int32_t tag = TlbTagOffset(write);
+  Label miss = a_.newLabel();
+  a_.push(T);
+  SlotOffset(s, t);
+  a_.xor_(S, CtxPtr(T, 0, tag, 8));
+  a_.cmp(S, static_cast<int32_t>(kPageSize - size));
+  a_.ja(miss);
+  for (int32_t field : {static_cast<int32_t>(offsetof(TlbEntry, read_tag)),
+                        static_cast<int32_t>(offsetof(TlbEntry, write_tag)),
+                        static_cast<int32_t>(offsetof(TlbEntry, host_page))}) {
+    a_.push(CtxPtr(T, 0, entries + field, 8));
+    a_.pop(CtxPtr(copy + field, 8));
+  }
+  a_.mov(CtxPtr(tlb + static_cast<int32_t>(offsetof(SoftTlb, stack_offset)), 8), T);
+  a_.add(S, CtxPtr(T, 0, TlbHostOffset(), 8));
+  a_.pop(T);
+  a_.jmp(hit);
+  a_.bind(miss);
+  a_.xor_(S, CtxPtr(T, 0, tag, 8));
+  a_.pop(T);
+}
+
 // t = the byte offset of the soft-TLB slot of the guest address in s.
 void BlockEmitter::SlotOffset(int s, int t) {
   a_.mov(x86::gpq(t), x86::gpq(s));
@@ -128,11 +168,12 @@ void BlockEmitter::SlotOffset(int s, int t) {
 
 void BlockEmitter::EmitAccess(const DecodedInsn& d, const Plan& p, int s, int t, unsigned size,
                               bool read, bool write, std::function<void()> body,
-                              bool restore_flags, bool index_ready) {
+                              bool restore_flags, bool index_ready, bool stack) {
   SlowPath sp;
   sp.entry = a_.newLabel();
   sp.hit = a_.newLabel();
   sp.index_ready = index_ready;
+  sp.stack = stack;
   sp.resume = a_.newLabel();
   sp.fault = a_.newLabel();
   sp.s = s;
@@ -150,16 +191,26 @@ void BlockEmitter::EmitAccess(const DecodedInsn& d, const Plan& p, int s, int t,
   sp.rip = d.rip;
   sp.body = body;
 
-  const int32_t tag = TlbTagOffset(write), host = TlbHostOffset();
-  x86::Gp S = x86::gpq(s), T = x86::gpq(t);
-  if (!index_ready) SlotOffset(s, t);
-  a_.xor_(S, CtxPtr(T, 0, tag, 8));
-  a_.cmp(S, static_cast<int32_t>(kPageSize - size));
-  a_.ja(sp.entry);
-  a_.bind(sp.hit);
-  // Flags are clobbered here anyway (and restored below when live).
-  if (env_.count_hits) a_.add(CtxPtr(offsetof(BtContext, tlb_hits), 8), 1);
-  a_.add(S, CtxPtr(T, 0, host, 8));
+  x86::Gp S = x86::gpq(s);
+  if (stack) {
+    a_.xor_(S, CtxPtr(StackTagOffset(write), 8));
+    a_.cmp(S, static_cast<int32_t>(kPageSize - size));
+    a_.ja(sp.entry);
+    a_.add(S, CtxPtr(StackHostOffset(), 8));
+    a_.bind(sp.hit);  // S: the host pointer
+    if (env_.count_hits) a_.add(CtxPtr(offsetof(BtContext, tlb_hits), 8), 1);
+  } else {
+    const int32_t tag = TlbTagOffset(write), host = TlbHostOffset();
+    x86::Gp T = x86::gpq(t);
+    if (!index_ready) SlotOffset(s, t);
+    a_.xor_(S, CtxPtr(T, 0, tag, 8));
+    a_.cmp(S, static_cast<int32_t>(kPageSize - size));
+    a_.ja(sp.entry);
+    a_.bind(sp.hit);  // S: the guest address ^ the tag of slot T
+    // Flags are clobbered here anyway (and restored below when live).
+    if (env_.count_hits) a_.add(CtxPtr(offsetof(BtContext, tlb_hits), 8), 1);
+    a_.add(S, CtxPtr(T, 0, host, 8));
+  }
   if (restore_flags) RestoreSavedFlags();
   body();
   a_.bind(sp.resume);
@@ -209,18 +260,25 @@ void BlockEmitter::EmitSlowPaths() {
   std::vector<SlowPath> paths;
   paths.swap(slow_paths_);
   for (SlowPath& sp : paths) {
-    x86::Gp S = x86::gpq(sp.s), T = x86::gpq(sp.t);
-    const int32_t tag = TlbTagOffset(sp.info & kAccessWrite);
+    x86::Gp S = x86::gpq(sp.s);
+    const bool write = sp.info & kAccessWrite;
+    const int32_t tag = TlbTagOffset(write);
     a_.bind(sp.entry);
-    if (sp.index_ready) {
-      // The slot was another access's: probe the address's own slot.
-      a_.xor_(S, CtxPtr(T, 0, tag, 8));
-      SlotOffset(sp.s, sp.t);
-      a_.xor_(S, CtxPtr(T, 0, tag, 8));
-      a_.cmp(S, static_cast<int32_t>(kPageSize - (sp.info & 0xff)));
-      a_.jbe(sp.hit);
+    if (sp.stack) {
+      a_.xor_(S, CtxPtr(StackTagOffset(write), 8));  // the guest address again
+      EmitStackRefill(sp.s, sp.info & 0xff, write, sp.hit);
+    } else {
+      x86::Gp T = x86::gpq(sp.t);
+      if (sp.index_ready) {
+        // The slot was another access's: probe the address's own slot.
+        a_.xor_(S, CtxPtr(T, 0, tag, 8));
+        SlotOffset(sp.s, sp.t);
+        a_.xor_(S, CtxPtr(T, 0, tag, 8));
+        a_.cmp(S, static_cast<int32_t>(kPageSize - (sp.info & 0xff)));
+        a_.jbe(sp.hit);
+      }
+      a_.xor_(S, CtxPtr(T, 0, tag, 8));  // the guest address again
     }
-    a_.xor_(S, CtxPtr(T, 0, tag, 8));  // the guest address again
     // The helper takes the address and access from the context; the stub
     // keeps every register (DF included) as it is.
     a_.mov(CtxPtr(offsetof(BtContext, slow_addr), 8), S);

@@ -24,35 +24,34 @@ bool BlockEmitter::EnterStackWindow(int32_t lo, uint32_t size, bool write, bool 
   int h = PickScratch(&p, false);
   lookahead_ = saved;
   if (h < 0 || (names & (1u << h))) return false;
-  int t = PickScratch(&p, false);
-  if (t < 0) return false;
   const bool saved_here = flags_live && !flags_saved_;
   SaveFlagsIfLive(flags_live);
   SpillPlan(p);
   LoadRenamed(p);
   const int r = p.rename[kRsp];
 
-  const int32_t tag = TlbTagOffset(write), host = TlbHostOffset();
-  x86::Gp H = x86::gpq(h), T = x86::gpq(t);
-  Label miss = a_.newLabel();
+  // The soft TLB's stack copy first (SoftTlb::stack): one page holds the
+  // whole window, and it allows the accesses.
+  x86::Gp H = x86::gpq(h);
+  Label refill = a_.newLabel(), ready = a_.newLabel();
   a_.lea(H, x86::ptr(x86::gpq(r), lo));
-  SlotOffset(h, t);
-  a_.xor_(H, CtxPtr(T, 0, tag, 8));
-  // One page holds the whole window, and it allows the accesses.
+  a_.xor_(H, CtxPtr(StackTagOffset(write), 8));
   a_.cmp(H, static_cast<int32_t>(kPageSize - size));
-  a_.ja(miss);
-  a_.add(H, CtxPtr(T, 0, host, 8));
+  a_.ja(refill);
+  a_.add(H, CtxPtr(StackHostOffset(), 8));
+  a_.bind(ready);
   window_reg_ = h;
   sticky_ |= 1u << h;
-  // The slot is the stack page's: stack accesses beyond the window probe
-  // it first.
-  stack_slot_in_ = t;
 
-  // Nothing of the block has run: back to the entry state, and on to the
-  // block without a window (a patchable exit, linked once it exists).
+  // Else the page's own slot, and else (another page, no permission, or a
+  // range across two pages): nothing of the block has run, so back to the
+  // entry state, and on to the block without a window (a patchable exit,
+  // linked once it exists).
   const uint16_t spilled = p.spilled;
-  out_of_line_.push_back([this, miss, spilled, saved_here] {
-    a_.bind(miss);
+  out_of_line_.push_back([this, refill, ready, h, size, write, spilled, saved_here] {
+    a_.bind(refill);
+    a_.xor_(x86::gpq(h), CtxPtr(StackTagOffset(write), 8));
+    EmitStackRefill(h, size, write, ready);
     RestoreBoundary(saved_here, spilled);
     EmitJumpTo(env_.block_rip, x86::Inst::kIdNone, kBlockPlainStack);
   });
@@ -107,6 +106,8 @@ bool BlockEmitter::EmitStack(const DecodedInsn& d, uint32_t flags_live) {
     // In the window: no probe, and flags untouched.
     SpillPlan(p);
     LoadRenamed(p);
+    last_scratch_ = p.spilled;
+    last_flags_saved_ = flags_saved_;
     x86::Gp R = x86::gpq(p.rename[kRsp]);
     if (push && is_imm) {
       a_.mov(win, static_cast<int32_t>(width == 2 ? op.imm.value.s & 0xffff : op.imm.value.s));
@@ -121,14 +122,14 @@ bool BlockEmitter::EmitStack(const DecodedInsn& d, uint32_t flags_live) {
     return true;
   }
   int s = PickScratch(&p, false);
-  // The slot offset of the last stack access is probed first: the stack
-  // seldom leaves its page within a block.
-  const bool index_ready = stack_slot_in_ >= 0;
-  int t = index_ready ? stack_slot_in_ : PickScratch(&p, false);
-  p.used |= 1u << t;
+  // push r15 reads guest R15 through t; the accesses probe the soft TLB's
+  // stack copy, which needs no slot register.
+  int t = special ? PickScratch(&p, false) : -1;
   SaveFlagsIfLive(live);
   SpillPlan(p);
   LoadRenamed(p);
+  last_scratch_ = p.spilled;
+  last_flags_saved_ = flags_saved_;
   const int r = p.rename[kRsp];
   x86::Gp R = x86::gpq(r);
 
@@ -147,19 +148,18 @@ bool BlockEmitter::EmitStack(const DecodedInsn& d, uint32_t flags_live) {
       } else {
         a_.mov(dst, width == 2 ? x86::Gp(x86::gpw(reg.index)) : x86::Gp(x86::gpq(reg.index)));
       }
-    }, false, index_ready);
+    }, false, false, /*stack=*/true);
     a_.lea(R, x86::ptr(R, -width));
   } else {
-    // The value goes to s itself (t keeps the slot offset).
+    // The value goes to s itself.
     a_.mov(x86::gpq(s), R);
     EmitAccess(d, p, s, t, width, true, false, [this, s, width] {
       if (width == 2) a_.movzx(x86::gpd(s), x86::word_ptr(x86::gpq(s)));
       else a_.mov(x86::gpq(s), x86::qword_ptr(x86::gpq(s)));
-    }, false, index_ready);
+    }, false, false, /*stack=*/true);
     a_.lea(R, x86::ptr(R, width));
   }
-  // push r15 loaded the value through t.
-  stack_slot_in_ = push && special && reg.index == kR15 ? -1 : t;
+  stack_slot_in_ = -1;
   if (!push) {
     // pop rsp: RSP takes the value read (SDM Vol. 2 POP); a 16-bit pop
     // replaces only the low 16 bits.

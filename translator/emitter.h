@@ -218,6 +218,7 @@ class BlockEmitter {
     asmjit::Label entry, hit, resume, fault;
     int s = -1, t = -1;
     bool index_ready = false;  // t held a slot offset computed earlier (maybe another page's)
+    bool stack = false;        // probed the stack copy (EmitAccess)
     uint64_t info = 0;
     bool flags_saved = false;
     bool restore_after = true;  // restore them before the body (else the caller does, later)
@@ -270,9 +271,20 @@ class BlockEmitter {
   // fault path either way).
   // `index_ready`: t already holds the TLB slot offset of an earlier
   // access (the stack's); a miss recomputes it for s before the slow path.
+  // `stack`: an access at the guest stack, which probes the soft TLB's
+  // stack copy (SoftTlb::stack) first; t is not used (may be -1).
   void EmitAccess(const DecodedInsn& d, const Plan& p, int s, int t, unsigned size, bool read,
                   bool write, std::function<void()> body, bool restore_flags,
-                  bool index_ready = false);
+                  bool index_ready = false, bool stack = false);
+  // Offsets from GS of the stack copy's tag (reads or writes) and host page.
+  int32_t StackTagOffset(bool write) const;
+  int32_t StackHostOffset() const;
+  // Out of line, after a miss in the stack copy, with s = the guest
+  // address of a `size`-byte access: probes the address's own soft-TLB
+  // slot; on a hit copies that entry into the stack copy and jumps to
+  // `hit` with s = the host pointer; else falls through with s = the guest
+  // address. Keeps every other register.
+  void EmitStackRefill(int s, unsigned size, bool write, asmjit::Label hit);
   // Full flags (DF too) with pushfq/popfq: around helper calls.
   // s += the base of FS or GS (other segments have none in 64-bit mode).
   void AddSegmentBase(ZydisRegister segment, int s);

@@ -99,8 +99,14 @@ void OnHostFault(int sig, siginfo_t* info, void* ucv) {
   if (it == b->insns.begin()) return Reraise(sig, info, ucv);
   const Block::InsnRecord& rec = *--it;
   GuestException e;
-  if (rec.scratch == 0xffff ||
-      !GuestExceptionFor(sig, info, ctx->cpu, reinterpret_cast<const uint8_t*>(pc), &e)) {
+  if (rec.scratch == 0xffff) return Reraise(sig, info, ucv);
+  if (rec.stack && sig == SIGSEGV && info->si_code == SEGV_MAPERR &&
+      reinterpret_cast<uint64_t>(info->si_addr) < kPageSize) {
+    // A stack access that hit the soft TLB's empty stack copy: its address
+    // was non-canonical (SoftTlb::stack), a stack fault (SDM Vol. 3
+    // §6.15, #SS).
+    e = {kSS, true, 0, 0};
+  } else if (!GuestExceptionFor(sig, info, ctx->cpu, reinterpret_cast<const uint8_t*>(pc), &e)) {
     return Reraise(sig, info, ucv);
   }
   // Guest registers not parked in CpuState are live in the host ones.

@@ -77,6 +77,37 @@ TEST_P(BtRunnerTest, ReportsPageFaultWithAddress) {
   EXPECT_EQ(o.error_code, GetParam() == 3 ? 4u : 0u);  // not present; U at CPL3
 }
 
+// A stack access at a non-canonical address is a stack fault, #SS(0), with
+// RSP as before it (SDM Vol. 3 §6.15; this host's CPU agrees: a push with
+// RSP = 0x8000000000000010 traps with vector 12). The first push meets an
+// empty stack copy in the soft TLB (SoftTlb::stack), the later ones a
+// filled one; the run of three pushes is a stack window.
+TEST_P(BtRunnerTest, NonCanonicalStackIsAStackFault) {
+  constexpr uint64_t kBad = 0x8000000000000010ull;
+  native::MachineState bad = SmallState();
+  bad.gpr[4] = kBad;
+  for (const std::vector<uint8_t>& code : {std::vector<uint8_t>{0x50},                 // push rax
+                                           std::vector<uint8_t>{0x58},                 // pop rax
+                                           std::vector<uint8_t>{0x50, 0x50, 0x50},     // push x3
+                                           std::vector<uint8_t>{0xc3}}) {              // ret
+    Outcome o = Run(code, bad);
+    ASSERT_EQ(o.kind, Outcome::kFault) << o.message;
+    EXPECT_EQ(o.vector, kSS);
+    EXPECT_EQ(o.error_code, 0u);
+    EXPECT_EQ(o.rip_offset, 0u);
+    EXPECT_EQ(o.state.gpr[4], kBad);
+  }
+  // After pushes on a good stack (the copy filled), then a bad RSP.
+  // push rax ; pop rax ; mov rsp, rbx ; push rax
+  native::MachineState s = SmallState();
+  s.gpr[3] = kBad;
+  Outcome o = Run({0x50, 0x58, 0x48, 0x89, 0xdc, 0x50}, s);
+  ASSERT_EQ(o.kind, Outcome::kFault) << o.message;
+  EXPECT_EQ(o.vector, kSS);
+  EXPECT_EQ(o.rip_offset, 5u);
+  EXPECT_EQ(o.state.gpr[4], kBad);
+}
+
 TEST_P(BtRunnerTest, HarnessPagesAreSupervisorOnly) {
   // mov rax, [0x1000] (the GDT): fine at CPL0, #PF(P|U) at CPL3. This is
   // what shows the CPL3 run really runs in user mode.

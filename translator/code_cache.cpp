@@ -178,13 +178,7 @@ void CodeCache::BuildTrampolines() {
   Label ret_miss[2], underflow[2];
   const int32_t rcx_slot = GprOffset(kRcx), rdx_slot = GprOffset(kRdx);
   const int32_t target_slot = offsetof(BtContext, jump_target);
-  auto restore_flags = [&] {
-    a.mov(CtxPtr(offsetof(BtContext, rax_save), 8), x86::rax);
-    a.mov(x86::ax, CtxPtr(offsetof(BtContext, saved_flags), 2));
-    a.add(x86::al, 0x7f);
-    a.sahf();
-    a.mov(x86::rax, CtxPtr(offsetof(BtContext, rax_save), 8));
-  };
+  auto restore_flags = [&] { EmitRestoreArith(a, offsetof(BtContext, saved_flags)); };
   for (unsigned m = 0; m < 2; ++m) {
     ret_miss[m] = a.newLabel();
     underflow[m] = a.newLabel();
@@ -196,11 +190,7 @@ void CodeCache::BuildTrampolines() {
     a.lea(x86::rsp, x86::ptr(x86::rsp, -8));  // the sentinel stays for the next one
     a.bind(ret_miss[m]);
     a.mov(CtxPtr(rdx_slot, 8), x86::rdx);
-    a.mov(x86::rdx, x86::rcx);
-    a.shr(x86::rdx, kJumpCacheBits);
-    a.xor_(x86::rdx, x86::rcx);
-    a.and_(x86::rdx, kJumpCacheEntries - 1);
-    a.shl(x86::rdx, 4);
+    EmitJumpCacheSlot(a, x86::rcx, x86::rdx);
     a.cmp(x86::rcx, CtxPtr(x86::rdx, 0, jc, 8));
     a.jne(runtime);
     a.mov(x86::rdx, CtxPtr(x86::rdx, 0, jc + 8, 8));

@@ -221,11 +221,7 @@ void BlockEmitter::EmitIndirectJump(const Plan& p, int s, int t, bool flags_save
     a_.bind(lookup);
     int32_t jc = static_cast<int32_t>(offsetof(BtContext, jump_cache) +
                                       env_.mmu_index * kJumpCacheEntries * sizeof(JumpCacheEntry));
-    a_.mov(T, S);
-    a_.shr(T, kJumpCacheBits);
-    a_.xor_(T, S);
-    a_.and_(T, kJumpCacheEntries - 1);
-    a_.shl(T, 4);
+    EmitJumpCacheSlot(a_, S, T);
     a_.cmp(S, CtxPtr(T, 0, jc, 8));
     a_.jne(miss);
     a_.mov(S, CtxPtr(T, 0, jc + 8, 8));

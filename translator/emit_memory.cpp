@@ -44,12 +44,22 @@ void BlockEmitter::SaveArith(int32_t slot) {
   a_.mov(x86::rax, CtxPtr(offsetof(BtContext, rax_save), 8));
 }
 
-void BlockEmitter::RestoreArith(int32_t slot) {
-  a_.mov(CtxPtr(offsetof(BtContext, rax_save), 8), x86::rax);
-  a_.mov(x86::ax, CtxPtr(slot, 2));
-  a_.add(x86::al, 0x7f);
-  a_.sahf();
-  a_.mov(x86::rax, CtxPtr(offsetof(BtContext, rax_save), 8));
+void BlockEmitter::RestoreArith(int32_t slot) { EmitRestoreArith(a_, slot); }
+
+void EmitRestoreArith(x86::Assembler& a, int32_t slot) {
+  a.mov(CtxPtr(offsetof(BtContext, rax_save), 8), x86::rax);
+  a.mov(x86::ax, CtxPtr(slot, 2));
+  a.add(x86::al, 0x7f);
+  a.sahf();
+  a.mov(x86::rax, CtxPtr(offsetof(BtContext, rax_save), 8));
+}
+
+void EmitJumpCacheSlot(x86::Assembler& a, const x86::Gp& rip, const x86::Gp& out) {
+  a.mov(out, rip);
+  a.shr(out, kJumpCacheBits);
+  a.xor_(out, rip);
+  a.and_(out, kJumpCacheEntries - 1);
+  a.shl(out, 4);  // sizeof(JumpCacheEntry)
 }
 
 void BlockEmitter::EmitEffectiveAddress(const DecodedInsn& d, const ZydisDecodedOperand& op,

@@ -71,6 +71,14 @@ inline constexpr unsigned kMaxAccessSize = 128;
 // a non-canonical address raises #SS(0), not #GP(0) (SDM Vol. 3 §6.15).
 inline constexpr uint64_t kAccessStack = 1u << 10;
 
+// Restores the guest arithmetic flags SaveArith kept at `slot`, keeping
+// every register (emit_memory.cpp).
+void EmitRestoreArith(asmjit::x86::Assembler& a, int32_t slot);
+// out = the byte offset of the jump-cache entry of the guest RIP in `rip`
+// (JumpCacheIndex), within one MmuIndex's table; clobbers flags.
+void EmitJumpCacheSlot(asmjit::x86::Assembler& a, const asmjit::x86::Gp& rip,
+                       const asmjit::x86::Gp& out);
+
 class BlockEmitter {
  public:
   BlockEmitter(asmjit::x86::Assembler& a, const EmitEnv& env) : a_(a), env_(env) {}

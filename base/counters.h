@@ -28,6 +28,7 @@ namespace btvm {
   X(exits_to_runtime, "exits from translated code to the runtime")   \
   X(exits_unlinked, "  to a block a direct exit could not link to")  \
   X(exits_lookup, "  to a block no inline lookup found")             \
+  X(ret_misses, "returns that missed their call's host return")      \
   X(smc_stores, "stores into translated code (block invalidated)")    \
   X(single_blocks, "one-instruction blocks (TF, shadows, SMC)")       \
   X(host_faults, "host faults mapped to guest exceptions")            \

@@ -385,6 +385,8 @@ EngineExit BtEngine::Run(CpuState& cpu) {
 out:
   counters_.tlb_hits += ctx.tlb_hits;
   ctx.tlb_hits = 0;
+  counters_.ret_misses += ctx.ret_misses;
+  ctx.ret_misses = 0;
   counters_.page_walks += mmu_.walks;
   mmu_.walks = 0;
   counters_.tlb_flushes += mmu_.flushes;

@@ -125,6 +125,7 @@ struct alignas(64) BtContext {
   // (code_cache.cpp, exit stubs), which names the block and the exit.
   uint64_t chain_site = 0;
   uint64_t tlb_hits = 0;      // inline soft-TLB hits, counted only when asked (--stats)
+  uint64_t ret_misses = 0;    // counted by the ret-miss stubs
   uint64_t smc_phys = 0;      // kSmc: the guest-physical range written
   uint64_t smc_size = 0;
 

@@ -189,6 +189,7 @@ void CodeCache::BuildTrampolines() {
     a.bind(underflow[m]);
     a.lea(x86::rsp, x86::ptr(x86::rsp, -8));  // the sentinel stays for the next one
     a.bind(ret_miss[m]);
+    a.add(CtxPtr(offsetof(BtContext, ret_misses), 8), 1);  // the guest flags are saved
     a.mov(CtxPtr(rdx_slot, 8), x86::rdx);
     EmitJumpCacheSlot(a, x86::rcx, x86::rdx);
     a.cmp(x86::rcx, CtxPtr(x86::rdx, 0, jc, 8));

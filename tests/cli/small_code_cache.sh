@@ -9,7 +9,7 @@ btvm=$1
 dir=$2
 total=0
 fail=0
-for name in smc strings exceptions paging usermode insns; do
+for name in smc strings exceptions paging usermode insns calls; do
   out=$("$btvm" run --code-cache 64K --stats --kernel "$dir/$name.elf" 2>&1)
   status=$?
   if [ "$status" -ne 1 ] || grep -q '^FAIL' <<<"$out" || ! grep -q '^SUMMARY: .* 0 failures' <<<"$out"; then

@@ -349,31 +349,24 @@ BuildResult BuildBlock(CodeCache& cache, const BlockKey& key, const FetchFn& fet
       e.SetWindowAccess(window.offsets.empty() ? -1 : window.offsets[i]);
       bool ok = true;
       switch (d.cls) {
-        case InsnClass::kIdent:
-          ok = e.EmitIdent(d, keep);
-          rec.scratch = e.last_scratch();
-          rec.flags_saved = e.last_flags_saved();
-          break;
+        case InsnClass::kIdent: ok = e.EmitIdent(d, keep); break;
         case InsnClass::kNop: break;
         case InsnClass::kStack:
           ok = compat ? e.EmitCompatStack(d, keep) : e.EmitStack(d, keep);
-          rec.scratch = e.last_scratch();
-          rec.flags_saved = e.last_flags_saved();
-          rec.stack = true;
           break;
         case InsnClass::kString: ok = e.EmitString(d); break;
         case InsnClass::kSystem:
           ok = e.EmitSystem(d, i + 1 < insns.size() ? live_in[i + 1] : live_out);
           break;
-        case InsnClass::kBranch:
-          ok = e.EmitBranch(d, keep);
-          rec.scratch = e.last_scratch();
-          rec.flags_saved = e.last_flags_saved();
-          rec.stack = true;
-          break;
+        case InsnClass::kBranch: ok = e.EmitBranch(d, keep); break;
         case InsnClass::kRuntime:
         case InsnClass::kUndefined: ok = false; break;
       }
+      // What the host-fault side table needs (BeginInsn cleared it: the
+      // classes that do not set it own no host fault).
+      rec.scratch = e.last_scratch();
+      rec.flags_saved = e.last_flags_saved();
+      rec.stack = d.cls == InsnClass::kStack || d.cls == InsnClass::kBranch;
       if (!ok) {
         if (emitted == 0) return false;
         // End the block before it; it will start a block of its own and be

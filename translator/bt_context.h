@@ -165,6 +165,11 @@ static_assert(offsetof(BtContext, tlb) % 64 == 0);
 inline constexpr int32_t GprOffset(int reg) {
   return static_cast<int32_t>(offsetof(BtContext, cpu) + offsetof(CpuState, gpr) + 8 * reg);
 }
+// The base of segment register `seg` (SegIndex) in CpuState.
+inline constexpr int32_t SegBaseOffset(int seg) {
+  return static_cast<int32_t>(offsetof(BtContext, cpu) + offsetof(CpuState, seg) +
+                              seg * sizeof(SegmentReg) + offsetof(SegmentReg, base));
+}
 inline constexpr int32_t kRipOffset =
     static_cast<int32_t>(offsetof(BtContext, cpu) + offsetof(CpuState, rip));
 

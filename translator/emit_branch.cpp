@@ -214,18 +214,16 @@ void BlockEmitter::EmitEntryCheck(bool flags_live) {
 
 void BlockEmitter::EmitIndirectJump(const Plan& p, int s, int t, bool flags_saved) {
   x86::Gp S = x86::gpq(s), T = x86::gpq(t);
-  Label lookup = a_.newLabel(), miss = a_.newLabel(), go = a_.newLabel();
+  Label miss = a_.newLabel();
   if (env_.single) {
     a_.jmp(miss);
   } else {
-    a_.bind(lookup);
     int32_t jc = static_cast<int32_t>(offsetof(BtContext, jump_cache) +
                                       env_.mmu_index * kJumpCacheEntries * sizeof(JumpCacheEntry));
     EmitJumpCacheSlot(a_, S, T);
     a_.cmp(S, CtxPtr(T, 0, jc, 8));
     a_.jne(miss);
     a_.mov(S, CtxPtr(T, 0, jc + 8, 8));
-    a_.bind(go);
     a_.mov(CtxPtr(offsetof(BtContext, jump_target), 8), S);
     if (flags_saved) RestoreArith(offsetof(BtContext, saved_flags));
     ReloadSpilled(p);
@@ -275,7 +273,6 @@ bool BlockEmitter::EmitBranch(const DecodedInsn& d, uint32_t flags_live) {
   ZydisMnemonic m = d.insn.mnemonic;
   bool relative = op.type == ZYDIS_OPERAND_TYPE_IMMEDIATE && op.imm.is_relative;
   uint64_t target = relative ? d.NextRip() + op.imm.value.u : 0;
-  last_scratch_ = 0xffff;
   if (env_.compat) {
     // EIP wraps at 4 GiB; jcc, loop, jecxz and jmp rel are the same
     // sequences as in 64-bit mode (ECX: 32-bit addressing), the rest
@@ -424,21 +421,17 @@ bool BlockEmitter::EmitBranch(const DecodedInsn& d, uint32_t flags_live) {
     x86::Gp R = x86::gpq(p.rename[kRsp]);
     a_.lea(R, x86::ptr(R, -8));
   };
-  auto finish_direct = [this](const Plan& p, bool save, uint64_t to) {
-    if (save) RestoreArith(offsetof(BtContext, saved_flags));
-    ReloadSpilled(p);
-    EmitJumpTo(to, x86::Inst::kIdNone, 0, /*checked=*/true);  // calls close loops
-  };
-
   if (m == ZYDIS_MNEMONIC_CALL) {
     if (!setup()) return false;
     if (!relative) load_target();
     push_return();
     // The way to the callee: a jump to it, with the spilled registers
     // reloaded and the flags restored.
-    auto to_callee = [this, finish_direct, p, s, t, save, relative, target] {
+    auto to_callee = [this, p, s, t, save, relative, target] {
       if (relative) {
-        finish_direct(p, save, target);
+        if (save) RestoreArith(offsetof(BtContext, saved_flags));
+        ReloadSpilled(p);
+        EmitJumpTo(target, x86::Inst::kIdNone, 0, /*checked=*/true);  // calls close loops
       } else {
         a_.mov(x86::gpq(s), CtxPtr(offsetof(BtContext, jump_target), 8));
         EmitIndirectJump(p, s, t, save);

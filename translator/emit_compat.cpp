@@ -25,14 +25,6 @@ namespace btvm {
 
 using namespace asmjit;
 
-namespace {
-int32_t SegBaseOffset(int seg) {
-  return static_cast<int32_t>(offsetof(CpuState, seg) + seg * sizeof(SegmentReg) +
-                              offsetof(SegmentReg, base));
-}
-
-}  // namespace
-
 // Flags are saved (or dead) where addresses are computed, so add may
 // clobber them.
 void BlockEmitter::AddCompatSegmentBase(ZydisRegister segment, int s) {

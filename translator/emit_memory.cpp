@@ -107,9 +107,7 @@ void BlockEmitter::AddSegmentBase(ZydisRegister segment, int s) {
   if (env_.compat) return AddCompatSegmentBase(segment, s);
   if (segment != ZYDIS_REGISTER_FS && segment != ZYDIS_REGISTER_GS) return;
   int seg = segment == ZYDIS_REGISTER_FS ? kFs : kGs;
-  a_.add(x86::gpq(s), CtxPtr(static_cast<int32_t>(offsetof(CpuState, seg) +
-                                                                     seg * sizeof(SegmentReg) +
-                                                                     offsetof(SegmentReg, base)), 8));
+  a_.add(x86::gpq(s), CtxPtr(SegBaseOffset(seg), 8));
 }
 
 // The segment an instruction with an implicit memory operand overrides.

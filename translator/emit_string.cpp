@@ -49,7 +49,6 @@ uint64_t Room(uint64_t addr, unsigned size, bool down) {
 
 bool BlockEmitter::EmitString(const DecodedInsn& d) {
   Materialize();  // the helper works on every guest register and the flags
-  last_scratch_ = 0xffff;
   unsigned size = d.insn.operand_width / 8;
   if (d.insn.mnemonic == ZYDIS_MNEMONIC_MOVSB || d.insn.mnemonic == ZYDIS_MNEMONIC_STOSB ||
       d.insn.mnemonic == ZYDIS_MNEMONIC_LODSB) {

@@ -35,7 +35,6 @@ constexpr int32_t kCsSelectorOffset = static_cast<int32_t>(
 
 bool BlockEmitter::EmitSystem(const DecodedInsn& d, uint32_t live_after) {
   const ZydisMnemonic m = d.insn.mnemonic;
-  last_scratch_ = 0xffff;
   if (m == ZYDIS_MNEMONIC_PUSHFQ) return EmitPushf(d, live_after);
   if (m != ZYDIS_MNEMONIC_CLI && m != ZYDIS_MNEMONIC_STI) return Fail("not inline: " + FormatInsn(d));
 

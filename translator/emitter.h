@@ -147,9 +147,10 @@ class BlockEmitter {
   // instruction names them, and flags saved around a soft-TLB probe stay in
   // saved_flags until an instruction reads or writes flags.
   //
-  // Before each instruction: `flags_live` = flags live before it (saved
-  // flags that are dead are forgotten); `lookahead` = the host registers
-  // the next few instructions name (scratch is taken elsewhere if it can).
+  // Before each instruction (at `rip`): `flags_live` = flags live before
+  // it (saved flags that are dead are forgotten); `lookahead` = the host
+  // registers the next few instructions name (scratch is taken elsewhere if
+  // it can). Clears last_scratch() and last_flags_saved().
   void BeginInsn(uint64_t rip, uint32_t flags_live, uint16_t lookahead);
   // Back to the block-boundary state (before exits).
   void Materialize();
@@ -278,7 +279,8 @@ class BlockEmitter {
   // when `restore_flags`, else they stay saved (they are restored on the
   // fault path either way).
   // `index_ready`: t already holds the TLB slot offset of an earlier
-  // access (the stack's); a miss recomputes it for s before the slow path.
+  // access (a loop's last, or an inline pushfq's); a miss recomputes it for
+  // s before the slow path.
   // `stack`: an access at the guest stack, which probes the soft TLB's
   // stack copy (SoftTlb::stack) first; t is not used (may be -1).
   void EmitAccess(const DecodedInsn& d, const Plan& p, int s, int t, unsigned size, bool read,
@@ -342,8 +344,9 @@ class BlockEmitter {
   bool flags_saved_ = false;   // guest arithmetic flags in saved_flags, not host RFLAGS
   uint16_t lookahead_ = 0;     // host registers the next instructions name
   uint64_t insn_rip_ = 0;      // the instruction being emitted
-  // A scratch register holding the soft-TLB slot offset of the page of the
-  // last stack access, or -1: the next push or pop probes that slot first.
+  // A scratch register holding the soft-TLB slot offset of the page an
+  // inline pushfq last stored to, or -1: the next one probes that slot
+  // first (push, pop, call and ret probe SoftTlb::stack instead).
   int stack_slot_in_ = -1;
   // The stack window's host pointer (a scratch register, sticky), or -1
   // once a Materialize has given it back; the current instruction's offset

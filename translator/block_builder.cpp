@@ -328,7 +328,7 @@ BuildResult BuildBlock(CodeCache& cache, const BlockKey& key, const FetchFn& fet
     uint16_t scratch;
     bool flags_saved;
     uint64_t rip;
-    bool stack = false;
+    uint8_t null_page_fault = 0;
   };
   std::vector<InsnLabel> records;
   size_t emitted = 0;
@@ -366,7 +366,7 @@ BuildResult BuildBlock(CodeCache& cache, const BlockKey& key, const FetchFn& fet
       // classes that do not set it own no host fault).
       rec.scratch = e.last_scratch();
       rec.flags_saved = e.last_flags_saved();
-      rec.stack = d.cls == InsnClass::kStack || d.cls == InsnClass::kBranch;
+      rec.null_page_fault = e.last_null_page_fault();
       if (!ok) {
         if (emitted == 0) return false;
         // End the block before it; it will start a block of its own and be
@@ -401,7 +401,7 @@ BuildResult BuildBlock(CodeCache& cache, const BlockKey& key, const FetchFn& fet
   const bool loop = !single && !insns.empty() && insns.back().cls == InsnClass::kBranch &&
                     !IsRcxBranch(insns.back().insn.mnemonic) && BranchTarget(insns.back()) == rip;
   uint16_t loop_regs = 0;
-  std::vector<std::pair<uint64_t, int>> loop_slots;
+  std::vector<BlockEmitter::LoopPage> loop_pages;
   if (loop) {
     asmjit::CodeHolder trial_code;
     trial_code.init(cache.environment(), cache.next_address());
@@ -409,12 +409,13 @@ BuildResult BuildBlock(CodeCache& cache, const BlockKey& key, const FetchFn& fet
     BlockEmitter te(ta, env);
     uint16_t all_names = 0;
     for (uint16_t n : names) all_names |= n;
-    te.PlanLoopSlots(all_names);
+    te.PlanLoopPages(all_names);
     uint64_t saved_pc = pc;
     if (emit_insns(te, ta)) {
       loop_regs = te.back_edge_borrowed();
-      for (const auto& slot : te.loop_slots()) {
-        if (loop_regs & (1u << slot.second)) loop_slots.push_back(slot);
+      for (const BlockEmitter::LoopPage& lp : te.loop_pages()) {
+        uint16_t pair = (1u << lp.nt) | (1u << lp.hb);
+        if ((loop_regs & pair) == pair) loop_pages.push_back(lp);
       }
     }
     pc = saved_pc;
@@ -422,7 +423,7 @@ BuildResult BuildBlock(CodeCache& cache, const BlockKey& key, const FetchFn& fet
   BlockEmitter e(a, env);
   asmjit::Label unchecked = a.newLabel();  // bound past the entry check, if there is one
   if (loop_regs) {
-    e.UseLoopSlots(loop_slots);
+    e.UseLoopPages(loop_pages);
     e.EnterLoop(loop_regs, live_in[0] != 0);
   } else if (!single) {
     e.EmitEntryCheck(live_in.empty() ? true : live_in[0] != 0);
@@ -471,7 +472,7 @@ BuildResult BuildBlock(CodeCache& cache, const BlockKey& key, const FetchFn& fet
   }
   for (const InsnLabel& rec : records) {
     b->insns.push_back({static_cast<uint32_t>(code.labelOffsetFromBase(rec.label)), rec.scratch,
-                        rec.flags_saved, rec.rip, rec.stack});
+                        rec.flags_saved, rec.rip, rec.null_page_fault});
   }
   for (const auto& rec : e.out_of_line_insns()) {
     b->insns.push_back({static_cast<uint32_t>(code.labelOffsetFromBase(rec.label)), rec.scratch,

@@ -90,7 +90,9 @@ struct Block {
     uint16_t scratch;  // host registers holding scratch values, guest ones parked in CpuState
     uint16_t flags_saved = 0;  // guest arithmetic flags in BtContext::saved_flags, not host RFLAGS
     uint64_t rip;
-    bool stack = false;  // a stack access (push, pop, call, ret): may probe SoftTlb::stack
+    // The guest exception (kGP or kSS, error code 0) a host fault below
+    // one page stands for (BlockEmitter::last_null_page_fault), or 0.
+    uint8_t null_page_fault = 0;
   };
   std::vector<InsnRecord> insns;
 

@@ -151,10 +151,7 @@ void BlockEmitter::EnterLoop(uint16_t regs, bool flags_live) {
     if (regs & (1u << h)) Spill(h);
   }
   borrowed_ = loop_regs_ = regs;
-  // Slot registers start at slot 0 (a miss there finds the right one).
-  for (const auto& [rip, h] : loop_slots_) {
-    if (regs & (1u << h)) a_.mov(x86::gpd(h), 0);
-  }
+  for (const LoopPage& lp : loop_pages_) EmitEmptyLoopPage(lp.nt, lp.hb);
   loop_head_ = a_.newLabel();
   a_.bind(loop_head_);
   EmitEntryCheck(flags_live);
@@ -162,14 +159,16 @@ void BlockEmitter::EnterLoop(uint16_t regs, bool flags_live) {
 
 void BlockEmitter::EmitBackEdge(InstId jcc) {
   uint16_t store = loop_regs_ & ~borrowed_, reload = borrowed_ & ~loop_regs_;
-  uint16_t slots = 0;
-  for (const auto& [rip, h] : loop_slots_) slots |= 1u << h;
-  auto fix = [this, store, reload, slots] {
+  std::vector<LoopPage> pages;  // pairs given back in the body: empty again
+  for (const LoopPage& lp : loop_pages_) {
+    if (store & ((1u << lp.nt) | (1u << lp.hb))) pages.push_back(lp);
+  }
+  auto fix = [this, store, reload, pages] {
     for (int h = 0; h < 16; ++h) {
       if (store & (1u << h)) Spill(h);
-      if (store & slots & (1u << h)) a_.mov(x86::gpd(h), 0);  // an offset again
       if (reload & (1u << h)) Reload(h);
     }
+    for (const LoopPage& lp : pages) EmitEmptyLoopPage(lp.nt, lp.hb);
     a_.jmp(loop_head_);
   };
   if (!store && !reload) {

@@ -97,8 +97,10 @@ void BlockEmitter::TakeRegisters(Plan* p) {
   }
   borrowed_ &= ~p->used;
   p->spilled = borrowed_;
-  if (p->used & sticky_) {  // named by the guest code: not a slot register after all
-    std::erase_if(loop_slots_, [&](const auto& slot) { return p->used & (1u << slot.second); });
+  if (p->used & sticky_) {  // named by the guest code: not a page register after all
+    std::erase_if(loop_pages_, [&](const LoopPage& lp) {
+      return p->used & ((1u << lp.nt) | (1u << lp.hb));
+    });
     sticky_ &= ~p->used;
   }
   if (stack_slot_in_ >= 0 && (p->used & (1u << stack_slot_in_))) stack_slot_in_ = -1;
@@ -159,6 +161,7 @@ void BlockEmitter::BeginInsn(uint64_t rip, uint32_t flags_live, uint16_t lookahe
   insn_rip_ = rip;
   last_scratch_ = 0xffff;
   last_flags_saved_ = false;
+  last_null_page_fault_ = 0;
   if (flags_live == 0) flags_saved_ = false;
   lookahead_ = lookahead;
 }
@@ -170,7 +173,7 @@ void BlockEmitter::Materialize() {
   }
   borrowed_ = 0;
   stack_slot_in_ = -1;
-  slots_valid_ = false;  // slot registers hold guest values again
+  pages_valid_ = false;  // page registers hold guest values again
   if (window_reg_ >= 0) sticky_ &= ~(1u << window_reg_);
   window_reg_ = -1;
 }
@@ -215,7 +218,7 @@ void BlockEmitter::ReloadSpilled(const Plan& p) {
 }
 
 bool BlockEmitter::Reencode(const DecodedInsn& d, const Plan& p, int s,
-                            std::vector<uint8_t>* out) {
+                            std::vector<uint8_t>* out, int index) {
   ZydisEncoderRequest req;
   if (!ZYAN_SUCCESS(ZydisEncoderDecodedInstructionToEncoderRequest(
           &d.insn, d.ops, d.insn.operand_count_visible, &req))) {
@@ -240,8 +243,8 @@ bool BlockEmitter::Reencode(const DecodedInsn& d, const Plan& p, int s,
       }
     } else if (op.type == ZYDIS_OPERAND_TYPE_MEMORY) {
       op.mem.base = EncodeGpr(s, 8);
-      op.mem.index = ZYDIS_REGISTER_NONE;
-      op.mem.scale = 0;
+      op.mem.index = index >= 0 ? EncodeGpr(index, 8) : ZYDIS_REGISTER_NONE;
+      op.mem.scale = index >= 0 ? 1 : 0;
       op.mem.displacement = 0;
     }
   }
@@ -405,30 +408,32 @@ bool BlockEmitter::EmitIdent(const DecodedInsn& d, uint32_t flags_live) {
   bool read = mem->actions & ZYDIS_OPERAND_ACTION_MASK_READ;
   bool write = mem->actions & ZYDIS_OPERAND_ACTION_MASK_WRITE;
   int s = PickScratch(&p, p.needs_low);
-  // A loop's slot register for this instruction, or one to reserve now.
+  // A loop's page pair for this instruction, or one to reserve now.
   int t = -1;
-  bool index_ready = false;
-  for (const auto& [rip, h] : loop_slots_) {
-    if (rip == d.rip && !plan_slots_ && slots_valid_ && (borrowed_ & (1u << h)) &&
-        !(p.used & (1u << h))) {
-      t = h;
-      index_ready = true;
-      p.used |= 1u << h;
-      p.spilled |= 1u << h;  // taken since EnterLoop
+  const LoopPage* page = nullptr;
+  for (const LoopPage& lp : loop_pages_) {
+    uint16_t pair = (1u << lp.nt) | (1u << lp.hb);
+    if (lp.rip == d.rip && !plan_pages_ && pages_valid_ && (borrowed_ & pair) == pair &&
+        !(p.used & pair)) {
+      page = &lp;
+      p.used |= pair;
+      p.spilled |= pair;  // taken since EnterLoop
     }
   }
-  if (t < 0 && plan_slots_) {
+  if (plan_pages_) {
     uint16_t saved = lookahead_;
-    lookahead_ = block_names_;  // a register no instruction of the loop names
+    lookahead_ = block_names_;  // registers no instruction of the loop names
+    // [s + HB] with AH..BH: no REX prefix, so HB is one of the low eight.
     t = PickScratch(&p, false);
+    int hb = PickScratch(&p, p.needs_low);
     lookahead_ = saved;
-    if (t >= 0 && !(block_names_ & (1u << t))) {
-      loop_slots_.push_back({d.rip, t});
-      sticky_ |= 1u << t;
+    if (t >= 0 && hb >= 0 && !(block_names_ & ((1u << t) | (1u << hb)))) {
+      loop_pages_.push_back({d.rip, t, hb});
+      sticky_ |= (1u << t) | (1u << hb);
     }
   }
-  if (t < 0) t = PickScratch(&p, false);
-  if (s < 0 || t < 0) return Fail("no scratch register for " + FormatInsn(d));
+  if (!page && t < 0) t = PickScratch(&p, false);
+  if (s < 0 || (!page && t < 0)) return Fail("no scratch register for " + FormatInsn(d));
 
   // bt/bts/btr/btc [mem], reg address the bit string at mem + (reg >> 3),
   // signed, beyond the operand (SDM Vol. 2 BT). The address is adjusted
@@ -447,7 +452,7 @@ bool BlockEmitter::EmitIdent(const DecodedInsn& d, uint32_t flags_live) {
   }
   last_scratch_ = p.spilled;
   std::vector<uint8_t> bytes;
-  if (!Reencode(d, p, s, &bytes)) return false;
+  if (!Reencode(d, p, s, &bytes, page ? page->hb : -1)) return false;
 
   SaveFlagsIfLive(flags_live != 0);
   // The instruction's own code runs after the probe: with the flags back
@@ -457,7 +462,7 @@ bool BlockEmitter::EmitIdent(const DecodedInsn& d, uint32_t flags_live) {
   LoadRenamed(p);
   // The address may name RSP, renamed to u above.
   if (u >= 0 && bit_reg.index == kRsp) a_.mov(x86::gpq(u), x86::gpq(kGuestRspHost));
-  EmitEffectiveAddress(d, *mem, p, s);
+  EmitEffectiveAddress(d, *mem, p, s, page ? page->nt : -1);
   if (u >= 0) {
     x86::Gp U = x86::gpq(u);
     // R15 was loaded into u itself by LoadRenamed (the rename map points
@@ -477,8 +482,8 @@ bool BlockEmitter::EmitIdent(const DecodedInsn& d, uint32_t flags_live) {
     a_.and_(U, static_cast<int32_t>(size * 8 - 1));
   }
   EmitAccess(d, p, s, t, size, read, write,
-             [this, bytes] { a_.embed(bytes.data(), bytes.size()); }, touches_flags,
-             index_ready);
+             [this, bytes] { a_.embed(bytes.data(), bytes.size()); }, touches_flags, false,
+             false, page);
   StoreRenamed(d, p);
   return true;
 }

@@ -63,7 +63,7 @@ void EmitJumpCacheSlot(x86::Assembler& a, const x86::Gp& rip, const x86::Gp& out
 }
 
 void BlockEmitter::EmitEffectiveAddress(const DecodedInsn& d, const ZydisDecodedOperand& op,
-                                        const Plan& p, int s) {
+                                        const Plan& p, int s, int plus) {
   const auto& m = op.mem;
   bool addr32 = d.insn.address_width == 32;
   if (m.base == ZYDIS_REGISTER_RIP || m.base == ZYDIS_REGISTER_EIP) {
@@ -78,11 +78,16 @@ void BlockEmitter::EmitEffectiveAddress(const DecodedInsn& d, const ZydisDecoded
     unsigned shift = m.scale == 8 ? 3 : m.scale == 4 ? 2 : m.scale == 2 ? 1 : 0;
     // Flags are already saved when live, so add/shl may clobber them here.
     if (has_base) {
-      x86::Mem ea = has_index ? x86::ptr(x86::gpq(p.rename[b.index]),
-                                         x86::gpq(p.rename[i.index]), shift, disp)
-                              : x86::ptr(x86::gpq(p.rename[b.index]), disp);
+      x86::Gp base = x86::gpq(p.rename[b.index]);
+      x86::Mem ea = has_index ? x86::ptr(base, x86::gpq(p.rename[i.index]), shift, disp)
+                              : x86::ptr(base, disp);
       if (addr32) {
         a_.lea(x86::gpd(s), ea);
+      } else if (plus >= 0 && !has_index && !env_.compat && m.segment != ZYDIS_REGISTER_FS &&
+                 m.segment != ZYDIS_REGISTER_GS) {
+        // No segment base to add: `plus` folds into the lea.
+        a_.lea(x86::gpq(s), x86::ptr(base, x86::gpq(plus), 0, disp));
+        return;
       } else {
         a_.lea(x86::gpq(s), ea);
       }
@@ -100,6 +105,7 @@ void BlockEmitter::EmitEffectiveAddress(const DecodedInsn& d, const ZydisDecoded
     }
   }
   AddSegmentBase(m.segment, s);
+  if (plus >= 0) a_.add(x86::gpq(s), x86::gpq(plus));
 }
 
 // In 64-bit mode only FS and GS have bases (SDM Vol. 3 §3.4.4).
@@ -167,6 +173,30 @@ void BlockEmitter::EmitStackRefill(int s, unsigned size, bool write, Label hit) 
   a_.pop(T);
 }
 
+void BlockEmitter::EmitLoopPageRefill(int s, int nt, int hb, unsigned size, bool write,
+                                      Label hit) {
+  x86::Gp S = x86::gpq(s), NT = x86::gpq(nt), HB = x86::gpq(hb);
+  const int32_t tag = TlbTagOffset(write);
+  Label miss = a_.newLabel();
+  a_.sub(S, NT);      // the guest address
+  SlotOffset(s, hb);  // the pair is refilled or emptied: HB is free
+  a_.xor_(S, CtxPtr(HB, 0, tag, 8));
+  a_.cmp(S, static_cast<int32_t>(kPageSize - size));
+  a_.ja(miss);
+  a_.mov(NT, CtxPtr(HB, 0, tag, 8));
+  a_.neg(NT);
+  a_.mov(HB, CtxPtr(HB, 0, TlbHostOffset(), 8));
+  a_.jmp(hit);
+  a_.bind(miss);
+  a_.xor_(S, CtxPtr(HB, 0, tag, 8));  // the guest address again
+  EmitEmptyLoopPage(nt, hb);
+}
+
+void BlockEmitter::EmitEmptyLoopPage(int nt, int hb) {
+  a_.mov(x86::gpq(nt), uint64_t{1} << 63);
+  a_.mov(x86::gpd(hb), 0);
+}
+
 // t = the byte offset of the soft-TLB slot of the guest address in s.
 void BlockEmitter::SlotOffset(int s, int t) {
   a_.mov(x86::gpq(t), x86::gpq(s));
@@ -176,12 +206,17 @@ void BlockEmitter::SlotOffset(int s, int t) {
 
 void BlockEmitter::EmitAccess(const DecodedInsn& d, const Plan& p, int s, int t, unsigned size,
                               bool read, bool write, std::function<void()> body,
-                              bool restore_flags, bool index_ready, bool stack) {
+                              bool restore_flags, bool index_ready, bool stack,
+                              const LoopPage* page) {
   SlowPath sp;
   sp.entry = a_.newLabel();
   sp.hit = a_.newLabel();
   sp.index_ready = index_ready;
   sp.stack = stack;
+  if (page) {
+    sp.nt = page->nt;
+    sp.hb = page->hb;
+  }
   sp.resume = a_.newLabel();
   sp.fault = a_.newLabel();
   sp.s = s;
@@ -198,9 +233,15 @@ void BlockEmitter::EmitAccess(const DecodedInsn& d, const Plan& p, int s, int t,
   sp.spilled = p.spilled;
   sp.rip = d.rip;
   sp.body = body;
+  if (stack || page) last_null_page_fault_ = (sp.info & kAccessStack) || stack ? kSS : kGP;
 
   x86::Gp S = x86::gpq(s);
-  if (stack) {
+  if (page) {
+    a_.cmp(S, static_cast<int32_t>(kPageSize - size));  // S: the guest address + NT
+    a_.ja(sp.entry);
+    a_.bind(sp.hit);  // S: the offset in the page, HB: its host address
+    if (env_.count_hits) a_.add(CtxPtr(offsetof(BtContext, tlb_hits), 8), 1);
+  } else if (stack) {
     a_.xor_(S, CtxPtr(StackTagOffset(write), 8));
     a_.cmp(S, static_cast<int32_t>(kPageSize - size));
     a_.ja(sp.entry);
@@ -272,7 +313,9 @@ void BlockEmitter::EmitSlowPaths() {
     const bool write = sp.info & kAccessWrite;
     const int32_t tag = TlbTagOffset(write);
     a_.bind(sp.entry);
-    if (sp.stack) {
+    if (sp.nt >= 0) {
+      EmitLoopPageRefill(sp.s, sp.nt, sp.hb, sp.info & 0xff, write, sp.hit);
+    } else if (sp.stack) {
       a_.xor_(S, CtxPtr(StackTagOffset(write), 8));  // the guest address again
       EmitStackRefill(sp.s, sp.info & 0xff, write, sp.hit);
     } else {

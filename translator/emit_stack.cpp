@@ -58,9 +58,10 @@ bool BlockEmitter::EnterStackWindow(int32_t lo, uint32_t size, bool write, bool 
   return true;
 }
 
-bool BlockEmitter::WindowMem(unsigned size, x86::Mem* out) const {
+bool BlockEmitter::WindowMem(unsigned size, x86::Mem* out) {
   if (window_reg_ < 0 || window_access_ < 0) return false;
   *out = x86::ptr(x86::gpq(window_reg_), window_access_, size);
+  last_null_page_fault_ = kSS;  // the window may come from the empty stack copy
   return true;
 }
 

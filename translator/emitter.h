@@ -139,6 +139,11 @@ class BlockEmitter {
   // Whether the guest arithmetic flags sat in saved_flags (not in host
   // RFLAGS) while it ran.
   bool last_flags_saved() const { return last_flags_saved_; }
+  // The guest exception (kGP or kSS, with error code 0) that a host fault
+  // below one page in the last emitted instruction's own code stands for:
+  // its probe let a non-canonical address through to a null host page (the
+  // soft TLB's empty stack copy, an empty loop page pair); 0 if none.
+  uint8_t last_null_page_fault() const { return last_null_page_fault_; }
 
   // State carried from one instruction to the next inside a block. At a
   // block boundary every guest GPR is in its host register and the guest
@@ -166,22 +171,37 @@ class BlockEmitter {
   // (what EnterLoop should take on a second translation).
   uint16_t back_edge_borrowed() const { return back_edge_borrowed_; }
 
-  // Soft-TLB slot registers of a loop: each memory instruction of a loop
-  // body may keep the slot offset of its last access in a register of its
-  // own across iterations, probed first (no index computation while the
-  // accesses stay in a page). On the first translation of a loop,
-  // PlanLoopSlots(names) reserves them (`names`: registers any instruction
-  // of the block names); loop_slots() then says which instruction (by
-  // RIP) got which register; UseLoopSlots hands that to the second
-  // translation, whose EnterLoop zeroes them (a valid offset).
-  void PlanLoopSlots(uint16_t names) {
-    plan_slots_ = true;
+  // Page registers of a loop: each memory instruction of a loop body may
+  // keep the page of its last access in two registers of its own across
+  // iterations, NT = minus the page's guest address and HB = its host
+  // address. Its probe is then `s = address + NT; cmp s, 4096 - size; ja
+  // miss; access [s + HB]`, with no load from the soft TLB. A miss probes
+  // the address's own soft-TLB slot and refills the pair from a hit; else
+  // it empties the pair and takes the slow path. The empty pair (NT = 2^63,
+  // HB = 0) lets only a non-canonical address through, which must fault
+  // anyway: the access then faults on the host below one page, which the
+  // host-fault handler turns into the guest's #GP(0) or #SS(0)
+  // (last_null_page_fault). A pair may outlive its soft-TLB entry (a
+  // hardware TLB may keep a translation past an eviction too), but not a
+  // TLB flush: flushes happen in the runtime, and the way back from there
+  // into the loop goes through EnterLoop, which empties the pairs.
+  //
+  // On the first translation of a loop, PlanLoopPages(names) reserves the
+  // pairs (`names`: registers any instruction of the block names);
+  // loop_pages() then says which instruction (by RIP) got which pair;
+  // UseLoopPages hands that to the second translation.
+  struct LoopPage {
+    uint64_t rip;
+    int nt, hb;
+  };
+  void PlanLoopPages(uint16_t names) {
+    plan_pages_ = true;
     block_names_ = names;
   }
-  const std::vector<std::pair<uint64_t, int>>& loop_slots() const { return loop_slots_; }
-  void UseLoopSlots(const std::vector<std::pair<uint64_t, int>>& slots) {
-    loop_slots_ = slots;
-    for (const auto& [rip, h] : slots) sticky_ |= 1u << h;
+  const std::vector<LoopPage>& loop_pages() const { return loop_pages_; }
+  void UseLoopPages(const std::vector<LoopPage>& pages) {
+    loop_pages_ = pages;
+    for (const LoopPage& lp : pages) sticky_ |= (1u << lp.nt) | (1u << lp.hb);
   }
   // The stack window (emit_stack.cpp). A block whose stack accesses lie at
   // offsets from its entry RSP known at translation time probes the soft
@@ -228,6 +248,7 @@ class BlockEmitter {
     int s = -1, t = -1;
     bool index_ready = false;  // t held a slot offset computed earlier (maybe another page's)
     bool stack = false;        // probed the stack copy (EmitAccess)
+    int nt = -1, hb = -1;      // probed a loop page pair (EmitAccess)
     uint64_t info = 0;
     bool flags_saved = false;
     bool restore_after = true;  // restore them before the body (else the caller does, later)
@@ -267,9 +288,10 @@ class BlockEmitter {
   // tag for reads or writes and of its host_page.
   int32_t TlbTagOffset(bool write) const;
   int32_t TlbHostOffset() const;
-  // Computes the effective address of memory operand `op` into host `s`.
+  // Computes the effective address of memory operand `op` into host `s`,
+  // plus host register `plus` if given (a loop page's NT).
   void EmitEffectiveAddress(const DecodedInsn& d, const ZydisDecodedOperand& op, const Plan& p,
-                            int s);
+                            int s, int plus = -1);
   // Probes the soft TLB for [s, s+size) and leaves the host pointer in s;
   // `body` then does the access through [s]. On a fault the block exits with
   // RIP = d.rip and all guest state as before the instruction.
@@ -283,9 +305,12 @@ class BlockEmitter {
   // s before the slow path.
   // `stack`: an access at the guest stack, which probes the soft TLB's
   // stack copy (SoftTlb::stack) first; t is not used (may be -1).
+  // `page`: a loop's page pair (see LoopPage) for this instruction; s
+  // holds the address plus NT, `body` accesses [s + HB] (it gets HB = 0 on
+  // the slow path), and t is not used.
   void EmitAccess(const DecodedInsn& d, const Plan& p, int s, int t, unsigned size, bool read,
                   bool write, std::function<void()> body, bool restore_flags,
-                  bool index_ready = false, bool stack = false);
+                  bool index_ready = false, bool stack = false, const LoopPage* page = nullptr);
   // Offsets from GS of the stack copy's tag (reads or writes) and host page.
   int32_t StackTagOffset(bool write) const;
   int32_t StackHostOffset() const;
@@ -295,6 +320,14 @@ class BlockEmitter {
   // `hit` with s = the host pointer; else falls through with s = the guest
   // address. Keeps every other register.
   void EmitStackRefill(int s, unsigned size, bool write, asmjit::Label hit);
+  // Out of line, after a miss in a loop page pair, with s = the guest
+  // address of a `size`-byte access plus NT: probes the address's own
+  // soft-TLB slot; on a hit refills the pair and jumps to `hit` with s =
+  // the offset in the page; else empties the pair and falls through with
+  // s = the guest address. Keeps every other register.
+  void EmitLoopPageRefill(int s, int nt, int hb, unsigned size, bool write, asmjit::Label hit);
+  // The empty pair: NT = 2^63, HB = 0 (flags untouched).
+  void EmitEmptyLoopPage(int nt, int hb);
   // Full flags (DF too) with pushfq/popfq: around helper calls.
   // s += the base of FS or GS (other segments have none in 64-bit mode).
   void AddSegmentBase(ZydisRegister segment, int s);
@@ -326,8 +359,9 @@ class BlockEmitter {
   void CallHelper(uint64_t fn);
 
   // Re-encodes an instruction with registers renamed and its memory operand
-  // replaced by [s] (s < 0: no memory operand).
-  bool Reencode(const DecodedInsn& d, const Plan& p, int s, std::vector<uint8_t>* out);
+  // replaced by [s] (s < 0: no memory operand), or [s + index] if given.
+  bool Reencode(const DecodedInsn& d, const Plan& p, int s, std::vector<uint8_t>* out,
+                int index = -1);
 
   void StoreImm64(int32_t offset, uint64_t value);
   void EmitCompactExit(uint64_t stub, uint64_t rip);
@@ -340,6 +374,7 @@ class BlockEmitter {
   std::vector<OutOfLineInsn> out_of_line_insns_;
   uint16_t last_scratch_ = 0;
   bool last_flags_saved_ = false;
+  uint8_t last_null_page_fault_ = 0;
   uint16_t borrowed_ = 0;      // host registers taken as scratch, guest values in CpuState
   bool flags_saved_ = false;   // guest arithmetic flags in saved_flags, not host RFLAGS
   uint16_t lookahead_ = 0;     // host registers the next instructions name
@@ -355,13 +390,14 @@ class BlockEmitter {
   int32_t window_access_ = -1;
   // The memory operand of the current instruction's window access, if it
   // has one and the window is still there.
-  bool WindowMem(unsigned size, asmjit::x86::Mem* out) const;
+  // Sets last_null_page_fault.
+  bool WindowMem(unsigned size, asmjit::x86::Mem* out);
   uint16_t loop_regs_ = 0;           // EnterLoop's registers
-  bool plan_slots_ = false;          // first translation of a loop: reserve slot registers
+  bool plan_pages_ = false;          // first translation of a loop: reserve page pairs
   uint16_t block_names_ = 0;
-  uint16_t sticky_ = 0;              // slot registers: never picked as scratch
-  bool slots_valid_ = true;          // no Materialize since the loop head (they hold offsets)
-  std::vector<std::pair<uint64_t, int>> loop_slots_;
+  uint16_t sticky_ = 0;              // page pairs, the window: never picked as scratch
+  bool pages_valid_ = true;          // no Materialize since the loop head (pairs hold pages)
+  std::vector<LoopPage> loop_pages_;
   asmjit::Label loop_head_;
   uint16_t back_edge_borrowed_ = 0;
   // Branches back to the loop head (jcc or, with kIdNone, jmp): the

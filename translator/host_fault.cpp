@@ -100,12 +100,12 @@ void OnHostFault(int sig, siginfo_t* info, void* ucv) {
   const Block::InsnRecord& rec = *--it;
   GuestException e;
   if (rec.scratch == 0xffff) return Reraise(sig, info, ucv);
-  if (rec.stack && sig == SIGSEGV && info->si_code == SEGV_MAPERR &&
+  if (rec.null_page_fault && sig == SIGSEGV && info->si_code == SEGV_MAPERR &&
       reinterpret_cast<uint64_t>(info->si_addr) < kPageSize) {
-    // A stack access that hit the soft TLB's empty stack copy: its address
-    // was non-canonical (SoftTlb::stack), a stack fault (SDM Vol. 3
-    // §6.15, #SS).
-    e = {kSS, true, 0, 0};
+    // An access that hit the soft TLB's empty stack copy or an empty loop
+    // page pair: its address was non-canonical, a #GP(0), or a #SS(0) for
+    // the stack segment (SDM Vol. 3 §6.15).
+    e = {rec.null_page_fault, true, 0, 0};
   } else if (!GuestExceptionFor(sig, info, ctx->cpu, reinterpret_cast<const uint8_t*>(pc), &e)) {
     return Reraise(sig, info, ucv);
   }

@@ -323,6 +323,7 @@ class Gen {
   bool BtMem(Item& it, bool r15);
   bool MisalignedSse(Item& it, uint64_t ea);
   bool FaultSs(Item& it);
+  bool FaultLoop(Item& it);
   bool Xlat(Item& it);
   bool MulDiv(Item& it);
   bool Bits(Item& it);

@@ -1,7 +1,7 @@
 // Loops: counted loops whose back edge branches to their head, the shape
 // the translator gives a loop block of its own (block_builder.cpp: a block
 // whose last instruction branches back to its start keeps scratch and
-// soft-TLB slot registers live around the back edge). The body walks
+// page registers live around the back edge). The body walks
 // memory through a pointer it advances by a constant stride; a long walk
 // crosses the boundary of the two data pages, and a faulting one runs into
 // the unmapped page part-way through the loop.
@@ -434,6 +434,53 @@ bool Gen::Loop(Item& it) {
       break;
     }
   }
+  return true;
+}
+
+bool Gen::FaultLoop(Item& it) {
+  // A loop whose access reaches a non-canonical address: #GP(0), or #SS(0)
+  // through RBP (SDM Vol. 3 §6.15). On the first iteration the
+  // translator's page registers for the access are still empty and let
+  // an address just above 2^63 through to a null host page; on the
+  // second they hold the data page and the soft TLB's slow path finds it.
+  it.loops = true;
+  it.ends_run = true;
+  const bool ss = rng_.Chance(40);
+  const int ptr = ss ? kRbp : PickGpr(Bit(kRsp) | Bit(kRbp));
+  const int counter = PickGpr(Bit(kRsp) | Bit(ptr));
+  const int value = PickGpr(Bit(kRsp) | Bit(ptr) | Bit(counter));
+  const bool later = rng_.Chance(40);
+  const int64_t disp = rng_.Int(0, 0x40);
+  uint64_t start;
+  if (later) {
+    start = kDataAddress + 8 * rng_.Below(0x100);  // then with bit 63 flipped
+  } else if (rng_.Chance(85)) {
+    start = (uint64_t{1} << 63) + rng_.Below(0xf80);  // where an empty pair lets it through
+  } else {
+    start = (uint64_t{1} << 47) + rng_.Below(0x1000);  // just above the low canonical half
+  }
+  it.ops.push_back(MovImm(ptr, start));
+  it.ops.push_back(MovImm(counter, static_cast<uint64_t>(rng_.Int(2, 6))));
+  // The head starts a block, which the translator treats as a loop.
+  it.ops.push_back(BranchOp(MN(JMP), static_cast<int>(it.ops.size()) + 1, false));
+  const int head = static_cast<int>(it.ops.size());
+  ZydisEncoderOperand mem{};
+  mem.type = ZYDIS_OPERAND_TYPE_MEMORY;
+  mem.mem.base = Gpr(ptr, 8);
+  mem.mem.displacement = disp;
+  const ZydisRegister r = Gpr(value, 8);
+  switch (rng_.Below(4)) {
+    case 0: mem.mem.size = 8; it.ops.push_back(MakeOp(Req(MN(MOV), {RegOp(r), mem}))); break;
+    case 1: mem.mem.size = 8; it.ops.push_back(MakeOp(Req(MN(ADD), {mem, RegOp(r)}))); break;
+    case 2: mem.mem.size = 4; it.ops.push_back(MakeOp(Req(MN(MOV), {mem, ImmOp(7)}))); break;
+    default:
+      mem.mem.size = 1;
+      it.ops.push_back(MakeOp(Req(MN(CMP), {mem, RegOp(Gpr(value, 1))})));
+      break;
+  }
+  if (later) it.ops.push_back(MakeOp(Req(MN(BTC), {RegOp(Gpr(ptr, 8)), ImmOp(63)})));
+  it.ops.push_back(MakeOp(Req(MN(DEC), {RegOp(Gpr(counter, 8))})));
+  it.ops.push_back(BranchOp(MN(JNZ), head, rng_.Chance(30)));
   return true;
 }
 

@@ -21,7 +21,7 @@ bool Gen::Build(Category c, Item& it) {
       &Gen::Mem,        &Gen::Stack,   &Gen::Branch,     &Gen::String,    &Gen::Flags,
       &Gen::Sse,        &Gen::SseFp,   &Gen::Fault,      &Gen::HostFault, &Gen::Shift0,
       &Gen::Enter,      &Gen::Xlat,    &Gen::Stack16,    &Gen::Branch32,  &Gen::BtMemR15,
-      &Gen::FaultFlags, &Gen::FaultSs, &Gen::FaultSplit, &Gen::Loop,
+      &Gen::FaultFlags, &Gen::FaultSs, &Gen::FaultSplit, &Gen::Loop,      &Gen::FaultLoop,
   };
   static_assert(std::size(kBuilders) == kCategoryCount, "one builder per category");
   it.category = c;

@@ -76,7 +76,8 @@ inline constexpr uint64_t kStackHigh = kStackAddress + 0xf00;
   X(kFaultFlags, "faultflags", true, "final #DE in div/idiv, #PF in a flag-writing RMW")   \
   X(kFaultSs, "faultss", true, "final #SS: a non-canonical address through RBP")           \
   X(kFaultSplit, "faultsplit", true, "final #GP of a misaligned SSE operand across pages") \
-  X(kLoop, "loop", false, "counted loops: backward jcc/jmp/loop, a pointer walk, #PF mid-loop")
+  X(kLoop, "loop", false, "counted loops: backward jcc/jmp/loop, a pointer walk, #PF mid-loop") \
+  X(kFaultLoop, "faultloop", true, "final #GP/#SS of a non-canonical access in a loop")
 
 enum class Category : uint8_t {
 #define BTVM_DIFF_ENUM(id, name, final, text) id,

@@ -144,7 +144,9 @@ bool Mmu::WriteVirt(const CpuState& cpu, GuestVirt addr, const void* in, uint64_
     uint64_t chunk = p == 0 ? first : size - first;
     if (pages[p].kind == Lookup::kRam) {
       std::memcpy(pages[p].host, src + done, chunk);
-      if (observer_ && IsCodePage(pages[p].phys)) observer_->OnCodeWrite(pages[p].phys, chunk);
+      if (IsCodePage(pages[p].phys)) {
+        for (MmuObserver* o : observers_) o->OnCodeWrite(pages[p].phys, chunk);
+      }
     } else {
       WriteMmio(pages[p].phys, src + done, chunk);
     }
@@ -162,12 +164,22 @@ void Mmu::FlushTlb(Flush kind) {
       tlbs_[i].Flush();
     }
   }
-  if (observer_) observer_->OnTlbFlush(kind == Flush::kNonGlobal);
+  for (MmuObserver* o : observers_) o->OnTlbFlush(kind == Flush::kNonGlobal);
 }
 
 void Mmu::FlushPage(GuestVirt addr) {
   for (unsigned i = 0; i < kMmuCount; ++i) tlbs_[i].FlushPage(addr.PageBase());
-  if (observer_) observer_->OnTlbFlushPage(addr.PageBase());
+  for (MmuObserver* o : observers_) o->OnTlbFlushPage(addr.PageBase());
+}
+
+Mmu::PageRights Mmu::TlbRights(GuestVirt addr, MmuIndex index) const {
+  const uint64_t vpage = addr.PageBase().value;
+  const TlbEntry& e = tlbs_[index].entries[SoftTlb::Index(vpage)];
+  PageRights r;
+  if (e.read_tag != vpage) return r;
+  r.write = e.write_tag == vpage;
+  r.fetch = e.fetch_tag == vpage;
+  return r;
 }
 
 void Mmu::MarkCodePage(GuestPhys page) {
@@ -183,6 +195,7 @@ void Mmu::MarkCodePage(GuestPhys page) {
     }
     if (tlbs_[i].stack.host_page == reinterpret_cast<uint64_t>(host)) tlbs_[i].ResetStack();
   }
+  for (MmuObserver* o : observers_) o->OnCodePageMarked(page.PageBase());
 }
 
 void Mmu::UnmarkCodePage(GuestPhys page) {

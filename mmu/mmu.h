@@ -40,6 +40,8 @@ class MmuObserver {
   // The runtime (not translated code) wrote [addr, addr+size) of a page
   // that holds translated code.
   virtual void OnCodeWrite(GuestPhys addr, uint64_t size) = 0;
+  // A page became a code page (MarkCodePage): writes to it must be seen.
+  virtual void OnCodePageMarked(GuestPhys /*page*/) {}
 };
 
 class Mmu {
@@ -86,7 +88,18 @@ class Mmu {
     uint64_t n = addr.value >> 12;
     return n < code_pages_.size() * 64 && (code_pages_[n / 64] >> (n % 64)) & 1;
   }
-  void set_observer(MmuObserver* observer) { observer_ = observer; }
+  // Observers (the code cache, the direct engine's shadow address space)
+  // hear of flushes and code writes, in the order they were added.
+  void AddObserver(MmuObserver* observer) { observers_.push_back(observer); }
+  void RemoveObserver(MmuObserver* observer) { std::erase(observers_, observer); }
+
+  // The rights the soft TLB of `index` holds for the page of `addr`, which
+  // a Translate of it just filled or hit: writes (writable, dirty and no
+  // translated code on it) and instruction fetches.
+  struct PageRights {
+    bool write = false, fetch = false;
+  };
+  PageRights TlbRights(GuestVirt addr, MmuIndex index) const;
 
   GuestMemory& memory() { return memory_; }
   MmioBus& mmio() { return mmio_; }
@@ -99,7 +112,7 @@ class Mmu {
   GuestMemory& memory_;
   MmioBus& mmio_;
   SoftTlb* tlbs_;
-  MmuObserver* observer_ = nullptr;
+  std::vector<MmuObserver*> observers_;
   std::vector<uint64_t> code_pages_;  // bitmap by guest-physical page number
 };
 

@@ -59,7 +59,8 @@ BtEngine::~BtEngine() {
 }
 
 void BtEngine::Kick() {
-  std::atomic_ref<uint8_t>(ctx_->exit_request).store(1, std::memory_order_relaxed);
+  std::atomic_ref<uint8_t>(ctx_->exit_request).store(1, std::memory_order_seq_cst);
+  if (UserRunner* u = user_.load()) u->Interrupt();
 }
 
 void BtEngine::ArmTimer() {
@@ -314,6 +315,35 @@ EngineExit BtEngine::Run(CpuState& cpu) {
       if (!TakeInterrupt(&exit)) break;
     }
     store_alone = false;
+
+    if (UserRunner* u = user_.load(std::memory_order_relaxed);
+        u && !single && c.Cpl() == 3 && c.LongMode() && c.seg[kCs].Long()) {
+      std::string error;
+      GuestException exception;
+      const UserRunner::Outcome o = u->RunUser(c, &ctx.exit_request, &exception, &error);
+      if (o != UserRunner::Outcome::kTranslate) {
+        switch (o) {
+          case UserRunner::Outcome::kTranslate: break;
+          case UserRunner::Outcome::kTranslateOne: store_alone = true; break;
+          case UserRunner::Outcome::kInterrupted: check_irq_ = true; break;
+          case UserRunner::Outcome::kSingleStep:
+            c.dr[6] |= kDr6SingleStep;
+            if (!Deliver(GuestException{kDB, false, 0, 0}, EventSource::kException, &exit)) {
+              goto out;
+            }
+            break;
+          case UserRunner::Outcome::kException:
+            if (!Deliver(exception, EventSource::kException, &exit)) goto out;
+            break;
+          case UserRunner::Outcome::kError:
+            exit = {EngineExit::kError, error};
+            goto out;
+        }
+        link_from = nullptr;
+        after_block = false;
+        continue;
+      }
+    }
 
     // A window block whose entry probe missed asks for its plain variant
     // (unless an interrupt moved RIP meanwhile).

@@ -25,6 +25,38 @@
 
 namespace btvm {
 
+// Runs guest user code outside translation (the direct engine's child,
+// runtime/direct/): the bt engine's loop hands it the vCPU whenever the
+// guest is about to run 64-bit user code, and takes it back when that code
+// does something the loop must see to.
+class UserRunner {
+ public:
+  enum class Outcome {
+    // Run the instruction at RIP translated, alone: the user code reached
+    // one the runner leaves to the bt engine (a syscall, a faulting or
+    // sensitive instruction), whose semantics, faults included, are then
+    // the bt engine's.
+    kTranslateOne,
+    // Run the user code translated, as the bt engine does (this time: the
+    // loop asks again at its next exit), because the runner cannot run it
+    // as the guest would see it.
+    kTranslate,
+    kInterrupted,  // stopped because exit_request was raised
+    kSingleStep,   // the user code set TF (popf) and one instruction later trapped: #DB
+    kException,    // a guest exception at RIP (*exception): deliver it
+    kError,        // the runner failed (message in *error): a monitor problem
+  };
+  virtual ~UserRunner() = default;
+  // Runs from `cpu` (CPL 3, 64-bit, paging) until one of the outcomes;
+  // `cpu` holds the state it stopped in. Returns kInterrupted without
+  // running if *exit_request is set once the runner can be interrupted.
+  virtual Outcome RunUser(CpuState& cpu, uint8_t* exit_request, GuestException* exception,
+                          std::string* error) = 0;
+  // Thread-safe: makes a running RunUser return soon (BtEngine::Kick
+  // raises exit_request first).
+  virtual void Interrupt() = 0;
+};
+
 class BtEngine final : public Engine {
  public:
   // `stop` is raised by the machine (a device asked to stop); the engine
@@ -47,6 +79,12 @@ class BtEngine final : public Engine {
   void Kick();
 
   const CodeCache& cache() const { return cache_; }
+  Mmu& mmu() { return mmu_; }
+  // Drops the translations of code on a guest-physical page (which then
+  // is no longer write-tracked). Not while translated code runs.
+  void InvalidateCodePage(GuestPhys page) { cache_.InvalidateRange(page.value, kPageSize); }
+  // Hands 64-bit user code to `runner` (may be null: translate it too).
+  void set_user_runner(UserRunner* runner) { user_ = runner; }
 
  private:
   // Returns false with *exit set when the run must end.
@@ -76,6 +114,7 @@ class BtEngine final : public Engine {
   const std::atomic<bool>& stop_;
   Counters& counters_;
   InterruptSource* irq_;
+  std::atomic<UserRunner*> user_{nullptr};
   CodeCache cache_;
   Emulator emulator_;
   Decoder decoder_;

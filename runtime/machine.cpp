@@ -9,6 +9,7 @@
 #include <algorithm>
 
 #include "runtime/bt_engine.h"
+#include "runtime/direct/direct_engine.h"
 #include "runtime/loader.h"
 
 namespace btvm {
@@ -84,8 +85,8 @@ Machine::Machine(GuestMemory memory, const MachineConfig& config)
 Machine::~Machine() = default;
 
 Result<std::unique_ptr<Machine>> Machine::Create(const MachineConfig& config) {
-  if (config.engine != "bt") {
-    return MakeError("unknown engine '" + config.engine + "' (this build has: bt)");
+  if (config.engine != "bt" && config.engine != "direct") {
+    return MakeError("unknown engine '" + config.engine + "' (this build has: bt, direct)");
   }
   Result<GuestMemory> memory = GuestMemory::Create(config.memory);
   if (!memory) return memory.error();
@@ -133,11 +134,19 @@ Result<std::unique_ptr<Machine>> Machine::Create(const MachineConfig& config) {
     Status w = m->memory_.Write(kAcpiTablesBase, tables.bytes);
     if (!w) return w.error();
   }
-  auto engine = std::make_unique<BtEngine>(m->memory_, m->pio_, m->mmio_, m->stop_,
-                                           m->counters_, m.get(), config.code_cache);
-  engine->set_count_tlb_hits(config.stats);
-  engine->set_platform(m.get());
-  m->engine_ = std::move(engine);
+  if (config.engine == "direct") {
+    auto engine = std::make_unique<DirectEngine>(m->memory_, m->pio_, m->mmio_, m->stop_,
+                                                 m->counters_, m.get(), config.code_cache);
+    engine->bt().set_count_tlb_hits(config.stats);
+    engine->bt().set_platform(m.get());
+    m->engine_ = std::move(engine);
+  } else {
+    auto engine = std::make_unique<BtEngine>(m->memory_, m->pio_, m->mmio_, m->stop_,
+                                             m->counters_, m.get(), config.code_cache);
+    engine->set_count_tlb_hits(config.stats);
+    engine->set_platform(m.get());
+    m->engine_ = std::move(engine);
+  }
   return m;
 }
 

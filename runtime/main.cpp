@@ -1,4 +1,4 @@
-// btvm's command line: `btvm run [--engine bt] [--memory SIZE] [--kernel FILE]
+// btvm's command line: `btvm run [--engine bt|direct] [--memory SIZE] [--kernel FILE]
 // [--initrd FILE] [--append TEXT] [--decompress host|guest] [--demo]
 // [--code-cache SIZE] [--stats]`.
 // Exit status: the guest's, as QEMU gives it ((v << 1) | 1 for a write of v
@@ -31,11 +31,13 @@ constexpr uint64_t kMaxCodeCache = uint64_t{1} << 30;
 
 void PrintUsage(std::FILE* out) {
   std::fputs(
-      "usage: btvm run [--engine bt] [--memory SIZE] [--kernel FILE] [--initrd FILE]\n"
+      "usage: btvm run [--engine bt|direct] [--memory SIZE] [--kernel FILE] [--initrd FILE]\n"
       "                [--append TEXT] [--decompress host|guest] [--demo]\n"
       "                [--code-cache SIZE] [--stats]\n"
       "\n"
-      "  --engine bt      translate every guest instruction (the only engine so far)\n"
+      "  --engine bt      translate every guest instruction (the default)\n"
+      "  --engine direct  translate guest kernel code, run 64-bit guest user code\n"
+      "                   directly in a child process (ptrace; in progress)\n"
       "  --memory SIZE    guest RAM: a number of MiB, or with a suffix K, M, G\n"
       "                   (2M to 64G; default 128M)\n"
       "  --kernel FILE    a Linux bzImage, or an ELF64 guest kernel with a btvm\n"
@@ -121,8 +123,9 @@ int Run(int argc, char** argv) {
       if (!v) return Fail(kUsageError, std::string(arg) + " needs a value");
       if (arg == "--engine") {
         config.engine = v;
-        if (config.engine != "bt") {
-          return Fail(kUsageError, "unknown engine '" + config.engine + "' (this build has: bt)");
+        if (config.engine != "bt" && config.engine != "direct") {
+          return Fail(kUsageError,
+                      "unknown engine '" + config.engine + "' (this build has: bt, direct)");
         }
       } else if (arg == "--memory") {
         Result<uint64_t> size = ParseSize(v, "memory size");

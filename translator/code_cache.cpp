@@ -41,11 +41,11 @@ CodeCache::CodeCache(BtContext* ctx, Mmu* mmu, size_t capacity)
   BTVM_CHECK(p != MAP_FAILED);
   region_ = static_cast<uint8_t*>(p);
   BuildTrampolines();
-  if (mmu_) mmu_->set_observer(this);
+  if (mmu_) mmu_->AddObserver(this);
 }
 
 CodeCache::~CodeCache() {
-  if (mmu_) mmu_->set_observer(nullptr);
+  if (mmu_) mmu_->RemoveObserver(this);
   munmap(region_, capacity_);
 }
 

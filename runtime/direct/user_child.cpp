@@ -1,5 +1,6 @@
 #include "runtime/direct/user_child.h"
 
+#include <asm/prctl.h>
 #include <linux/close_range.h>
 #include <signal.h>
 #include <sys/mman.h>
@@ -27,8 +28,8 @@ namespace btvm::direct {
 namespace {
 
 constexpr uint64_t kPage = 4096;
-// Host user code and stack selectors (arch/x86/include/asm/segment.h).
-constexpr uint64_t kUserCs64 = 0x33, kUserCs32 = 0x23, kUserDs = 0x2b;
+constexpr uint64_t kUserCs64 = UserChild::kUserCs64, kUserCs32 = UserChild::kUserCs32,
+                   kUserDs = UserChild::kUserDs;
 
 uint64_t StubOffset(const uint8_t* entry) {
   return static_cast<uint64_t>(entry - btvm_stub_start);
@@ -54,6 +55,13 @@ Error Errno(const std::string& what) {
   sigset_t none;
   sigemptyset(&none);
   sigprocmask(SIG_SETMASK, &none, nullptr);
+  // Out of the terminal's process group: Ctrl-C is the monitor's.
+  setpgid(0, 0);
+  // cpuid and rdtsc fault (SIGSEGV), so the guest's run translated and
+  // see btvm's virtual CPU and TSC. CPUID faulting may be missing on the
+  // host: then user-mode cpuid shows the host's (runtime/direct/README).
+  syscall(SYS_arch_prctl, ARCH_SET_CPUID, 0);
+  prctl(PR_SET_TSC, PR_TSC_SIGSEGV);
 
   void* const base = reinterpret_cast<void*>(stub_base);
   void* code = mmap(base, kPage, PROT_READ | PROT_WRITE,
@@ -114,6 +122,8 @@ void ToHostRegs(const CpuState& cpu, user_regs_struct* r) {
   r->orig_rax = ~0ull;  // not in a syscall
   r->cs = cpu.seg[kCs].Long() ? kUserCs64 : kUserCs32;
   r->ss = kUserDs;
+  r->ds = cpu.seg[kDs].selector;  // 0 or kUserDs (UserChild::RunsAsIs)
+  r->es = cpu.seg[kEs].selector;
   r->fs_base = cpu.seg[kFs].base;
   r->gs_base = cpu.seg[kGs].base;
 }
@@ -136,12 +146,26 @@ void FromHostRegs(const user_regs_struct& r, CpuState* cpu) {
   cpu->gpr[14] = r.r14;
   cpu->gpr[15] = r.r15;
   cpu->rip = r.rip;
-  cpu->rflags = r.eflags;
+  // The flags user code can change; the others (IF, IOPL, ...) the host
+  // keeps its own way in the child, so they stay the guest's.
+  constexpr uint64_t kUserFlags = rflags::kCF | rflags::kPF | rflags::kAF | rflags::kZF |
+                                  rflags::kSF | rflags::kTF | rflags::kDF | rflags::kOF |
+                                  rflags::kNT | rflags::kAC | rflags::kID;
+  cpu->rflags = (cpu->rflags & ~kUserFlags) | (r.eflags & kUserFlags);
   cpu->seg[kFs].base = r.fs_base;
   cpu->seg[kGs].base = r.gs_base;
 }
 
 }  // namespace
+
+bool UserChild::RunsAsIs(const CpuState& cpu) {
+  auto data_ok = [&](int seg) {
+    return cpu.seg[seg].selector == 0 || cpu.seg[seg].selector == kUserDs;
+  };
+  return cpu.seg[kCs].selector == kUserCs64 && cpu.seg[kCs].Long() &&
+         cpu.seg[kSs].selector == kUserDs && data_ok(kDs) && data_ok(kEs) &&
+         cpu.seg[kFs].selector == 0 && cpu.seg[kGs].selector == 0;
+}
 
 Result<std::unique_ptr<UserChild>> UserChild::Spawn(int ram_fd, uint64_t stub_base) {
   BTVM_CHECK(btvm_stub_end - btvm_stub_start <= static_cast<ptrdiff_t>(kPage));
@@ -225,20 +249,32 @@ Status UserChild::RunStub(uint64_t entry) {
   if (ptrace(PTRACE_GETREGS, pid_, nullptr, &r) != 0) return Errno("direct engine: PTRACE_GETREGS");
   r.rip = stub_base_ + entry;
   r.orig_rax = ~0ull;  // no syscall to restart
+  r.cs = kUserCs64;    // the stub is 64-bit code; the guest may have left compatibility mode on
+  r.ss = kUserDs;
   if (ptrace(PTRACE_SETREGS, pid_, nullptr, &r) != 0) return Errno("direct engine: PTRACE_SETREGS");
-  if (ptrace(PTRACE_CONT, pid_, nullptr, nullptr) != 0) return Errno("direct engine: PTRACE_CONT");
-  Result<int> st = WaitStop();
-  if (!st) return st.error();
-  if ((*st & 0xff) != SIGTRAP) {
+  for (;;) {
+    if (ptrace(PTRACE_CONT, pid_, nullptr, nullptr) != 0) {
+      return Errno("direct engine: PTRACE_CONT");
+    }
+    Result<int> st = WaitStop();
+    if (!st) return st.error();
+    const int sig = *st & 0xff;
+    if (sig == SIGTRAP) return Ok{};
+    if (sig == SIGALRM || sig == SIGURG || sig == SIGWINCH || sig == SIGCHLD) {
+      // A signal sent to the child (an interrupt request) while the stub
+      // ran: discarded, and reported by Run as if the guest had been
+      // stopped by it before it ran.
+      pending_signal_ = sig;
+      continue;
+    }
     siginfo_t si{};
     ptrace(PTRACE_GETSIGINFO, pid_, nullptr, &si);
     ptrace(PTRACE_GETREGS, pid_, nullptr, &r);
-    return MakeError("direct engine: the child's stub stopped with signal " +
-                     std::to_string(*st & 0xff) + " at " + Hex(r.rip) + " (address " +
+    return MakeError("direct engine: the child's stub stopped with signal " + std::to_string(sig) +
+                     " at " + Hex(r.rip) + " (address " +
                      Hex(reinterpret_cast<uint64_t>(si.si_addr)) + ", code " +
                      std::to_string(si.si_code) + ")");
   }
-  return Ok{};
 }
 
 Status UserChild::Queue(const StubOp& op) {
@@ -285,6 +321,14 @@ Status UserChild::Flush() {
 
 Result<Trap> UserChild::Run(CpuState& cpu) {
   if (Status s = Flush(); !s) return s.error();
+  if (pending_signal_) {
+    Trap trap;
+    trap.kind = Trap::Kind::kSignal;
+    trap.signal = pending_signal_;
+    pending_signal_ = 0;
+    for (int seg = 0; seg < kSegCount; ++seg) trap.selectors[seg] = cpu.seg[seg].selector;
+    return trap;
+  }
   user_regs_struct r;
   ToHostRegs(cpu, &r);
   if (ptrace(PTRACE_SETREGS, pid_, nullptr, &r) != 0) return Errno("direct engine: PTRACE_SETREGS");
@@ -305,6 +349,12 @@ Result<Trap> UserChild::Run(CpuState& cpu) {
   FromHostRegs(r, &cpu);
   std::memcpy(cpu.xsave.bytes, &fp, sizeof(fp));
   Trap trap;
+  trap.selectors[kEs] = static_cast<uint16_t>(r.es);
+  trap.selectors[kCs] = static_cast<uint16_t>(r.cs);
+  trap.selectors[kSs] = static_cast<uint16_t>(r.ss);
+  trap.selectors[kDs] = static_cast<uint16_t>(r.ds);
+  trap.selectors[kFs] = static_cast<uint16_t>(r.fs);
+  trap.selectors[kGs] = static_cast<uint16_t>(r.gs);
   if ((*st & 0xff) == (SIGTRAP | 0x80)) {
     // The host's syscall entry put -ENOSYS in RAX; the guest's value is
     // in orig_rax.

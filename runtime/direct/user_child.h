@@ -58,6 +58,10 @@ struct Trap {
   int signal = 0;        // kSignal: SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGTRAP, ...
   int code = 0;          // kSignal: si_code
   uint64_t address = 0;  // kSignal: si_addr (the faulting address for SIGSEGV/SIGBUS)
+  // The child's segment selectors when it stopped (SegIndex order): user
+  // code may have changed them (a far jump, mov to DS), to the host's
+  // selectors, whose descriptors RunsAsIs checked the guest's match.
+  uint16_t selectors[kSegCount] = {};
 };
 
 class UserChild {
@@ -85,13 +89,31 @@ class UserChild {
   Status Protect(uint64_t addr, uint64_t len, int prot);
   Status Flush();
 
+  // The host's user selectors (arch/x86/include/asm/segment.h), which the
+  // child runs with: 64-bit code, compatibility-mode code, data and stack.
+  static constexpr uint16_t kUserCs64 = 0x33, kUserCs32 = 0x23, kUserDs = 0x2b;
+
+  // Whether user code with `cpu`'s segment registers runs in the child as
+  // the guest sees it: the child's selectors are the host's, which user
+  // code can read (mov from a segment register traps nowhere), so they
+  // must be the guest's: CS 0x33 (64-bit), SS 0x2b, DS and ES null or
+  // 0x2b, FS and GS null (their bases are the guest's) — Linux's own
+  // layout. (The caller also checks that the guest's descriptors for
+  // those selectors are what the host's are.) Other user code runs
+  // translated.
+  static bool RunsAsIs(const CpuState& cpu);
+
   // Runs guest user code from `cpu` (GPRs, RIP, RFLAGS, FS and GS bases,
   // the FXSAVE region of the XSAVE area; 64-bit code, or compatibility
   // mode if CS is not a long-mode segment) until it traps, and stores the
-  // state it trapped with back into `cpu`. For a kSyscall trap RIP is past
+  // state it trapped with back into `cpu`. Of RFLAGS only what user code
+  // can change comes back (arithmetic flags, DF, NT, AC, ID): the child
+  // always runs with IF set and IOPL 0. For a kSyscall trap RIP is past
   // the instruction and RAX what the guest put there; RCX and R11 are what
   // the host's syscall instruction left in them (the return RIP and
   // RFLAGS), as the guest's would.
+  // A signal sent to the child while it applied mapping changes comes back
+  // as a kSignal trap before the guest runs.
   // An error means the child is gone or refused the state: the monitor's
   // problem, not the guest's.
   Result<Trap> Run(CpuState& cpu);
@@ -108,6 +130,7 @@ class UserChild {
   pid_t pid_ = -1;
   uint64_t stub_base_ = 0;
   StubControl* control_ = nullptr;  // the monitor's mapping of the control page
+  int pending_signal_ = 0;          // a request signal that arrived while the stub ran
 };
 
 }  // namespace btvm::direct

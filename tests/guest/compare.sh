@@ -3,7 +3,7 @@
 # outputs and exit statuses.
 #
 #   compare.sh [--qemu QEMU] [--qemu-cpu MODEL] [--out-dir DIR] [--timeout S]
-#              BTVM KERNEL.elf EXPECTED_STATUS
+#              [--engine ENGINE] BTVM KERNEL.elf EXPECTED_STATUS
 #
 # btvm prints the guest's serial output on its stdout (`btvm run --kernel
 # KERNEL`); QEMU runs through run_qemu.sh. Both must exit with
@@ -21,12 +21,14 @@ qemu="qemu-system-x86_64"
 qemu_cpu=
 out_dir=
 timeout_s=60
+engine=bt
 while [ $# -gt 3 ]; do
   case "$1" in
     --qemu) qemu=$2; shift 2 ;;
     --qemu-cpu) qemu_cpu=$2; shift 2 ;;
     --out-dir) out_dir=$2; shift 2 ;;
     --timeout) timeout_s=$2; shift 2 ;;
+    --engine) engine=$2; shift 2 ;;
     *) echo "compare.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -40,10 +42,11 @@ kernel=$2
 expect=$3
 [ -n "$out_dir" ] || out_dir=$(mktemp -d)
 name=$(basename "$kernel" .elf)
-btvm_out=$out_dir/$name.compare.btvm.out
-qemu_out=$out_dir/$name.compare.qemu.out
+btvm_out=$out_dir/$name.compare.$engine.out
+qemu_out=$out_dir/$name.compare.qemu-$engine.out
 
-timeout --kill-after=5 "$timeout_s" "$btvm" run --kernel "$kernel" </dev/null >"$btvm_out"
+timeout --kill-after=5 "$timeout_s" "$btvm" run --engine "$engine" --kernel "$kernel" \
+  </dev/null >"$btvm_out"
 btvm_status=$?
 set --
 [ -n "$qemu_cpu" ] && set -- --cpu "$qemu_cpu"
@@ -64,12 +67,12 @@ if [ "$qemu_ok" -ne 0 ]; then
   fail=1
 fi
 if [ "$btvm_status" -ne "$expect" ]; then
-  echo "compare.sh: $name: btvm exit status $btvm_status, expected $expect" >&2
+  echo "compare.sh: $name: btvm ($engine) exit status $btvm_status, expected $expect" >&2
   fail=1
 fi
 if ! diff -u --label "qemu: $name" --label "btvm: $name" "$qemu_out.masked" "$btvm_out.masked"; then
   echo "compare.sh: $name: serial output differs between QEMU and btvm" >&2
   fail=1
 fi
-[ "$fail" -eq 0 ] && echo "compare.sh: $name: btvm and QEMU agree (status $expect)"
+[ "$fail" -eq 0 ] && echo "compare.sh: $name: btvm ($engine) and QEMU agree (status $expect)"
 exit "$fail"

@@ -27,9 +27,9 @@
 #define STR(x) #x
 #define XSTR(x) STR(x)
 
-#define CS32 0x2b       /* USER_CS32 | 3 */
-#define BASED_DS 0x40   /* extra GDT entry: DPL 3 data, base = based_area */
-#define BASED_SEL 0x43  /* BASED_DS | 3 */
+#define CS32 0x23       /* USER_CS32 | 3 */
+#define BASED_DS 0x48   /* extra GDT entry: DPL 3 data, base = based_area */
+#define BASED_SEL 0x4b  /* BASED_DS | 3 */
 #define GDT_ENTRIES 16
 #define COMPAT_STACK_SIZE 4096
 

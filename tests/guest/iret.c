@@ -31,8 +31,8 @@
 #define RFLAGS_NT (1ull << 14)
 
 /* Extra GDT entries (kit_gdt copied into a larger table). */
-#define NP_CODE64_DPL0 0x40    /* code, not present */
-#define CONFORMING_CODE64 0x48 /* conforming code, DPL 0 */
+#define NP_CODE64_DPL0 0x48    /* code, not present */
+#define CONFORMING_CODE64 0x50 /* conforming code, DPL 0 */
 #define GDT_ENTRIES 16
 
 /* What the landing code saw, written at CPL0 or CPL3 by the assembly

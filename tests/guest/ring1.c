@@ -9,8 +9,8 @@
 #include "tests/guest/kit/pic.h"
 #include "tests/guest/kit/x86.h"
 
-#define RING1_CS 0x41 /* 0x40 | RPL 1: 64-bit code, DPL 1 */
-#define RING1_DS 0x49 /* 0x48 | RPL 1: data, DPL 1 */
+#define RING1_CS 0x49 /* 0x48 | RPL 1: 64-bit code, DPL 1 */
+#define RING1_DS 0x51 /* 0x50 | RPL 1: data, DPL 1 */
 #define GDT_ENTRIES 16
 #define IOPL1 (1ull << 12)
 #define BACK_VECTOR 0x81 /* int $0x81 from ring 1: back to CPL 0 */
@@ -36,11 +36,11 @@ asm(".pushsection .text\n"
     "  ud2\n"
     /* void enter_ring1(u64 rflags): iretq to ring1_code at CPL 1. */
     "enter_ring1:\n"
-    "  pushq $" "0x49" "\n"
+    "  pushq $" "0x51" "\n" /* RING1_DS */
     "  leaq ring1_stack+4096(%rip), %rax\n"
     "  pushq %rax\n"
     "  pushq %rdi\n"
-    "  pushq $" "0x41" "\n"
+    "  pushq $" "0x49" "\n" /* RING1_CS */
     "  leaq ring1_code(%rip), %rax\n"
     "  pushq %rax\n"
     "  iretq\n"

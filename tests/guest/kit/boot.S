@@ -60,10 +60,10 @@ mb_entry32:
 
 	/* TSS descriptor base (the contract: TR = 0x18, a busy TSS). */
 	movl $boot_tss, %eax
-	movw %ax, boot_gdt + KERNEL_TSS + 2
+	movw %ax, boot_gdt + BOOT_TSS + 2
 	shrl $16, %eax
-	movb %al, boot_gdt + KERNEL_TSS + 4
-	movb %ah, boot_gdt + KERNEL_TSS + 7
+	movb %al, boot_gdt + BOOT_TSS + 4
+	movb %ah, boot_gdt + BOOT_TSS + 7
 
 	/* Identity map [0, 4 GiB) with 2 MiB pages: PML4[0] -> PDPT[0..3] -> 4 PDs. */
 	movl $boot_pml4, %edi
@@ -115,7 +115,7 @@ mb_entry32:
 
 	.code64
 mb_entry64:
-	movw $KERNEL_TSS, %ax
+	movw $BOOT_TSS, %ax
 	ltr %ax
 	xorl %edi, %edi        /* no btvm boot info */
 	jmp start64

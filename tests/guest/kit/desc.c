@@ -20,7 +20,7 @@ struct __attribute__((packed)) idt_gate {
 };
 _Static_assert(sizeof(struct idt_gate) == 16, "64-bit IDT gate");
 
-static u64 gdt[8] __attribute__((aligned(16)));
+static u64 gdt[KIT_GDT_ENTRIES] __attribute__((aligned(16)));
 static struct idt_gate idt[256] __attribute__((aligned(16)));
 struct tss64 kit_tss __attribute__((aligned(16)));
 u64 kit_rsp0;

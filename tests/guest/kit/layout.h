@@ -7,10 +7,15 @@
 
 #define KERNEL_CS 0x08
 #define KERNEL_DS 0x10
-#define KERNEL_TSS 0x18 /* 16 bytes: 0x18 and 0x20 */
-#define USER_CS32 0x28  /* compatibility-mode code, DPL 3 (only for the STAR layout) */
-#define USER_DS 0x33    /* 0x30 | RPL 3 */
-#define USER_CS 0x3b    /* 0x38 | RPL 3 */
+#define BOOT_TSS 0x18   /* the entry contract's TR, in the boot GDT (boot.S) */
+/* The kit's own GDT (desc.c) puts the user segments where Linux does, so
+   that user code can run in btvm's direct engine, whose child shows the
+   host's selectors (runtime/direct/user_child.h, RunsAsIs). */
+#define USER_CS32 0x20  /* compatibility-mode code, DPL 3 (0x23 with RPL 3) */
+#define USER_DS 0x2b    /* 0x28 | RPL 3 */
+#define USER_CS 0x33    /* 0x30 | RPL 3 */
+#define KERNEL_TSS 0x38 /* 16 bytes: 0x38 and 0x40 */
+#define KIT_GDT_ENTRIES 9 /* tests that add descriptors put them from 0x48 on */
 
 /* STAR[63:48]: SYSRET loads CS = this + 16 and SS = this + 8 (SDM Vol. 2B, SYSRET). */
 #define STAR_USER_BASE (USER_CS32 | 3)

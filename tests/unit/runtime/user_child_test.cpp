@@ -11,10 +11,12 @@
 #include <signal.h>
 #include <sys/mman.h>
 
+#include <chrono>
 #include <cstring>
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "mmu/guest_memory.h"
@@ -43,6 +45,7 @@ const std::vector<uint8_t> kProgram = {
     0x48, 0xff, 0xcf,                                      // 0x3b dec rdi
     0x75, 0xfb,                                            // 0x3e jnz 0x3b
     0x0f, 0x05,                                            // 0x40 syscall
+    0xeb, 0xfe,                                            // 0x42 jmp 0x42
 };
 
 class UserChildTest : public ::testing::Test {
@@ -211,6 +214,33 @@ TEST_F(UserChildTest, AFailedMappingIsAnError) {
   // The child is still usable.
   MapProgram();
   EXPECT_EQ(RunAt(0x26).signal, SIGILL);
+}
+
+TEST_F(UserChildTest, ASignalStopsGuestCodeThatNeverTraps) {
+  MapProgram();
+  std::thread kicker([pid = child_->pid()] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    kill(pid, SIGALRM);
+  });
+  Trap t = RunAt(0x42);  // jmp to itself
+  kicker.join();
+  EXPECT_EQ(t.kind, Trap::Kind::kSignal);
+  EXPECT_EQ(t.signal, SIGALRM);
+  EXPECT_EQ(cpu_.rip, kCode + 0x42);
+}
+
+TEST_F(UserChildTest, ASignalWhileMappingsAreAppliedComesBackBeforeTheGuestRuns) {
+  MapProgram();
+  kill(child_->pid(), SIGALRM);  // pending while the child is stopped
+  cpu_.gpr[7] = 5;
+  Trap t = RunAt(0x3b);
+  EXPECT_EQ(t.kind, Trap::Kind::kSignal);
+  EXPECT_EQ(t.signal, SIGALRM);
+  EXPECT_EQ(cpu_.rip, kCode + 0x3b);  // nothing ran
+  EXPECT_EQ(cpu_.gpr[7], 5u);
+  t = RunAt(0x3b);  // and then it runs
+  EXPECT_EQ(t.kind, Trap::Kind::kSyscall);
+  EXPECT_EQ(cpu_.gpr[7], 0u);
 }
 
 TEST_F(UserChildTest, DestroyingItKillsTheChild) {

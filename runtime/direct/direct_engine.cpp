@@ -1,0 +1,377 @@
+#include "runtime/direct/direct_engine.h"
+
+#include <signal.h>
+
+#include <algorithm>
+#include <sys/mman.h>
+
+#include "base/format.h"
+#include "runtime/descriptors.h"
+
+namespace btvm {
+
+namespace {
+
+constexpr uint64_t kPage = 4096;
+// The top of the host's 47-bit user range: guest pages at or above it
+// cannot be mapped into the child (their accesses run translated).
+constexpr uint64_t kHostUserTop = 0x7ffffffff000;
+// The signal Interrupt sends the running child; it stops the child for
+// the monitor (its tracer) and is then discarded.
+constexpr int kInterruptSignal = SIGALRM;
+
+// Whether an access at `addr` by the instruction at `rip` can be its
+// fetch: the instruction's bytes (up to 15) reach the page of `addr`.
+bool MayBeFetch(uint64_t rip, uint64_t addr) {
+  const uint64_t page = addr & ~(kPage - 1);
+  return (rip & ~(kPage - 1)) == page || ((rip + 14) & ~(kPage - 1)) == page;
+}
+
+}  // namespace
+
+DirectEngine::DirectEngine(GuestMemory& memory, PioBus& pio, MmioBus& mmio,
+                           const std::atomic<bool>& stop, Counters& counters,
+                           InterruptSource* irq, size_t code_cache_bytes)
+    : memory_(memory), bt_(memory, pio, mmio, stop, counters, irq, code_cache_bytes) {
+  bt_.mmu().AddObserver(this);
+  bt_.set_user_runner(this);
+}
+
+DirectEngine::~DirectEngine() {
+  bt_.set_user_runner(nullptr);
+  bt_.mmu().RemoveObserver(this);
+}
+
+EngineExit DirectEngine::Run(CpuState& cpu) { return bt_.Run(cpu); }
+
+void DirectEngine::PrintStats(std::FILE* out) const {
+  bt_.PrintStats(out);
+  const std::pair<const char*, uint64_t> rows[] = {
+      {"user code runs in the child", stats_.runs},
+      {"  stopped at a syscall", stats_.syscalls},
+      {"  stopped for an interrupt or request", stats_.interrupted},
+      {"  hidden faults (shadow pages filled)", stats_.hidden_faults},
+      {"  page faults delivered to the guest", stats_.page_faults},
+      {"user instructions handed to the bt engine", stats_.translated},
+      {"user code left translated (IF 0, IOPL, selectors)", stats_.translated_runs},
+      {"shadow pages mapped", stats_.pages_mapped},
+      {"code pages whose translations a child write dropped", stats_.code_pages_dropped},
+      {"whole-shadow flushes", stats_.flushes},
+  };
+  for (const auto& [what, n] : rows) {
+    std::fprintf(out, "  %-48s %14llu\n", what, static_cast<unsigned long long>(n));
+  }
+}
+
+UserRunner::Outcome DirectEngine::RunUser(CpuState& cpu, uint8_t* exit_request,
+                                          GuestException* exception, std::string* error) {
+  // The child runs with IF set and IOPL 0, which pushf shows and popf
+  // cannot change (without a fault): user code whose guest flags differ
+  // (interrupts off, IOPL above 0) runs translated, as does code whose
+  // segment selectors the child cannot show as the guest's. Linux's user
+  // mode is IF 1, IOPL 0, Linux's selectors.
+  if ((cpu.rflags & (rflags::kIF | rflags::kIOPL)) != rflags::kIF ||
+      !direct::UserChild::RunsAsIs(cpu) || !HostLikeGdt(cpu)) {
+    ++stats_.translated_runs;
+    return Outcome::kTranslate;
+  }
+  if (!child_) {
+    Result<std::unique_ptr<direct::UserChild>> c = direct::UserChild::Spawn(memory_.fd());
+    if (!c) {
+      *error = c.error().message;
+      return Outcome::kError;
+    }
+    child_ = std::move(*c);
+  }
+  for (;;) {
+    // Interrupt's protocol: running_ is set before exit_request is looked
+    // at, and Kick raises exit_request before it looks at running_, so
+    // either this sees the request or Kick sees the child running.
+    running_.store(child_->pid(), std::memory_order_seq_cst);
+    if (std::atomic_ref<uint8_t>(*exit_request).load(std::memory_order_seq_cst)) {
+      running_.store(0);
+      ++stats_.interrupted;
+      return Outcome::kInterrupted;
+    }
+    Result<direct::Trap> t = child_->Run(cpu);
+    running_.store(0);
+    if (!t) {
+      *error = t.error().message;
+      return Outcome::kError;
+    }
+    ++stats_.runs;
+    if (!TakeSelectors(*t, cpu, error)) return Outcome::kError;
+    if (t->kind == direct::Trap::Kind::kSyscall) {
+      // syscall, sysenter and int 0x80 are two bytes long: the bt engine
+      // runs the instruction itself (RCX and R11, which the host's syscall
+      // overwrote, are what the guest's sets them to anyway).
+      ++stats_.syscalls;
+      cpu.rip -= 2;
+    } else if (t->signal == kInterruptSignal) {
+      ++stats_.interrupted;
+      return Outcome::kInterrupted;
+    } else if (t->signal == SIGSEGV && (t->code == SEGV_MAPERR || t->code == SEGV_ACCERR)) {
+      if (Fill(cpu, t->address, t->code, error)) {
+        ++stats_.hidden_faults;
+        continue;
+      }
+      if (!error->empty()) return Outcome::kError;
+      // Not a shadow miss: the guest's tables refuse the access, and the
+      // walk names the #PF (error code, CR2) without the instruction
+      // running translated (the bt engine may not know it: the guest's
+      // user code can see the host's CPUID where CPUID faulting is
+      // missing). An access they allow (MMIO, a page the child cannot
+      // map) runs translated.
+      const Access access = FaultAccess(cpu, t->address);
+      Mmu::Lookup l = bt_.mmu().Translate(cpu, GuestVirt(t->address), access, kMmuUser);
+      if (l.kind == Mmu::Lookup::kFault) {
+        ++stats_.page_faults;
+        *exception = l.fault;
+        return Outcome::kException;
+      }
+    } else if (t->signal == SIGTRAP && t->code == TRAP_TRACE) {
+      // popf set TF, and the instruction after it completed: #DB.
+      return Outcome::kSingleStep;
+    } else if (t->signal == SIGTRAP) {
+      // int3 (CC) and int 3 (CD 03) trap after themselves: back to the
+      // instruction, which the bt engine delivers as #BP. (TF single-steps
+      // run translated, so no trace trap gets here.)
+      uint8_t one = 0, two[2] = {};
+      GuestException fault;
+      Mmu& mmu = bt_.mmu();
+      if (mmu.ReadVirt(cpu, GuestVirt(cpu.rip - 1), &one, 1, kMmuUser, &fault) &&
+          (one == 0xcc || one == 0xf1)) {
+        cpu.rip -= 1;
+      } else if (mmu.ReadVirt(cpu, GuestVirt(cpu.rip - 2), two, 2, kMmuUser, &fault) &&
+                 two[0] == 0xcd && two[1] == 0x03) {
+        cpu.rip -= 2;
+      } else {
+        *error = "direct engine: unexpected SIGTRAP (code " + std::to_string(t->code) +
+                 ") at " + Hex(cpu.rip);
+        return Outcome::kError;
+      }
+    }
+    // Anything else (#UD, #DE, #GP of a sensitive instruction, cpuid and
+    // rdtsc, which fault in the child, a fault the guest's tables justify)
+    // stops with RIP at the instruction.
+    ++stats_.translated;
+    return Outcome::kTranslateOne;
+  }
+}
+
+Access DirectEngine::FaultAccess(const CpuState& cpu, uint64_t addr) {
+  uint8_t bytes[ZYDIS_MAX_INSTRUCTION_LENGTH];
+  GuestException fault;
+  // The bytes up to the end of RIP's page, then the rest if readable.
+  size_t len = std::min<uint64_t>(sizeof bytes, kPage - (cpu.rip & (kPage - 1)));
+  if (!bt_.mmu().ReadVirt(cpu, GuestVirt(cpu.rip), bytes, len, kMmuUser, &fault,
+                          Access::kFetch)) {
+    return Access::kFetch;
+  }
+  if (len < sizeof bytes &&
+      bt_.mmu().ReadVirt(cpu, GuestVirt(cpu.rip + len), bytes + len, sizeof bytes - len,
+                         kMmuUser, &fault, Access::kFetch)) {
+    len = sizeof bytes;
+  }
+  // Zydis itself, not the translator's Decoder: the user code may use
+  // what the host's CPUID offers and btvm's virtual CPU does not (AVX).
+  ZydisDecoder zydis;
+  ZydisDecoderInit(&zydis, ZYDIS_MACHINE_MODE_LONG_64, ZYDIS_STACK_WIDTH_64);
+  struct {
+    ZydisDecodedInstruction insn;
+    ZydisDecodedOperand ops[ZYDIS_MAX_OPERAND_COUNT];
+  } d;
+  if (!ZYAN_SUCCESS(ZydisDecoderDecodeFull(&zydis, bytes, len, &d.insn, d.ops))) {
+    return addr - cpu.rip < sizeof bytes ? Access::kFetch : Access::kRead;
+  }
+  if (addr - cpu.rip < d.insn.length) return Access::kFetch;
+  // The memory operands whose bytes (give or take a push's 8) lie in the
+  // page of `addr`; if none does (an address Zydis cannot work out), any.
+  ZydisRegisterContext regs{};
+  for (int g = 0; g < 16; ++g) regs.values[ZYDIS_REGISTER_RAX + g] = cpu.gpr[g];
+  regs.values[ZYDIS_REGISTER_RIP] = cpu.rip;
+  const uint64_t page = addr & ~(kPage - 1);
+  bool matched = false, matched_write = false, any_write = false;
+  for (unsigned i = 0; i < d.insn.operand_count; ++i) {
+    const ZydisDecodedOperand& op = d.ops[i];
+    if (op.type != ZYDIS_OPERAND_TYPE_MEMORY || op.mem.type != ZYDIS_MEMOP_TYPE_MEM) continue;
+    // A read-modify-write faults as a write (its first access is one).
+    const bool writes = op.actions & ZYDIS_OPERAND_ACTION_MASK_WRITE;
+    any_write |= writes;
+    ZyanU64 ea;
+    if (!ZYAN_SUCCESS(ZydisCalcAbsoluteAddressEx(&d.insn, &op, cpu.rip, &regs, &ea))) continue;
+    if (op.mem.segment == ZYDIS_REGISTER_FS) ea += cpu.seg[kFs].base;
+    if (op.mem.segment == ZYDIS_REGISTER_GS) ea += cpu.seg[kGs].base;
+    const uint64_t size = std::max<uint64_t>(op.size / 8, 1);
+    for (uint64_t at : {ea - 8, ea, ea + size - 1}) {
+      if ((at & ~(kPage - 1)) == page) {
+        matched = true;
+        matched_write |= writes;
+      }
+    }
+  }
+  return (matched ? matched_write : any_write) ? Access::kWrite : Access::kRead;
+}
+
+bool DirectEngine::HostLikeGdt(const CpuState& cpu) {
+  // Flat, present, DPL 3: 64-bit code at 0x33, 32-bit code at 0x23, and
+  // writable data at 0x2b, as the host's GDT has them.
+  struct Want {
+    uint16_t selector;
+    bool (*ok)(const Descriptor&);
+  };
+  static constexpr Want kWant[] = {
+      {direct::UserChild::kUserCs64, [](const Descriptor& d) { return d.Code64(); }},
+      {direct::UserChild::kUserCs32,
+       [](const Descriptor& d) { return d.Code() && !d.Long() && d.Db() && d.Limit() == ~0u; }},
+      {direct::UserChild::kUserDs,
+       [](const Descriptor& d) { return d.Writable() && d.Db() && d.Limit() == ~0u; }},
+  };
+  for (const Want& w : kWant) {
+    Descriptor d;
+    GuestException fault;
+    if (!ReadDescriptor(bt_.mmu(), cpu, w.selector, false, &d, &fault) || !d.Present() ||
+        d.Dpl() != 3 || d.Base() != 0 || !w.ok(d)) {
+      return false;
+    }
+  }
+  return true;
+}
+
+bool DirectEngine::TakeSelectors(const direct::Trap& t, CpuState& cpu, std::string* error) {
+  // User code may have loaded the host's selectors (a far jump or return,
+  // mov to DS): the guest's descriptors for them, which HostLikeGdt
+  // checked match the host's.
+  for (int seg = 0; seg < kSegCount; ++seg) {
+    const uint16_t sel = t.selectors[seg];
+    if (sel == cpu.seg[seg].selector) continue;
+    if (IsNullSelector(sel)) {
+      cpu.seg[seg] = SegmentReg{};
+      cpu.seg[seg].selector = sel;
+      continue;
+    }
+    Descriptor d;
+    GuestException fault;
+    if (!ReadDescriptor(bt_.mmu(), cpu, sel, false, &d, &fault)) {
+      *error = "direct engine: the child loaded selector " + Hex(sel) +
+               ", which the guest's GDT does not have";
+      return false;
+    }
+    const uint64_t base = cpu.seg[seg].base;
+    cpu.seg[seg] = d.ToSegment(sel);
+    if (seg == kFs || seg == kGs) cpu.seg[seg].base = base;  // the child's, as it ran
+  }
+  return true;
+}
+
+void DirectEngine::Interrupt() {
+  const pid_t pid = running_.load(std::memory_order_seq_cst);
+  if (pid > 0) kill(pid, kInterruptSignal);
+}
+
+bool DirectEngine::RamOffset(GuestPhys page, uint64_t* offset) const {
+  for (const RamRegion& r : memory_.regions()) {
+    if (page.value >= r.base.value && page.value + kPage <= r.base.value + r.size) {
+      *offset = r.fd_offset + (page.value - r.base.value);
+      return true;
+    }
+  }
+  return false;
+}
+
+bool DirectEngine::Fill(const CpuState& cpu, uint64_t addr, int code, std::string* error) {
+  const uint64_t page = addr & ~(kPage - 1);
+  const uint64_t stub = child_->stub_base();
+  if (page + kPage > kHostUserTop ||
+      (page < stub + direct::UserChild::kStubBytes && stub < page + kPage)) {
+    return false;  // not mappable into the child: translated
+  }
+  // The access the fault stands for. Not mapped: a read (a write then
+  // faults again, on a read-only page). Mapped: a write, or a fetch from a
+  // page mapped without execute.
+  Access access = Access::kRead;
+  auto it = shadow_.find(page);
+  if (code == SEGV_ACCERR && it != shadow_.end()) {
+    access = !(it->second.prot & PROT_EXEC) && MayBeFetch(cpu.rip, addr) ? Access::kFetch
+                                                                           : Access::kWrite;
+  }
+  // The same fault again right after a fill: the guest's tables do not
+  // allow what the instruction does (or something changed): translated.
+  const uint64_t key = page | static_cast<uint64_t>(access);
+  if (key == last_fill_page_ && cpu.rip == last_fill_rip_) {
+    last_fill_page_ = ~0ull;
+    return false;
+  }
+  Mmu& mmu = bt_.mmu();
+  // A walk of the guest's tables, as the hardware's TLB fill: sets A (and
+  // D for a write, which is about to happen).
+  Mmu::Lookup l = mmu.Translate(cpu, GuestVirt(addr), access, kMmuUser);
+  if (l.kind != Mmu::Lookup::kRam) return false;  // a guest fault, or MMIO
+  Mmu::PageRights rights = mmu.TlbRights(GuestVirt(addr), kMmuUser);
+  if (access == Access::kWrite && !rights.write && mmu.IsCodePage(l.phys)) {
+    // A write to a page with translated code: the child's writes would go
+    // unseen, so the translations go (as a store into them would drop
+    // them), and the page is written as any other.
+    ++stats_.code_pages_dropped;
+    bt_.InvalidateCodePage(l.phys.PageBase());
+    l = mmu.Translate(cpu, GuestVirt(addr), access, kMmuUser);
+    if (l.kind != Mmu::Lookup::kRam) return false;
+    rights = mmu.TlbRights(GuestVirt(addr), kMmuUser);
+  }
+  if ((access == Access::kWrite && !rights.write) || (access == Access::kFetch && !rights.fetch)) {
+    return false;  // e.g. a write to a page with translated code: the bt engine sees it
+  }
+  uint64_t offset;
+  const GuestPhys phys = l.phys.PageBase();
+  if (!RamOffset(phys, &offset)) return false;
+  const int prot = PROT_READ | (rights.write ? PROT_WRITE : 0) | (rights.fetch ? PROT_EXEC : 0);
+  if (Status s = child_->Map(page, kPage, prot, offset); !s) {
+    *error = s.error().message;
+    return false;
+  }
+  shadow_[page] = {phys.value, prot};
+  last_fill_page_ = key;
+  last_fill_rip_ = cpu.rip;
+  ++stats_.pages_mapped;
+  return true;
+}
+
+void DirectEngine::OnTlbFlush(bool /*keep_global*/) {
+  // Global user pages are rare: all of it goes.
+  if (shadow_.empty()) return;
+  ++stats_.flushes;
+  last_fill_page_ = ~0ull;
+  if (child_) {
+    const uint64_t stub = child_->stub_base();
+    if (shadow_.size() > 16) {
+      // Two operations for the whole user range around the stub.
+      (void)child_->Unmap(0, stub);
+      const uint64_t above = stub + direct::UserChild::kStubBytes;
+      if (above < kHostUserTop) (void)child_->Unmap(above, kHostUserTop - above);
+    } else {
+      for (const auto& [page, s] : shadow_) (void)child_->Unmap(page, kPage);
+    }
+  }
+  shadow_.clear();
+}
+
+void DirectEngine::OnTlbFlushPage(GuestVirt page) {
+  auto it = shadow_.find(page.value);
+  if (it == shadow_.end()) return;
+  if (child_) (void)child_->Unmap(page.value, kPage);
+  shadow_.erase(it);
+  last_fill_page_ = ~0ull;
+}
+
+void DirectEngine::OnCodePageMarked(GuestPhys page) {
+  // The child's writes to the page must reach the bt engine, which
+  // invalidates the code they hit.
+  for (auto& [va, s] : shadow_) {
+    if (s.phys == page.value && (s.prot & PROT_WRITE)) {
+      s.prot &= ~PROT_WRITE;
+      if (child_) (void)child_->Protect(va, kPage, s.prot);
+    }
+  }
+}
+
+}  // namespace btvm

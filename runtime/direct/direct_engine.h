@@ -1,0 +1,107 @@
+#pragma once
+// The direct engine (`--engine direct`, DESIGN.md, Direct execution): guest
+// kernel code runs translated (a BtEngine), guest 64-bit user code runs on
+// the host CPU in a child process whose address space mirrors the guest's
+// (UserChild). The child runs until the user code does anything the
+// monitor must see: a syscall, a fault, a sensitive instruction, or a
+// request from another thread (a timer interrupt due). A fault on a page
+// the guest's tables allow is a shadow miss: the page is mapped into the
+// child from the guest RAM memfd and the child resumes (a hidden fault).
+// Everything else hands the one instruction at RIP to the bt engine, which
+// runs it translated with all of its semantics — the syscall's entry into
+// the kernel, the exact #PF with its error code and CR2, cpuid's virtual
+// values — and the loop comes back here when the guest is in user mode
+// again.
+//
+// The shadow follows TLB semantics (it is a TLB the host's MMU walks): a
+// page is mapped only from a walk of the guest tables, writable only once
+// the guest PTE is dirty (the first write faults and runs translated,
+// which sets D) and never while the page holds translated code; mov cr3,
+// invlpg and paging changes drop mappings as they drop soft-TLB entries.
+//
+// Not yet: a cache of children by CR3 (one child is flushed on every
+// address-space switch), the fast transport, the adaptive policy,
+// compatibility-mode user code (it runs translated).
+
+#include <sys/types.h>
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <unordered_map>
+
+#include "runtime/bt_engine.h"
+#include "runtime/direct/user_child.h"
+
+namespace btvm {
+
+class DirectEngine final : public Engine, private UserRunner, private MmuObserver {
+ public:
+  DirectEngine(GuestMemory& memory, PioBus& pio, MmioBus& mmio, const std::atomic<bool>& stop,
+               Counters& counters, InterruptSource* irq = nullptr,
+               size_t code_cache_bytes = CodeCache::kDefaultCapacity);
+  ~DirectEngine() override;
+
+  const char* name() const override { return "direct"; }
+  EngineExit Run(CpuState& cpu) override;
+  void PrintStats(std::FILE* out) const override;
+  BtEngine& bt() { return bt_; }
+
+  // What the child did, for --stats and tests.
+  struct Stats {
+    uint64_t runs = 0;           // times the child ran guest code
+    uint64_t syscalls = 0;       // stops at a guest syscall
+    uint64_t hidden_faults = 0;  // shadow misses filled
+    uint64_t page_faults = 0;    // #PF delivered to the guest from a fault in the child
+    uint64_t translated = 0;     // instructions handed to the bt engine
+    uint64_t translated_runs = 0;  // times user code ran translated instead (flags, selectors)
+    uint64_t interrupted = 0;    // stops for an interrupt or a request
+    uint64_t pages_mapped = 0;
+    uint64_t code_pages_dropped = 0;  // translations dropped for a write from the child
+    uint64_t flushes = 0;        // whole-shadow flushes
+  };
+  const Stats& stats() const { return stats_; }
+
+ private:
+  // UserRunner
+  Outcome RunUser(CpuState& cpu, uint8_t* exit_request, GuestException* exception,
+                  std::string* error) override;
+  void Interrupt() override;
+  // MmuObserver
+  void OnTlbFlush(bool keep_global) override;
+  void OnTlbFlushPage(GuestVirt page) override;
+  void OnCodeWrite(GuestPhys, uint64_t) override {}
+  void OnCodePageMarked(GuestPhys page) override;
+
+  // A shadow miss at `addr` (si_code `code`): maps the page if the guest's
+  // tables allow the access the fault implies. False: run it translated.
+  bool Fill(const CpuState& cpu, uint64_t addr, int code, std::string* error);
+  // The access of the instruction at RIP that faulted at `addr` in the
+  // child: a fetch if `addr` is among its bytes (or they cannot be read),
+  // a write if a memory operand it writes covers `addr`, else a read.
+  Access FaultAccess(const CpuState& cpu, uint64_t addr);
+  // Whether the guest's GDT has the host's user descriptors at the host's
+  // user selectors (user code in the child may load those selectors).
+  bool HostLikeGdt(const CpuState& cpu);
+  // Takes the segment registers the child stopped with into `cpu`.
+  bool TakeSelectors(const direct::Trap& t, CpuState& cpu, std::string* error);
+  // The RAM memfd offset of a guest-physical page, or false (not RAM).
+  bool RamOffset(GuestPhys page, uint64_t* offset) const;
+
+  GuestMemory& memory_;
+  BtEngine bt_;
+  std::unique_ptr<direct::UserChild> child_;
+  std::atomic<pid_t> running_{0};  // the child's pid while it runs guest code
+  // The child's guest mappings: page -> (guest-physical page, PROT_*).
+  struct Shadow {
+    uint64_t phys;
+    int prot;
+  };
+  std::unordered_map<uint64_t, Shadow> shadow_;
+  // The last fault filled (page, RIP): the same again runs translated.
+  uint64_t last_fill_page_ = ~0ull, last_fill_rip_ = ~0ull;
+  Stats stats_;
+};
+
+}  // namespace btvm

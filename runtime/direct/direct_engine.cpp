@@ -1,6 +1,7 @@
 #include "runtime/direct/direct_engine.h"
 
 #include <signal.h>
+#include <time.h>
 
 #include <algorithm>
 #include <sys/mman.h>
@@ -54,6 +55,8 @@ void DirectEngine::PrintStats(std::FILE* out) const {
       {"  page faults delivered to the guest", stats_.page_faults},
       {"user instructions handed to the bt engine", stats_.translated},
       {"user code left translated (IF 0, IOPL, selectors)", stats_.translated_runs},
+      {"adaptive: address spaces sent to translation", stats_.to_translated},
+      {"adaptive: user code run translated meanwhile", stats_.adaptive_runs},
       {"shadow pages mapped", stats_.pages_mapped},
       {"code pages whose translations a child write dropped", stats_.code_pages_dropped},
       {"whole-shadow flushes", stats_.flushes},
@@ -75,6 +78,11 @@ UserRunner::Outcome DirectEngine::RunUser(CpuState& cpu, uint8_t* exit_request,
     ++stats_.translated_runs;
     return Outcome::kTranslate;
   }
+  Policy& policy = policy_[cpu.cr3 & ~uint64_t{0xfff}];
+  if (policy.translated_until_ns && NowNs() < policy.translated_until_ns) {
+    ++stats_.adaptive_runs;
+    return Outcome::kTranslate;
+  }
   if (!child_) {
     Result<std::unique_ptr<direct::UserChild>> c = direct::UserChild::Spawn(memory_.fd());
     if (!c) {
@@ -93,6 +101,7 @@ UserRunner::Outcome DirectEngine::RunUser(CpuState& cpu, uint8_t* exit_request,
       ++stats_.interrupted;
       return Outcome::kInterrupted;
     }
+    const uint64_t start = NowNs();
     Result<direct::Trap> t = child_->Run(cpu);
     running_.store(0);
     if (!t) {
@@ -100,6 +109,7 @@ UserRunner::Outcome DirectEngine::RunUser(CpuState& cpu, uint8_t* exit_request,
       return Outcome::kError;
     }
     ++stats_.runs;
+    Decide(policy, NowNs() - start);
     if (!TakeSelectors(*t, cpu, error)) return Outcome::kError;
     if (t->kind == direct::Trap::Kind::kSyscall) {
       // syscall, sysenter and int 0x80 are two bytes long: the bt engine
@@ -262,6 +272,25 @@ bool DirectEngine::TakeSelectors(const direct::Trap& t, CpuState& cpu, std::stri
     if (seg == kFs || seg == kGs) cpu.seg[seg].base = base;  // the child's, as it ran
   }
   return true;
+}
+
+uint64_t DirectEngine::NowNs() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1'000'000'000 + static_cast<uint64_t>(ts.tv_nsec);
+}
+
+void DirectEngine::Decide(Policy& policy, uint64_t run_ns) {
+  // A moving mean over about the last four runs.
+  policy.mean_run_ns = (3 * policy.mean_run_ns + run_ns) / 4;
+  if (policy.mean_run_ns < kDenseRunNs) {
+    policy.translated_until_ns = NowNs() + policy.backoff_ns;
+    policy.backoff_ns = std::min(2 * policy.backoff_ns, kMaxBackoffNs);
+    policy.mean_run_ns = 2 * kDenseRunNs;  // measured afresh when it comes back
+    ++stats_.to_translated;
+  } else if (policy.mean_run_ns > 8 * kDenseRunNs) {
+    policy.backoff_ns = kMinBackoffNs;  // it computes: dense spells start short again
+  }
 }
 
 void DirectEngine::Interrupt() {

@@ -19,9 +19,15 @@
 // which sets D) and never while the page holds translated code; mov cr3,
 // invlpg and paging changes drop mappings as they drop soft-TLB entries.
 //
+// The adaptive policy (VMware's): each trap costs the child a host round
+// trip, so a guest address space whose user code stops the child densely
+// (a mean run between stops, transport included, under kDenseRunNs) runs
+// translated for a while (5 ms, doubling while it stays dense, up to a
+// second), then is tried in the child again.
+//
 // Not yet: a cache of children by CR3 (one child is flushed on every
-// address-space switch), the fast transport, the adaptive policy,
-// compatibility-mode user code (it runs translated).
+// address-space switch), the fast transport, compatibility-mode user code
+// (it runs translated).
 
 #include <sys/types.h>
 
@@ -56,6 +62,8 @@ class DirectEngine final : public Engine, private UserRunner, private MmuObserve
     uint64_t page_faults = 0;    // #PF delivered to the guest from a fault in the child
     uint64_t translated = 0;     // instructions handed to the bt engine
     uint64_t translated_runs = 0;  // times user code ran translated instead (flags, selectors)
+    uint64_t adaptive_runs = 0;    // times it ran translated because it trapped densely
+    uint64_t to_translated = 0;    // adaptive decisions: an address space to translated
     uint64_t interrupted = 0;    // stops for an interrupt or a request
     uint64_t pages_mapped = 0;
     uint64_t code_pages_dropped = 0;  // translations dropped for a write from the child
@@ -64,6 +72,15 @@ class DirectEngine final : public Engine, private UserRunner, private MmuObserve
   const Stats& stats() const { return stats_; }
 
  private:
+  // The adaptive policy's state of one guest address space (by CR3).
+  static constexpr uint64_t kDenseRunNs = 60'000, kMinBackoffNs = 5'000'000,
+                            kMaxBackoffNs = 1'000'000'000;
+  struct Policy {
+    uint64_t mean_run_ns = 2 * kDenseRunNs;  // moving mean of the child's runs between stops
+    uint64_t translated_until_ns = 0;
+    uint64_t backoff_ns = kMinBackoffNs;
+  };
+
   // UserRunner
   Outcome RunUser(CpuState& cpu, uint8_t* exit_request, GuestException* exception,
                   std::string* error) override;
@@ -86,6 +103,9 @@ class DirectEngine final : public Engine, private UserRunner, private MmuObserve
   bool HostLikeGdt(const CpuState& cpu);
   // Takes the segment registers the child stopped with into `cpu`.
   bool TakeSelectors(const direct::Trap& t, CpuState& cpu, std::string* error);
+  static uint64_t NowNs();
+  // The adaptive policy after a run of `run_ns` (round trip included).
+  void Decide(Policy& policy, uint64_t run_ns);
   // The RAM memfd offset of a guest-physical page, or false (not RAM).
   bool RamOffset(GuestPhys page, uint64_t* offset) const;
 
@@ -99,6 +119,7 @@ class DirectEngine final : public Engine, private UserRunner, private MmuObserve
     int prot;
   };
   std::unordered_map<uint64_t, Shadow> shadow_;
+  std::unordered_map<uint64_t, Policy> policy_;
   // The last fault filled (page, RIP): the same again runs translated.
   uint64_t last_fill_page_ = ~0ull, last_fill_rip_ = ~0ull;
   Stats stats_;

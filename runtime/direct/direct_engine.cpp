@@ -55,6 +55,7 @@ void DirectEngine::PrintStats(std::FILE* out) const {
       {"  page faults delivered to the guest", stats_.page_faults},
       {"user instructions handed to the bt engine", stats_.translated},
       {"user code left translated (IF 0, IOPL, selectors)", stats_.translated_runs},
+      {"cpuid faults in the child (adaptive policy on)", child_ && child_->cpuid_faults() ? 1u : 0u},
       {"adaptive: address spaces sent to translation", stats_.to_translated},
       {"adaptive: user code run translated meanwhile", stats_.adaptive_runs},
       {"shadow pages mapped", stats_.pages_mapped},
@@ -109,7 +110,9 @@ UserRunner::Outcome DirectEngine::RunUser(CpuState& cpu, uint8_t* exit_request,
       return Outcome::kError;
     }
     ++stats_.runs;
-    Decide(policy, NowNs() - start);
+    // Without CPUID faulting the user code may have picked code by the
+    // host's CPUID that the bt engine cannot run: it stays in the child.
+    if (child_->cpuid_faults()) Decide(policy, NowNs() - start);
     if (!TakeSelectors(*t, cpu, error)) return Outcome::kError;
     if (t->kind == direct::Trap::Kind::kSyscall) {
       // syscall, sysenter and int 0x80 are two bytes long: the bt engine

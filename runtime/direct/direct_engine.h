@@ -23,7 +23,9 @@
 // trip, so a guest address space whose user code stops the child densely
 // (a mean run between stops, transport included, under kDenseRunNs) runs
 // translated for a while (5 ms, doubling while it stays dense, up to a
-// second), then is tried in the child again.
+// second), then is tried in the child again. Only where the host has CPUID
+// faulting: without it, user code in the child sees the host's CPUID and
+// may pick code (AVX) that only the host CPU runs, so it stays there.
 //
 // Not yet: a cache of children by CR3 (one child is flushed on every
 // address-space switch), the fast transport, compatibility-mode user code

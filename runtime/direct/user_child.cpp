@@ -60,7 +60,7 @@ Error Errno(const std::string& what) {
   // cpuid and rdtsc fault (SIGSEGV), so the guest's run translated and
   // see btvm's virtual CPU and TSC. CPUID faulting may be missing on the
   // host: then user-mode cpuid shows the host's (runtime/direct/README).
-  syscall(SYS_arch_prctl, ARCH_SET_CPUID, 0);
+  const bool cpuid_faults = syscall(SYS_arch_prctl, ARCH_SET_CPUID, 0) == 0;
   prctl(PR_SET_TSC, PR_TSC_SIGSEGV);
 
   void* const base = reinterpret_cast<void*>(stub_base);
@@ -74,6 +74,7 @@ Error Errno(const std::string& what) {
            control_fd, 0) != control_at) {
     _exit(104);
   }
+  static_cast<StubControl*>(control_at)->cpuid_faults = cpuid_faults ? 1 : 0;
   // Only the RAM memfd stays open.
   if (ram_fd > 0) syscall(SYS_close_range, 0u, static_cast<unsigned>(ram_fd - 1), 0u);
   syscall(SYS_close_range, static_cast<unsigned>(ram_fd + 1), ~0u, 0u);

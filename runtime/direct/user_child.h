@@ -41,7 +41,8 @@ struct StubControl {
   int64_t error;         // 0, or the -errno of the operation that failed
   uint64_t error_index;  // its index
   uint64_t ram_fd;       // the RAM memfd's descriptor in the child
-  uint64_t reserved[4];
+  uint64_t cpuid_faults;  // 1: cpuid in the child faults (CPUID faulting is on)
+  uint64_t reserved[3];
   StubOp ops[(4096 - 64) / sizeof(StubOp)];
 };
 static_assert(offsetof(StubControl, count) == 0 && offsetof(StubControl, error) == 8 &&
@@ -80,6 +81,11 @@ class UserChild {
   UserChild& operator=(const UserChild&) = delete;
 
   pid_t pid() const { return pid_; }
+  // Whether cpuid in the child faults (the host has CPUID faulting), so
+  // that user code sees btvm's virtual CPU. Where it does not, user code
+  // that ran here may have picked code by the host's CPUID (AVX) that
+  // only the host CPU runs, not the bt engine.
+  bool cpuid_faults() const { return control_->cpuid_faults == 1; }
   uint64_t stub_base() const { return stub_base_; }
 
   // Mapping changes, queued; applied in order by Flush (and by Run, before

@@ -7,9 +7,12 @@
 
 #include "runtime/direct/user_child.h"
 
+#include <asm/prctl.h>
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cstring>
@@ -241,6 +244,21 @@ TEST_F(UserChildTest, ASignalWhileMappingsAreAppliedComesBackBeforeTheGuestRuns)
   t = RunAt(0x3b);  // and then it runs
   EXPECT_EQ(t.kind, Trap::Kind::kSyscall);
   EXPECT_EQ(cpu_.gpr[7], 0u);
+}
+
+TEST_F(UserChildTest, SaysWhetherCpuidFaults) {
+  // ARCH_SET_CPUID with 1 (cpuid allowed) changes nothing where the host
+  // has CPUID faulting, and fails with ENODEV where it has not.
+  const bool host_has_it = syscall(SYS_arch_prctl, ARCH_SET_CPUID, 1) == 0;
+  EXPECT_EQ(child_->cpuid_faults(), host_has_it);
+  if (host_has_it) {
+    static const uint8_t kCpuid[] = {0x0f, 0xa2};  // cpuid
+    ASSERT_TRUE(mem_->Write(GuestPhys{kCodeRam + 0x100}, kCpuid).ok());
+    MapProgram();
+    Trap t = RunAt(0x100);
+    EXPECT_EQ(t.signal, SIGSEGV);
+    EXPECT_EQ(cpu_.rip, kCode + 0x100);
+  }
 }
 
 TEST_F(UserChildTest, DestroyingItKillsTheChild) {

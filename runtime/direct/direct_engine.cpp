@@ -164,9 +164,23 @@ UserRunner::Outcome DirectEngine::RunUser(CpuState& cpu, uint8_t* exit_request,
         return Outcome::kError;
       }
     }
-    // Anything else (#UD, #DE, #GP of a sensitive instruction, cpuid and
-    // rdtsc, which fault in the child, a fault the guest's tables justify)
-    // stops with RIP at the instruction.
+    // A #UD or an integer #DE of the host's is the guest's too (the
+    // virtual CPU is a subset of the host's): delivered without the bt
+    // engine, which may not know the instruction (AVX, chosen by the
+    // host's CPUID where cpuid does not fault).
+    if (t->kind == direct::Trap::Kind::kSignal && t->signal == SIGILL) {
+      *exception = GuestException::Ud();
+      return Outcome::kException;
+    }
+    if (t->kind == direct::Trap::Kind::kSignal && t->signal == SIGFPE &&
+        (t->code == FPE_INTDIV || t->code == FPE_INTOVF)) {
+      *exception = GuestException{kDE, false, 0, 0};
+      return Outcome::kException;
+    }
+    // Anything else (#GP of a sensitive instruction, cpuid and rdtsc,
+    // which fault in the child, x87 and SIMD exceptions, an access the
+    // guest's tables allow but the child cannot make) stops with RIP at
+    // the instruction, which the bt engine runs.
     ++stats_.translated;
     return Outcome::kTranslateOne;
   }

@@ -61,6 +61,7 @@ void DirectEngine::PrintStats(std::FILE* out) const {
       {"shadow pages mapped", stats_.pages_mapped},
       {"code pages whose translations a child write dropped", stats_.code_pages_dropped},
       {"whole-shadow flushes", stats_.flushes},
+      {"  of them for too many mappings", stats_.evictions},
   };
   for (const auto& [what, n] : rows) {
     std::fprintf(out, "  %-48s %14llu\n", what, static_cast<unsigned long long>(n));
@@ -370,6 +371,13 @@ bool DirectEngine::Fill(const CpuState& cpu, uint64_t addr, int code, std::strin
   uint64_t offset;
   const GuestPhys phys = l.phys.PageBase();
   if (!RamOffset(phys, &offset)) return false;
+  if (shadow_.size() >= kMaxShadowPages) {
+    // Scattered guest pages do not merge into fewer host mappings, and a
+    // process may have at most vm.max_map_count (65530) of them: past a
+    // quarter of that, the shadow starts afresh (as a TLB flush would).
+    ++stats_.evictions;
+    DropShadow();
+  }
   const int prot = PROT_READ | (rights.write ? PROT_WRITE : 0) | (rights.fetch ? PROT_EXEC : 0);
   if (Status s = child_->Map(page, kPage, prot, offset); !s) {
     *error = s.error().message;
@@ -386,6 +394,10 @@ void DirectEngine::OnTlbFlush(bool /*keep_global*/) {
   // Global user pages are rare: all of it goes.
   if (shadow_.empty()) return;
   ++stats_.flushes;
+  DropShadow();
+}
+
+void DirectEngine::DropShadow() {
   last_fill_page_ = ~0ull;
   if (child_) {
     const uint64_t stub = child_->stub_base();

@@ -69,7 +69,8 @@ class DirectEngine final : public Engine, private UserRunner, private MmuObserve
     uint64_t interrupted = 0;    // stops for an interrupt or a request
     uint64_t pages_mapped = 0;
     uint64_t code_pages_dropped = 0;  // translations dropped for a write from the child
-    uint64_t flushes = 0;        // whole-shadow flushes
+    uint64_t flushes = 0;        // whole-shadow flushes (TLB flushes)
+    uint64_t evictions = 0;      // whole-shadow drops for too many mappings
   };
   const Stats& stats() const { return stats_; }
 
@@ -96,6 +97,11 @@ class DirectEngine final : public Engine, private UserRunner, private MmuObserve
   // A shadow miss at `addr` (si_code `code`): maps the page if the guest's
   // tables allow the access the fault implies. False: run it translated.
   bool Fill(const CpuState& cpu, uint64_t addr, int code, std::string* error);
+  // Unmaps every guest page from the child.
+  void DropShadow();
+  // At most this many guest pages mapped in the child at once (a quarter
+  // of vm.max_map_count's default: each may be a mapping of its own).
+  static constexpr size_t kMaxShadowPages = 16384;
   // The access of the instruction at RIP that faulted at `addr` in the
   // child: a fetch if `addr` is among its bytes (or they cannot be read),
   // a write if a memory operand it writes covers `addr`, else a read.

@@ -414,7 +414,7 @@ BuildResult BuildBlock(CodeCache& cache, const BlockKey& key, const FetchFn& fet
     if (emit_insns(te, ta)) {
       loop_regs = te.back_edge_borrowed();
       for (const BlockEmitter::LoopPage& lp : te.loop_pages()) {
-        uint16_t pair = (1u << lp.nt) | (1u << lp.hb);
+        uint16_t pair = lp.regs();
         if ((loop_regs & pair) == pair) loop_pages.push_back(lp);
       }
     }

@@ -161,7 +161,7 @@ void BlockEmitter::EmitBackEdge(InstId jcc) {
   uint16_t store = loop_regs_ & ~borrowed_, reload = borrowed_ & ~loop_regs_;
   std::vector<LoopPage> pages;  // pairs given back in the body: empty again
   for (const LoopPage& lp : loop_pages_) {
-    if (store & ((1u << lp.nt) | (1u << lp.hb))) pages.push_back(lp);
+    if (store & lp.regs()) pages.push_back(lp);
   }
   auto fix = [this, store, reload, pages] {
     for (int h = 0; h < 16; ++h) {

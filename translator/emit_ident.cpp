@@ -99,7 +99,7 @@ void BlockEmitter::TakeRegisters(Plan* p) {
   p->spilled = borrowed_;
   if (p->used & sticky_) {  // named by the guest code: not a page register after all
     std::erase_if(loop_pages_, [&](const LoopPage& lp) {
-      return p->used & ((1u << lp.nt) | (1u << lp.hb));
+      return p->used & lp.regs();
     });
     sticky_ &= ~p->used;
   }
@@ -412,7 +412,7 @@ bool BlockEmitter::EmitIdent(const DecodedInsn& d, uint32_t flags_live) {
   int t = -1;
   const LoopPage* page = nullptr;
   for (const LoopPage& lp : loop_pages_) {
-    uint16_t pair = (1u << lp.nt) | (1u << lp.hb);
+    uint16_t pair = lp.regs();
     if (lp.rip == d.rip && !plan_pages_ && pages_valid_ && (borrowed_ & pair) == pair &&
         !(p.used & pair)) {
       page = &lp;

@@ -193,6 +193,7 @@ class BlockEmitter {
   struct LoopPage {
     uint64_t rip;
     int nt, hb;
+    uint16_t regs() const { return static_cast<uint16_t>((1u << nt) | (1u << hb)); }
   };
   void PlanLoopPages(uint16_t names) {
     plan_pages_ = true;
@@ -201,7 +202,7 @@ class BlockEmitter {
   const std::vector<LoopPage>& loop_pages() const { return loop_pages_; }
   void UseLoopPages(const std::vector<LoopPage>& pages) {
     loop_pages_ = pages;
-    for (const LoopPage& lp : pages) sticky_ |= (1u << lp.nt) | (1u << lp.hb);
+    for (const LoopPage& lp : pages) sticky_ |= lp.regs();
   }
   // The stack window (emit_stack.cpp). A block whose stack accesses lie at
   // offsets from its entry RSP known at translation time probes the soft

@@ -58,8 +58,7 @@ void DirectEngine::PrintStats(std::FILE* out) const {
       {"cpuid faults in the child (adaptive policy on)", child_ && child_->cpuid_faults() ? 1u : 0u},
       {"adaptive: address spaces sent to translation", stats_.to_translated},
       {"adaptive: user code run translated meanwhile", stats_.adaptive_runs},
-      {"shadow pages mapped", stats_.pages_mapped},
-      {"code pages whose translations a child write dropped", stats_.code_pages_dropped},
+      {"code pages dropped for a write from the child", stats_.code_pages_dropped},
       {"whole-shadow flushes", stats_.flushes},
       {"  of them for too many mappings", stats_.evictions},
   };
@@ -144,12 +143,12 @@ UserRunner::Outcome DirectEngine::RunUser(CpuState& cpu, uint8_t* exit_request,
         return Outcome::kException;
       }
     } else if (t->signal == SIGTRAP && t->code == TRAP_TRACE) {
-      // popf set TF, and the instruction after it completed: #DB.
+      // popf set TF, and the instruction after it completed: #DB. (User
+      // code that starts with TF set runs translated.)
       return Outcome::kSingleStep;
     } else if (t->signal == SIGTRAP) {
       // int3 (CC) and int 3 (CD 03) trap after themselves: back to the
-      // instruction, which the bt engine delivers as #BP. (TF single-steps
-      // run translated, so no trace trap gets here.)
+      // instruction, which the bt engine delivers as #BP.
       uint8_t one = 0, two[2] = {};
       GuestException fault;
       Mmu& mmu = bt_.mmu();
@@ -164,17 +163,14 @@ UserRunner::Outcome DirectEngine::RunUser(CpuState& cpu, uint8_t* exit_request,
                  ") at " + Hex(cpu.rip);
         return Outcome::kError;
       }
-    }
-    // A #UD or an integer #DE of the host's is the guest's too (the
-    // virtual CPU is a subset of the host's): delivered without the bt
-    // engine, which may not know the instruction (AVX, chosen by the
-    // host's CPUID where cpuid does not fault).
-    if (t->kind == direct::Trap::Kind::kSignal && t->signal == SIGILL) {
+    } else if (t->signal == SIGILL) {
+      // A #UD or an integer #DE of the host's is the guest's too (the
+      // virtual CPU is a subset of the host's): delivered without the bt
+      // engine, which may not know the instruction (AVX, chosen by the
+      // host's CPUID where cpuid does not fault).
       *exception = GuestException::Ud();
       return Outcome::kException;
-    }
-    if (t->kind == direct::Trap::Kind::kSignal && t->signal == SIGFPE &&
-        (t->code == FPE_INTDIV || t->code == FPE_INTOVF)) {
+    } else if (t->signal == SIGFPE && (t->code == FPE_INTDIV || t->code == FPE_INTOVF)) {
       *exception = GuestException{kDE, false, 0, 0};
       return Outcome::kException;
     }
@@ -386,7 +382,6 @@ bool DirectEngine::Fill(const CpuState& cpu, uint64_t addr, int code, std::strin
   shadow_[page] = {phys.value, prot};
   last_fill_page_ = key;
   last_fill_rip_ = cpu.rip;
-  ++stats_.pages_mapped;
   return true;
 }
 

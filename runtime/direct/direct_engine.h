@@ -67,7 +67,6 @@ class DirectEngine final : public Engine, private UserRunner, private MmuObserve
     uint64_t adaptive_runs = 0;    // times it ran translated because it trapped densely
     uint64_t to_translated = 0;    // adaptive decisions: an address space to translated
     uint64_t interrupted = 0;    // stops for an interrupt or a request
-    uint64_t pages_mapped = 0;
     uint64_t code_pages_dropped = 0;  // translations dropped for a write from the child
     uint64_t flushes = 0;        // whole-shadow flushes (TLB flushes)
     uint64_t evictions = 0;      // whole-shadow drops for too many mappings

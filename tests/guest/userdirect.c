@@ -81,15 +81,6 @@ static USER_TEXT u64 user_rdtsc(u64 arg) {
   return ((u64)hi << 32 | lo) + (arg & 0);
 }
 
-static struct fault user_caught(user_fn fn, u64 arg) {
-  struct fault f;
-  if (catch_begin(&f) == 0) {
-    enter_user(fn, arg);
-    catch_end();
-  }
-  return f;
-}
-
 static u64 kernel_rdtsc(void) {
   u32 lo, hi;
   asm volatile("rdtsc" : "=a"(lo), "=d"(hi));
@@ -141,24 +132,24 @@ int main(void) {
 
   /* Read-only: a write faults P | W | U; reads still work. */
   vm_set_flags(FRESH_VA, PAGE_SIZE, 0, PTE_W);
-  struct fault f = user_caught(user_write, FRESH_VA + 24);
+  struct fault f = enter_user_caught(user_write, FRESH_VA + 24);
   report(pf(&f, PFERR_PRESENT | PFERR_WRITE | PFERR_USER, FRESH_VA + 24),
          "user write to a read-only page: #PF %#llx", (unsigned long long)f.error_code);
   report(enter_user(user_read, FRESH_VA + 8) == 0x1234, "and a user read of it still works");
 
   /* Unmapped: W | U for a write, U for a read. */
   vm_unmap(FRESH_VA);
-  f = user_caught(user_write, FRESH_VA + 32);
+  f = enter_user_caught(user_write, FRESH_VA + 32);
   report(pf(&f, PFERR_WRITE | PFERR_USER, FRESH_VA + 32),
          "user write to an unmapped page: #PF %#llx", (unsigned long long)f.error_code);
-  f = user_caught(user_read, FRESH_VA + 40);
+  f = enter_user_caught(user_read, FRESH_VA + 40);
   report(pf(&f, PFERR_USER, FRESH_VA + 40), "user read of an unmapped page: #PF %#llx",
          (unsigned long long)f.error_code);
 
   /* Supervisor page: P | U. */
   static u64 kernel_word = 7;
   const u64 kw = (u64)(uintptr_t)&kernel_word;
-  f = user_caught(user_read, kw);
+  f = enter_user_caught(user_read, kw);
   report(pf(&f, PFERR_PRESENT | PFERR_USER, kw), "user read of kernel memory: #PF %#llx",
          (unsigned long long)f.error_code);
 
@@ -166,19 +157,19 @@ int main(void) {
   static const u8 kRet42[] = {0xb8, 0x2a, 0x00, 0x00, 0x00, 0xc3}; /* mov eax, 42; ret */
   memcpy(frame, kRet42, sizeof kRet42);
   vm_map(FRESH_VA, (u64)(uintptr_t)frame, PTE_P | PTE_W | PTE_U | PTE_NX);
-  f = user_caught(user_call, FRESH_VA);
+  f = enter_user_caught(user_call, FRESH_VA);
   report(pf(&f, PFERR_PRESENT | PFERR_USER | PFERR_FETCH, FRESH_VA),
          "user call into an NX page: #PF %#llx", (unsigned long long)f.error_code);
   vm_map(FRESH_VA, (u64)(uintptr_t)frame, PTE_P | PTE_W | PTE_U);
   report(enter_user(user_call, FRESH_VA) == 42, "and without NX the call returns 42");
 
-  f = user_caught(user_ud2, 0);
+  f = enter_user_caught(user_ud2, 0);
   report(f.vector == UD_VECTOR && (f.cs & 3) == 3, "ud2 in user mode: #UD");
-  f = user_caught(user_divide, 0);
+  f = enter_user_caught(user_divide, 0);
   report(f.vector == DE_VECTOR && (f.cs & 3) == 3, "divide by zero in user mode: #DE");
   report(enter_user(user_divide, 7) == 14, "and a divide that works: 100 / 7 = 14");
   set_idt_dpl(BP_VECTOR, 3); /* int3 from CPL 3 needs a DPL 3 gate (else #GP) */
-  f = user_caught(user_int3, 0);
+  f = enter_user_caught(user_int3, 0);
   report(f.vector == BP_VECTOR && (f.cs & 3) == 3 && f.rip > (u64)(uintptr_t)user_int3,
          "int3 in user mode: #BP, a trap");
 

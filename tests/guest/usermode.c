@@ -50,15 +50,6 @@ static USER_TEXT u64 user_cli(u64 arg) {
   return arg;
 }
 
-static struct fault user_caught(user_fn fn, u64 arg) {
-  struct fault f;
-  if (catch_begin(&f) == 0) {
-    enter_user(fn, arg);
-    catch_end();
-  }
-  return f;
-}
-
 static u64 supervisor_data = 0x5a5a5a5a;
 
 int main(void) {
@@ -74,7 +65,7 @@ int main(void) {
 
   /* A user read of a supervisor page: #PF, error code P | U (not W). */
   const u64 sup = (u64)(uintptr_t)&supervisor_data;
-  struct fault f = user_caught(user_read, sup);
+  struct fault f = enter_user_caught(user_read, sup);
   report(f.vector == PF_VECTOR && f.error_code == (PFERR_PRESENT | PFERR_USER) && f.cr2 == sup &&
              (f.cs & 3) == 3,
          "user read of a supervisor page: #PF error code %#llx, cr2 %#llx, cs %#llx",
@@ -84,14 +75,14 @@ int main(void) {
   const u64 ro = (u64)(uintptr_t)user_ro_page;
   vm_set_flags(ro, PAGE_SIZE, 0, PTE_W);
   report(enter_user(user_read, ro) == 0, "user read of a read-only user page");
-  f = user_caught(user_write, ro);
+  f = enter_user_caught(user_write, ro);
   report(f.vector == PF_VECTOR && f.error_code == (PFERR_PRESENT | PFERR_WRITE | PFERR_USER) &&
              f.cr2 == ro,
          "user write to a read-only user page: #PF error code %#llx, cr2 %#llx",
          (unsigned long long)f.error_code, (unsigned long long)f.cr2);
 
   /* CLI at CPL3 with IOPL 0: #GP(0). */
-  f = user_caught(user_cli, 0);
+  f = enter_user_caught(user_cli, 0);
   report(f.vector == GP_VECTOR && f.error_code == 0 && (f.cs & 3) == 3,
          "cli at CPL3: #GP, error code %#llx", (unsigned long long)f.error_code);
 

@@ -47,3 +47,12 @@ void user_init(void) {
 u64 enter_user(user_fn fn, u64 arg) {
   return kit_enter_user(fn, arg, (u64)(uintptr_t)(user_stack + sizeof user_stack));
 }
+
+struct fault enter_user_caught(user_fn fn, u64 arg) {
+  struct fault f;
+  if (catch_begin(&f) == 0) {
+    enter_user(fn, arg);
+    catch_end();
+  }
+  return f;
+}

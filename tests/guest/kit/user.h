@@ -15,6 +15,7 @@
  */
 #pragma once
 
+#include "tests/guest/kit/desc.h"
 #include "tests/guest/kit/layout.h"
 #include "tests/guest/kit/types.h"
 
@@ -28,6 +29,9 @@ void user_init(void);
 
 typedef u64 (*user_fn)(u64 arg);
 u64 enter_user(user_fn fn, u64 arg);
+/* enter_user(fn, arg) with the exception it raises caught (kit/desc.h,
+   catch_begin): vector FAULT_NONE if it returned. */
+struct fault enter_user_caught(user_fn fn, u64 arg);
 /* RFLAGS the user code starts with (default 0x2: interrupts off). */
 extern u64 kit_user_rflags;
 

@@ -139,6 +139,8 @@ Result<std::unique_ptr<Machine>> Machine::Create(const MachineConfig& config) {
                                                  m->counters_, m.get(), config.code_cache);
     engine->bt().set_count_tlb_hits(config.stats);
     engine->bt().set_platform(m.get());
+    engine->set_transport(config.direct_transport == "ptrace" ? direct::Transport::kPtrace
+                                                              : direct::Transport::kSeccomp);
     m->engine_ = std::move(engine);
   } else {
     auto engine = std::make_unique<BtEngine>(m->memory_, m->pio_, m->mmio_, m->stop_,

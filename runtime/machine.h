@@ -36,6 +36,7 @@ namespace btvm {
 struct MachineConfig {
   uint64_t memory = MiB(128);
   std::string engine = "bt";
+  std::string direct_transport = "seccomp";  // --engine direct: ptrace or seccomp
   // An ELF64 image per docs/entry-contract.md, or a Linux bzImage (the
   // boot protocol, runtime/linux_boot.h) with `initrd` and `cmdline`.
   std::vector<uint8_t> kernel;

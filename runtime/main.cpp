@@ -33,11 +33,11 @@ void PrintUsage(std::FILE* out) {
   std::fputs(
       "usage: btvm run [--engine bt|direct] [--memory SIZE] [--kernel FILE] [--initrd FILE]\n"
       "                [--append TEXT] [--decompress host|guest] [--demo]\n"
-      "                [--code-cache SIZE] [--stats]\n"
+      "                [--code-cache SIZE] [--direct-transport seccomp|ptrace] [--stats]\n"
       "\n"
       "  --engine bt      translate every guest instruction (the default)\n"
       "  --engine direct  translate guest kernel code, run 64-bit guest user code\n"
-      "                   directly in a child process (ptrace; in progress)\n"
+      "                   directly in a child process (in progress)\n"
       "  --memory SIZE    guest RAM: a number of MiB, or with a suffix K, M, G\n"
       "                   (2M to 64G; default 128M)\n"
       "  --kernel FILE    a Linux bzImage, or an ELF64 guest kernel with a btvm\n"
@@ -49,6 +49,8 @@ void PrintUsage(std::FILE* out) {
       "  --demo           the built-in demo guest\n"
       "  --code-cache SIZE  translated-code cache, flushed whole when full\n"
       "                   (64K to 1G; default 64M)\n"
+      "  --direct-transport seccomp|ptrace  how the child's traps reach btvm: a\n"
+      "                   signal handler and a futex (default), or ptrace\n"
       "  --stats          print counters to stderr when the run ends\n"
       "\n"
       "Without --kernel: the Linux guest image if it has been built (the\n"
@@ -118,7 +120,8 @@ int Run(int argc, char** argv) {
       return argv[++i];
     };
     if (arg == "--engine" || arg == "--memory" || arg == "--kernel" || arg == "--code-cache" ||
-        arg == "--initrd" || arg == "--append" || arg == "--decompress") {
+        arg == "--initrd" || arg == "--append" || arg == "--decompress" ||
+        arg == "--direct-transport") {
       const char* v = value(argv[i]);
       if (!v) return Fail(kUsageError, std::string(arg) + " needs a value");
       if (arg == "--engine") {
@@ -139,6 +142,12 @@ int Run(int argc, char** argv) {
                                        "' is outside 64K to 1G");
         }
         config.code_cache = size.value();
+      } else if (arg == "--direct-transport") {
+        config.direct_transport = v;
+        if (config.direct_transport != "seccomp" && config.direct_transport != "ptrace") {
+          return Fail(kUsageError,
+                      "--direct-transport takes seccomp or ptrace, not '" + std::string(v) + "'");
+        }
       } else if (arg == "--initrd") {
         initrd_path = v;
       } else if (arg == "--append") {

@@ -21,6 +21,18 @@ constexpr uint64_t kHostUserTop = 0x7ffffffff000;
 // the monitor (its tracer) and is then discarded.
 constexpr int kInterruptSignal = SIGALRM;
 
+// Whether the trap is a page fault whose error code the transport saw
+// (seccomp: the signal frame's; ptrace does not see it).
+bool PageFault(const direct::Trap& t) {
+  return t.has_error_code && t.trapno == 14;
+}
+
+// The access a page fault's error code names (SDM Vol. 3A §4.7: bit 1
+// write, bit 4 instruction fetch).
+Access ErrorCodeAccess(uint64_t error_code) {
+  return (error_code & 0x10) ? Access::kFetch : (error_code & 0x2) ? Access::kWrite : Access::kRead;
+}
+
 // Whether an access at `addr` by the instruction at `rip` can be its
 // fetch: the instruction's bytes (up to 15) reach the page of `addr`.
 bool MayBeFetch(uint64_t rip, uint64_t addr) {
@@ -48,7 +60,10 @@ EngineExit DirectEngine::Run(CpuState& cpu) { return bt_.Run(cpu); }
 void DirectEngine::PrintStats(std::FILE* out) const {
   bt_.PrintStats(out);
   const std::pair<const char*, uint64_t> rows[] = {
-      {"user code runs in the child", stats_.runs},
+      {child_ && child_->transport() == direct::Transport::kPtrace
+           ? "user code runs in the child (ptrace transport)"
+           : "user code runs in the child (seccomp transport)",
+       stats_.runs},
       {"  stopped at a syscall", stats_.syscalls},
       {"  stopped for an interrupt or request", stats_.interrupted},
       {"  hidden faults (shadow pages filled)", stats_.hidden_faults},
@@ -85,7 +100,8 @@ UserRunner::Outcome DirectEngine::RunUser(CpuState& cpu, uint8_t* exit_request,
     return Outcome::kTranslate;
   }
   if (!child_) {
-    Result<std::unique_ptr<direct::UserChild>> c = direct::UserChild::Spawn(memory_.fd());
+    Result<std::unique_ptr<direct::UserChild>> c =
+        direct::UserChild::Spawn(memory_.fd(), transport_);
     if (!c) {
       *error = c.error().message;
       return Outcome::kError;
@@ -124,7 +140,7 @@ UserRunner::Outcome DirectEngine::RunUser(CpuState& cpu, uint8_t* exit_request,
       ++stats_.interrupted;
       return Outcome::kInterrupted;
     } else if (t->signal == SIGSEGV && (t->code == SEGV_MAPERR || t->code == SEGV_ACCERR)) {
-      if (Fill(cpu, t->address, t->code, error)) {
+      if (Fill(cpu, *t, error)) {
         ++stats_.hidden_faults;
         continue;
       }
@@ -135,7 +151,8 @@ UserRunner::Outcome DirectEngine::RunUser(CpuState& cpu, uint8_t* exit_request,
       // user code can see the host's CPUID where CPUID faulting is
       // missing). An access they allow (MMIO, a page the child cannot
       // map) runs translated.
-      const Access access = FaultAccess(cpu, t->address);
+      const Access access = PageFault(*t) ? ErrorCodeAccess(t->error_code)
+                                          : FaultAccess(cpu, t->address);
       Mmu::Lookup l = bt_.mmu().Translate(cpu, GuestVirt(t->address), access, kMmuUser);
       if (l.kind == Mmu::Lookup::kFault) {
         ++stats_.page_faults;
@@ -322,19 +339,23 @@ bool DirectEngine::RamOffset(GuestPhys page, uint64_t* offset) const {
   return false;
 }
 
-bool DirectEngine::Fill(const CpuState& cpu, uint64_t addr, int code, std::string* error) {
+bool DirectEngine::Fill(const CpuState& cpu, const direct::Trap& t, std::string* error) {
+  const uint64_t addr = t.address;
   const uint64_t page = addr & ~(kPage - 1);
   const uint64_t stub = child_->stub_base();
   if (page + kPage > kHostUserTop ||
       (page < stub + direct::UserChild::kStubBytes && stub < page + kPage)) {
     return false;  // not mappable into the child: translated
   }
-  // The access the fault stands for. Not mapped: a read (a write then
-  // faults again, on a read-only page). Mapped: a write, or a fetch from a
-  // page mapped without execute.
+  // The access the fault stands for: its error code's, where the
+  // transport saw it. Else: not mapped, a read (a write then faults again,
+  // on a read-only page); mapped, a write, or a fetch from a page mapped
+  // without execute.
   Access access = Access::kRead;
   auto it = shadow_.find(page);
-  if (code == SEGV_ACCERR && it != shadow_.end()) {
+  if (PageFault(t)) {
+    access = ErrorCodeAccess(t.error_code);
+  } else if (t.code == SEGV_ACCERR && it != shadow_.end()) {
     access = !(it->second.prot & PROT_EXEC) && MayBeFetch(cpu.rip, addr) ? Access::kFetch
                                                                            : Access::kWrite;
   }

@@ -28,8 +28,9 @@
 // may pick code (AVX) that only the host CPU runs, so it stays there.
 //
 // Not yet: a cache of children by CR3 (one child is flushed on every
-// address-space switch), the fast transport, compatibility-mode user code
-// (it runs translated).
+// address-space switch), the translated kernel inside the child (no
+// process switch per trap), compatibility-mode user code (it runs
+// translated).
 
 #include <sys/types.h>
 
@@ -52,6 +53,9 @@ class DirectEngine final : public Engine, private UserRunner, private MmuObserve
   ~DirectEngine() override;
 
   const char* name() const override { return "direct"; }
+  // How the child's traps reach the monitor (user_child.h); before the
+  // first run. The default is the faster, seccomp.
+  void set_transport(direct::Transport t) { transport_ = t; }
   EngineExit Run(CpuState& cpu) override;
   void PrintStats(std::FILE* out) const override;
   BtEngine& bt() { return bt_; }
@@ -93,9 +97,10 @@ class DirectEngine final : public Engine, private UserRunner, private MmuObserve
   void OnCodeWrite(GuestPhys, uint64_t) override {}
   void OnCodePageMarked(GuestPhys page) override;
 
-  // A shadow miss at `addr` (si_code `code`): maps the page if the guest's
-  // tables allow the access the fault implies. False: run it translated.
-  bool Fill(const CpuState& cpu, uint64_t addr, int code, std::string* error);
+  // A shadow miss (a SIGSEGV for a missing mapping or missing rights):
+  // maps the page if the guest's tables allow the access the fault
+  // implies. False: run it translated.
+  bool Fill(const CpuState& cpu, const direct::Trap& t, std::string* error);
   // Unmaps every guest page from the child.
   void DropShadow();
   // At most this many guest pages mapped in the child at once (a quarter
@@ -118,6 +123,7 @@ class DirectEngine final : public Engine, private UserRunner, private MmuObserve
 
   GuestMemory& memory_;
   BtEngine bt_;
+  direct::Transport transport_ = direct::Transport::kSeccomp;
   std::unique_ptr<direct::UserChild> child_;
   std::atomic<pid_t> running_{0};  // the child's pid while it runs guest code
   // The child's guest mappings: page -> (guest-physical page, PROT_*).

@@ -3,15 +3,22 @@
 // that holds one guest address space, guest RAM pages mapped from the RAM
 // memfd at their guest-virtual addresses, and runs guest user code on the
 // host CPU until it traps. Besides the guest's mappings it keeps only the
-// stub (stub.S: two pages, code and a control page shared with the
-// monitor) and [vsyscall], which lies above the user range.
+// stub area (stub.S: a page of code, then a control page and a stack
+// shared with the monitor) and [vsyscall], which lies above the user range.
+// Mapping changes are batched in the control page and applied by the stub.
 //
-// This is the ptrace transport, the simple one: the monitor traces the
-// child, runs it with PTRACE_SYSEMU, so a guest `syscall` stops it at the
-// host's syscall entry without the host kernel running it, and a fault
-// stops it with the signal it raised, which the monitor then discards.
-// Mapping changes are batched in the control page and applied by the stub
-// in one stop.
+// Two transports bring the child's traps to the monitor (Transport):
+// - ptrace, the simple one: the monitor traces the child and runs it with
+//   PTRACE_SYSEMU, so a guest `syscall` stops it at the host's syscall
+//   entry without the host kernel running it, and a fault stops it with
+//   the signal it raised, which the monitor then discards. Each trap costs
+//   a stop and half a dozen ptrace calls.
+// - seccomp, the fast one: the child is not traced. A seccomp filter turns
+//   every syscall made outside the stub's code into SIGSYS, and every
+//   signal (SIGSYS, a fault's, the monitor's interrupt request) enters the
+//   stub's handler, which hands the signal frame (the guest's registers,
+//   in the shared stack) to the monitor through a futex and waits. A trap
+//   costs a signal frame and two futex wake-ups.
 
 #include <sys/types.h>
 
@@ -42,12 +49,33 @@ struct StubControl {
   uint64_t error_index;  // its index
   uint64_t ram_fd;       // the RAM memfd's descriptor in the child
   uint64_t cpuid_faults;  // 1: cpuid in the child faults (CPUID faulting is on)
-  uint64_t reserved[3];
-  StubOp ops[(4096 - 64) / sizeof(StubOp)];
+  // The seccomp transport's hand-over (stub.S, btvm_stub_handler).
+  enum : uint32_t { kStopped = 1, kGo = 2 };  // state
+  enum : uint32_t { kRun = 1, kApply = 2 };   // command
+  uint32_t state;     // futex word: kStopped (the child's turn is over) or kGo
+  uint32_t command;   // with kGo
+  uint64_t flags;     // bit 0: the child may use rdfsbase/wrfsbase (HWCAP2_FSGSBASE)
+  uint64_t signal;    // the signal the handler took
+  uint64_t info;      // its siginfo and ucontext, at the child's addresses
+  uint64_t ucontext;
+  uint64_t fs_base;   // the guest's FS and GS bases (not in the signal frame)
+  uint64_t gs_base;
+  uint16_t ds, es, fs, gs;  // and its data segment selectors
+  uint64_t reserved[19];
+  StubOp ops[(4096 - 256) / sizeof(StubOp)];
 };
 static_assert(offsetof(StubControl, count) == 0 && offsetof(StubControl, error) == 8 &&
               offsetof(StubControl, error_index) == 16 && offsetof(StubControl, ram_fd) == 24 &&
-              offsetof(StubControl, ops) == 64 && sizeof(StubControl) == 4096);
+              offsetof(StubControl, state) == 40 && offsetof(StubControl, command) == 44 &&
+              offsetof(StubControl, flags) == 48 && offsetof(StubControl, signal) == 56 &&
+              offsetof(StubControl, info) == 64 && offsetof(StubControl, ucontext) == 72 &&
+              offsetof(StubControl, fs_base) == 80 && offsetof(StubControl, gs_base) == 88 &&
+              offsetof(StubControl, ds) == 96 && offsetof(StubControl, gs) == 102 &&
+              offsetof(StubControl, ops) == 256 && sizeof(StubControl) == 4096);
+
+// How the child's traps reach the monitor (see the top of this file).
+enum class Transport { kPtrace, kSeccomp };
+const char* TransportName(Transport t);
 
 // Why guest code stopped running in the child.
 struct Trap {
@@ -59,6 +87,12 @@ struct Trap {
   int signal = 0;        // kSignal: SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGTRAP, ...
   int code = 0;          // kSignal: si_code
   uint64_t address = 0;  // kSignal: si_addr (the faulting address for SIGSEGV/SIGBUS)
+  // kSignal, seccomp transport: the exception's vector and error code as
+  // the signal frame has them (trapno, err); a page fault's error code
+  // says read, write or fetch. The ptrace transport does not see them.
+  bool has_error_code = false;
+  int trapno = 0;
+  uint64_t error_code = 0;
   // The child's segment selectors when it stopped (SegIndex order): user
   // code may have changed them (a far jump, mov to DS), to the host's
   // selectors, whose descriptors RunsAsIs checked the guest's match.
@@ -67,20 +101,23 @@ struct Trap {
 
 class UserChild {
  public:
-  // The stub area: two pages at `stub_base`, which guest mappings must
-  // leave alone. Below the top of the 47-bit user range.
+  // The stub area at `stub_base`, which guest mappings must leave alone:
+  // the stub's code page, the control page and the stub's stack (stub.S).
+  // Below the top of the 47-bit user range.
   static constexpr uint64_t kDefaultStubBase = 0x7ffffffe0000;
-  static constexpr uint64_t kStubBytes = 2 * 4096;
+  static constexpr uint64_t kStubBytes = 0x10000;
 
   // Forks a child, strips it to the stub and waits for it. `ram_fd`: the
   // guest RAM memfd, which kMap operations map from.
   static Result<std::unique_ptr<UserChild>> Spawn(int ram_fd,
+                                                  Transport transport = Transport::kSeccomp,
                                                   uint64_t stub_base = kDefaultStubBase);
   ~UserChild();  // kills and reaps the child
   UserChild(const UserChild&) = delete;
   UserChild& operator=(const UserChild&) = delete;
 
   pid_t pid() const { return pid_; }
+  Transport transport() const { return transport_; }
   // Whether cpuid in the child faults (the host has CPUID faulting), so
   // that user code sees btvm's virtual CPU. Where it does not, user code
   // that ran here may have picked code by the host's CPUID (AVX) that
@@ -119,24 +156,35 @@ class UserChild {
   // the host's syscall instruction left in them (the return RIP and
   // RFLAGS), as the guest's would.
   // A signal sent to the child while it applied mapping changes comes back
-  // as a kSignal trap before the guest runs.
+  // as a kSignal trap before the guest runs (the seccomp transport: once
+  // the guest is back in the child, before its first instruction).
   // An error means the child is gone or refused the state: the monitor's
   // problem, not the guest's.
   Result<Trap> Run(CpuState& cpu);
 
  private:
-  UserChild(pid_t pid, uint64_t stub_base, StubControl* control)
-      : pid_(pid), stub_base_(stub_base), control_(control) {}
+  UserChild(pid_t pid, Transport transport, uint64_t stub_base, StubControl* control)
+      : pid_(pid), transport_(transport), stub_base_(stub_base), control_(control) {}
   Status Queue(const StubOp& op);
-  // Runs the stub entry at `entry` (an offset in the stub page) to its int3.
+  Status CheckApplied(uint64_t count);
+  // ptrace: runs the stub entry at `entry` (an offset in the stub page) to
+  // its int3.
   Status RunStub(uint64_t entry);
-  // Waits for the child's next stop; its status.
+  // ptrace: waits for the child's next stop; its status.
   Result<int> WaitStop();
+  Result<Trap> RunPtrace(CpuState& cpu);
+  // seccomp: tells the stopped handler `command`, waits until it stops again.
+  Status Handover(uint32_t command);
+  Result<Trap> RunSeccomp(CpuState& cpu);
+  // seccomp: the monitor's address of a child address in the shared part
+  // of the stub area (control page and stack), or null if it is outside.
+  uint8_t* Shared(uint64_t child_addr, uint64_t len) const;
 
   pid_t pid_ = -1;
+  Transport transport_;
   uint64_t stub_base_ = 0;
-  StubControl* control_ = nullptr;  // the monitor's mapping of the control page
-  int pending_signal_ = 0;          // a request signal that arrived while the stub ran
+  StubControl* control_ = nullptr;  // the monitor's mapping of the shared part
+  int pending_signal_ = 0;          // ptrace: a request signal that arrived while the stub ran
 };
 
 }  // namespace btvm::direct

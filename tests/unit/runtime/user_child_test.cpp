@@ -1,15 +1,17 @@
-// The direct engine's child process with the ptrace transport
-// (runtime/direct/user_child.h): what it keeps mapped, the mappings the
-// stub makes from guest RAM, and guest user code run on the host CPU until
-// a syscall or a fault, with the state it stopped in. The expectations are
-// the host CPU's and kernel's own behaviour (SDM Vol. 2 SYSCALL: RCX and
-// R11; signals as Linux reports the exceptions).
+// The direct engine's child process with each transport, ptrace and
+// seccomp (runtime/direct/user_child.h): what it keeps mapped, the
+// mappings the stub makes from guest RAM, and guest user code run on the
+// host CPU until a syscall or a fault, with the state it stopped in. The
+// expectations are the host CPU's and kernel's own behaviour (SDM Vol. 2
+// SYSCALL: RCX and R11; Vol. 3A §4.7 page-fault error codes; signals as
+// Linux reports the exceptions).
 
 #include "runtime/direct/user_child.h"
 
 #include <asm/prctl.h>
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/auxv.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -49,9 +51,16 @@ const std::vector<uint8_t> kProgram = {
     0x75, 0xfb,                                            // 0x3e jnz 0x3b
     0x0f, 0x05,                                            // 0x40 syscall
     0xeb, 0xfe,                                            // 0x42 jmp 0x42
+    0x8b, 0x04, 0x25, 0x00, 0x00, 0x70, 0x00,              // 0x44 mov eax, [0x700000]
+    0xcd, 0x80,                                            // 0x4b int 0x80
+    0xf3, 0x48, 0x0f, 0xae, 0xd7,                          // 0x4d wrfsbase rdi
+    0xf3, 0x48, 0x0f, 0xae, 0xde,                          // 0x52 wrgsbase rsi
+    0x8e, 0xd9,                                            // 0x57 mov ds, ecx
+    0x0f, 0x05,                                            // 0x59 syscall
+    0xff, 0xe3,                                            // 0x5b jmp rbx
 };
 
-class UserChildTest : public ::testing::Test {
+class UserChildTest : public ::testing::TestWithParam<Transport> {
  protected:
   void SetUp() override {
     auto mem = GuestMemory::Create(MiB(2));
@@ -60,7 +69,7 @@ class UserChildTest : public ::testing::Test {
     ASSERT_TRUE(mem_->Write(GuestPhys{kCodeRam}, kProgram).ok());
     uint64_t words[2] = {0x1111, 0x2222};
     ASSERT_TRUE(mem_->WriteValue(GuestPhys{kDataRam}, words));
-    auto child = UserChild::Spawn(mem_->fd());
+    auto child = UserChild::Spawn(mem_->fd(), GetParam());
     ASSERT_TRUE(child.ok()) << child.error().message;
     child_ = std::move(*child);
     cpu_.seg[kCs].attrib = 0x20fb;  // a 64-bit user code segment
@@ -103,15 +112,15 @@ class UserChildTest : public ::testing::Test {
   CpuState cpu_;
 };
 
-TEST_F(UserChildTest, KeepsOnlyTheStubAndVsyscall) {
+TEST_P(UserChildTest, KeepsOnlyTheStubAndVsyscall) {
   std::vector<std::string> maps = Maps();
   ASSERT_EQ(maps.size(), 3u) << ::testing::PrintToString(maps);
   EXPECT_EQ(maps[0], "7ffffffe0000-7ffffffe1000 r-xp");
-  EXPECT_EQ(maps[1], "7ffffffe1000-7ffffffe2000 rw-s /memfd:btvm-stub-control");
+  EXPECT_EQ(maps[1], "7ffffffe1000-7fffffff0000 rw-s /memfd:btvm-stub");
   EXPECT_NE(maps[2].find("[vsyscall]"), std::string::npos);
 }
 
-TEST_F(UserChildTest, MapsGuestRamAtGuestVirtualAddresses) {
+TEST_P(UserChildTest, MapsGuestRamAtGuestVirtualAddresses) {
   MapProgram();
   ASSERT_TRUE(child_->Flush().ok());
   std::vector<std::string> maps = Maps();
@@ -126,7 +135,7 @@ TEST_F(UserChildTest, MapsGuestRamAtGuestVirtualAddresses) {
   EXPECT_EQ(maps[0], "00600000-00601000 r--s /memfd:btvm-guest-ram");
 }
 
-TEST_F(UserChildTest, ManyMappingsTakeSeveralBatches) {
+TEST_P(UserChildTest, ManyMappingsTakeSeveralBatches) {
   // More than one control page of operations: 300 pages, every other one
   // (so they do not merge), from consecutive RAM pages.
   for (uint64_t i = 0; i < 300; ++i) {
@@ -136,7 +145,7 @@ TEST_F(UserChildTest, ManyMappingsTakeSeveralBatches) {
   EXPECT_EQ(Maps().size(), 303u);
 }
 
-TEST_F(UserChildTest, RunsUntilASyscallWithTheGuestState) {
+TEST_P(UserChildTest, RunsUntilASyscallWithTheGuestState) {
   MapProgram();
   cpu_.gpr[7] = 0x100;  // rdi
   cpu_.seg[kFs].base = kData;
@@ -160,7 +169,7 @@ TEST_F(UserChildTest, RunsUntilASyscallWithTheGuestState) {
   EXPECT_EQ(sum[3], 44);
 }
 
-TEST_F(UserChildTest, FaultsStopWithTheirSignal) {
+TEST_P(UserChildTest, FaultsStopWithTheirSignal) {
   MapProgram();
   Trap t = RunAt(0x26);
   EXPECT_EQ(t.kind, Trap::Kind::kSignal);
@@ -199,7 +208,7 @@ TEST_F(UserChildTest, FaultsStopWithTheirSignal) {
   EXPECT_EQ(cpu_.gpr[7], 0u);
 }
 
-TEST_F(UserChildTest, RejectsMappingsOverTheStubOrOutsideTheUserRange) {
+TEST_P(UserChildTest, RejectsMappingsOverTheStubOrOutsideTheUserRange) {
   EXPECT_FALSE(child_->Map(UserChild::kDefaultStubBase, 4096, PROT_READ, 0).ok());
   EXPECT_FALSE(child_->Map(0x7ffffffff000, 4096, PROT_READ, 0).ok());
   EXPECT_FALSE(child_->Map(0x1001, 4096, PROT_READ, 0).ok());
@@ -208,7 +217,7 @@ TEST_F(UserChildTest, RejectsMappingsOverTheStubOrOutsideTheUserRange) {
   ASSERT_TRUE(child_->Flush().ok());
 }
 
-TEST_F(UserChildTest, AFailedMappingIsAnError) {
+TEST_P(UserChildTest, AFailedMappingIsAnError) {
   // mmap refuses an offset that is not a multiple of the page size.
   ASSERT_TRUE(child_->Map(kData, 4096, PROT_READ, kDataRam + 1).ok());
   Status s = child_->Flush();
@@ -219,7 +228,7 @@ TEST_F(UserChildTest, AFailedMappingIsAnError) {
   EXPECT_EQ(RunAt(0x26).signal, SIGILL);
 }
 
-TEST_F(UserChildTest, ASignalStopsGuestCodeThatNeverTraps) {
+TEST_P(UserChildTest, ASignalStopsGuestCodeThatNeverTraps) {
   MapProgram();
   std::thread kicker([pid = child_->pid()] {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
@@ -232,7 +241,7 @@ TEST_F(UserChildTest, ASignalStopsGuestCodeThatNeverTraps) {
   EXPECT_EQ(cpu_.rip, kCode + 0x42);
 }
 
-TEST_F(UserChildTest, ASignalWhileMappingsAreAppliedComesBackBeforeTheGuestRuns) {
+TEST_P(UserChildTest, ASignalWhileMappingsAreAppliedComesBackBeforeTheGuestRuns) {
   MapProgram();
   kill(child_->pid(), SIGALRM);  // pending while the child is stopped
   cpu_.gpr[7] = 5;
@@ -246,7 +255,7 @@ TEST_F(UserChildTest, ASignalWhileMappingsAreAppliedComesBackBeforeTheGuestRuns)
   EXPECT_EQ(cpu_.gpr[7], 0u);
 }
 
-TEST_F(UserChildTest, SaysWhetherCpuidFaults) {
+TEST_P(UserChildTest, SaysWhetherCpuidFaults) {
   // ARCH_SET_CPUID with 1 (cpuid allowed) changes nothing where the host
   // has CPUID faulting, and fails with ENODEV where it has not.
   const bool host_has_it = syscall(SYS_arch_prctl, ARCH_SET_CPUID, 1) == 0;
@@ -261,11 +270,91 @@ TEST_F(UserChildTest, SaysWhetherCpuidFaults) {
   }
 }
 
-TEST_F(UserChildTest, DestroyingItKillsTheChild) {
+TEST_P(UserChildTest, DestroyingItKillsTheChild) {
   pid_t pid = child_->pid();
   child_.reset();
   EXPECT_NE(kill(pid, 0), 0);
 }
+
+TEST_P(UserChildTest, KeepsAllOfRaxAtASyscallAndTakesInt80AsOne) {
+  MapProgram();
+  cpu_.gpr[0] = 0x123456789abcdef0;
+  cpu_.gpr[7] = 1;
+  Trap t = RunAt(0x40);
+  EXPECT_EQ(t.kind, Trap::Kind::kSyscall);
+  EXPECT_EQ(cpu_.gpr[0], 0x123456789abcdef0u);
+  // int 0x80: the host's entry zero-extends EAX before either transport
+  // sees it, so RAX's upper half is lost (runtime/direct/README.md).
+  cpu_.gpr[0] = 0xffffffff00000001;
+  t = RunAt(0x4b);
+  EXPECT_EQ(t.kind, Trap::Kind::kSyscall);
+  EXPECT_EQ(cpu_.rip, kCode + 0x4d);  // past int 0x80
+  EXPECT_EQ(cpu_.gpr[0], 1u);
+}
+
+TEST_P(UserChildTest, TheGuestSetsItsFsAndGsBasesAndDataSelectors) {
+  if (!(getauxval(AT_HWCAP2) & 2)) GTEST_SKIP() << "the host does not allow wrfsbase";
+  MapProgram();
+  cpu_.gpr[7] = 0x1000;       // rdi: the new FS base
+  cpu_.gpr[6] = 0x2000;       // rsi: the new GS base
+  cpu_.gpr[1] = UserChild::kUserDs;  // ecx: the new DS
+  cpu_.gpr[0] = 39;
+  Trap t = RunAt(0x4d);
+  ASSERT_EQ(t.kind, Trap::Kind::kSyscall);
+  EXPECT_EQ(cpu_.seg[kFs].base, 0x1000u);
+  EXPECT_EQ(cpu_.seg[kGs].base, 0x2000u);
+  EXPECT_EQ(t.selectors[kDs], UserChild::kUserDs);
+  EXPECT_EQ(t.selectors[kCs], UserChild::kUserCs64);
+  EXPECT_EQ(t.selectors[kSs], UserChild::kUserDs);
+  // And the bases given to it stay the guest's in the next run.
+  cpu_.seg[kFs].base = kData;
+  cpu_.gpr[0] = 39;
+  t = RunAt(0x16);  // mov rbx, fs:[8]; mov eax, 39; syscall
+  ASSERT_EQ(t.kind, Trap::Kind::kSyscall);
+  EXPECT_EQ(cpu_.gpr[3], 0x2222u);
+}
+
+TEST_P(UserChildTest, FaultsComeWithTheirErrorCodeOverSeccomp) {
+  if (GetParam() != Transport::kSeccomp) GTEST_SKIP() << "ptrace does not see the error code";
+  MapProgram();
+  struct {
+    uint64_t at;
+    uint64_t error_code;
+  } cases[] = {
+      {0x44, 0x4},  // read of an unmapped page: user
+      {0x28, 0x6},  // write to it: user, write
+      {0x2f, 0x7},  // write to a read-only page: present, write, user
+      {kUnmapped - kCode, 0x14},  // fetch: user, instruction fetch
+  };
+  for (const auto& c : cases) {
+    Trap t = RunAt(c.at);
+    ASSERT_EQ(t.signal, SIGSEGV);
+    EXPECT_TRUE(t.has_error_code);
+    EXPECT_EQ(t.trapno, 14);
+    EXPECT_EQ(t.error_code, c.error_code) << "at " << c.at;
+  }
+}
+
+TEST_P(UserChildTest, NoHostSyscallRunsForTheGuestNotEvenFromTheStubsPage) {
+  if (GetParam() != Transport::kSeccomp) GTEST_SKIP() << "ptrace stops at every syscall";
+  MapProgram();
+  // getpid at the stub's own syscall instruction (rt_sigreturn's, the last
+  // two bytes of its code): outside the few the stub may make, so it traps.
+  extern const uint8_t btvm_stub_start[] asm("btvm_stub_start");
+  extern const uint8_t btvm_stub_end[] asm("btvm_stub_end");
+  cpu_.gpr[3] = child_->stub_base() + static_cast<uint64_t>(btvm_stub_end - btvm_stub_start) - 2;
+  cpu_.gpr[0] = 39;
+  Trap t = RunAt(0x5b);  // jmp rbx
+  EXPECT_EQ(t.kind, Trap::Kind::kSyscall);
+  EXPECT_EQ(cpu_.gpr[0], 39u);
+  EXPECT_EQ(cpu_.rip, cpu_.gpr[3] + 2);
+}
+
+INSTANTIATE_TEST_SUITE_P(Transports, UserChildTest,
+                         ::testing::Values(Transport::kPtrace, Transport::kSeccomp),
+                         [](const ::testing::TestParamInfo<Transport>& info) {
+                           return std::string(TransportName(info.param));
+                         });
 
 }  // namespace
 }  // namespace btvm::direct

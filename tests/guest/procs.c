@@ -38,9 +38,9 @@
 
 #define TIMER_HZ 250
 #define MIN_ITERS 100
-#define MAX_ITERS 100000 /* a cap for a timer that never preempts */
-#define SEEN_MIN 10      /* the first process to finish saw the other run this often */
-#define SPINS 2000       /* register-only iterations in gpr_spin */
+#define MAX_ITERS 1000000  /* a cap for a timer that never preempts (far above the need) */
+#define SEEN_MIN 10        /* the first process to finish saw the other run this often */
+#define SPINS 2000         /* register-only iterations in gpr_spin */
 
 /* Each process's private user pages, at the same virtual addresses in both
    (PML4 entry 1: nothing of the kernel's identity map is there). */

@@ -37,6 +37,7 @@ struct MachineConfig {
   uint64_t memory = MiB(128);
   std::string engine = "bt";
   std::string direct_transport = "seccomp";  // --engine direct: ptrace or seccomp
+  bool direct_check_maps = false;  // --engine direct: check the child's maps (DirectEngine)
   // An ELF64 image per docs/entry-contract.md, or a Linux bzImage (the
   // boot protocol, runtime/linux_boot.h) with `initrd` and `cmdline`.
   std::vector<uint8_t> kernel;

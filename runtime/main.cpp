@@ -33,7 +33,8 @@ void PrintUsage(std::FILE* out) {
   std::fputs(
       "usage: btvm run [--engine bt|direct] [--memory SIZE] [--kernel FILE] [--initrd FILE]\n"
       "                [--append TEXT] [--decompress host|guest] [--demo]\n"
-      "                [--code-cache SIZE] [--direct-transport seccomp|ptrace] [--stats]\n"
+      "                [--code-cache SIZE] [--direct-transport seccomp|ptrace]\n"
+      "                [--direct-check-maps] [--stats]\n"
       "\n"
       "  --engine bt      translate every guest instruction (the default)\n"
       "  --engine direct  translate guest kernel code, run 64-bit guest user code\n"
@@ -51,6 +52,9 @@ void PrintUsage(std::FILE* out) {
       "                   (64K to 1G; default 64M)\n"
       "  --direct-transport seccomp|ptrace  how the child's traps reach btvm: a\n"
       "                   signal handler and a futex (default), or ptrace\n"
+      "  --direct-check-maps  after each guest TLB flush or invlpg, check that the\n"
+      "                   child maps nothing the guest's page tables do not (slow;\n"
+      "                   for tests)\n"
       "  --stats          print counters to stderr when the run ends\n"
       "\n"
       "Without --kernel: the Linux guest image if it has been built (the\n"
@@ -164,6 +168,8 @@ int Run(int argc, char** argv) {
       } else {
         kernel_path = v;
       }
+    } else if (arg == "--direct-check-maps") {
+      config.direct_check_maps = true;
     } else if (arg == "--demo") {
       demo = true;
     } else if (arg == "--stats") {

@@ -3,8 +3,11 @@
 #include <signal.h>
 #include <time.h>
 
-#include <algorithm>
 #include <sys/mman.h>
+
+#include <algorithm>
+#include <fstream>
+#include <sstream>
 
 #include "base/format.h"
 #include "runtime/descriptors.h"
@@ -76,6 +79,7 @@ void DirectEngine::PrintStats(std::FILE* out) const {
       {"code pages dropped for a write from the child", stats_.code_pages_dropped},
       {"whole-shadow flushes", stats_.flushes},
       {"  of them for too many mappings", stats_.evictions},
+      {"child maps checked against the guest tables", stats_.maps_checks},
   };
   for (const auto& [what, n] : rows) {
     std::fprintf(out, "  %-48s %14llu\n", what, static_cast<unsigned long long>(n));
@@ -117,6 +121,10 @@ UserRunner::Outcome DirectEngine::RunUser(CpuState& cpu, uint8_t* exit_request,
       running_.store(0);
       ++stats_.interrupted;
       return Outcome::kInterrupted;
+    }
+    if (check_maps_ && maps_changed_ && !CheckMaps(cpu, error)) {
+      running_.store(0);
+      return Outcome::kError;
     }
     const uint64_t start = NowNs();
     Result<direct::Trap> t = child_->Run(cpu);
@@ -406,6 +414,93 @@ bool DirectEngine::Fill(const CpuState& cpu, const direct::Trap& t, std::string*
   return true;
 }
 
+namespace {
+
+// What a walk of the guest's 4-level tables gives for a user access,
+// without setting A or D (the check must not change what it checks).
+struct PeekedPage {
+  bool user = false;  // present at every level, user at every level
+  uint64_t phys = 0;  // the page's guest-physical address
+  bool write = false, dirty = false, exec = false;
+};
+
+PeekedPage PeekWalk(const GuestMemory& memory, const CpuState& cpu, uint64_t va) {
+  constexpr uint64_t kFrame = 0x000ffffffffff000;
+  PeekedPage p{true, 0, true, false, true};
+  uint64_t table = cpu.cr3 & kFrame;
+  for (int level = 4; level >= 1; --level) {
+    const int shift = 12 + 9 * (level - 1);
+    uint64_t entry;
+    if (!memory.ReadValue(GuestPhys{table + ((va >> shift) & 511) * 8}, &entry) || !(entry & 1)) {
+      return PeekedPage{};
+    }
+    p.user &= (entry >> 2) & 1;
+    p.write &= (entry >> 1) & 1;
+    if ((cpu.efer & efer::kNXE) && (entry >> 63)) p.exec = false;
+    if (level == 1 || (level <= 3 && (entry & 0x80))) {
+      const uint64_t size = uint64_t{1} << shift;
+      p.phys = ((entry & kFrame & ~(size - 1)) + (va & (size - 1))) & ~uint64_t{0xfff};
+      p.dirty = (entry >> 6) & 1;
+      return p;
+    }
+    table = entry & kFrame;
+  }
+  return PeekedPage{};
+}
+
+}  // namespace
+
+bool DirectEngine::CheckMaps(const CpuState& cpu, std::string* error) {
+  maps_changed_ = false;
+  ++stats_.maps_checks;
+  if (Status s = child_->Flush(); !s) {
+    *error = s.error().message;
+    return false;
+  }
+  std::ifstream maps("/proc/" + std::to_string(child_->pid()) + "/maps");
+  if (!maps) {
+    *error = "direct engine: cannot read the child's /proc/PID/maps";
+    return false;
+  }
+  const uint64_t stub = child_->stub_base();
+  std::string line;
+  while (std::getline(maps, line)) {
+    std::istringstream in(line);
+    std::string range, perms, offset_text, dev, inode, name;
+    in >> range >> perms >> offset_text >> dev >> inode >> name;
+    const uint64_t start = std::stoull(range.substr(0, range.find('-')), nullptr, 16);
+    const uint64_t end = std::stoull(range.substr(range.find('-') + 1), nullptr, 16);
+    if (start >= stub && end <= stub + direct::UserChild::kStubBytes) continue;
+    if (name == "[vsyscall]") continue;
+    if (name != "/memfd:btvm-guest-ram") {
+      *error = "direct engine: the child maps " + line + ", which is not guest RAM";
+      return false;
+    }
+    const uint64_t offset = std::stoull(offset_text, nullptr, 16);
+    for (uint64_t va = start; va < end; va += kPage) {
+      // The guest-physical page the child's mapping shows at va.
+      const uint64_t at = offset + (va - start);
+      uint64_t phys = ~0ull;
+      for (const RamRegion& r : memory_.regions()) {
+        if (at >= r.fd_offset && at < r.fd_offset + r.size) phys = r.base.value + (at - r.fd_offset);
+      }
+      const PeekedPage p = PeekWalk(memory_, cpu, va);
+      const char* wrong = !p.user                       ? "not a user page in the guest's tables"
+                          : p.phys != phys              ? "another physical page in the guest's tables"
+                          : perms[1] == 'w' && !p.write ? "read-only in the guest's tables"
+                          : perms[1] == 'w' && !p.dirty ? "writable but not dirty in the guest's tables"
+                          : perms[2] == 'x' && !p.exec  ? "no-execute in the guest's tables"
+                                                        : nullptr;
+      if (wrong) {
+        *error = "direct engine: the child maps " + Hex(va) + " (" + perms + ", guest-physical " +
+                 Hex(phys) + "), " + wrong + " (CR3 " + Hex(cpu.cr3) + ")";
+        return false;
+      }
+    }
+  }
+  return true;
+}
+
 void DirectEngine::OnTlbFlush(bool /*keep_global*/) {
   // Global user pages are rare: all of it goes.
   if (shadow_.empty()) return;
@@ -415,6 +510,7 @@ void DirectEngine::OnTlbFlush(bool /*keep_global*/) {
 
 void DirectEngine::DropShadow() {
   last_fill_page_ = ~0ull;
+  maps_changed_ = true;
   if (child_) {
     const uint64_t stub = child_->stub_base();
     if (shadow_.size() > 16) {
@@ -435,6 +531,7 @@ void DirectEngine::OnTlbFlushPage(GuestVirt page) {
   if (child_) (void)child_->Unmap(page.value, kPage);
   shadow_.erase(it);
   last_fill_page_ = ~0ull;
+  maps_changed_ = true;
 }
 
 void DirectEngine::OnCodePageMarked(GuestPhys page) {

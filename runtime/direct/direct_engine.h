@@ -56,6 +56,14 @@ class DirectEngine final : public Engine, private UserRunner, private MmuObserve
   // How the child's traps reach the monitor (user_child.h); before the
   // first run. The default is the faster, seccomp.
   void set_transport(direct::Transport t) { transport_ = t; }
+  // Checks the child's mappings (/proc/PID/maps) against the guest's page
+  // tables before each run that follows a TLB flush or invlpg: every
+  // page the child maps must be one the tables map at that address to
+  // that guest-physical page, for user mode, with no more rights (write
+  // only once dirty, execute only without NX). A mismatch ends the run
+  // with an error. For tests (--direct-check-maps): it costs a read of
+  // /proc and a walk per mapped page.
+  void set_check_maps(bool on) { check_maps_ = on; }
   EngineExit Run(CpuState& cpu) override;
   void PrintStats(std::FILE* out) const override;
   BtEngine& bt() { return bt_; }
@@ -74,6 +82,7 @@ class DirectEngine final : public Engine, private UserRunner, private MmuObserve
     uint64_t code_pages_dropped = 0;  // translations dropped for a write from the child
     uint64_t flushes = 0;        // whole-shadow flushes (TLB flushes)
     uint64_t evictions = 0;      // whole-shadow drops for too many mappings
+    uint64_t maps_checks = 0;    // --direct-check-maps: checks of the child's maps
   };
   const Stats& stats() const { return stats_; }
 
@@ -103,6 +112,8 @@ class DirectEngine final : public Engine, private UserRunner, private MmuObserve
   bool Fill(const CpuState& cpu, const direct::Trap& t, std::string* error);
   // Unmaps every guest page from the child.
   void DropShadow();
+  // set_check_maps's check; false with *error set on a mismatch.
+  bool CheckMaps(const CpuState& cpu, std::string* error);
   // At most this many guest pages mapped in the child at once (a quarter
   // of vm.max_map_count's default: each may be a mapping of its own).
   static constexpr size_t kMaxShadowPages = 16384;
@@ -124,6 +135,8 @@ class DirectEngine final : public Engine, private UserRunner, private MmuObserve
   GuestMemory& memory_;
   BtEngine bt_;
   direct::Transport transport_ = direct::Transport::kSeccomp;
+  bool check_maps_ = false;
+  bool maps_changed_ = false;  // a flush or invlpg since the last check
   std::unique_ptr<direct::UserChild> child_;
   std::atomic<pid_t> running_{0};  // the child's pid while it runs guest code
   // The child's guest mappings: page -> (guest-physical page, PROT_*).

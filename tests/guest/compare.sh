@@ -3,7 +3,7 @@
 # outputs and exit statuses.
 #
 #   compare.sh [--qemu QEMU] [--qemu-cpu MODEL] [--out-dir DIR] [--timeout S]
-#              [--engine ENGINE] BTVM KERNEL.elf EXPECTED_STATUS
+#              [--engine ENGINE] [--btvm-arg ARG]... BTVM KERNEL.elf EXPECTED_STATUS
 #
 # btvm prints the guest's serial output on its stdout (`btvm run --kernel
 # KERNEL`); QEMU runs through run_qemu.sh. Both must exit with
@@ -22,6 +22,7 @@ qemu_cpu=
 out_dir=
 timeout_s=60
 engine=bt
+btvm_args=
 while [ $# -gt 3 ]; do
   case "$1" in
     --qemu) qemu=$2; shift 2 ;;
@@ -29,12 +30,13 @@ while [ $# -gt 3 ]; do
     --out-dir) out_dir=$2; shift 2 ;;
     --timeout) timeout_s=$2; shift 2 ;;
     --engine) engine=$2; shift 2 ;;
+    --btvm-arg) btvm_args="$btvm_args $2"; shift 2 ;;
     *) echo "compare.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
 if [ $# -ne 3 ]; then
   echo "usage: compare.sh [--qemu QEMU] [--qemu-cpu MODEL] [--out-dir DIR] [--timeout S]" \
-    "BTVM KERNEL EXPECTED_STATUS" >&2
+    "[--engine ENGINE] [--btvm-arg ARG]... BTVM KERNEL EXPECTED_STATUS" >&2
   exit 2
 fi
 btvm=$1
@@ -42,10 +44,12 @@ kernel=$2
 expect=$3
 [ -n "$out_dir" ] || out_dir=$(mktemp -d)
 name=$(basename "$kernel" .elf)
-btvm_out=$out_dir/$name.compare.$engine.out
-qemu_out=$out_dir/$name.compare.qemu-$engine.out
+variant=$engine$(printf '%s' "$btvm_args" | sed 's/ --*/-/g')
+btvm_out=$out_dir/$name.compare.$variant.out
+qemu_out=$out_dir/$name.compare.qemu-$variant.out
 
-timeout --kill-after=5 "$timeout_s" "$btvm" run --engine "$engine" --kernel "$kernel" \
+# shellcheck disable=SC2086 # btvm_args: words, none with spaces
+timeout --kill-after=5 "$timeout_s" "$btvm" run --engine "$engine" $btvm_args --kernel "$kernel" \
   </dev/null >"$btvm_out"
 btvm_status=$?
 set --

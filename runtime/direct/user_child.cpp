@@ -60,6 +60,15 @@ Error Errno(const std::string& what) {
   return MakeError(what + ": " + std::strerror(errno));
 }
 
+// The error for a child that exited or was killed (its wait status).
+Error ChildGone(int status) {
+  return MakeError(WIFEXITED(status)
+                       ? "direct engine: the child exited with status " +
+                             std::to_string(WEXITSTATUS(status))
+                       : "direct engine: the child was killed by signal " +
+                             std::to_string(WTERMSIG(status)));
+}
+
 // The kernel's struct sigaction (the raw rt_sigaction's, whose restorer
 // glibc would otherwise supply).
 struct KernelSigaction {
@@ -355,11 +364,7 @@ Status UserChild::Handover(uint32_t command) {
     int status;
     if (waitpid(pid_, &status, WNOHANG) == pid_) {
       pid_ = -1;  // reaped
-      return MakeError(WIFEXITED(status)
-                           ? "direct engine: the child exited with status " +
-                                 std::to_string(WEXITSTATUS(status))
-                           : "direct engine: the child was killed by signal " +
-                                 std::to_string(WTERMSIG(status)));
+      return ChildGone(status);
     }
   }
   return Ok{};
@@ -373,11 +378,7 @@ Result<int> UserChild::WaitStop() {
   }
   if (WIFEXITED(status) || WIFSIGNALED(status)) {
     pid_ = -1;  // reaped
-    return MakeError(WIFEXITED(status)
-                         ? "direct engine: the child exited with status " +
-                               std::to_string(WEXITSTATUS(status))
-                         : "direct engine: the child was killed by signal " +
-                               std::to_string(WTERMSIG(status)));
+    return ChildGone(status);
   }
   BTVM_CHECK(WIFSTOPPED(status));
   return status >> 8;  // WSTOPSIG's byte, with PTRACE_EVENT bits above it

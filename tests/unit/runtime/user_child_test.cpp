@@ -241,6 +241,20 @@ TEST_P(UserChildTest, ASignalStopsGuestCodeThatNeverTraps) {
   EXPECT_EQ(cpu_.rip, kCode + 0x42);
 }
 
+TEST_P(UserChildTest, AChildKilledFromOutsideIsAnErrorNotAHang) {
+  MapProgram();
+  std::thread killer([pid = child_->pid()] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    kill(pid, SIGKILL);
+  });
+  cpu_.rip = kCode + 0x42;  // jmp to itself
+  auto trap = child_->Run(cpu_);
+  killer.join();
+  ASSERT_FALSE(trap.ok());
+  EXPECT_NE(trap.error().message.find("killed by signal 9"), std::string::npos)
+      << trap.error().message;
+}
+
 TEST_P(UserChildTest, ASignalWhileMappingsAreAppliedComesBackBeforeTheGuestRuns) {
   MapProgram();
   kill(child_->pid(), SIGALRM);  // pending while the child is stopped

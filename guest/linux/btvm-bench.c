@@ -4,15 +4,20 @@
  * it in the initramfs as /bin/btvm-bench). Each prints what it did and how
  * long it took by the guest's clock:
  *
- *   btvm-bench compute N     N rounds of an integer hash over a small table
+ *   btvm-bench spin N        N rounds of an xorshift64 step and a rotate chain
+ *                            (registers only)
+ *   btvm-bench compute N     N rounds of an integer hash over a 16 KiB table
  *   btvm-bench syscall N     N getppid() round trips
  *   btvm-bench pagefault N   N first touches of fresh anonymous pages
  *   btvm-bench forkwait N    N fork() + waitpid() of a child that exits at once
  *   btvm-bench forkexec N    N fork() + execve("/bin/true") + waitpid()
+ *   btvm-bench pingpong N    N round trips of a byte between two processes
+ *                            over two pipes (two context switches each)
  *
  * The same source runs natively on the host for the comparison columns.
  */
 #define _GNU_SOURCE
+#include <sched.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,6 +32,23 @@ static uint64_t now_ns(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static inline uint64_t rotl(uint64_t x, int r) {
+  return (x << r) | (x >> (64 - r));
+}
+
+/* The registers-only loop (bench/loops/loop_reg.c's). */
+static uint64_t spin(long n) {
+  uint64_t x = 0x9e3779b97f4a7c15ull;
+  uint64_t y = 0x6a09e667f3bcc909ull;
+  for (uint64_t i = 0; i < (uint64_t)n; i++) {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    y = rotl(y + x, 23) ^ i;
+  }
+  return x ^ y;
 }
 
 static uint64_t compute(long n) {
@@ -91,9 +113,60 @@ static uint64_t forks(long n, int exec) {
   return ok;
 }
 
+static void must(int ok, const char* what) {
+  if (!ok) {
+    perror(what);
+    exit(1);
+  }
+}
+
+/* The parent sends a byte down one pipe, the child answers with another
+   byte up the other; the result sums what came back. Both processes stay on
+   the CPU the parent started on (natively too: a one-CPU guest switches
+   between them, a host with more CPUs would otherwise wake the other one on
+   another CPU). */
+static uint64_t pingpong(long n) {
+  int down[2], up[2];
+  must(pipe(down) == 0 && pipe(up) == 0, "btvm-bench: pipe");
+  int cpu = sched_getcpu();
+  if (cpu >= 0) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(cpu, &set);
+    sched_setaffinity(0, sizeof set, &set);
+  }
+  pid_t pid = fork();
+  must(pid >= 0, "btvm-bench: fork");
+  if (pid == 0) {
+    close(down[1]);
+    close(up[0]);
+    unsigned char c;
+    while (read(down[0], &c, 1) == 1) {
+      c = (unsigned char)(c * 5 + 1);
+      if (write(up[1], &c, 1) != 1) _exit(1);
+    }
+    _exit(0);
+  }
+  close(down[0]);
+  close(up[1]);
+  uint64_t sum = 0;
+  for (long i = 0; i < n; i++) {
+    unsigned char c = (unsigned char)i;
+    must(write(down[1], &c, 1) == 1, "btvm-bench: write");
+    must(read(up[0], &c, 1) == 1, "btvm-bench: read");
+    sum += c;
+  }
+  close(down[1]);
+  close(up[0]);
+  int status;
+  must(waitpid(pid, &status, 0) == pid && WIFEXITED(status) && WEXITSTATUS(status) == 0,
+       "btvm-bench: the pingpong child");
+  return sum;
+}
+
 int main(int argc, char** argv) {
   if (argc != 3) {
-    fprintf(stderr, "usage: btvm-bench compute|syscall|pagefault|forkwait|forkexec N\n");
+    fprintf(stderr, "usage: btvm-bench spin|compute|syscall|pagefault|forkwait|forkexec|pingpong N\n");
     return 2;
   }
   const char* what = argv[1];
@@ -103,7 +176,9 @@ int main(int argc, char** argv) {
     return 2;
   }
   uint64_t t0 = now_ns(), result;
-  if (strcmp(what, "compute") == 0) {
+  if (strcmp(what, "spin") == 0) {
+    result = spin(n);
+  } else if (strcmp(what, "compute") == 0) {
     result = compute(n);
   } else if (strcmp(what, "syscall") == 0) {
     result = syscalls(n);
@@ -113,6 +188,8 @@ int main(int argc, char** argv) {
     result = forks(n, 0);
   } else if (strcmp(what, "forkexec") == 0) {
     result = forks(n, 1);
+  } else if (strcmp(what, "pingpong") == 0) {
+    result = pingpong(n);
   } else {
     fprintf(stderr, "btvm-bench: unknown workload %s\n", what);
     return 2;

@@ -92,7 +92,13 @@ void BtEngine::TimerThread() {
 }
 
 bool BtEngine::Deliver(const GuestException& e, EventSource source, EngineExit* exit,
-                       uint64_t insn_rip) {
+                       uint64_t insn_rip, bool from_runner) {
+  if (e.vector == kUD && source == EventSource::kException && !from_runner) {
+    if (UserRunner* u = user_.load(std::memory_order_relaxed);
+        u && ctx_->cpu.Cpl() == 3 && u->TakeInvalidOpcode(ctx_->cpu)) {
+      return true;
+    }
+  }
   ++counters_.exceptions_delivered;
   ++counters_.vectors[e.vector];
   if (e.vector == kPF) ++counters_.page_faults;
@@ -248,12 +254,16 @@ bool BtEngine::FetchBlock(bool single, bool plain_stack, Block** block, EngineEx
   const auto fetch = [this](uint64_t rip, uint8_t* buf, size_t len, GuestException* fault) {
     return FetchCode(rip, buf, len, fault);
   };
+  // Translating user code is not user code's time (user_ns): a process
+  // that runs new code is not computing.
+  const uint64_t build_start = user_since_ns_ ? MonotonicNs() : 0;
   BuildResult r = BuildBlock(cache_, key, fetch, phys_of);
   if (r.kind == BuildResult::kCacheFull) {
     cache_.Flush();
     ++counters_.cache_flushes;
     r = BuildBlock(cache_, key, fetch, phys_of);
   }
+  if (build_start) user_since_ns_ += MonotonicNs() - build_start;
   switch (r.kind) {
     case BuildResult::kOk: break;
     case BuildResult::kEmulate:
@@ -316,8 +326,22 @@ EngineExit BtEngine::Run(CpuState& cpu) {
     }
     store_alone = false;
 
-    if (UserRunner* u = user_.load(std::memory_order_relaxed);
-        u && !single && c.Cpl() == 3 && c.LongMode() && c.seg[kCs].Long()) {
+    const bool user = c.Cpl() == 3;
+    UserRunner* const u = user_.load(std::memory_order_relaxed);
+    if (u && user != was_user_) {
+      // Every change of CPL passes here: events and the instructions that
+      // change it leave translated code.
+      const uint64_t now = MonotonicNs();
+      if (user) {
+        ++user_entries_;
+        user_since_ns_ = now;
+      } else {
+        user_ns_ += now - user_since_ns_;
+        user_since_ns_ = 0;
+      }
+      was_user_ = user;
+    }
+    if (u && !single && user && c.LongMode() && c.seg[kCs].Long()) {
       std::string error;
       GuestException exception;
       const UserRunner::Outcome o = u->RunUser(c, &ctx.exit_request, &exception, &error);
@@ -333,7 +357,7 @@ EngineExit BtEngine::Run(CpuState& cpu) {
             }
             break;
           case UserRunner::Outcome::kException:
-            if (!Deliver(exception, EventSource::kException, &exit)) goto out;
+            if (!Deliver(exception, EventSource::kException, &exit, 0, true)) goto out;
             break;
           case UserRunner::Outcome::kError:
             exit = {EngineExit::kError, error};

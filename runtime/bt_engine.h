@@ -55,6 +55,12 @@ class UserRunner {
   // Thread-safe: makes a running RunUser return soon (BtEngine::Kick
   // raises exit_request first).
   virtual void Interrupt() = 0;
+  // Translated user code at RIP is about to raise #UD (an instruction the
+  // virtual CPU does not have): true if the runner takes that user code
+  // over, so the loop hands it the vCPU again instead of delivering the
+  // #UD (the host CPU may know the instruction; if not, the runner
+  // delivers the #UD itself).
+  virtual bool TakeInvalidOpcode(const CpuState& cpu) = 0;
 };
 
 class BtEngine final : public Engine {
@@ -85,11 +91,20 @@ class BtEngine final : public Engine {
   void InvalidateCodePage(GuestPhys page) { cache_.InvalidateRange(page.value, kPageSize); }
   // Hands 64-bit user code to `runner` (may be null: translate it too).
   void set_user_runner(UserRunner* runner) { user_ = runner; }
+  // With a user runner: how many times the guest has gone from kernel to
+  // user mode (CPL 0..2 to 3) in this engine's loop, and the time it has
+  // spent in user mode up to `now_ns` (CLOCK_MONOTONIC): what the direct
+  // engine's adaptive policy measures user code's traps by.
+  uint64_t user_entries() const { return user_entries_; }
+  uint64_t user_ns(uint64_t now_ns) const {
+    return user_ns_ + (user_since_ns_ ? now_ns - user_since_ns_ : 0);
+  }
 
  private:
   // Returns false with *exit set when the run must end.
+  // `from_runner`: the user runner's exception, not translated code's.
   bool Deliver(const GuestException& e, EventSource source, EngineExit* exit,
-               uint64_t insn_rip = 0);
+               uint64_t insn_rip = 0, bool from_runner = false);
   // Takes a pending external interrupt if RFLAGS.IF and no shadow allow it.
   bool TakeInterrupt(EngineExit* exit);
   // hlt: waits for an interrupt; false with *exit set if none can come.
@@ -115,6 +130,9 @@ class BtEngine final : public Engine {
   Counters& counters_;
   InterruptSource* irq_;
   std::atomic<UserRunner*> user_{nullptr};
+  uint64_t user_entries_ = 0;
+  uint64_t user_ns_ = 0, user_since_ns_ = 0;  // user_ns's sum, and when user mode began
+  bool was_user_ = false;  // the loop's last turn was at CPL 3
   CodeCache cache_;
   Emulator emulator_;
   Decoder decoder_;

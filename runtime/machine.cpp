@@ -142,6 +142,8 @@ Result<std::unique_ptr<Machine>> Machine::Create(const MachineConfig& config) {
     engine->set_transport(config.direct_transport == "ptrace" ? direct::Transport::kPtrace
                                                               : direct::Transport::kSeccomp);
     engine->set_check_maps(config.direct_check_maps);
+    engine->set_placement(config.direct_always_child ? DirectEngine::Placement::kChild
+                                                     : DirectEngine::Placement::kAdaptive);
     m->engine_ = std::move(engine);
   } else {
     auto engine = std::make_unique<BtEngine>(m->memory_, m->pio_, m->mmio_, m->stop_,

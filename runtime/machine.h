@@ -38,6 +38,7 @@ struct MachineConfig {
   std::string engine = "bt";
   std::string direct_transport = "seccomp";  // --engine direct: ptrace or seccomp
   bool direct_check_maps = false;  // --engine direct: check the child's maps (DirectEngine)
+  bool direct_always_child = false;  // --engine direct: no adaptive policy (DirectEngine)
   // An ELF64 image per docs/entry-contract.md, or a Linux bzImage (the
   // boot protocol, runtime/linux_boot.h) with `initrd` and `cmdline`.
   std::vector<uint8_t> kernel;

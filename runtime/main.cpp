@@ -34,7 +34,7 @@ void PrintUsage(std::FILE* out) {
       "usage: btvm run [--engine bt|direct] [--memory SIZE] [--kernel FILE] [--initrd FILE]\n"
       "                [--append TEXT] [--decompress host|guest] [--demo]\n"
       "                [--code-cache SIZE] [--direct-transport seccomp|ptrace]\n"
-      "                [--direct-check-maps] [--stats]\n"
+      "                [--direct-policy adaptive|child] [--direct-check-maps] [--stats]\n"
       "\n"
       "  --engine bt      translate every guest instruction (the default)\n"
       "  --engine direct  translate guest kernel code, run 64-bit guest user code\n"
@@ -52,6 +52,9 @@ void PrintUsage(std::FILE* out) {
       "                   (64K to 1G; default 64M)\n"
       "  --direct-transport seccomp|ptrace  how the child's traps reach btvm: a\n"
       "                   signal handler and a futex (default), or ptrace\n"
+      "  --direct-policy adaptive|child  where the direct engine runs user code:\n"
+      "                   a process starts translated and moves to the child once\n"
+      "                   it traps sparsely (default), or always in the child\n"
       "  --direct-check-maps  after each guest TLB flush or invlpg, check that the\n"
       "                   child maps nothing the guest's page tables do not (slow;\n"
       "                   for tests)\n"
@@ -125,7 +128,7 @@ int Run(int argc, char** argv) {
     };
     if (arg == "--engine" || arg == "--memory" || arg == "--kernel" || arg == "--code-cache" ||
         arg == "--initrd" || arg == "--append" || arg == "--decompress" ||
-        arg == "--direct-transport") {
+        arg == "--direct-transport" || arg == "--direct-policy") {
       const char* v = value(argv[i]);
       if (!v) return Fail(kUsageError, std::string(arg) + " needs a value");
       if (arg == "--engine") {
@@ -152,6 +155,12 @@ int Run(int argc, char** argv) {
           return Fail(kUsageError,
                       "--direct-transport takes seccomp or ptrace, not '" + std::string(v) + "'");
         }
+      } else if (arg == "--direct-policy") {
+        if (std::string_view(v) != "adaptive" && std::string_view(v) != "child") {
+          return Fail(kUsageError,
+                      "--direct-policy takes adaptive or child, not '" + std::string(v) + "'");
+        }
+        config.direct_always_child = std::string_view(v) == "child";
       } else if (arg == "--initrd") {
         initrd_path = v;
       } else if (arg == "--append") {

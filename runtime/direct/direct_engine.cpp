@@ -73,9 +73,11 @@ void DirectEngine::PrintStats(std::FILE* out) const {
       {"  page faults delivered to the guest", stats_.page_faults},
       {"user instructions handed to the bt engine", stats_.translated},
       {"user code left translated (IF 0, IOPL, selectors)", stats_.translated_runs},
-      {"cpuid faults in the child (adaptive policy on)", child_ && child_->cpuid_faults() ? 1u : 0u},
-      {"adaptive: address spaces sent to translation", stats_.to_translated},
-      {"adaptive: user code run translated meanwhile", stats_.adaptive_runs},
+      {"cpuid faults in the child (back to translation)", child_ && child_->cpuid_faults() ? 1u : 0u},
+      {"adaptive: user code left translated", stats_.adaptive_runs},
+      {"adaptive: address spaces moved to the child", stats_.to_child},
+      {"adaptive: address spaces moved back", stats_.to_translated},
+      {"adaptive: moved to the child by a translated #UD", stats_.ud_to_child},
       {"code pages dropped for a write from the child", stats_.code_pages_dropped},
       {"whole-shadow flushes", stats_.flushes},
       {"  of them for too many mappings", stats_.evictions},
@@ -93,16 +95,18 @@ UserRunner::Outcome DirectEngine::RunUser(CpuState& cpu, uint8_t* exit_request,
   // (interrupts off, IOPL above 0) runs translated, as does code whose
   // segment selectors the child cannot show as the guest's. Linux's user
   // mode is IF 1, IOPL 0, Linux's selectors.
-  if ((cpu.rflags & (rflags::kIF | rflags::kIOPL)) != rflags::kIF ||
-      !direct::UserChild::RunsAsIs(cpu) || !HostLikeGdt(cpu)) {
+  if (!ChildCanRun(cpu)) {
     ++stats_.translated_runs;
+    last_cr3_ = ~0ull;  // not the adaptive policy's time
     return Outcome::kTranslate;
   }
-  Policy& policy = policy_[cpu.cr3 & ~uint64_t{0xfff}];
-  if (policy.translated_until_ns && NowNs() < policy.translated_until_ns) {
+  const uint64_t cr3 = cpu.cr3 & ~uint64_t{0xfff};
+  Policy& policy = policy_[cr3];
+  if (placement_ == Placement::kAdaptive && !policy.in_child && !Promote(policy, cr3)) {
     ++stats_.adaptive_runs;
     return Outcome::kTranslate;
   }
+  last_cr3_ = ~0ull;  // time in the child is no address space's translated time
   if (!child_) {
     Result<std::unique_ptr<direct::UserChild>> c =
         direct::UserChild::Spawn(memory_.fd(), transport_);
@@ -136,7 +140,9 @@ UserRunner::Outcome DirectEngine::RunUser(CpuState& cpu, uint8_t* exit_request,
     ++stats_.runs;
     // Without CPUID faulting the user code may have picked code by the
     // host's CPUID that the bt engine cannot run: it stays in the child.
-    if (child_->cpuid_faults()) Decide(policy, NowNs() - start);
+    if (placement_ == Placement::kAdaptive && child_->cpuid_faults()) {
+      Decide(policy, NowNs() - start);
+    }
     if (!TakeSelectors(*t, cpu, error)) return Outcome::kError;
     if (t->kind == direct::Trap::Kind::kSyscall) {
       // syscall, sysenter and int 0x80 are two bytes long: the bt engine
@@ -319,16 +325,51 @@ uint64_t DirectEngine::NowNs() {
   return static_cast<uint64_t>(ts.tv_sec) * 1'000'000'000 + static_cast<uint64_t>(ts.tv_nsec);
 }
 
+bool DirectEngine::ChildCanRun(const CpuState& cpu) {
+  return (cpu.rflags & (rflags::kIF | rflags::kIOPL)) == rflags::kIF &&
+         direct::UserChild::RunsAsIs(cpu) && HostLikeGdt(cpu);
+}
+
+bool DirectEngine::TakeInvalidOpcode(const CpuState& cpu) {
+  if (placement_ != Placement::kAdaptive || !cpu.LongMode() || !cpu.seg[kCs].Long() ||
+      !ChildCanRun(cpu)) {
+    return false;
+  }
+  Policy& policy = policy_[cpu.cr3 & ~uint64_t{0xfff}];
+  if (policy.in_child) return false;  // it ran translated for another reason
+  policy.in_child = true;
+  ++stats_.ud_to_child;
+  return true;
+}
+
+bool DirectEngine::Promote(Policy& policy, uint64_t cr3) {
+  const uint64_t user_ns = bt_.user_ns(NowNs()), entries = bt_.user_entries();
+  // The user code that ran since the last call was the last address
+  // space's (every stretch of user code begins with a call here); this
+  // call is a return to user mode of this one.
+  if (last_cr3_ != ~0ull) policy_[last_cr3_].window_ns += user_ns - last_user_ns_;
+  policy.window_entries += cr3 == last_cr3_ ? entries - last_entries_ : 1;
+  last_cr3_ = cr3;
+  last_user_ns_ = user_ns;
+  last_entries_ = entries;
+  if (policy.window_ns < kWindowNs) return false;
+  const bool sparse = policy.window_ns > policy.window_entries * kSparseNs;
+  policy.window_ns = policy.window_entries = 0;
+  policy.sparse_windows = sparse ? policy.sparse_windows + 1 : 0;
+  if (policy.sparse_windows < 2) return false;
+  policy.sparse_windows = 0;
+  policy.in_child = true;
+  policy.mean_run_ns = 2 * kDenseRunNs;
+  ++stats_.to_child;
+  return true;
+}
+
 void DirectEngine::Decide(Policy& policy, uint64_t run_ns) {
   // A moving mean over about the last four runs.
   policy.mean_run_ns = (3 * policy.mean_run_ns + run_ns) / 4;
   if (policy.mean_run_ns < kDenseRunNs) {
-    policy.translated_until_ns = NowNs() + policy.backoff_ns;
-    policy.backoff_ns = std::min(2 * policy.backoff_ns, kMaxBackoffNs);
-    policy.mean_run_ns = 2 * kDenseRunNs;  // measured afresh when it comes back
+    policy.in_child = false;  // measured afresh, translated
     ++stats_.to_translated;
-  } else if (policy.mean_run_ns > 8 * kDenseRunNs) {
-    policy.backoff_ns = kMinBackoffNs;  // it computes: dense spells start short again
   }
 }
 

@@ -19,13 +19,22 @@
 // which sets D) and never while the page holds translated code; mov cr3,
 // invlpg and paging changes drop mappings as they drop soft-TLB entries.
 //
-// The adaptive policy (VMware's): each trap costs the child a host round
-// trip, so a guest address space whose user code stops the child densely
-// (a mean run between stops, transport included, under kDenseRunNs) runs
-// translated for a while (5 ms, doubling while it stays dense, up to a
-// second), then is tried in the child again. Only where the host has CPUID
-// faulting: without it, user code in the child sees the host's CPUID and
-// may pick code (AVX) that only the host CPU runs, so it stays there.
+// The adaptive policy (VMware's), per guest address space (by CR3): each
+// trap costs the child a host round trip (two switches between host
+// processes), so an address space starts translated and moves to the
+// child once its user code traps sparsely: over two windows in a row of
+// kWindowNs of its user code's time each (translation excluded), runs of
+// kSparseNs or more on average between returns to user mode. Where the host has CPUID faulting, an
+// address space whose runs in the child average under kDenseRunNs between
+// stops (transport included) goes back to translation and is measured
+// afresh. Without it, it stays in the child: user code there sees the
+// host's CPUID and may pick code (AVX) that only the host CPU runs, while
+// code that starts translated has seen btvm's virtual CPU. A process
+// forked from one that ran in the child inherits such code and may start
+// translated (a new CR3): the #UD translated code would raise for an
+// instruction the virtual CPU lacks moves its address space to the child
+// instead, which runs the instruction (or delivers the #UD if the host
+// lacks it too). The decisions show in --stats.
 //
 // Not yet: a cache of children by CR3 (one child is flushed on every
 // address-space switch), the translated kernel inside the child (no
@@ -64,6 +73,10 @@ class DirectEngine final : public Engine, private UserRunner, private MmuObserve
   // with an error. For tests (--direct-check-maps): it costs a read of
   // /proc and a walk per mapped page.
   void set_check_maps(bool on) { check_maps_ = on; }
+  // Where user code runs: by the adaptive policy (the default), or always
+  // in the child when it can (for tests of the child).
+  enum class Placement { kAdaptive, kChild };
+  void set_placement(Placement p) { placement_ = p; }
   EngineExit Run(CpuState& cpu) override;
   void PrintStats(std::FILE* out) const override;
   BtEngine& bt() { return bt_; }
@@ -76,8 +89,10 @@ class DirectEngine final : public Engine, private UserRunner, private MmuObserve
     uint64_t page_faults = 0;    // #PF delivered to the guest from a fault in the child
     uint64_t translated = 0;     // instructions handed to the bt engine
     uint64_t translated_runs = 0;  // times user code ran translated instead (flags, selectors)
-    uint64_t adaptive_runs = 0;    // times it ran translated because it trapped densely
-    uint64_t to_translated = 0;    // adaptive decisions: an address space to translated
+    uint64_t adaptive_runs = 0;    // times it ran translated by the adaptive policy
+    uint64_t to_child = 0;         // adaptive decisions: an address space to the child
+    uint64_t to_translated = 0;    // and back to translation
+    uint64_t ud_to_child = 0;      // address spaces moved to the child by a translated #UD
     uint64_t interrupted = 0;    // stops for an interrupt or a request
     uint64_t code_pages_dropped = 0;  // translations dropped for a write from the child
     uint64_t flushes = 0;        // whole-shadow flushes (TLB flushes)
@@ -88,18 +103,20 @@ class DirectEngine final : public Engine, private UserRunner, private MmuObserve
 
  private:
   // The adaptive policy's state of one guest address space (by CR3).
-  static constexpr uint64_t kDenseRunNs = 60'000, kMinBackoffNs = 5'000'000,
-                            kMaxBackoffNs = 1'000'000'000;
+  static constexpr uint64_t kWindowNs = 1'000'000, kSparseNs = 100'000, kDenseRunNs = 60'000;
   struct Policy {
-    uint64_t mean_run_ns = 2 * kDenseRunNs;  // moving mean of the child's runs between stops
-    uint64_t translated_until_ns = 0;
-    uint64_t backoff_ns = kMinBackoffNs;
+    bool in_child = false;
+    uint64_t window_ns = 0;       // translated: its user code's time in this window
+    uint64_t window_entries = 0;  // and its returns to user mode
+    int sparse_windows = 0;       // windows in a row that were sparse
+    uint64_t mean_run_ns = 2 * kDenseRunNs;  // in the child: moving mean of runs between stops
   };
 
   // UserRunner
   Outcome RunUser(CpuState& cpu, uint8_t* exit_request, GuestException* exception,
                   std::string* error) override;
   void Interrupt() override;
+  bool TakeInvalidOpcode(const CpuState& cpu) override;
   // MmuObserver
   void OnTlbFlush(bool keep_global) override;
   void OnTlbFlushPage(GuestVirt page) override;
@@ -121,13 +138,19 @@ class DirectEngine final : public Engine, private UserRunner, private MmuObserve
   // child: a fetch if `addr` is among its bytes (or they cannot be read),
   // a write if a memory operand it writes covers `addr`, else a read.
   Access FaultAccess(const CpuState& cpu, uint64_t addr);
+  // Whether user code with `cpu`'s state can run in the child at all.
+  bool ChildCanRun(const CpuState& cpu);
   // Whether the guest's GDT has the host's user descriptors at the host's
   // user selectors (user code in the child may load those selectors).
   bool HostLikeGdt(const CpuState& cpu);
   // Takes the segment registers the child stopped with into `cpu`.
   bool TakeSelectors(const direct::Trap& t, CpuState& cpu, std::string* error);
   static uint64_t NowNs();
-  // The adaptive policy after a run of `run_ns` (round trip included).
+  // The adaptive policy, for translated user code about to run: true if
+  // the address space moves to the child now.
+  bool Promote(Policy& policy, uint64_t cr3);
+  // The adaptive policy after a run in the child of `run_ns` (round trip
+  // included), where the host has CPUID faulting.
   void Decide(Policy& policy, uint64_t run_ns);
   // The RAM memfd offset of a guest-physical page, or false (not RAM).
   bool RamOffset(GuestPhys page, uint64_t* offset) const;
@@ -146,6 +169,10 @@ class DirectEngine final : public Engine, private UserRunner, private MmuObserve
   };
   std::unordered_map<uint64_t, Shadow> shadow_;
   std::unordered_map<uint64_t, Policy> policy_;
+  Placement placement_ = Placement::kAdaptive;
+  // Promote's clock: the address space translated user code last ran in,
+  // and the bt engine's user time and count of returns to user mode then.
+  uint64_t last_cr3_ = ~0ull, last_user_ns_ = 0, last_entries_ = 0;
   // The last fault filled (page, RIP): the same again runs translated.
   uint64_t last_fill_page_ = ~0ull, last_fill_rip_ = ~0ull;
   Stats stats_;

@@ -44,7 +44,7 @@ kernel=$2
 expect=$3
 [ -n "$out_dir" ] || out_dir=$(mktemp -d)
 name=$(basename "$kernel" .elf)
-variant=$engine$(printf '%s' "$btvm_args" | sed 's/ --*/-/g')
+variant=$engine$(printf '%s' "$btvm_args" | sed 's/[ -][ -]*/-/g')
 btvm_out=$out_dir/$name.compare.$variant.out
 qemu_out=$out_dir/$name.compare.qemu-$variant.out
 

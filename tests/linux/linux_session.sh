@@ -36,6 +36,7 @@ case $kind in
       --step 'dmesg | tail' '^\[ *[0-9]+\.[0-9]+\] ' \
       --step 'btvm-bench compute 2000' "^btvm-bench compute 2000: $expect," \
       --step 'btvm-bench forkexec 50' '^btvm-bench forkexec 50: result 0x32,' \
+      --step 'btvm-bench compute 2000' "^btvm-bench compute 2000: $expect," \
       --step 'reboot -f' '' \
       -- $run "$@"
     ;;

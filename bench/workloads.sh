@@ -5,7 +5,7 @@
 # trip of each direct-engine transport from the micro-benchmarks.
 #
 #   bench/workloads.sh [--build DIR] [--reps N] [--scale F]
-#                      [--configs "native bt direct direct-ptrace qemu"]
+#                      [--configs "native bt direct direct-child direct-ptrace qemu"]
 #                      [--workloads "spin compute syscall pagefault forkwait forkexec pingpong"]
 #                      [--kernel cloud|generic] [--memory MiB] [--qemu QEMU]
 #                      [--timeout S] [--no-transport]
@@ -13,8 +13,11 @@
 # Configurations:
 #   native         DIR/tests/linux/btvm_bench_native (the same source) on the host
 #   bt             btvm run --engine bt
-#   direct         btvm run --engine direct (the seccomp transport, the default)
-#   direct-ptrace  btvm run --engine direct --direct-transport ptrace
+#   direct         btvm run --engine direct (the adaptive policy and the
+#                  seccomp transport, the defaults)
+#   direct-child   the same with --direct-policy child: user code always in
+#                  the child process (each trap a round trip through it)
+#   direct-ptrace  the same with the ptrace transport
 #   qemu           qemu-system-x86_64 -accel tcg
 # Every guest boots the same kernel (DIR/guest-image/vmlinuz-KERNEL) and
 # initramfs with console=ttyS0 and the same memory size, and
@@ -38,7 +41,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 build=$here/../build
 reps=3
 scale=1
-configs="native bt direct direct-ptrace qemu"
+configs="native bt direct direct-child direct-ptrace qemu"
 workloads="spin compute syscall pagefault forkwait forkexec pingpong"
 kernel=cloud
 memory=256
@@ -101,7 +104,7 @@ niters() { eval "echo \$n_$1"; }
 for c in $configs; do
   case $c in
     native) [ -x "$native" ] || { echo "workloads.sh: no $native (build btvm_bench_native)" >&2; exit 1; } ;;
-    bt|direct|direct-ptrace)
+    bt|direct|direct-child|direct-ptrace)
       [ -x "$btvm" ] || { echo "workloads.sh: no $btvm" >&2; exit 1; } ;;
     qemu) command -v "$qemu" >/dev/null || { echo "workloads.sh: no $qemu" >&2; exit 1; } ;;
     *) echo "workloads.sh: unknown configuration $c" >&2; exit 2 ;;
@@ -166,8 +169,10 @@ run_guest() {
   local cmd
   case $config in
     bt) cmd=("$btvm" run --engine bt) ;;
-    direct) cmd=("$btvm" run --engine direct --direct-transport seccomp) ;;
-    direct-ptrace) cmd=("$btvm" run --engine direct --direct-transport ptrace) ;;
+    direct) cmd=("$btvm" run --engine direct) ;;
+    direct-child) cmd=("$btvm" run --engine direct --direct-policy child) ;;
+    direct-ptrace)
+      cmd=("$btvm" run --engine direct --direct-policy child --direct-transport ptrace) ;;
     qemu) cmd=("$qemu" -accel tcg -nodefaults -display none -monitor none -serial stdio
                  -no-reboot) ;;
   esac

@@ -73,7 +73,7 @@ void DirectEngine::PrintStats(std::FILE* out) const {
       {"  page faults delivered to the guest", stats_.page_faults},
       {"user instructions handed to the bt engine", stats_.translated},
       {"user code left translated (IF 0, IOPL, selectors)", stats_.translated_runs},
-      {"cpuid faults in the child (back to translation)", child_ && child_->cpuid_faults() ? 1u : 0u},
+      {"cpuid faults in the child", child_ && child_->cpuid_faults() ? 1u : 0u},
       {"adaptive: user code left translated", stats_.adaptive_runs},
       {"adaptive: address spaces moved to the child", stats_.to_child},
       {"adaptive: address spaces moved back", stats_.to_translated},
@@ -95,7 +95,7 @@ UserRunner::Outcome DirectEngine::RunUser(CpuState& cpu, uint8_t* exit_request,
   // (interrupts off, IOPL above 0) runs translated, as does code whose
   // segment selectors the child cannot show as the guest's. Linux's user
   // mode is IF 1, IOPL 0, Linux's selectors.
-  if (!ChildCanRun(cpu)) {
+  if (!ChildCanRunFlags(cpu)) {
     ++stats_.translated_runs;
     last_cr3_ = ~0ull;  // not the adaptive policy's time
     return Outcome::kTranslate;
@@ -104,6 +104,11 @@ UserRunner::Outcome DirectEngine::RunUser(CpuState& cpu, uint8_t* exit_request,
   Policy& policy = policy_[cr3];
   if (placement_ == Placement::kAdaptive && !policy.in_child && !Promote(policy, cr3)) {
     ++stats_.adaptive_runs;
+    return Outcome::kTranslate;
+  }
+  if (!HostLikeGdt(cpu)) {  // (three descriptor reads: only for runs in the child)
+    ++stats_.translated_runs;
+    last_cr3_ = ~0ull;
     return Outcome::kTranslate;
   }
   last_cr3_ = ~0ull;  // time in the child is no address space's translated time
@@ -116,6 +121,18 @@ UserRunner::Outcome DirectEngine::RunUser(CpuState& cpu, uint8_t* exit_request,
     }
     child_ = std::move(*c);
   }
+  const uint64_t start = NowNs(), runs = stats_.runs;
+  const Outcome outcome = RunInChild(cpu, exit_request, exception, error);
+  // The run until the guest's kernel or the loop takes over (hidden faults
+  // included: they are the child's cost too).
+  if (placement_ == Placement::kAdaptive && stats_.runs != runs && outcome != Outcome::kError) {
+    Decide(policy, NowNs() - start);
+  }
+  return outcome;
+}
+
+UserRunner::Outcome DirectEngine::RunInChild(CpuState& cpu, uint8_t* exit_request,
+                                             GuestException* exception, std::string* error) {
   for (;;) {
     // Interrupt's protocol: running_ is set before exit_request is looked
     // at, and Kick raises exit_request before it looks at running_, so
@@ -130,7 +147,6 @@ UserRunner::Outcome DirectEngine::RunUser(CpuState& cpu, uint8_t* exit_request,
       running_.store(0);
       return Outcome::kError;
     }
-    const uint64_t start = NowNs();
     Result<direct::Trap> t = child_->Run(cpu);
     running_.store(0);
     if (!t) {
@@ -138,11 +154,6 @@ UserRunner::Outcome DirectEngine::RunUser(CpuState& cpu, uint8_t* exit_request,
       return Outcome::kError;
     }
     ++stats_.runs;
-    // Without CPUID faulting the user code may have picked code by the
-    // host's CPUID that the bt engine cannot run: it stays in the child.
-    if (placement_ == Placement::kAdaptive && child_->cpuid_faults()) {
-      Decide(policy, NowNs() - start);
-    }
     if (!TakeSelectors(*t, cpu, error)) return Outcome::kError;
     if (t->kind == direct::Trap::Kind::kSyscall) {
       // syscall, sysenter and int 0x80 are two bytes long: the bt engine
@@ -325,9 +336,13 @@ uint64_t DirectEngine::NowNs() {
   return static_cast<uint64_t>(ts.tv_sec) * 1'000'000'000 + static_cast<uint64_t>(ts.tv_nsec);
 }
 
-bool DirectEngine::ChildCanRun(const CpuState& cpu) {
+bool DirectEngine::ChildCanRunFlags(const CpuState& cpu) {
   return (cpu.rflags & (rflags::kIF | rflags::kIOPL)) == rflags::kIF &&
-         direct::UserChild::RunsAsIs(cpu) && HostLikeGdt(cpu);
+         direct::UserChild::RunsAsIs(cpu);
+}
+
+bool DirectEngine::ChildCanRun(const CpuState& cpu) {
+  return ChildCanRunFlags(cpu) && HostLikeGdt(cpu);
 }
 
 bool DirectEngine::TakeInvalidOpcode(const CpuState& cpu) {
@@ -338,6 +353,10 @@ bool DirectEngine::TakeInvalidOpcode(const CpuState& cpu) {
   Policy& policy = policy_[cpu.cr3 & ~uint64_t{0xfff}];
   if (policy.in_child) return false;  // it ran translated for another reason
   policy.in_child = true;
+  policy.mean_run_ns = 2 * kDenseRunNs;
+  // User code that needs the host's CPU (it saw the host's CPUID) stays
+  // in the child for a while, however densely it traps.
+  policy.pinned_until_ns = NowNs() + kPinNs;
   ++stats_.ud_to_child;
   return true;
 }
@@ -347,9 +366,10 @@ bool DirectEngine::Promote(Policy& policy, uint64_t cr3) {
   // The user code that ran since the last call was the last address
   // space's (every stretch of user code begins with a call here); this
   // call is a return to user mode of this one.
-  if (last_cr3_ != ~0ull) policy_[last_cr3_].window_ns += user_ns - last_user_ns_;
+  if (last_cr3_ != ~0ull) last_policy_->window_ns += user_ns - last_user_ns_;
   policy.window_entries += cr3 == last_cr3_ ? entries - last_entries_ : 1;
   last_cr3_ = cr3;
+  last_policy_ = &policy;  // (references into an unordered_map stay valid)
   last_user_ns_ = user_ns;
   last_entries_ = entries;
   if (policy.window_ns < kWindowNs) return false;
@@ -367,7 +387,7 @@ bool DirectEngine::Promote(Policy& policy, uint64_t cr3) {
 void DirectEngine::Decide(Policy& policy, uint64_t run_ns) {
   // A moving mean over about the last four runs.
   policy.mean_run_ns = (3 * policy.mean_run_ns + run_ns) / 4;
-  if (policy.mean_run_ns < kDenseRunNs) {
+  if (policy.mean_run_ns < kDenseRunNs && NowNs() >= policy.pinned_until_ns) {
     policy.in_child = false;  // measured afresh, translated
     ++stats_.to_translated;
   }

@@ -24,17 +24,17 @@
 // processes), so an address space starts translated and moves to the
 // child once its user code traps sparsely: over two windows in a row of
 // kWindowNs of its user code's time each (translation excluded), runs of
-// kSparseNs or more on average between returns to user mode. Where the host has CPUID faulting, an
-// address space whose runs in the child average under kDenseRunNs between
-// stops (transport included) goes back to translation and is measured
-// afresh. Without it, it stays in the child: user code there sees the
-// host's CPUID and may pick code (AVX) that only the host CPU runs, while
-// code that starts translated has seen btvm's virtual CPU. A process
-// forked from one that ran in the child inherits such code and may start
-// translated (a new CR3): the #UD translated code would raise for an
-// instruction the virtual CPU lacks moves its address space to the child
-// instead, which runs the instruction (or delivers the #UD if the host
-// lacks it too). The decisions show in --stats.
+// kSparseNs or more on average between returns to user mode. In the
+// child, an address space whose runs average under kDenseRunNs between
+// stops (transport and hidden faults included) goes back to translation
+// and is measured afresh (a new process often gets the CR3 of one that
+// computed). Where the host lacks CPUID faulting, user code in the child
+// sees the host's CPUID and may pick code (AVX) that the virtual CPU does
+// not have, and a process forked from it inherits that code: the #UD that
+// translated code would raise for such an instruction moves the address
+// space back to the child instead, which runs it (or delivers the #UD if
+// the host lacks it too), and keeps it there for kPinNs. The decisions
+// show in --stats.
 //
 // Not yet: a cache of children by CR3 (one child is flushed on every
 // address-space switch), the translated kernel inside the child (no
@@ -103,13 +103,15 @@ class DirectEngine final : public Engine, private UserRunner, private MmuObserve
 
  private:
   // The adaptive policy's state of one guest address space (by CR3).
-  static constexpr uint64_t kWindowNs = 1'000'000, kSparseNs = 100'000, kDenseRunNs = 60'000;
+  static constexpr uint64_t kWindowNs = 1'000'000, kSparseNs = 100'000, kDenseRunNs = 60'000,
+                            kPinNs = 1'000'000'000;
   struct Policy {
     bool in_child = false;
     uint64_t window_ns = 0;       // translated: its user code's time in this window
     uint64_t window_entries = 0;  // and its returns to user mode
     int sparse_windows = 0;       // windows in a row that were sparse
     uint64_t mean_run_ns = 2 * kDenseRunNs;  // in the child: moving mean of runs between stops
+    uint64_t pinned_until_ns = 0;  // in the child at least until then (a translated #UD)
   };
 
   // UserRunner
@@ -138,7 +140,9 @@ class DirectEngine final : public Engine, private UserRunner, private MmuObserve
   // child: a fetch if `addr` is among its bytes (or they cannot be read),
   // a write if a memory operand it writes covers `addr`, else a read.
   Access FaultAccess(const CpuState& cpu, uint64_t addr);
-  // Whether user code with `cpu`'s state can run in the child at all.
+  // Whether user code with `cpu`'s state can run in the child at all:
+  // its flags and selectors (cheap), and the guest's GDT too.
+  static bool ChildCanRunFlags(const CpuState& cpu);
   bool ChildCanRun(const CpuState& cpu);
   // Whether the guest's GDT has the host's user descriptors at the host's
   // user selectors (user code in the child may load those selectors).
@@ -150,8 +154,11 @@ class DirectEngine final : public Engine, private UserRunner, private MmuObserve
   // the address space moves to the child now.
   bool Promote(Policy& policy, uint64_t cr3);
   // The adaptive policy after a run in the child of `run_ns` (round trip
-  // included), where the host has CPUID faulting.
+  // included).
   void Decide(Policy& policy, uint64_t run_ns);
+  // RunUser's part in the child, with the child spawned.
+  Outcome RunInChild(CpuState& cpu, uint8_t* exit_request, GuestException* exception,
+                     std::string* error);
   // The RAM memfd offset of a guest-physical page, or false (not RAM).
   bool RamOffset(GuestPhys page, uint64_t* offset) const;
 
@@ -173,6 +180,7 @@ class DirectEngine final : public Engine, private UserRunner, private MmuObserve
   // Promote's clock: the address space translated user code last ran in,
   // and the bt engine's user time and count of returns to user mode then.
   uint64_t last_cr3_ = ~0ull, last_user_ns_ = 0, last_entries_ = 0;
+  Policy* last_policy_ = nullptr;  // last_cr3_'s
   // The last fault filled (page, RIP): the same again runs translated.
   uint64_t last_fill_page_ = ~0ull, last_fill_rip_ = ~0ull;
   Stats stats_;

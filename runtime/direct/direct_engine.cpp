@@ -63,9 +63,8 @@ EngineExit DirectEngine::Run(CpuState& cpu) { return bt_.Run(cpu); }
 void DirectEngine::PrintStats(std::FILE* out) const {
   bt_.PrintStats(out);
   const std::pair<const char*, uint64_t> rows[] = {
-      {child_ && child_->transport() == direct::Transport::kPtrace
-           ? "user code runs in the child (ptrace transport)"
-           : "user code runs in the child (seccomp transport)",
+      {transport_ == direct::Transport::kPtrace ? "user code runs in a child (ptrace transport)"
+                                                : "user code runs in a child (seccomp transport)",
        stats_.runs},
       {"  stopped at a syscall", stats_.syscalls},
       {"  stopped for an interrupt or request", stats_.interrupted},
@@ -73,14 +72,20 @@ void DirectEngine::PrintStats(std::FILE* out) const {
       {"  page faults delivered to the guest", stats_.page_faults},
       {"user instructions handed to the bt engine", stats_.translated},
       {"user code left translated (IF 0, IOPL, selectors)", stats_.translated_runs},
-      {"cpuid faults in the child", child_ && child_->cpuid_faults() ? 1u : 0u},
+      {"cpuid faults in the children", cpuid_faults_ ? 1u : 0u},
       {"adaptive: user code left translated", stats_.adaptive_runs},
       {"adaptive: address spaces moved to the child", stats_.to_child},
       {"adaptive: address spaces moved back", stats_.to_translated},
       {"adaptive: moved to the child by a translated #UD", stats_.ud_to_child},
       {"code pages dropped for a write from the child", stats_.code_pages_dropped},
-      {"whole-shadow flushes", stats_.flushes},
-      {"  of them for too many mappings", stats_.evictions},
+      {"children (address spaces with a shadow)", spaces_.size()},
+      {"  runs in another child than the last", stats_.space_switches},
+      {"  a child given to another address space", stats_.spaces_reused},
+      {"TLB flushes that made the shadows stale", stats_.flushes},
+      {"  stale shadows validated before a run", stats_.validations},
+      {"  pages they kept", stats_.pages_kept},
+      {"  pages they dropped or took rights from", stats_.pages_dropped},
+      {"whole shadows dropped for too many mappings", stats_.evictions},
       {"child maps checked against the guest tables", stats_.maps_checks},
   };
   for (const auto& [what, n] : rows) {
@@ -112,15 +117,15 @@ UserRunner::Outcome DirectEngine::RunUser(CpuState& cpu, uint8_t* exit_request,
     return Outcome::kTranslate;
   }
   last_cr3_ = ~0ull;  // time in the child is no address space's translated time
-  if (!child_) {
-    Result<std::unique_ptr<direct::UserChild>> c =
-        direct::UserChild::Spawn(memory_.fd(), transport_);
-    if (!c) {
-      *error = c.error().message;
-      return Outcome::kError;
-    }
-    child_ = std::move(*c);
+  Space* space = SpaceFor(cr3, error);
+  if (!space) return Outcome::kError;
+  if (space != current_) {
+    ++stats_.space_switches;
+    last_fill_page_ = ~0ull;
+    current_ = space;
   }
+  space->last_use = ++uses_;
+  if (space->stale) Validate(*space, cpu);
   const uint64_t start = NowNs(), runs = stats_.runs;
   const Outcome outcome = RunInChild(cpu, exit_request, exception, error);
   // The run until the guest's kernel or the loop takes over (hidden faults
@@ -137,7 +142,7 @@ UserRunner::Outcome DirectEngine::RunInChild(CpuState& cpu, uint8_t* exit_reques
     // Interrupt's protocol: running_ is set before exit_request is looked
     // at, and Kick raises exit_request before it looks at running_, so
     // either this sees the request or Kick sees the child running.
-    running_.store(child_->pid(), std::memory_order_seq_cst);
+    running_.store(current_->child->pid(), std::memory_order_seq_cst);
     if (std::atomic_ref<uint8_t>(*exit_request).load(std::memory_order_seq_cst)) {
       running_.store(0);
       ++stats_.interrupted;
@@ -147,7 +152,7 @@ UserRunner::Outcome DirectEngine::RunInChild(CpuState& cpu, uint8_t* exit_reques
       running_.store(0);
       return Outcome::kError;
     }
-    Result<direct::Trap> t = child_->Run(cpu);
+    Result<direct::Trap> t = current_->child->Run(cpu);
     running_.store(0);
     if (!t) {
       *error = t.error().message;
@@ -411,7 +416,8 @@ bool DirectEngine::RamOffset(GuestPhys page, uint64_t* offset) const {
 bool DirectEngine::Fill(const CpuState& cpu, const direct::Trap& t, std::string* error) {
   const uint64_t addr = t.address;
   const uint64_t page = addr & ~(kPage - 1);
-  const uint64_t stub = child_->stub_base();
+  Space& space = *current_;
+  const uint64_t stub = space.child->stub_base();
   if (page + kPage > kHostUserTop ||
       (page < stub + direct::UserChild::kStubBytes && stub < page + kPage)) {
     return false;  // not mappable into the child: translated
@@ -421,10 +427,10 @@ bool DirectEngine::Fill(const CpuState& cpu, const direct::Trap& t, std::string*
   // on a read-only page); mapped, a write, or a fetch from a page mapped
   // without execute.
   Access access = Access::kRead;
-  auto it = shadow_.find(page);
+  auto it = space.pages.find(page);
   if (PageFault(t)) {
     access = ErrorCodeAccess(t.error_code);
-  } else if (t.code == SEGV_ACCERR && it != shadow_.end()) {
+  } else if (t.code == SEGV_ACCERR && it != space.pages.end()) {
     access = !(it->second.prot & PROT_EXEC) && MayBeFetch(cpu.rip, addr) ? Access::kFetch
                                                                            : Access::kWrite;
   }
@@ -457,19 +463,19 @@ bool DirectEngine::Fill(const CpuState& cpu, const direct::Trap& t, std::string*
   uint64_t offset;
   const GuestPhys phys = l.phys.PageBase();
   if (!RamOffset(phys, &offset)) return false;
-  if (shadow_.size() >= kMaxShadowPages) {
+  if (space.pages.size() >= kMaxShadowPages) {
     // Scattered guest pages do not merge into fewer host mappings, and a
     // process may have at most vm.max_map_count (65530) of them: past a
     // quarter of that, the shadow starts afresh (as a TLB flush would).
     ++stats_.evictions;
-    DropShadow();
+    DropShadow(space);
   }
   const int prot = PROT_READ | (rights.write ? PROT_WRITE : 0) | (rights.fetch ? PROT_EXEC : 0);
-  if (Status s = child_->Map(page, kPage, prot, offset); !s) {
+  if (Status s = space.child->Map(page, kPage, prot, offset); !s) {
     *error = s.error().message;
     return false;
   }
-  shadow_[page] = {phys.value, prot};
+  space.pages[page] = {phys.value, prot};
   last_fill_page_ = key;
   last_fill_rip_ = cpu.rip;
   return true;
@@ -483,11 +489,12 @@ struct PeekedPage {
   bool user = false;  // present at every level, user at every level
   uint64_t phys = 0;  // the page's guest-physical address
   bool write = false, dirty = false, exec = false;
+  bool accessed = false;  // the leaf entry's A bit
 };
 
 PeekedPage PeekWalk(const GuestMemory& memory, const CpuState& cpu, uint64_t va) {
   constexpr uint64_t kFrame = 0x000ffffffffff000;
-  PeekedPage p{true, 0, true, false, true};
+  PeekedPage p{true, 0, true, false, true, false};
   uint64_t table = cpu.cr3 & kFrame;
   for (int level = 4; level >= 1; --level) {
     const int shift = 12 + 9 * (level - 1);
@@ -502,6 +509,7 @@ PeekedPage PeekWalk(const GuestMemory& memory, const CpuState& cpu, uint64_t va)
       const uint64_t size = uint64_t{1} << shift;
       p.phys = ((entry & kFrame & ~(size - 1)) + (va & (size - 1))) & ~uint64_t{0xfff};
       p.dirty = (entry >> 6) & 1;
+      p.accessed = (entry >> 5) & 1;
       return p;
     }
     table = entry & kFrame;
@@ -514,16 +522,17 @@ PeekedPage PeekWalk(const GuestMemory& memory, const CpuState& cpu, uint64_t va)
 bool DirectEngine::CheckMaps(const CpuState& cpu, std::string* error) {
   maps_changed_ = false;
   ++stats_.maps_checks;
-  if (Status s = child_->Flush(); !s) {
+  const direct::UserChild& child = *current_->child;
+  if (Status s = current_->child->Flush(); !s) {
     *error = s.error().message;
     return false;
   }
-  std::ifstream maps("/proc/" + std::to_string(child_->pid()) + "/maps");
+  std::ifstream maps("/proc/" + std::to_string(child.pid()) + "/maps");
   if (!maps) {
     *error = "direct engine: cannot read the child's /proc/PID/maps";
     return false;
   }
-  const uint64_t stub = child_->stub_base();
+  const uint64_t stub = child.stub_base();
   std::string line;
   while (std::getline(maps, line)) {
     std::istringstream in(line);
@@ -563,45 +572,115 @@ bool DirectEngine::CheckMaps(const CpuState& cpu, std::string* error) {
 }
 
 void DirectEngine::OnTlbFlush(bool /*keep_global*/) {
-  // Global user pages are rare: all of it goes.
-  if (shadow_.empty()) return;
-  ++stats_.flushes;
-  DropShadow();
-}
-
-void DirectEngine::DropShadow() {
-  last_fill_page_ = ~0ull;
-  maps_changed_ = true;
-  if (child_) {
-    const uint64_t stub = child_->stub_base();
-    if (shadow_.size() > 16) {
-      // Two operations for the whole user range around the stub.
-      (void)child_->Unmap(0, stub);
-      const uint64_t above = stub + direct::UserChild::kStubBytes;
-      if (above < kHostUserTop) (void)child_->Unmap(above, kHostUserTop - above);
-    } else {
-      for (const auto& [page, s] : shadow_) (void)child_->Unmap(page, kPage);
+  // Every shadow is checked against the tables before it runs again
+  // (global user pages are rare: they are checked too).
+  bool any = false;
+  for (auto& space : spaces_) {
+    if (!space->pages.empty() && !space->stale) {
+      space->stale = true;
+      any = true;
     }
   }
-  shadow_.clear();
+  if (any) {
+    ++stats_.flushes;
+    maps_changed_ = true;
+  }
+}
+
+void DirectEngine::DropShadow(Space& space) {
+  last_fill_page_ = ~0ull;
+  maps_changed_ = true;
+  const uint64_t stub = space.child->stub_base();
+  if (space.pages.size() > 16) {
+    // Two operations for the whole user range around the stub.
+    (void)space.child->Unmap(0, stub);
+    const uint64_t above = stub + direct::UserChild::kStubBytes;
+    if (above < kHostUserTop) (void)space.child->Unmap(above, kHostUserTop - above);
+  } else {
+    for (const auto& [page, s] : space.pages) (void)space.child->Unmap(page, kPage);
+  }
+  space.pages.clear();
+  space.stale = false;
+}
+
+DirectEngine::Space* DirectEngine::SpaceFor(uint64_t cr3, std::string* error) {
+  Space* lru = nullptr;
+  for (auto& space : spaces_) {
+    if (space->cr3 == cr3) return space.get();
+    if (!lru || space->last_use < lru->last_use) lru = space.get();
+  }
+  if (spaces_.size() < kMaxSpaces) {
+    Result<std::unique_ptr<direct::UserChild>> c =
+        direct::UserChild::Spawn(memory_.fd(), transport_);
+    if (!c) {
+      *error = c.error().message;
+      return nullptr;
+    }
+    auto space = std::make_unique<Space>();
+    space->child = std::move(*c);
+    cpuid_faults_ = space->child->cpuid_faults();
+    spaces_.push_back(std::move(space));
+    lru = spaces_.back().get();
+  } else {
+    ++stats_.spaces_reused;
+    DropShadow(*lru);
+  }
+  lru->cr3 = cr3;
+  lru->stale = false;
+  return lru;
+}
+
+void DirectEngine::Validate(Space& space, const CpuState& cpu) {
+  ++stats_.validations;
+  space.stale = false;
+  for (auto it = space.pages.begin(); it != space.pages.end();) {
+    const uint64_t va = it->first;
+    Shadow& s = it->second;
+    const PeekedPage p = PeekWalk(memory_, cpu, va);
+    int prot = 0;
+    if (p.user && p.accessed && p.phys == s.phys) {
+      prot = PROT_READ | (p.write && p.dirty ? s.prot & PROT_WRITE : 0) |
+             (p.exec ? s.prot & PROT_EXEC : 0);
+    }
+    if (prot == s.prot) {
+      ++stats_.pages_kept;
+      ++it;
+      continue;
+    }
+    ++stats_.pages_dropped;
+    if (prot == 0) {
+      (void)space.child->Unmap(va, kPage);
+      it = space.pages.erase(it);
+    } else {
+      (void)space.child->Protect(va, kPage, prot);
+      s.prot = prot;
+      ++it;
+    }
+  }
 }
 
 void DirectEngine::OnTlbFlushPage(GuestVirt page) {
-  auto it = shadow_.find(page.value);
-  if (it == shadow_.end()) return;
-  if (child_) (void)child_->Unmap(page.value, kPage);
-  shadow_.erase(it);
+  // invlpg: the current address space's, but which one that is the
+  // observer does not hear; every cached space drops the page.
+  for (auto& space : spaces_) {
+    auto it = space->pages.find(page.value);
+    if (it == space->pages.end()) continue;
+    (void)space->child->Unmap(page.value, kPage);
+    space->pages.erase(it);
+    maps_changed_ = true;
+  }
   last_fill_page_ = ~0ull;
-  maps_changed_ = true;
 }
 
 void DirectEngine::OnCodePageMarked(GuestPhys page) {
-  // The child's writes to the page must reach the bt engine, which
+  // The children's writes to the page must reach the bt engine, which
   // invalidates the code they hit.
-  for (auto& [va, s] : shadow_) {
-    if (s.phys == page.value && (s.prot & PROT_WRITE)) {
-      s.prot &= ~PROT_WRITE;
-      if (child_) (void)child_->Protect(va, kPage, s.prot);
+  for (auto& space : spaces_) {
+    for (auto& [va, s] : space->pages) {
+      if (s.phys == page.value && (s.prot & PROT_WRITE)) {
+        s.prot &= ~PROT_WRITE;
+        (void)space->child->Protect(va, kPage, s.prot);
+      }
     }
   }
 }

@@ -36,8 +36,12 @@
 // the host lacks it too), and keeps it there for kPinNs. The decisions
 // show in --stats.
 //
-// Not yet: a cache of children by CR3 (one child is flushed on every
-// address-space switch), the translated kernel inside the child (no
+// Children are cached by CR3 (up to kMaxSpaces): a process switched away
+// from and back keeps its shadow, which a TLB flush (a CR3 write among
+// them) only marks stale, and which is validated against the guest's
+// tables before it runs again.
+//
+// Not yet: the translated kernel inside the child (no
 // process switch per trap), compatibility-mode user code (it runs
 // translated).
 
@@ -48,6 +52,7 @@
 #include <memory>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 #include "runtime/bt_engine.h"
 #include "runtime/direct/user_child.h"
@@ -95,7 +100,12 @@ class DirectEngine final : public Engine, private UserRunner, private MmuObserve
     uint64_t ud_to_child = 0;      // address spaces moved to the child by a translated #UD
     uint64_t interrupted = 0;    // stops for an interrupt or a request
     uint64_t code_pages_dropped = 0;  // translations dropped for a write from the child
-    uint64_t flushes = 0;        // whole-shadow flushes (TLB flushes)
+    uint64_t flushes = 0;        // TLB flushes that made the shadows stale
+    uint64_t validations = 0;    // stale shadows checked against the tables before a run
+    uint64_t pages_kept = 0;     // pages those validations kept mapped
+    uint64_t pages_dropped = 0;  // and dropped (or took rights from)
+    uint64_t space_switches = 0;  // runs in another address space's child than the last
+    uint64_t spaces_reused = 0;  // a cached space's child given to another address space
     uint64_t evictions = 0;      // whole-shadow drops for too many mappings
     uint64_t maps_checks = 0;    // --direct-check-maps: checks of the child's maps
   };
@@ -125,12 +135,37 @@ class DirectEngine final : public Engine, private UserRunner, private MmuObserve
   void OnCodeWrite(GuestPhys, uint64_t) override {}
   void OnCodePageMarked(GuestPhys page) override;
 
+  // One guest address space's shadow: a child and the guest pages mapped
+  // in it, page -> (guest-physical page, PROT_*).
+  struct Shadow {
+    uint64_t phys;
+    int prot;
+  };
+  struct Space {
+    uint64_t cr3 = ~0ull;
+    std::unique_ptr<direct::UserChild> child;
+    std::unordered_map<uint64_t, Shadow> pages;
+    bool stale = false;     // a TLB flush since it last ran: Validate first
+    uint64_t last_use = 0;  // for the choice of a space to reuse
+  };
+  // At most this many address spaces keep a child each.
+  static constexpr size_t kMaxSpaces = 4;
+  // The space of `cr3`: cached, or a new one (the least recently used
+  // one's child, emptied, once there are kMaxSpaces); null with *error set
+  // if a child cannot be made.
+  Space* SpaceFor(uint64_t cr3, std::string* error);
+  // After a TLB flush: keeps of `space`'s pages only what a fresh walk of
+  // `cpu`'s tables (its CR3's) would map, with no more rights (an
+  // accessed, user page, at the same guest-physical page; writable only
+  // if dirty), as a TLB refilled from the tables would.
+  void Validate(Space& space, const CpuState& cpu);
+
   // A shadow miss (a SIGSEGV for a missing mapping or missing rights):
   // maps the page if the guest's tables allow the access the fault
   // implies. False: run it translated.
   bool Fill(const CpuState& cpu, const direct::Trap& t, std::string* error);
-  // Unmaps every guest page from the child.
-  void DropShadow();
+  // Unmaps every guest page from the space's child.
+  void DropShadow(Space& space);
   // set_check_maps's check; false with *error set on a mismatch.
   bool CheckMaps(const CpuState& cpu, std::string* error);
   // At most this many guest pages mapped in the child at once (a quarter
@@ -165,16 +200,13 @@ class DirectEngine final : public Engine, private UserRunner, private MmuObserve
   GuestMemory& memory_;
   BtEngine bt_;
   direct::Transport transport_ = direct::Transport::kSeccomp;
+  bool cpuid_faults_ = false;  // in the children (the host has CPUID faulting)
   bool check_maps_ = false;
   bool maps_changed_ = false;  // a flush or invlpg since the last check
-  std::unique_ptr<direct::UserChild> child_;
+  std::vector<std::unique_ptr<Space>> spaces_;
+  Space* current_ = nullptr;  // the space whose child runs (ran last)
+  uint64_t uses_ = 0;         // Space::last_use's clock
   std::atomic<pid_t> running_{0};  // the child's pid while it runs guest code
-  // The child's guest mappings: page -> (guest-physical page, PROT_*).
-  struct Shadow {
-    uint64_t phys;
-    int prot;
-  };
-  std::unordered_map<uint64_t, Shadow> shadow_;
   std::unordered_map<uint64_t, Policy> policy_;
   Placement placement_ = Placement::kAdaptive;
   // Promote's clock: the address space translated user code last ran in,

@@ -41,6 +41,9 @@
         .set SEL_ES, 98
         .set SEL_FS, 100
         .set SEL_GS, 102
+        .set MONITOR_SLEEPS, 104        // 1 while the monitor sleeps on STATE
+        .set CHILD_SLEEPS, 108          // 1 while the handler sleeps on STATE
+        .set SPIN_PAUSES, 112           // how long the handler spins before it sleeps (> 0)
         .set OPS, 256
         .set STUB_BYTES, 0x10000        // UserChild::kStubBytes
 
@@ -145,14 +148,29 @@ btvm_stub_handler:
         mov eax, 158
         syscall
         // Stopped: wake the monitor, sleep until it says go on.
-2:      mov dword ptr [rbx + STATE], 1
+        // Stopped: wake the monitor if it sleeps (it may still be
+        // spinning), then wait until it says go on: spinning for
+        // SPIN_PAUSES pause instructions first (a wake-up from sleep
+        // costs far more on these hosts), then sleeping on the futex.
+2:      mov eax, 1
+        xchg dword ptr [rbx + STATE], eax   // (xchg: a full barrier)
+        cmp dword ptr [rbx + MONITOR_SLEEPS], 0
+        je 5f
         lea rdi, [rbx + STATE]
         mov esi, 1                      // FUTEX_WAKE (shared: two processes)
         mov edx, 1
         mov eax, 202                    // futex
         syscall
-3:      cmp dword ptr [rbx + STATE], 1
+5:      mov r14, [rbx + SPIN_PAUSES]    // (no rdtsc here: it faults in the child)
+6:      cmp dword ptr [rbx + STATE], 1
         jne 4f
+        pause
+        dec r14
+        jnz 6b
+3:      mov eax, 1
+        xchg dword ptr [rbx + CHILD_SLEEPS], eax
+        cmp dword ptr [rbx + STATE], 1
+        jne 7f
         lea rdi, [rbx + STATE]
         xor esi, esi                    // FUTEX_WAIT while it is 1
         mov edx, 1
@@ -160,6 +178,7 @@ btvm_stub_handler:
         mov eax, 202
         syscall
         jmp 3b
+7:      mov dword ptr [rbx + CHILD_SLEEPS], 0
 4:      call apply
         cmp qword ptr [rbx + ERROR], 0
         jne 2b                          // a mapping failed: the monitor's to say

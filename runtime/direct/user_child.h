@@ -61,7 +61,13 @@ struct StubControl {
   uint64_t fs_base;   // the guest's FS and GS bases (not in the signal frame)
   uint64_t gs_base;
   uint16_t ds, es, fs, gs;  // and its data segment selectors
-  uint64_t reserved[19];
+  // Each side spins a while before it sleeps on `state` (the handler for
+  // spin_pauses pause instructions, about as long as the monitor's spin),
+  // and says so here: the other wakes it only then.
+  uint32_t monitor_sleeps;
+  uint32_t child_sleeps;
+  uint64_t spin_pauses;
+  uint64_t reserved[17];
   StubOp ops[(4096 - 256) / sizeof(StubOp)];
 };
 static_assert(offsetof(StubControl, count) == 0 && offsetof(StubControl, error) == 8 &&
@@ -71,6 +77,9 @@ static_assert(offsetof(StubControl, count) == 0 && offsetof(StubControl, error) 
               offsetof(StubControl, info) == 64 && offsetof(StubControl, ucontext) == 72 &&
               offsetof(StubControl, fs_base) == 80 && offsetof(StubControl, gs_base) == 88 &&
               offsetof(StubControl, ds) == 96 && offsetof(StubControl, gs) == 102 &&
+              offsetof(StubControl, monitor_sleeps) == 104 &&
+              offsetof(StubControl, child_sleeps) == 108 &&
+              offsetof(StubControl, spin_pauses) == 112 &&
               offsetof(StubControl, ops) == 256 && sizeof(StubControl) == 4096);
 
 // How the child's traps reach the monitor (see the top of this file).

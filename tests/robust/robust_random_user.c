@@ -12,6 +12,9 @@
  */
 #include "tests/robust/robust.h"
 
+#ifndef USER_RFLAGS
+#define USER_RFLAGS 0x2 /* interrupts off */
+#endif
 #ifndef SEED
 #define SEED 0x5eed00000001ull
 #endif
@@ -48,7 +51,7 @@ int main(void) {
     for (int r = 0; r < 16; r++) c.gpr[r] = SCRATCH_VA + (rng_next() & 0xff8);
     c.rip = va + rng_next() % 4000;
     c.cs = USER_CS;
-    c.rflags = 0x2;
+    c.rflags = USER_RFLAGS;
     c.rsp = STACK_VA + 0x800;
     c.ss = USER_DS;
     c.cr3 = 0;

@@ -2,7 +2,7 @@
 # Runs one robustness kernel on btvm and checks that btvm ended cleanly.
 #
 #   run_robust.sh [--status N | --any-status] [--error REGEX] [--require REGEX]
-#                 [--timeout S] BTVM KERNEL.elf
+#                 [--timeout S] [--btvm-arg ARG]... BTVM KERNEL.elf
 #
 # Clean means: btvm finished within the timeout (no hang), was not killed by
 # a signal (no crash, no failed internal check: those abort), and either
@@ -18,6 +18,7 @@ any=0
 error_re=
 require=
 timeout_s=120
+btvm_args=
 while [ $# -gt 2 ]; do
   case "$1" in
     --status) status_want=$2; shift 2 ;;
@@ -25,20 +26,23 @@ while [ $# -gt 2 ]; do
     --error) error_re=$2; shift 2 ;;
     --require) require=$2; shift 2 ;;
     --timeout) timeout_s=$2; shift 2 ;;
+    --btvm-arg) btvm_args="$btvm_args $2"; shift 2 ;;
     *) echo "run_robust.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
 if [ $# -ne 2 ]; then
   echo "usage: run_robust.sh [--status N | --any-status] [--error RE] [--require RE]" \
-    "[--timeout S] BTVM KERNEL" >&2
+    "[--timeout S] [--btvm-arg ARG]... BTVM KERNEL" >&2
   exit 2
 fi
 btvm=$1
 kernel=$2
-out=${kernel%.elf}.robust.out
-err=${kernel%.elf}.robust.err
+variant=$(printf '%s' "$btvm_args" | sed 's/[ -][ -]*/-/g')
+out=${kernel%.elf}$variant.robust.out
+err=${kernel%.elf}$variant.robust.err
 
-timeout --kill-after=5 "$timeout_s" "$btvm" run --kernel "$kernel" </dev/null >"$out" 2>"$err"
+# shellcheck disable=SC2086 # btvm_args: words, none with spaces
+timeout --kill-after=5 "$timeout_s" "$btvm" run $btvm_args --kernel "$kernel" </dev/null >"$out" 2>"$err"
 status=$?
 tail -n 30 "$out"
 cat "$err" >&2

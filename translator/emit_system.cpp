@@ -1,4 +1,5 @@
-// cli, sti and pushfq of 64-bit supervisor code, inline (InsnClass::kSystem).
+// cli, sti, pushfq and swapgs of 64-bit supervisor code, inline
+// (InsnClass::kSystem).
 // Guest IF is virtual: it lives in CpuState's RFLAGS, which translated code
 // can read and write like any memory. Linux saves and restores the
 // interrupt flag around every spinlock taken with interrupts off
@@ -14,10 +15,15 @@
 //   pushfq the arithmetic flags and DF from host RFLAGS, the rest from
 //          CpuState, RF and VM cleared in the image (SDM Vol. 2
 //          PUSHF/PUSHFD/PUSHFQ), pushed like push reg.
+//   swapgs exchanges the GS base and IA32_KERNEL_GS_BASE in CpuState
+//          (SDM Vol. 2 SWAPGS), through the host stack: no register, no
+//          flags. Translated code adds the GS base from CpuState to every
+//          GS-relative address, so the next access sees the new one.
 //
-// cli and sti are legal at CPL 0 always (and at CPL <= IOPL): the block
-// checks CS.RPL and, if it is not 0 (a ring 1 or 2 guest), leaves with
-// kAlone for the runtime to emulate the instruction with its IOPL checks.
+// cli and sti are legal at CPL 0 always (and at CPL <= IOPL), swapgs at
+// CPL 0 only: the block checks CS.RPL and, if it is not 0 (a ring 1 or 2
+// guest), leaves with kAlone for the runtime to emulate the instruction
+// with its checks (#GP(0) for swapgs).
 // Translated blocks never run with TF set (kBlockSingle), so no trap
 // after the instruction is due here.
 
@@ -31,12 +37,16 @@ namespace {
 constexpr int32_t kRflagsOffset = static_cast<int32_t>(offsetof(CpuState, rflags));
 constexpr int32_t kCsSelectorOffset = static_cast<int32_t>(
     offsetof(CpuState, seg) + kCs * sizeof(SegmentReg) + offsetof(SegmentReg, selector));
+constexpr int32_t kKernelGsBaseOffset =
+    static_cast<int32_t>(offsetof(CpuState, msr) + offsetof(MsrState, kernel_gs_base));
 }  // namespace
 
 bool BlockEmitter::EmitSystem(const DecodedInsn& d, uint32_t live_after) {
   const ZydisMnemonic m = d.insn.mnemonic;
   if (m == ZYDIS_MNEMONIC_PUSHFQ) return EmitPushf(d, live_after);
-  if (m != ZYDIS_MNEMONIC_CLI && m != ZYDIS_MNEMONIC_STI) return Fail("not inline: " + FormatInsn(d));
+  if (m != ZYDIS_MNEMONIC_CLI && m != ZYDIS_MNEMONIC_STI && m != ZYDIS_MNEMONIC_SWAPGS) {
+    return Fail("not inline: " + FormatInsn(d));
+  }
 
   // The flags the checks clobber are saved if live (and restored lazily,
   // by the next instruction that needs them, or at the block's end).
@@ -56,6 +66,13 @@ bool BlockEmitter::EmitSystem(const DecodedInsn& d, uint32_t live_after) {
 
   if (m == ZYDIS_MNEMONIC_CLI) {
     a_.and_(CtxPtr(kRflagsOffset, 4), ~static_cast<int32_t>(rflags::kIF));
+    return true;
+  }
+  if (m == ZYDIS_MNEMONIC_SWAPGS) {
+    a_.push(CtxPtr(SegBaseOffset(kGs), 8));
+    a_.push(CtxPtr(kKernelGsBaseOffset, 8));
+    a_.pop(CtxPtr(SegBaseOffset(kGs), 8));
+    a_.pop(CtxPtr(kKernelGsBaseOffset, 8));
     return true;
   }
   a_.or_(CtxPtr(kRflagsOffset, 4), static_cast<int32_t>(rflags::kIF));

@@ -51,6 +51,9 @@ expect_error "code cache too small" run --code-cache 4K
 expect_error "code cache too large" run --code-cache 2G
 expect_error "code cache garbage" run --code-cache big
 expect_error "unknown engine" run --engine qemu
+expect_error "bad --direct-transport" run --engine direct --direct-transport pipe
+expect_error "bad --direct-policy" run --engine direct --direct-policy sometimes
+expect_error "missing --direct-policy value" run --engine direct --direct-policy
 expect_error "missing value" run --kernel
 expect_error "unknown flag" run --frobnicate
 expect_error "unknown command" fly

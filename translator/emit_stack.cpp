@@ -90,6 +90,10 @@ bool BlockEmitter::EmitStack(const DecodedInsn& d, uint32_t flags_live) {
     return true;
   }
 
+  if (d.insn.mnemonic == ZYDIS_MNEMONIC_PUSH && op.type == ZYDIS_OPERAND_TYPE_MEMORY &&
+      d.insn.operand_width == 64) {
+    return EmitPushMemory(d, flags_live);
+  }
   // 64-bit, or 16-bit with the operand-size prefix (SDM Vol. 2 PUSH/POP).
   const int width = d.insn.operand_width / 8;
   if (width != 8 && width != 2) return Fail("push/pop of this size: " + FormatInsn(d));
@@ -175,6 +179,59 @@ bool BlockEmitter::EmitStack(const DecodedInsn& d, uint32_t flags_live) {
       a_.mov(width == 2 ? x86::Gp(x86::gpw(reg.index)) : x86::Gp(x86::gpq(reg.index)), v);
     }
   }
+  return true;
+}
+
+// push m64: the source is read first, at an address computed with RSP as
+// before the push (SDM Vol. 2 PUSH), into a scratch register; then it is
+// stored as push reg stores, and RSP moves last, so a fault in either
+// access leaves the guest state as before the instruction. The source's
+// access is recorded as the explicit operand's alone (a fault there is
+// #SS only if that operand is SS-relative, not because of the push's own
+// stack operand).
+bool BlockEmitter::EmitPushMemory(const DecodedInsn& d, uint32_t flags_live) {
+  const ZydisDecodedOperand& op = d.ops[0];
+  Plan p;
+  // The address's registers: RSP is in its host register for good, R15
+  // comes into a scratch register (LoadRenamed).
+  for (ZydisRegister reg : {op.mem.base, op.mem.index}) {
+    GprRef r;
+    if (!DecodeGpr(reg, &r)) continue;
+    if (r.index == kRsp || r.index == kR15) {
+      p.rename[r.index] = -1;
+    } else {
+      p.used |= 1u << r.index;
+    }
+  }
+  TakeRegisters(&p);
+  RenameRsp(&p);
+  if (p.rename[kR15] == -1) p.rename[kR15] = PickScratch(&p, false);
+  const int s = PickScratch(&p, false), t = PickScratch(&p, false), u = PickScratch(&p, false);
+  if (s < 0 || t < 0 || u < 0 || p.rename[kR15] < 0) {
+    return Fail("no scratch register for " + FormatInsn(d));
+  }
+  SaveFlagsIfLive(flags_live != 0);
+  SpillPlan(p);
+  LoadRenamed(p);
+  last_scratch_ = p.spilled;
+  last_flags_saved_ = flags_saved_;
+  const x86::Gp R = x86::gpq(p.rename[kRsp]), U = x86::gpq(u);
+
+  DecodedInsn source = d;
+  source.insn.operand_count = 1;  // the explicit operand only
+  EmitEffectiveAddress(source, op, p, s, -1);
+  EmitAccess(source, p, s, t, 8, true, false,
+             [this, s, U] { a_.mov(U, x86::qword_ptr(x86::gpq(s))); }, false);
+  x86::Mem win;
+  if (WindowMem(8, &win)) {
+    a_.mov(win, U);
+  } else {
+    a_.lea(x86::gpq(s), x86::ptr(R, -8));
+    EmitAccess(d, p, s, t, 8, false, true, [this, s, U] { a_.mov(x86::qword_ptr(x86::gpq(s)), U); },
+               false, false, /*stack=*/true);
+  }
+  a_.lea(R, x86::ptr(R, -8));
+  stack_slot_in_ = -1;
   return true;
 }
 

@@ -88,6 +88,8 @@ class BlockEmitter {
   // `flags_live` = guest arithmetic flags live before the instruction.
   bool EmitIdent(const DecodedInsn& d, uint32_t flags_live);
   bool EmitStack(const DecodedInsn& d, uint32_t flags_live);
+  // push m64 (64-bit mode): the source loaded, then pushed (emit_stack.cpp).
+  bool EmitPushMemory(const DecodedInsn& d, uint32_t flags_live);
   bool EmitBranch(const DecodedInsn& d, uint32_t flags_live);
   bool EmitString(const DecodedInsn& d);
   bool EmitXlat(const DecodedInsn& d, uint32_t flags_live);

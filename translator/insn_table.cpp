@@ -274,9 +274,13 @@ InsnClass ClassifyInsn(const ZydisDecodedInstruction& insn, const ZydisDecodedOp
     return InsnClass::kRuntime;
   }
   // push/pop with a memory operand make two memory accesses: the runtime
-  // does them in order (SDM Vol. 2 POP: the address uses the new RSP).
+  // does them in order (SDM Vol. 2 POP: the address uses the new RSP),
+  // but for a 64-bit push in 64-bit mode, which translates to a load and
+  // a push (emit_stack.cpp; Linux's entry and exit code has several).
   if ((insn.mnemonic == ZYDIS_MNEMONIC_PUSH || insn.mnemonic == ZYDIS_MNEMONIC_POP) &&
-      ops[0].type == ZYDIS_OPERAND_TYPE_MEMORY) {
+      ops[0].type == ZYDIS_OPERAND_TYPE_MEMORY &&
+      !(insn.mnemonic == ZYDIS_MNEMONIC_PUSH && insn.operand_width == 64 &&
+        insn.machine_mode == ZYDIS_MACHINE_MODE_LONG_64)) {
     return InsnClass::kRuntime;
   }
   // Compatibility mode: 16-bit addressing (the 67h prefix) has no 64-bit

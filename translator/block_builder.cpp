@@ -245,13 +245,15 @@ BuildResult BuildBlock(CodeCache& cache, const BlockKey& key, const FetchFn& fet
       }
       return r;
     }
-    // cli, sti, pushfq and swapgs of supervisor code go inline
+    // cli, sti, pushfq, swapgs and rdtsc of supervisor code go inline
     // (emit_system.cpp): Linux's irq save/restore would otherwise leave
     // translated code at every spin_lock_irqsave, and its system-call
-    // entry and exit at two swapgs each time.
+    // entry and exit at two swapgs and an rdtsc (the random kernel stack
+    // offset) each time.
     if (d.cls == InsnClass::kRuntime && !single && !compat && key.mmu_index == kMmuKernel &&
         (d.insn.mnemonic == ZYDIS_MNEMONIC_CLI || d.insn.mnemonic == ZYDIS_MNEMONIC_STI ||
-         d.insn.mnemonic == ZYDIS_MNEMONIC_PUSHFQ || d.insn.mnemonic == ZYDIS_MNEMONIC_SWAPGS)) {
+         d.insn.mnemonic == ZYDIS_MNEMONIC_PUSHFQ || d.insn.mnemonic == ZYDIS_MNEMONIC_SWAPGS ||
+         d.insn.mnemonic == ZYDIS_MNEMONIC_RDTSC)) {
       d.cls = InsnClass::kSystem;
     }
     if (d.cls == InsnClass::kRuntime) {

@@ -1,4 +1,4 @@
-// cli, sti, pushfq and swapgs of 64-bit supervisor code, inline
+// cli, sti, pushfq, swapgs and rdtsc of 64-bit supervisor code, inline
 // (InsnClass::kSystem).
 // Guest IF is virtual: it lives in CpuState's RFLAGS, which translated code
 // can read and write like any memory. Linux saves and restores the
@@ -19,11 +19,13 @@
 //          (SDM Vol. 2 SWAPGS), through the host stack: no register, no
 //          flags. Translated code adds the GS base from CpuState to every
 //          GS-relative address, so the next access sees the new one.
+//   rdtsc  EDX:EAX := the host TSC + CpuState's TSC offset, the virtual
+//          TSC the runtime's rdtsc gives (runtime/emulate.h, GuestTsc).
 //
 // cli and sti are legal at CPL 0 always (and at CPL <= IOPL), swapgs at
-// CPL 0 only: the block checks CS.RPL and, if it is not 0 (a ring 1 or 2
-// guest), leaves with kAlone for the runtime to emulate the instruction
-// with its checks (#GP(0) for swapgs).
+// CPL 0 only, rdtsc at CPL 0 always (and elsewhere unless CR4.TSD): the
+// block checks CS.RPL and, if it is not 0 (a ring 1 or 2 guest), leaves
+// with kAlone for the runtime to emulate the instruction with its checks.
 // Translated blocks never run with TF set (kBlockSingle), so no trap
 // after the instruction is due here.
 
@@ -39,12 +41,15 @@ constexpr int32_t kCsSelectorOffset = static_cast<int32_t>(
     offsetof(CpuState, seg) + kCs * sizeof(SegmentReg) + offsetof(SegmentReg, selector));
 constexpr int32_t kKernelGsBaseOffset =
     static_cast<int32_t>(offsetof(CpuState, msr) + offsetof(MsrState, kernel_gs_base));
+constexpr int32_t kTscOffsetOffset =
+    static_cast<int32_t>(offsetof(CpuState, msr) + offsetof(MsrState, tsc_offset));
 }  // namespace
 
 bool BlockEmitter::EmitSystem(const DecodedInsn& d, uint32_t live_after) {
   const ZydisMnemonic m = d.insn.mnemonic;
   if (m == ZYDIS_MNEMONIC_PUSHFQ) return EmitPushf(d, live_after);
-  if (m != ZYDIS_MNEMONIC_CLI && m != ZYDIS_MNEMONIC_STI && m != ZYDIS_MNEMONIC_SWAPGS) {
+  if (m != ZYDIS_MNEMONIC_CLI && m != ZYDIS_MNEMONIC_STI && m != ZYDIS_MNEMONIC_SWAPGS &&
+      m != ZYDIS_MNEMONIC_RDTSC) {
     return Fail("not inline: " + FormatInsn(d));
   }
 
@@ -66,6 +71,21 @@ bool BlockEmitter::EmitSystem(const DecodedInsn& d, uint32_t live_after) {
 
   if (m == ZYDIS_MNEMONIC_CLI) {
     a_.and_(CtxPtr(kRflagsOffset, 4), ~static_cast<int32_t>(rflags::kIF));
+    return true;
+  }
+  if (m == ZYDIS_MNEMONIC_RDTSC) {
+    // RAX and RDX in their host registers (it writes both).
+    Plan p;
+    p.used = (1u << kRax) | (1u << kRdx);
+    TakeRegisters(&p);
+    SpillPlan(p);
+    a_.rdtsc();
+    a_.shl(x86::rdx, 32);
+    a_.or_(x86::rax, x86::rdx);
+    a_.add(x86::rax, CtxPtr(kTscOffsetOffset, 8));
+    a_.mov(x86::rdx, x86::rax);
+    a_.shr(x86::rdx, 32);
+    a_.mov(x86::eax, x86::eax);
     return true;
   }
   if (m == ZYDIS_MNEMONIC_SWAPGS) {

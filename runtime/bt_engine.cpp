@@ -1,6 +1,7 @@
 #include "runtime/bt_engine.h"
 
 #include <time.h>
+#include <x86intrin.h>
 
 #include <algorithm>
 #include <chrono>
@@ -254,16 +255,16 @@ bool BtEngine::FetchBlock(bool single, bool plain_stack, Block** block, EngineEx
   const auto fetch = [this](uint64_t rip, uint8_t* buf, size_t len, GuestException* fault) {
     return FetchCode(rip, buf, len, fault);
   };
-  // Translating user code is not user code's time (user_ns): a process
+  // Translating user code is not user code's time (user_tsc): a process
   // that runs new code is not computing.
-  const uint64_t build_start = user_since_ns_ ? MonotonicNs() : 0;
+  const uint64_t build_start = user_since_tsc_ ? __rdtsc() : 0;
   BuildResult r = BuildBlock(cache_, key, fetch, phys_of);
   if (r.kind == BuildResult::kCacheFull) {
     cache_.Flush();
     ++counters_.cache_flushes;
     r = BuildBlock(cache_, key, fetch, phys_of);
   }
-  if (build_start) user_since_ns_ += MonotonicNs() - build_start;
+  if (build_start) user_since_tsc_ += __rdtsc() - build_start;
   switch (r.kind) {
     case BuildResult::kOk: break;
     case BuildResult::kEmulate:
@@ -331,13 +332,13 @@ EngineExit BtEngine::Run(CpuState& cpu) {
     if (u && user != was_user_) {
       // Every change of CPL passes here: events and the instructions that
       // change it leave translated code.
-      const uint64_t now = MonotonicNs();
+      const uint64_t now = __rdtsc();
       if (user) {
         ++user_entries_;
-        user_since_ns_ = now;
+        user_since_tsc_ = now;
       } else {
-        user_ns_ += now - user_since_ns_;
-        user_since_ns_ = 0;
+        user_tsc_ += now - user_since_tsc_;
+        user_since_tsc_ = 0;
       }
       was_user_ = user;
     }

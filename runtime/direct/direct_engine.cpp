@@ -1,6 +1,7 @@
 #include "runtime/direct/direct_engine.h"
 
 #include <signal.h>
+#include <x86intrin.h>
 #include <time.h>
 
 #include <sys/mman.h>
@@ -11,6 +12,7 @@
 
 #include "base/format.h"
 #include "runtime/descriptors.h"
+#include "runtime/emulate.h"
 
 namespace btvm {
 
@@ -48,7 +50,10 @@ bool MayBeFetch(uint64_t rip, uint64_t addr) {
 DirectEngine::DirectEngine(GuestMemory& memory, PioBus& pio, MmioBus& mmio,
                            const std::atomic<bool>& stop, Counters& counters,
                            InterruptSource* irq, size_t code_cache_bytes)
-    : memory_(memory), bt_(memory, pio, mmio, stop, counters, irq, code_cache_bytes) {
+    : memory_(memory),
+      bt_(memory, pio, mmio, stop, counters, irq, code_cache_bytes),
+      window_tsc_(kWindowNs * HostTscKhz() / 1'000'000),
+      sparse_tsc_(kSparseNs * HostTscKhz() / 1'000'000) {
   bt_.mmu().AddObserver(this);
   bt_.set_user_runner(this);
 }
@@ -77,6 +82,7 @@ void DirectEngine::PrintStats(std::FILE* out) const {
       {"adaptive: address spaces moved to the child", stats_.to_child},
       {"adaptive: address spaces moved back", stats_.to_translated},
       {"adaptive: moved to the child by a translated #UD", stats_.ud_to_child},
+      {"adaptive: new processes at a reused CR3", stats_.new_processes},
       {"code pages dropped for a write from the child", stats_.code_pages_dropped},
       {"children (address spaces with a shadow)", spaces_.size()},
       {"  runs in another child than the last", stats_.space_switches},
@@ -106,7 +112,13 @@ UserRunner::Outcome DirectEngine::RunUser(CpuState& cpu, uint8_t* exit_request,
     return Outcome::kTranslate;
   }
   const uint64_t cr3 = cpu.cr3 & ~uint64_t{0xfff};
-  Policy& policy = policy_[cr3];
+  // The same translated user code again with no kernel entry since (an
+  // exit of its own to the runtime): nothing for the policy to measure.
+  if (cr3 == last_cr3_ && bt_.user_entries() == last_entries_ && !last_policy_->in_child) {
+    ++stats_.adaptive_runs;
+    return Outcome::kTranslate;
+  }
+  Policy& policy = cr3 == last_cr3_ ? *last_policy_ : policy_[cr3];
   if (placement_ == Placement::kAdaptive && !policy.in_child && !Promote(policy, cr3)) {
     ++stats_.adaptive_runs;
     return Outcome::kTranslate;
@@ -125,7 +137,14 @@ UserRunner::Outcome DirectEngine::RunUser(CpuState& cpu, uint8_t* exit_request,
     current_ = space;
   }
   space->last_use = ++uses_;
-  if (space->stale) Validate(*space, cpu);
+  if (space->stale && !Validate(*space, cpu) && placement_ == Placement::kAdaptive) {
+    // Nothing of the old shadow holds: most likely a new process that got
+    // the CR3 of one that ran here. It starts translated, as new ones do.
+    policy = Policy{};
+    ++stats_.new_processes;
+    ++stats_.adaptive_runs;
+    return Outcome::kTranslate;
+  }
   const uint64_t start = NowNs(), runs = stats_.runs;
   const Outcome outcome = RunInChild(cpu, exit_request, exception, error);
   // The run until the guest's kernel or the loop takes over (hidden faults
@@ -361,25 +380,26 @@ bool DirectEngine::TakeInvalidOpcode(const CpuState& cpu) {
   policy.mean_run_ns = 2 * kDenseRunNs;
   // User code that needs the host's CPU (it saw the host's CPUID) stays
   // in the child for a while, however densely it traps.
-  policy.pinned_until_ns = NowNs() + kPinNs;
+  policy.pinned_until_ns = NowNs() + policy.pin_ns;
+  policy.pin_ns = std::min(2 * policy.pin_ns, kMaxPinNs);
   ++stats_.ud_to_child;
   return true;
 }
 
 bool DirectEngine::Promote(Policy& policy, uint64_t cr3) {
-  const uint64_t user_ns = bt_.user_ns(NowNs()), entries = bt_.user_entries();
+  const uint64_t user_tsc = bt_.user_tsc(__rdtsc()), entries = bt_.user_entries();
   // The user code that ran since the last call was the last address
   // space's (every stretch of user code begins with a call here); this
   // call is a return to user mode of this one.
-  if (last_cr3_ != ~0ull) last_policy_->window_ns += user_ns - last_user_ns_;
+  if (last_cr3_ != ~0ull) last_policy_->window_tsc += user_tsc - last_user_tsc_;
   policy.window_entries += cr3 == last_cr3_ ? entries - last_entries_ : 1;
   last_cr3_ = cr3;
   last_policy_ = &policy;  // (references into an unordered_map stay valid)
-  last_user_ns_ = user_ns;
+  last_user_tsc_ = user_tsc;
   last_entries_ = entries;
-  if (policy.window_ns < kWindowNs) return false;
-  const bool sparse = policy.window_ns > policy.window_entries * kSparseNs;
-  policy.window_ns = policy.window_entries = 0;
+  if (policy.window_tsc < window_tsc_) return false;
+  const bool sparse = policy.window_tsc > policy.window_entries * sparse_tsc_;
+  policy.window_tsc = policy.window_entries = 0;
   policy.sparse_windows = sparse ? policy.sparse_windows + 1 : 0;
   if (policy.sparse_windows < 2) return false;
   policy.sparse_windows = 0;
@@ -630,9 +650,13 @@ DirectEngine::Space* DirectEngine::SpaceFor(uint64_t cr3, std::string* error) {
   return lru;
 }
 
-void DirectEngine::Validate(Space& space, const CpuState& cpu) {
+bool DirectEngine::Validate(Space& space, const CpuState& cpu) {
   ++stats_.validations;
   space.stale = false;
+  // A process's writable pages are its own (private): when none of them
+  // survives, nor anything else, the address space is a new one (pages of
+  // a shared binary's text may still map the same frames).
+  bool any_kept = space.pages.empty(), had_writable = false, writable_kept = false;
   for (auto it = space.pages.begin(); it != space.pages.end();) {
     const uint64_t va = it->first;
     Shadow& s = it->second;
@@ -642,6 +666,9 @@ void DirectEngine::Validate(Space& space, const CpuState& cpu) {
       prot = PROT_READ | (p.write && p.dirty ? s.prot & PROT_WRITE : 0) |
              (p.exec ? s.prot & PROT_EXEC : 0);
     }
+    any_kept |= prot != 0;
+    had_writable |= (s.prot & PROT_WRITE) != 0;
+    writable_kept |= (s.prot & PROT_WRITE) && prot != 0;
     if (prot == s.prot) {
       ++stats_.pages_kept;
       ++it;
@@ -657,6 +684,7 @@ void DirectEngine::Validate(Space& space, const CpuState& cpu) {
       ++it;
     }
   }
+  return had_writable ? writable_kept : any_kept;
 }
 
 void DirectEngine::OnTlbFlushPage(GuestVirt page) {

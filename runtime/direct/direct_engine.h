@@ -33,7 +33,12 @@
 // not have, and a process forked from it inherits that code: the #UD that
 // translated code would raise for such an instruction moves the address
 // space back to the child instead, which runs it (or delivers the #UD if
-// the host lacks it too), and keeps it there for kPinNs. The decisions
+// the host lacks it too), and keeps it there for a while (kMinPinNs,
+// doubling with each such move of the address space up to kMaxPinNs). A
+// stale shadow none of whose writable pages survive validation (or no
+// page, if it had no writable one) is taken for a new process at a reused
+// CR3: its address space starts translated again.
+// The decisions
 // show in --stats.
 //
 // Children are cached by CR3 (up to kMaxSpaces): a process switched away
@@ -98,6 +103,7 @@ class DirectEngine final : public Engine, private UserRunner, private MmuObserve
     uint64_t to_child = 0;         // adaptive decisions: an address space to the child
     uint64_t to_translated = 0;    // and back to translation
     uint64_t ud_to_child = 0;      // address spaces moved to the child by a translated #UD
+    uint64_t new_processes = 0;    // stale shadows wholly invalid: translated afresh
     uint64_t interrupted = 0;    // stops for an interrupt or a request
     uint64_t code_pages_dropped = 0;  // translations dropped for a write from the child
     uint64_t flushes = 0;        // TLB flushes that made the shadows stale
@@ -114,14 +120,15 @@ class DirectEngine final : public Engine, private UserRunner, private MmuObserve
  private:
   // The adaptive policy's state of one guest address space (by CR3).
   static constexpr uint64_t kWindowNs = 1'000'000, kSparseNs = 100'000, kDenseRunNs = 60'000,
-                            kPinNs = 1'000'000'000;
+                            kMinPinNs = 5'000'000, kMaxPinNs = 1'000'000'000;
   struct Policy {
     bool in_child = false;
-    uint64_t window_ns = 0;       // translated: its user code's time in this window
+    uint64_t window_tsc = 0;      // translated: its user code's time in this window (TSC)
     uint64_t window_entries = 0;  // and its returns to user mode
     int sparse_windows = 0;       // windows in a row that were sparse
     uint64_t mean_run_ns = 2 * kDenseRunNs;  // in the child: moving mean of runs between stops
     uint64_t pinned_until_ns = 0;  // in the child at least until then (a translated #UD)
+    uint64_t pin_ns = kMinPinNs;   // the next pin's length
   };
 
   // UserRunner
@@ -158,7 +165,9 @@ class DirectEngine final : public Engine, private UserRunner, private MmuObserve
   // `cpu`'s tables (its CR3's) would map, with no more rights (an
   // accessed, user page, at the same guest-physical page; writable only
   // if dirty), as a TLB refilled from the tables would.
-  void Validate(Space& space, const CpuState& cpu);
+  // False if it looks like another process's now: none of its writable
+  // pages survived (none at all, if it had no writable page).
+  bool Validate(Space& space, const CpuState& cpu);
 
   // A shadow miss (a SIGSEGV for a missing mapping or missing rights):
   // maps the page if the guest's tables allow the access the fault
@@ -210,8 +219,11 @@ class DirectEngine final : public Engine, private UserRunner, private MmuObserve
   std::unordered_map<uint64_t, Policy> policy_;
   Placement placement_ = Placement::kAdaptive;
   // Promote's clock: the address space translated user code last ran in,
-  // and the bt engine's user time and count of returns to user mode then.
-  uint64_t last_cr3_ = ~0ull, last_user_ns_ = 0, last_entries_ = 0;
+  // and the bt engine's user time (TSC cycles) and count of returns to
+  // user mode then.
+  uint64_t last_cr3_ = ~0ull, last_user_tsc_ = 0, last_entries_ = 0;
+  // kWindowNs and kSparseNs in TSC cycles.
+  uint64_t window_tsc_ = 0, sparse_tsc_ = 0;
   Policy* last_policy_ = nullptr;  // last_cr3_'s
   // The last fault filled (page, RIP): the same again runs translated.
   uint64_t last_fill_page_ = ~0ull, last_fill_rip_ = ~0ull;

@@ -144,6 +144,19 @@ bool WritesRsp(const DecodedInsn& d) {
   return false;
 }
 
+// mov r64, CR0/CR2/CR3/CR4 into a register other than RSP and R15.
+bool IsControlRegisterRead(const DecodedInsn& d) {
+  if (d.insn.mnemonic != ZYDIS_MNEMONIC_MOV || d.insn.operand_count_visible != 2 ||
+      d.ops[0].type != ZYDIS_OPERAND_TYPE_REGISTER || d.ops[1].type != ZYDIS_OPERAND_TYPE_REGISTER) {
+    return false;
+  }
+  const ZydisRegister cr = d.ops[1].reg.value;
+  GprRef g;
+  return (cr == ZYDIS_REGISTER_CR0 || cr == ZYDIS_REGISTER_CR2 || cr == ZYDIS_REGISTER_CR3 ||
+          cr == ZYDIS_REGISTER_CR4) &&
+         DecodeGpr(d.ops[0].reg.value, &g) && g.size == 8 && g.index != kRsp && g.index != kR15;
+}
+
 StackWindowPlan PlanStackWindow(const std::vector<DecodedInsn>& insns) {
   // Below two accesses the one probe saves nothing; a window this large
   // already means frames the probe would rarely fit in one page.
@@ -245,15 +258,16 @@ BuildResult BuildBlock(CodeCache& cache, const BlockKey& key, const FetchFn& fet
       }
       return r;
     }
-    // cli, sti, pushfq, swapgs and rdtsc of supervisor code go inline
-    // (emit_system.cpp): Linux's irq save/restore would otherwise leave
-    // translated code at every spin_lock_irqsave, and its system-call
-    // entry and exit at two swapgs and an rdtsc (the random kernel stack
-    // offset) each time.
+    // cli, sti, pushfq, swapgs, rdtsc and reads of CR0/2/3/4 of
+    // supervisor code go inline (emit_system.cpp): Linux's irq
+    // save/restore would otherwise leave translated code at every
+    // spin_lock_irqsave, its system-call entry and exit at two swapgs and
+    // an rdtsc (the random kernel stack offset) each time, and its page
+    // faults at the read of CR2.
     if (d.cls == InsnClass::kRuntime && !single && !compat && key.mmu_index == kMmuKernel &&
         (d.insn.mnemonic == ZYDIS_MNEMONIC_CLI || d.insn.mnemonic == ZYDIS_MNEMONIC_STI ||
          d.insn.mnemonic == ZYDIS_MNEMONIC_PUSHFQ || d.insn.mnemonic == ZYDIS_MNEMONIC_SWAPGS ||
-         d.insn.mnemonic == ZYDIS_MNEMONIC_RDTSC)) {
+         d.insn.mnemonic == ZYDIS_MNEMONIC_RDTSC || IsControlRegisterRead(d))) {
       d.cls = InsnClass::kSystem;
     }
     if (d.cls == InsnClass::kRuntime) {

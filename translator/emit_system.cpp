@@ -1,5 +1,5 @@
-// cli, sti, pushfq, swapgs and rdtsc of 64-bit supervisor code, inline
-// (InsnClass::kSystem).
+// cli, sti, pushfq, swapgs, rdtsc and reads of CR0, CR2, CR3 and CR4 of
+// 64-bit supervisor code, inline (InsnClass::kSystem).
 // Guest IF is virtual: it lives in CpuState's RFLAGS, which translated code
 // can read and write like any memory. Linux saves and restores the
 // interrupt flag around every spinlock taken with interrupts off
@@ -21,9 +21,13 @@
 //          GS-relative address, so the next access sees the new one.
 //   rdtsc  EDX:EAX := the host TSC + CpuState's TSC offset, the virtual
 //          TSC the runtime's rdtsc gives (runtime/emulate.h, GuestTsc).
+//   mov r64, CRn (n = 0, 2, 3, 4): the register from CpuState (SDM Vol. 2
+//          MOV—Move to/from Control Registers; the block builder takes
+//          only registers other than RSP and R15).
 //
 // cli and sti are legal at CPL 0 always (and at CPL <= IOPL), swapgs at
-// CPL 0 only, rdtsc at CPL 0 always (and elsewhere unless CR4.TSD): the
+// CPL 0 only (and the reads of control registers), rdtsc at CPL 0 always
+// (and elsewhere unless CR4.TSD): the
 // block checks CS.RPL and, if it is not 0 (a ring 1 or 2 guest), leaves
 // with kAlone for the runtime to emulate the instruction with its checks.
 // Translated blocks never run with TF set (kBlockSingle), so no trap
@@ -49,7 +53,7 @@ bool BlockEmitter::EmitSystem(const DecodedInsn& d, uint32_t live_after) {
   const ZydisMnemonic m = d.insn.mnemonic;
   if (m == ZYDIS_MNEMONIC_PUSHFQ) return EmitPushf(d, live_after);
   if (m != ZYDIS_MNEMONIC_CLI && m != ZYDIS_MNEMONIC_STI && m != ZYDIS_MNEMONIC_SWAPGS &&
-      m != ZYDIS_MNEMONIC_RDTSC) {
+      m != ZYDIS_MNEMONIC_RDTSC && m != ZYDIS_MNEMONIC_MOV) {
     return Fail("not inline: " + FormatInsn(d));
   }
 
@@ -71,6 +75,22 @@ bool BlockEmitter::EmitSystem(const DecodedInsn& d, uint32_t live_after) {
 
   if (m == ZYDIS_MNEMONIC_CLI) {
     a_.and_(CtxPtr(kRflagsOffset, 4), ~static_cast<int32_t>(rflags::kIF));
+    return true;
+  }
+  if (m == ZYDIS_MNEMONIC_MOV) {
+    GprRef g;
+    if (!DecodeGpr(d.ops[0].reg.value, &g)) return Fail("not inline: " + FormatInsn(d));
+    const ZydisRegister cr = d.ops[1].reg.value;
+    const int32_t offset = static_cast<int32_t>(
+        cr == ZYDIS_REGISTER_CR0   ? offsetof(CpuState, cr0)
+        : cr == ZYDIS_REGISTER_CR2 ? offsetof(CpuState, cr2)
+        : cr == ZYDIS_REGISTER_CR3 ? offsetof(CpuState, cr3)
+                                   : offsetof(CpuState, cr4));
+    Plan p;
+    p.used = 1u << g.index;
+    TakeRegisters(&p);
+    SpillPlan(p);
+    a_.mov(x86::gpq(g.index), CtxPtr(offset, 8));
     return true;
   }
   if (m == ZYDIS_MNEMONIC_RDTSC) {

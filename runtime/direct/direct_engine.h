@@ -16,8 +16,11 @@
 // The shadow follows TLB semantics (it is a TLB the host's MMU walks): a
 // page is mapped only from a walk of the guest tables, writable only once
 // the guest PTE is dirty (the first write faults and runs translated,
-// which sets D) and never while the page holds translated code; mov cr3,
-// invlpg and paging changes drop mappings as they drop soft-TLB entries.
+// which sets D) and never while the page holds translated code. Children
+// are cached by CR3 (up to kMaxSpaces): a process switched away from and
+// back keeps its shadow, which a TLB flush (a CR3 write among them) only
+// marks stale, and which is validated against the guest's tables before
+// it runs again; invlpg drops the page from every cached shadow.
 //
 // The adaptive policy (VMware's), per guest address space (by CR3): each
 // trap costs the child a host round trip (two switches between host
@@ -37,18 +40,11 @@
 // doubling with each such move of the address space up to kMaxPinNs). A
 // stale shadow none of whose writable pages survive validation (or no
 // page, if it had no writable one) is taken for a new process at a reused
-// CR3: its address space starts translated again.
-// The decisions
-// show in --stats.
+// CR3: its address space starts translated again. The decisions show in
+// --stats.
 //
-// Children are cached by CR3 (up to kMaxSpaces): a process switched away
-// from and back keeps its shadow, which a TLB flush (a CR3 write among
-// them) only marks stale, and which is validated against the guest's
-// tables before it runs again.
-//
-// Not yet: the translated kernel inside the child (no
-// process switch per trap), compatibility-mode user code (it runs
-// translated).
+// Not yet: the translated kernel inside the child (no process switch per
+// trap), compatibility-mode user code (it runs translated).
 
 #include <sys/types.h>
 

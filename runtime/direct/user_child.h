@@ -18,7 +18,8 @@
 //   signal (SIGSYS, a fault's, the monitor's interrupt request) enters the
 //   stub's handler, which hands the signal frame (the guest's registers,
 //   in the shared stack) to the monitor through a futex and waits. A trap
-//   costs a signal frame and two futex wake-ups.
+//   costs a signal frame and two hand-overs; each side spins briefly
+//   before it sleeps, so a hand-over within that time needs no wake-up.
 
 #include <sys/types.h>
 

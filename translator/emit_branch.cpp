@@ -335,13 +335,7 @@ bool BlockEmitter::EmitBranch(const DecodedInsn& d, uint32_t flags_live) {
       if (!DecodeGpr(op.reg.value, &r)) return Fail("odd branch operand");
       if (r.index != kRsp && r.index != kR15) p.used |= 1u << r.index;
     } else if (op.type == ZYDIS_OPERAND_TYPE_MEMORY) {
-      for (ZydisRegister reg : {op.mem.base, op.mem.index}) {
-        GprRef r;
-        if (DecodeGpr(reg, &r)) {
-          if (r.index == kRsp || r.index == kR15) p.rename[r.index] = -1;
-          else p.used |= 1u << r.index;
-        }
-      }
+      NoteAddressRegisters(op, &p);
     }
     TakeRegisters(&p);
     // call and ret use RSP themselves.

@@ -91,6 +91,18 @@ bool BlockEmitter::PlanInsn(const DecodedInsn& d, Plan* p) {
   return true;
 }
 
+void BlockEmitter::NoteAddressRegisters(const ZydisDecodedOperand& op, Plan* p) {
+  for (ZydisRegister reg : {op.mem.base, op.mem.index}) {
+    GprRef r;
+    if (!DecodeGpr(reg, &r)) continue;
+    if (r.index == kRsp || r.index == kR15) {
+      p->rename[r.index] = -1;
+    } else {
+      p->used |= 1u << r.index;
+    }
+  }
+}
+
 void BlockEmitter::TakeRegisters(Plan* p) {
   for (int h = 0; h < 16; ++h) {
     if (p->used & borrowed_ & (1u << h)) Reload(h);

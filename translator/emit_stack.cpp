@@ -194,15 +194,7 @@ bool BlockEmitter::EmitPushMemory(const DecodedInsn& d, uint32_t flags_live) {
   Plan p;
   // The address's registers: RSP is in its host register for good, R15
   // comes into a scratch register (LoadRenamed).
-  for (ZydisRegister reg : {op.mem.base, op.mem.index}) {
-    GprRef r;
-    if (!DecodeGpr(reg, &r)) continue;
-    if (r.index == kRsp || r.index == kR15) {
-      p.rename[r.index] = -1;
-    } else {
-      p.used |= 1u << r.index;
-    }
-  }
+  NoteAddressRegisters(op, &p);
   TakeRegisters(&p);
   RenameRsp(&p);
   if (p.rename[kR15] == -1) p.rename[kR15] = PickScratch(&p, false);

@@ -266,6 +266,9 @@ class BlockEmitter {
   // them that earlier instructions took as scratch, and starts p->spilled
   // with the ones still taken.
   void TakeRegisters(Plan* p);
+  // Notes the registers of a memory operand's address in `p`: RSP and R15
+  // to be renamed (rename = -1, assigned by the caller), the others used.
+  static void NoteAddressRegisters(const ZydisDecodedOperand& op, Plan* p);
   // A host register for scratch: one already taken if possible, else one
   // the next instructions do not name.
   int PickScratch(Plan* p, bool low_only);

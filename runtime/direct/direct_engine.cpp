@@ -2,7 +2,6 @@
 
 #include <signal.h>
 #include <x86intrin.h>
-#include <time.h>
 
 #include <sys/mman.h>
 
@@ -23,7 +22,8 @@ constexpr uint64_t kPage = 4096;
 // cannot be mapped into the child (their accesses run translated).
 constexpr uint64_t kHostUserTop = 0x7ffffffff000;
 // The signal Interrupt sends the running child; it stops the child for
-// the monitor (its tracer) and is then discarded.
+// the monitor (seccomp: the stub's handler takes it; ptrace: the tracer
+// sees it and discards it).
 constexpr int kInterruptSignal = SIGALRM;
 
 // Whether the trap is a page fault whose error code the transport saw
@@ -145,12 +145,12 @@ UserRunner::Outcome DirectEngine::RunUser(CpuState& cpu, uint8_t* exit_request,
     ++stats_.adaptive_runs;
     return Outcome::kTranslate;
   }
-  const uint64_t start = NowNs(), runs = stats_.runs;
+  const uint64_t start = clock_.NowNs(), runs = stats_.runs;
   const Outcome outcome = RunInChild(cpu, exit_request, exception, error);
   // The run until the guest's kernel or the loop takes over (hidden faults
   // included: they are the child's cost too).
   if (placement_ == Placement::kAdaptive && stats_.runs != runs && outcome != Outcome::kError) {
-    Decide(policy, NowNs() - start);
+    Decide(policy, clock_.NowNs() - start);
   }
   return outcome;
 }
@@ -354,12 +354,6 @@ bool DirectEngine::TakeSelectors(const direct::Trap& t, CpuState& cpu, std::stri
   return true;
 }
 
-uint64_t DirectEngine::NowNs() {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<uint64_t>(ts.tv_sec) * 1'000'000'000 + static_cast<uint64_t>(ts.tv_nsec);
-}
-
 bool DirectEngine::ChildCanRunFlags(const CpuState& cpu) {
   return (cpu.rflags & (rflags::kIF | rflags::kIOPL)) == rflags::kIF &&
          direct::UserChild::RunsAsIs(cpu);
@@ -380,7 +374,7 @@ bool DirectEngine::TakeInvalidOpcode(const CpuState& cpu) {
   policy.mean_run_ns = 2 * kDenseRunNs;
   // User code that needs the host's CPU (it saw the host's CPUID) stays
   // in the child for a while, however densely it traps.
-  policy.pinned_until_ns = NowNs() + policy.pin_ns;
+  policy.pinned_until_ns = clock_.NowNs() + policy.pin_ns;
   policy.pin_ns = std::min(2 * policy.pin_ns, kMaxPinNs);
   ++stats_.ud_to_child;
   return true;
@@ -412,7 +406,7 @@ bool DirectEngine::Promote(Policy& policy, uint64_t cr3) {
 void DirectEngine::Decide(Policy& policy, uint64_t run_ns) {
   // A moving mean over about the last four runs.
   policy.mean_run_ns = (3 * policy.mean_run_ns + run_ns) / 4;
-  if (policy.mean_run_ns < kDenseRunNs && NowNs() >= policy.pinned_until_ns) {
+  if (policy.mean_run_ns < kDenseRunNs && clock_.NowNs() >= policy.pinned_until_ns) {
     policy.in_child = false;  // measured afresh, translated
     ++stats_.to_translated;
   }

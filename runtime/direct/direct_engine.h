@@ -55,6 +55,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "devices/clock.h"
 #include "runtime/bt_engine.h"
 #include "runtime/direct/user_child.h"
 
@@ -189,7 +190,6 @@ class DirectEngine final : public Engine, private UserRunner, private MmuObserve
   bool HostLikeGdt(const CpuState& cpu);
   // Takes the segment registers the child stopped with into `cpu`.
   bool TakeSelectors(const direct::Trap& t, CpuState& cpu, std::string* error);
-  static uint64_t NowNs();
   // The adaptive policy, for translated user code about to run: true if
   // the address space moves to the child now.
   bool Promote(Policy& policy, uint64_t cr3);
@@ -214,6 +214,7 @@ class DirectEngine final : public Engine, private UserRunner, private MmuObserve
   std::atomic<pid_t> running_{0};  // the child's pid while it runs guest code
   std::unordered_map<uint64_t, Policy> policy_;
   Placement placement_ = Placement::kAdaptive;
+  HostClock clock_;  // the policy's runs and pins
   // Promote's clock: the address space translated user code last ran in,
   // and the bt engine's user time (TSC cycles) and count of returns to
   // user mode then.

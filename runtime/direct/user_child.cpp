@@ -41,8 +41,6 @@ constexpr uint64_t kPage = 4096;
 // The stub area's part shared with the monitor: the control page and the
 // stub's stack, after the code page.
 constexpr uint64_t kSharedBytes = UserChild::kStubBytes - kPage;
-// The signals the seccomp transport's handler takes: the guest's faults
-// and traps, its syscalls (SIGSYS) and the monitor's interrupt request.
 // How long each side of the seccomp transport spins before it sleeps on
 // the futex: about 20 µs of a 2–4 GHz TSC. A wake-up from sleep costs
 // several microseconds here (an idle virtual CPU halts), more than most
@@ -65,6 +63,8 @@ uint64_t SpinPauses() {
 // Kernel ABI values glibc's headers leave out.
 constexpr uint64_t kSaRestorer = 0x04000000;  // SA_RESTORER
 constexpr unsigned long kHwcap2Fsgsbase = 1ul << 1;  // HWCAP2_FSGSBASE
+// The signals the seccomp transport's handler takes: the guest's faults
+// and traps, its syscalls (SIGSYS) and the monitor's interrupt request.
 constexpr int kHandled[] = {SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGTRAP, SIGSYS, SIGALRM};
 // The flags user code can change; the others (IF, IOPL, ...) the host
 // keeps its own way in the child, so they stay the guest's.
@@ -576,13 +576,32 @@ constexpr int kSysSeccomp = 1;  // SIGSYS's si_code from a seccomp filter
 
 }  // namespace
 
-Result<Trap> UserChild::RunSeccomp(CpuState& cpu) {
-  auto* uc = reinterpret_cast<ucontext_t*>(
+Status UserChild::Frame(ucontext_t** uc, uint8_t** fx) const {
+  *uc = reinterpret_cast<ucontext_t*>(
       Shared(control_->ucontext, offsetof(ucontext_t, uc_sigmask) + 8));
-  if (!uc) return MakeError("direct engine: the child's signal frame is outside its stack");
+  *fx = *uc ? Shared(reinterpret_cast<uint64_t>((*uc)->uc_mcontext.fpregs), 512 + 64) : nullptr;
+  if (!*fx) return MakeError("direct engine: the child's signal frame is outside its stack");
+  return Ok{};
+}
+
+namespace {
+
+// The XSAVE header's XSTATE_BV in a signal frame's FPU state, or null if
+// the frame holds the FXSAVE image alone (no FP_XSTATE_MAGIC1 in the
+// bytes the kernel keeps for itself at 464).
+uint8_t* XstateBv(uint8_t* fx) {
+  uint32_t magic;
+  std::memcpy(&magic, fx + 464, 4);
+  return magic == kXstateMagic1 ? fx + 512 : nullptr;
+}
+
+}  // namespace
+
+Result<Trap> UserChild::RunSeccomp(CpuState& cpu) {
+  ucontext_t* uc;
+  uint8_t* fx;
+  if (Status s = Frame(&uc, &fx); !s) return s.error();
   greg_t* g = uc->uc_mcontext.gregs;
-  auto* fx = Shared(reinterpret_cast<uint64_t>(uc->uc_mcontext.fpregs), 512 + 64);
-  if (!fx) return MakeError("direct engine: the child's FPU frame is outside its stack");
   // The guest's registers into the frame, which rt_sigreturn loads.
   for (int i = 0; i < 16; ++i) g[kFrameGpr[i]] = static_cast<greg_t>(cpu.gpr[i]);
   g[REG_RIP] = static_cast<greg_t>(cpu.rip);
@@ -592,15 +611,12 @@ Result<Trap> UserChild::RunSeccomp(CpuState& cpu) {
   uc->uc_flags |= kUcSigcontextSs | kUcStrictRestoreSs;
   std::memset(&uc->uc_sigmask, 0, 8);  // nothing blocked in the guest
   std::memcpy(fx, cpu.xsave.bytes, kFxBytes);
-  uint32_t magic;
-  std::memcpy(&magic, fx + 464, 4);
-  const bool xsave_frame = magic == kXstateMagic1;
-  if (xsave_frame) {
+  if (uint8_t* bv = XstateBv(fx)) {
     // XRSTOR takes x87 and SSE from the frame only if the header says so.
     uint64_t xstate_bv;
-    std::memcpy(&xstate_bv, fx + 512, 8);
+    std::memcpy(&xstate_bv, bv, 8);
     xstate_bv |= 3;
-    std::memcpy(fx + 512, &xstate_bv, 8);
+    std::memcpy(bv, &xstate_bv, 8);
   }
   control_->fs_base = cpu.seg[kFs].base;
   control_->gs_base = cpu.seg[kGs].base;
@@ -614,22 +630,18 @@ Result<Trap> UserChild::RunSeccomp(CpuState& cpu) {
   if (Status a = CheckApplied(count); !a) return a.error();
 
   // The state it stopped in: a new frame (the same place, as a rule).
-  uc = reinterpret_cast<ucontext_t*>(
-      Shared(control_->ucontext, offsetof(ucontext_t, uc_sigmask) + 8));
-  if (!uc) return MakeError("direct engine: the child's signal frame is outside its stack");
+  if (Status f = Frame(&uc, &fx); !f) return f.error();
   g = uc->uc_mcontext.gregs;
-  fx = Shared(reinterpret_cast<uint64_t>(uc->uc_mcontext.fpregs), 512 + 64);
   const auto* si = reinterpret_cast<const siginfo_t*>(Shared(control_->info, sizeof(siginfo_t)));
-  if (!fx || !si) return MakeError("direct engine: the child's signal frame is outside its stack");
+  if (!si) return MakeError("direct engine: the child's signal frame is outside its stack");
   for (int i = 0; i < 16; ++i) cpu.gpr[i] = static_cast<uint64_t>(g[kFrameGpr[i]]);
   cpu.rip = static_cast<uint64_t>(g[REG_RIP]);
   cpu.rflags = (cpu.rflags & ~kUserFlags) | (static_cast<uint64_t>(g[REG_EFL]) & kUserFlags);
   std::memcpy(cpu.xsave.bytes, fx, kFxBytes);
-  std::memcpy(&magic, fx + 464, 4);
-  if (magic == kXstateMagic1) {
+  if (const uint8_t* bv = XstateBv(fx)) {
     // Components in their initial configuration may not be in the frame.
     uint64_t xstate_bv;
-    std::memcpy(&xstate_bv, fx + 512, 8);
+    std::memcpy(&xstate_bv, bv, 8);
     if (!(xstate_bv & 2)) std::memset(cpu.xsave.bytes + 160, 0, kFxBytes - 160);
     if (!(xstate_bv & 1)) {
       std::memset(cpu.xsave.bytes, 0, 24);

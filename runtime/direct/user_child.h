@@ -22,6 +22,7 @@
 //   before it sleeps, so a hand-over within that time needs no wake-up.
 
 #include <sys/types.h>
+#include <ucontext.h>
 
 #include <cstddef>
 #include <cstdint>
@@ -186,6 +187,10 @@ class UserChild {
   // seccomp: tells the stopped handler `command`, waits until it stops again.
   Status Handover(uint32_t command);
   Result<Trap> RunSeccomp(CpuState& cpu);
+  // seccomp: the signal frame the handler stopped on (its ucontext and FPU
+  // state, at the monitor's addresses); an error if it lies outside the
+  // shared stack.
+  Status Frame(ucontext_t** uc, uint8_t** fx) const;
   // seccomp: the monitor's address of a child address in the shared part
   // of the stub area (control page and stack), or null if it is outside.
   uint8_t* Shared(uint64_t child_addr, uint64_t len) const;

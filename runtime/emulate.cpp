@@ -125,6 +125,14 @@ void SetZf(CpuState& cpu, bool zf) {
 //   neither of which ever holds a supervisor-only page, so a rogue data
 //   cache load cannot reach guest kernel data and guests need no PTI (whose
 //   CR3 writes would flush the soft TLB twice per system call).
+//   It also reports MDS_NO, TAA_NO, SBDR_SSDP_NO, FBSDP_NO, PSDP_NO and
+//   ITS_NO: those attacks sample the host CPU's buffers and branch
+//   predictors, which neither a guest's verw nor its branch thunks reach
+//   here: guest kernel code runs as translated host code, and guest user
+//   code in the direct engine's child is a host process like any other,
+//   under the host kernel's own mitigations. Linux would
+//   otherwise run verw on every return to user mode (an exit to the
+//   runtime per system call) and route every return through a thunk.
 // - Leaves above the maximum return the highest basic leaf, as Intel CPUs
 //   do; 0x40000000 names the hypervisor ("btvmbtvmbtvm", no further leaves).
 
@@ -143,8 +151,16 @@ inline constexpr uint64_t kReadOnlyOnes = kBtsUnavailable | kPebsUnavailable;
 inline constexpr uint64_t kWritable = kFastStrings | kAutoTcc | kLimitCpuid | kXtprDisable;
 }  // namespace misc_enable
 
-// IA32_ARCH_CAPABILITIES: RDCL_NO | PSCHANGE_MC_NO (see above).
-constexpr uint64_t kArchCapabilities = (1ull << 0) | (1ull << 6);
+// IA32_ARCH_CAPABILITIES (see above; bit numbers from SDM Vol. 4 Table 2-2).
+namespace arch_cap {
+inline constexpr uint64_t kRdclNo = 1ull << 0, kMdsNo = 1ull << 5, kPschangeMcNo = 1ull << 6,
+                          kTaaNo = 1ull << 8, kSbdrSsdpNo = 1ull << 13, kFbsdpNo = 1ull << 14,
+                          kPsdpNo = 1ull << 15, kItsNo = 1ull << 62;
+}  // namespace arch_cap
+constexpr uint64_t kArchCapabilities = arch_cap::kRdclNo | arch_cap::kMdsNo |
+                                       arch_cap::kPschangeMcNo | arch_cap::kTaaNo |
+                                       arch_cap::kSbdrSsdpNo | arch_cap::kFbsdpNo |
+                                       arch_cap::kPsdpNo | arch_cap::kItsNo;
 
 struct HostFeatures {
   uint32_t ecx1 = 0, ecx_ext1 = 0, edx_ext7 = 0;

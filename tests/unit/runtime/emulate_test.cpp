@@ -588,6 +588,11 @@ TEST_F(EmulateTest, MiscEnableAndReadOnlyMsrs) {
   EXPECT_EQ(Cpuid(0).eax, 0x16u);
   EXPECT_DONE(Rdmsr(0x10a));
   EXPECT_TRUE(Edxeax() & 1) << "ARCH_CAPABILITIES.RDCL_NO";
+  // MDS_NO, TAA_NO, the three MMIO stale-data NOs and ITS_NO: Linux then
+  // runs no verw on its returns to user mode and no return thunks.
+  for (unsigned bit : {5u, 8u, 13u, 14u, 15u, 62u}) {
+    EXPECT_TRUE(Edxeax() >> bit & 1) << "ARCH_CAPABILITIES bit " << bit;
+  }
   EXPECT_FAULT(Wrmsr(0x10a, 0), kGP);
   EXPECT_DONE(Rdmsr(0x3a));
   EXPECT_EQ(Edxeax(), 1u) << "FEATURE_CONTROL locked, VMX off";

@@ -323,6 +323,12 @@ void CodeCache::Patch(Block* from, uint32_t exit, const uint8_t* dest) {
 }
 
 bool CodeCache::FindExit(uint64_t site, Block** block, uint32_t* exit) const {
+  ExitFind& memo = exit_finds_[(site >> 3) & (kExitFinds - 1)];
+  if (memo.site == site && memo.block) {
+    *block = memo.block;
+    *exit = memo.exit;
+    return true;
+  }
   const Block* b = FindByHostPc(site);
   if (!b) return false;
   uint32_t call_offset = static_cast<uint32_t>(site - reinterpret_cast<uint64_t>(b->code) - 5);
@@ -330,6 +336,7 @@ bool CodeCache::FindExit(uint64_t site, Block** block, uint32_t* exit) const {
     if (b->exits[i].stub_offset == call_offset) {
       *block = const_cast<Block*>(b);
       *exit = i;
+      memo = {site, *block, i};
       return true;
     }
   }
@@ -463,6 +470,7 @@ void CodeCache::Flush() {
   ctx_->ClearLookups();
   spanning_links_.clear();
   std::fill(recent_.begin(), recent_.end(), nullptr);
+  std::fill(exit_finds_.begin(), exit_finds_.end(), ExitFind{});
 }
 
 const Block* CodeCache::FindByHostPc(uint64_t pc) const {

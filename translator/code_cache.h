@@ -234,6 +234,17 @@ class CodeCache final : public MmuObserver {
     return recent_[(key.rip ^ (key.rip >> 12) ^ key.flags) & (kRecentFinds - 1)];
   }
   mutable std::vector<Block*> recent_ = std::vector<Block*>(kRecentFinds, nullptr);
+  // FindExit's recent answers, direct-mapped by site: the runtime asks on
+  // every unlinked direct exit (those to emulated instructions, mostly),
+  // and the search by host address walks the whole block list. Sites stay
+  // what they name until a flush (invalidated blocks keep their code).
+  struct ExitFind {
+    uint64_t site = 0;
+    Block* block = nullptr;
+    uint32_t exit = 0;
+  };
+  static constexpr size_t kExitFinds = 1024;
+  mutable std::vector<ExitFind> exit_finds_ = std::vector<ExitFind>(kExitFinds);
 };
 
 // Helpers translated code calls (helpers.cpp).

@@ -180,12 +180,45 @@ size_t BtEngine::FetchCode(uint64_t rip, uint8_t* buf, size_t len, GuestExceptio
   return n;
 }
 
+namespace {
+// Emulated instructions that reach no device and cannot raise IF's
+// effect on their own (an IF that goes from 0 to 1 is checked apart):
+// after them the loop need not ask the interrupt controller again, which
+// reads the clock and every timer. Linux's system calls take three of
+// them (syscall, sysret and, on CPUs with MDS, verw).
+bool LeavesInterruptsAlone(ZydisMnemonic m) {
+  switch (m) {
+    case ZYDIS_MNEMONIC_SYSCALL: case ZYDIS_MNEMONIC_SYSRET: case ZYDIS_MNEMONIC_SYSENTER:
+    case ZYDIS_MNEMONIC_SYSEXIT: case ZYDIS_MNEMONIC_IRETQ: case ZYDIS_MNEMONIC_IRETD:
+    case ZYDIS_MNEMONIC_IRET: case ZYDIS_MNEMONIC_POPFQ: case ZYDIS_MNEMONIC_POPF:
+    case ZYDIS_MNEMONIC_POPFD: case ZYDIS_MNEMONIC_CLI: case ZYDIS_MNEMONIC_PUSHFQ:
+    case ZYDIS_MNEMONIC_PUSHF: case ZYDIS_MNEMONIC_PUSHFD: case ZYDIS_MNEMONIC_SWAPGS:
+    case ZYDIS_MNEMONIC_VERW: case ZYDIS_MNEMONIC_VERR: case ZYDIS_MNEMONIC_LAR:
+    case ZYDIS_MNEMONIC_LSL: case ZYDIS_MNEMONIC_CPUID: case ZYDIS_MNEMONIC_RDTSC:
+    case ZYDIS_MNEMONIC_RDTSCP: case ZYDIS_MNEMONIC_RDPID: case ZYDIS_MNEMONIC_RDFSBASE:
+    case ZYDIS_MNEMONIC_RDGSBASE: case ZYDIS_MNEMONIC_WRFSBASE: case ZYDIS_MNEMONIC_WRGSBASE:
+    case ZYDIS_MNEMONIC_INVLPG: case ZYDIS_MNEMONIC_FXSAVE: case ZYDIS_MNEMONIC_FXSAVE64:
+    case ZYDIS_MNEMONIC_FXRSTOR: case ZYDIS_MNEMONIC_FXRSTOR64: case ZYDIS_MNEMONIC_XSAVE:
+    case ZYDIS_MNEMONIC_XSAVE64: case ZYDIS_MNEMONIC_XRSTOR: case ZYDIS_MNEMONIC_XRSTOR64:
+    case ZYDIS_MNEMONIC_SGDT: case ZYDIS_MNEMONIC_SIDT: case ZYDIS_MNEMONIC_SLDT:
+    case ZYDIS_MNEMONIC_STR: case ZYDIS_MNEMONIC_SMSW: case ZYDIS_MNEMONIC_CLTS:
+      return true;
+    default:
+      return false;  // I/O, MSRs (the APIC's), CR8, hlt, string copies that may reach MMIO...
+  }
+}
+}  // namespace
+
 bool BtEngine::EmulateDecoded(const DecodedInsn& d, EngineExit* exit) {
   CpuState& c = ctx_->cpu;
   const bool tf = c.rflags & rflags::kTF;
-  check_irq_ = true;
+  const bool interrupts_were_off = !(c.rflags & rflags::kIF);
   ++emulated_[d.insn.mnemonic];
   EmulateOutcome o = emulator_.Emulate(c, d);
+  if (!LeavesInterruptsAlone(d.insn.mnemonic) ||
+      (interrupts_were_off && (c.rflags & rflags::kIF))) {
+    check_irq_ = true;
+  }
   switch (o.kind) {
     case EmulateOutcome::kDone:
       if (o.shadow != InterruptShadow::kNone) irq_shadow_ = true;

@@ -211,7 +211,7 @@ bool LeavesInterruptsAlone(ZydisMnemonic m) {
 
 bool BtEngine::EmulateDecoded(const DecodedInsn& d, EngineExit* exit) {
   CpuState& c = ctx_->cpu;
-  const bool tf = c.rflags & rflags::kTF;
+  bool tf = c.rflags & rflags::kTF;
   const bool interrupts_were_off = !(c.rflags & rflags::kIF);
   ++emulated_[d.insn.mnemonic];
   EmulateOutcome o = emulator_.Emulate(c, d);
@@ -222,6 +222,13 @@ bool BtEngine::EmulateDecoded(const DecodedInsn& d, EngineExit* exit) {
   switch (o.kind) {
     case EmulateOutcome::kDone:
       if (o.shadow != InterruptShadow::kNone) irq_shadow_ = true;
+      // syscall and sysret trap by the TF they leave, at once: a kernel
+      // whose FMASK clears TF is not stepped into, and TF set by sysret
+      // traps before the first user instruction (as QEMU does; Linux's
+      // entry code counts on it).
+      if (d.insn.mnemonic == ZYDIS_MNEMONIC_SYSCALL || d.insn.mnemonic == ZYDIS_MNEMONIC_SYSRET) {
+        tf = c.rflags & rflags::kTF;
+      }
       if (tf) {
         c.dr[6] |= kDr6SingleStep;
         return Deliver(GuestException{kDB, false, 0, 0}, EventSource::kException, exit);
@@ -290,14 +297,14 @@ bool BtEngine::FetchBlock(bool single, bool plain_stack, Block** block, EngineEx
   };
   // Translating user code is not user code's time (user_tsc): a process
   // that runs new code is not computing.
-  const uint64_t build_start = user_since_tsc_ ? __rdtsc() : 0;
+  const uint64_t build_start = ctx_->user_since ? __rdtsc() : 0;
   BuildResult r = BuildBlock(cache_, key, fetch, phys_of);
   if (r.kind == BuildResult::kCacheFull) {
     cache_.Flush();
     ++counters_.cache_flushes;
     r = BuildBlock(cache_, key, fetch, phys_of);
   }
-  if (build_start) user_since_tsc_ += __rdtsc() - build_start;
+  if (build_start) ctx_->user_since += __rdtsc() - build_start;
   switch (r.kind) {
     case BuildResult::kOk: break;
     case BuildResult::kEmulate:
@@ -362,23 +369,26 @@ EngineExit BtEngine::Run(CpuState& cpu) {
 
     const bool user = c.Cpl() == 3;
     UserRunner* const u = user_.load(std::memory_order_relaxed);
-    if (u && user != was_user_) {
-      // Every change of CPL passes here: events and the instructions that
-      // change it leave translated code.
+    if (u && user != (ctx.user_since != 0)) {
+      // Every change of CPL but an inline syscall's or sysret's (which
+      // count for themselves) passes here: events and the other
+      // instructions that change it leave translated code.
       const uint64_t now = __rdtsc();
       if (user) {
-        ++user_entries_;
-        user_since_tsc_ = now;
+        ++ctx.user_entries;
+        ctx.user_since = now;
       } else {
-        user_tsc_ += now - user_since_tsc_;
-        user_since_tsc_ = 0;
+        ctx.user_tsc += now - ctx.user_since;
+        ctx.user_since = 0;
       }
-      was_user_ = user;
     }
     if (u && !single && user && c.LongMode() && c.seg[kCs].Long()) {
       std::string error;
       GuestException exception;
       const UserRunner::Outcome o = u->RunUser(c, &ctx.exit_request, &exception, &error);
+      // Translated user code of this address space: inline sysrets may
+      // return to it without asking the runner (until CR3 changes).
+      ctx.user_chain_cr3 = o == UserRunner::Outcome::kTranslate ? c.cr3 : kNoChainCr3;
       if (o != UserRunner::Outcome::kTranslate) {
         switch (o) {
           case UserRunner::Outcome::kTranslate: break;
@@ -467,6 +477,9 @@ EngineExit BtEngine::Run(CpuState& cpu) {
         break;
       case BlockExit::kAlone:
         store_alone = true;  // a single-instruction block: the runtime emulates it
+        break;
+      case BlockExit::kIrqWindow:
+        check_irq_ = true;  // (no shadow: sysret opens none)
         break;
     }
   }

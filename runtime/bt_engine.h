@@ -90,15 +90,22 @@ class BtEngine final : public Engine {
   // is no longer write-tracked). Not while translated code runs.
   void InvalidateCodePage(GuestPhys page) { cache_.InvalidateRange(page.value, kPageSize); }
   // Hands 64-bit user code to `runner` (may be null: translate it too).
-  void set_user_runner(UserRunner* runner) { user_ = runner; }
+  // Not while Run runs.
+  void set_user_runner(UserRunner* runner) {
+    user_ = runner;
+    ctx_->count_user_time = runner != nullptr;
+    ctx_->user_chain_any = runner == nullptr;
+    ctx_->user_chain_cr3 = kNoChainCr3;
+  }
   // With a user runner: how many times the guest has gone from kernel to
-  // user mode (CPL 0..2 to 3) in this engine's loop, and the time it has
-  // spent in user mode up to `now_tsc`, in host TSC cycles (rdtsc: cheaper
-  // than a clock read on every change of CPL): what the direct engine's
-  // adaptive policy measures user code's traps by.
-  uint64_t user_entries() const { return user_entries_; }
+  // user mode (CPL 0..2 to 3), and the time it has spent in user mode up
+  // to `now_tsc`, in host TSC cycles (rdtsc: cheaper than a clock read on
+  // every change of CPL): what the direct engine's adaptive policy
+  // measures user code's traps by. Counted by the loop and by inline
+  // syscalls and sysrets (BtContext::user_entries).
+  uint64_t user_entries() const { return ctx_->user_entries; }
   uint64_t user_tsc(uint64_t now_tsc) const {
-    return user_tsc_ + (user_since_tsc_ ? now_tsc - user_since_tsc_ : 0);
+    return ctx_->user_tsc + (ctx_->user_since ? now_tsc - ctx_->user_since : 0);
   }
 
  private:
@@ -131,9 +138,6 @@ class BtEngine final : public Engine {
   Counters& counters_;
   InterruptSource* irq_;
   std::atomic<UserRunner*> user_{nullptr};
-  uint64_t user_entries_ = 0;
-  uint64_t user_tsc_ = 0, user_since_tsc_ = 0;  // user_tsc's sum, and when user mode began
-  bool was_user_ = false;  // the loop's last turn was at CPL 3
   CodeCache cache_;
   Emulator emulator_;
   Decoder decoder_;

@@ -14,9 +14,9 @@ constexpr uint32_t kArithFlags = ZYDIS_CPUFLAG_CF | ZYDIS_CPUFLAG_PF | ZYDIS_CPU
                                  ZYDIS_CPUFLAG_ZF | ZYDIS_CPUFLAG_SF | ZYDIS_CPUFLAG_OF;
 
 uint32_t FlagsRead(const DecodedInsn& d) {
-  // pushf stores every flag.
+  // pushf stores every flag, syscall copies them to R11.
   if (d.insn.mnemonic == ZYDIS_MNEMONIC_PUSHFQ || d.insn.mnemonic == ZYDIS_MNEMONIC_PUSHF ||
-      d.insn.mnemonic == ZYDIS_MNEMONIC_PUSHFD) {
+      d.insn.mnemonic == ZYDIS_MNEMONIC_PUSHFD || d.insn.mnemonic == ZYDIS_MNEMONIC_SYSCALL) {
     return kArithFlags;
   }
   return d.insn.cpu_flags ? (d.insn.cpu_flags->tested & kArithFlags) : 0;
@@ -157,6 +157,15 @@ bool IsControlRegisterRead(const DecodedInsn& d) {
          DecodeGpr(d.ops[0].reg.value, &g) && g.size == 8 && g.index != kRsp && g.index != kR15;
 }
 
+// Whether the block ends with `d`: control transfers, and sti (an
+// interrupt may wait for it).
+bool EndsBlock(const DecodedInsn& d) {
+  if (d.cls == InsnClass::kBranch) return true;
+  if (d.cls != InsnClass::kSystem) return false;
+  const ZydisMnemonic m = d.insn.mnemonic;
+  return m == ZYDIS_MNEMONIC_STI || m == ZYDIS_MNEMONIC_SYSCALL || m == ZYDIS_MNEMONIC_SYSRET;
+}
+
 StackWindowPlan PlanStackWindow(const std::vector<DecodedInsn>& insns) {
   // Below two accesses the one probe saves nothing; a window this large
   // already means frames the probe would rarely fit in one page.
@@ -270,6 +279,14 @@ BuildResult BuildBlock(CodeCache& cache, const BlockKey& key, const FetchFn& fet
          d.insn.mnemonic == ZYDIS_MNEMONIC_RDTSC || IsControlRegisterRead(d))) {
       d.cls = InsnClass::kSystem;
     }
+    // And the system call itself, both ways (emit_syscall.cpp): syscall
+    // from 64-bit user code, sysretq from 64-bit supervisor code.
+    if (d.cls == InsnClass::kRuntime && !single && !compat &&
+        ((d.insn.mnemonic == ZYDIS_MNEMONIC_SYSCALL && key.mmu_index == kMmuUser) ||
+         (d.insn.mnemonic == ZYDIS_MNEMONIC_SYSRET && key.mmu_index == kMmuKernel &&
+          d.insn.operand_width == 64))) {
+      d.cls = InsnClass::kSystem;
+    }
     if (d.cls == InsnClass::kRuntime) {
       if (insns.empty()) {  // the runtime emulates it; no block
         r.kind = BuildResult::kEmulate;
@@ -281,9 +298,7 @@ BuildResult BuildBlock(CodeCache& cache, const BlockKey& key, const FetchFn& fet
     // An instruction reaching into the next page ends the block before it,
     // unless it is the first: such a block depends on two pages.
     if (d.NextRip() > page_end && !insns.empty()) break;
-    // sti ends the block: an interrupt may wait for it.
-    ended = d.cls == InsnClass::kBranch ||
-            (d.cls == InsnClass::kSystem && d.insn.mnemonic == ZYDIS_MNEMONIC_STI);
+    ended = EndsBlock(d);
     pc = d.NextRip();
     insns.push_back(d);
   }
@@ -304,7 +319,9 @@ BuildResult BuildBlock(CodeCache& cache, const BlockKey& key, const FetchFn& fet
                     op.type == ZYDIS_OPERAND_TYPE_IMMEDIATE && op.imm.is_relative;
     uint64_t target = relative ? last.NextRip() + op.imm.value.u : 0;
     if (compat) target &= 0xffffffff;
-    if (last.cls != InsnClass::kBranch) {
+    if (EndsBlock(last) && last.cls == InsnClass::kSystem) {
+      live = kArithFlags;  // (syscall puts them in R11; the others go elsewhere)
+    } else if (last.cls != InsnClass::kBranch) {
       live = at(pc);
     } else if (relative && IsJcc(last.insn.mnemonic)) {
       live = at(target) | at(last.NextRip());
@@ -399,9 +416,7 @@ BuildResult BuildBlock(CodeCache& cache, const BlockKey& key, const FetchFn& fet
       ++emitted;
       if (d.cls == InsnClass::kBranch) break;
     }
-    const bool ends_itself = !insns.empty() && (insns.back().cls == InsnClass::kBranch ||
-                                                (insns.back().cls == InsnClass::kSystem &&
-                                                 insns.back().insn.mnemonic == ZYDIS_MNEMONIC_STI));
+    const bool ends_itself = !insns.empty() && EndsBlock(insns.back());
     if (emitted == insns.size() && !ends_itself) {
       e.Materialize();
       e.EmitJumpTo(pc);

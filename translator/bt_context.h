@@ -29,6 +29,8 @@ enum class BlockExit : uint32_t {
                    // (irq_waiting): open the sti shadow, then take it
   kAlone = 4,      // RIP holds an instruction the runtime must emulate on
                    // its own (an inline cli/sti found CPL != 0)
+  kIrqWindow = 5,  // RIP holds the next instruction; an inline sysret set IF
+                   // while an interrupt waits (irq_waiting): take it
 };
 
 // The guest-RIP -> host-code lookup translated code does inline for indirect
@@ -42,6 +44,9 @@ struct JumpCacheEntry {
 };
 inline constexpr unsigned kJumpCacheBits = 10;
 inline constexpr unsigned kJumpCacheEntries = 1u << kJumpCacheBits;
+// BtContext::user_chain_cr3 when no address space is translated for sure
+// (bits 52..63 of CR3 are reserved: no CR3 equals it).
+inline constexpr uint64_t kNoChainCr3 = ~0ull;
 inline constexpr uint64_t kNoRip = 0x8000000000000000ull;
 inline constexpr unsigned JumpCacheIndex(uint64_t rip) {
   return static_cast<unsigned>((rip ^ (rip >> kJumpCacheBits)) & (kJumpCacheEntries - 1));
@@ -128,6 +133,25 @@ struct alignas(64) BtContext {
   uint64_t ret_misses = 0;    // counted by the ret-miss stubs
   uint64_t smc_phys = 0;      // kSmc: the guest-physical range written
   uint64_t smc_size = 0;
+
+  // System calls inline (emit_syscall.cpp). User time, counted for the
+  // direct engine's policy (BtEngine::user_tsc) when count_user_time: the
+  // returns to user mode, the host TSC when the current stretch of user
+  // mode began (0 in kernel mode), and the TSC cycles of the stretches
+  // before it. The runtime's loop keeps them across the changes of CPL it
+  // makes itself; an inline syscall or sysret keeps them too.
+  uint64_t user_entries = 0;
+  uint64_t user_since = 0;
+  uint64_t user_tsc = 0;
+  // An inline sysret goes on into translated user code only if
+  // user_chain_any, or if CR3 is user_chain_cr3 (the address space the
+  // direct engine last chose to translate); else it returns to the
+  // runtime, whose loop offers the user code to the direct engine.
+  uint64_t user_chain_cr3 = kNoChainCr3;
+  uint8_t user_chain_any = 1;  // (no direct engine: all user code is translated)
+  uint8_t count_user_time = 0;
+  uint8_t pad3[6] = {};
+  uint64_t sys_save[3] = {};  // guest RAX, RDX and new host flags around the sequence
 
   alignas(64) JumpCacheEntry jump_cache[2][kJumpCacheEntries];
   // Set by the runtime when a kernel jump-cache entry may name code from a

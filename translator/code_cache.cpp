@@ -238,8 +238,8 @@ void CodeCache::Enter(BtContext* ctx, const Block& b) {
     BTVM_CHECK(syscall(SYS_arch_prctl, ARCH_SET_GS, reinterpret_cast<uintptr_t>(ctx)) == 0);
     t_gs_context = ctx;
   }
-  // The MmuIndex cannot change before translated code exits (CPL changes
-  // go through the runtime), so b's is the sentinel's.
+  // The sentinel of b's MmuIndex: an inline syscall or sysret, the only
+  // changes of CPL in translated code, swaps in the other's.
   enter_(ctx, b.code, underflow_[b.key.mmu_index]);
 }
 
@@ -255,6 +255,7 @@ EmitEnv CodeCache::EmitEnvFor(unsigned mmu_index) const {
   env.bounce_commit = reinterpret_cast<uint64_t>(commit_stub_);
   env.string_op = reinterpret_cast<uint64_t>(&BtStringOp);
   env.ret_miss = reinterpret_cast<uint64_t>(ret_miss_[mmu_index]);
+  for (unsigned m = 0; m < 2; ++m) env.underflow[m] = reinterpret_cast<uint64_t>(underflow_[m]);
   return env;
 }
 

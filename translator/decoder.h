@@ -20,9 +20,10 @@ enum class InsnClass : uint8_t {
   kBranch,     // ends the block: jmp, jcc, loop, call, ret
   kString,     // movs / stos / lods: a helper call that works page by page
   kRuntime,    // ends the block; the runtime emulates it against CpuState
-  kSystem,     // cli, sti, pushfq, swapgs in a 64-bit supervisor block: inline against
-               // the virtual flags in CpuState (emit_system.cpp); never
-               // given by the decoder, the block builder picks it
+  kSystem,     // cli, sti, pushfq, swapgs, ... in a 64-bit supervisor block, syscall
+               // in a 64-bit user block: inline against the state in
+               // CpuState (emit_system.cpp, emit_syscall.cpp); never given
+               // by the decoder, the block builder picks it
   kUndefined,  // outside the virtual CPU: the decoder reports it as #UD
 };
 

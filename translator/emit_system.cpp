@@ -1,5 +1,6 @@
 // cli, sti, pushfq, swapgs, rdtsc and reads of CR0, CR2, CR3 and CR4 of
-// 64-bit supervisor code, inline (InsnClass::kSystem).
+// 64-bit supervisor code, inline (InsnClass::kSystem). syscall and sysret
+// are kSystem too, in emit_syscall.cpp.
 // Guest IF is virtual: it lives in CpuState's RFLAGS, which translated code
 // can read and write like any memory. Linux saves and restores the
 // interrupt flag around every spinlock taken with interrupts off
@@ -52,6 +53,8 @@ constexpr int32_t kTscOffsetOffset =
 bool BlockEmitter::EmitSystem(const DecodedInsn& d, uint32_t live_after) {
   const ZydisMnemonic m = d.insn.mnemonic;
   if (m == ZYDIS_MNEMONIC_PUSHFQ) return EmitPushf(d, live_after);
+  if (m == ZYDIS_MNEMONIC_SYSCALL) return EmitSyscall(d);
+  if (m == ZYDIS_MNEMONIC_SYSRET) return EmitSysret(d);
   if (m != ZYDIS_MNEMONIC_CLI && m != ZYDIS_MNEMONIC_STI && m != ZYDIS_MNEMONIC_SWAPGS &&
       m != ZYDIS_MNEMONIC_RDTSC && m != ZYDIS_MNEMONIC_MOV) {
     return Fail("not inline: " + FormatInsn(d));

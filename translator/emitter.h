@@ -59,6 +59,9 @@ struct EmitEnv {
   // does not match the guest's (code_cache.cpp): the jump cache, else the
   // runtime, for this block's MmuIndex.
   uint64_t ret_miss = 0;
+  // The entry sentinels (code_cache.cpp), by MmuIndex: an inline syscall
+  // or sysret puts the other index's in place of its own.
+  uint64_t underflow[2] = {};
 };
 
 // Access info passed to the slow path helper: size in bits 0..7, read and
@@ -98,6 +101,11 @@ class BlockEmitter {
   // flags live after the instruction. sti ends the block.
   bool EmitSystem(const DecodedInsn& d, uint32_t live_after);
   bool EmitPushf(const DecodedInsn& d, uint32_t live_after);
+  // syscall from 64-bit user code and sysretq from 64-bit supervisor code
+  // (emit_syscall.cpp): the change of privilege in CpuState, then on into
+  // the code at the target through the jump cache. Both end the block.
+  bool EmitSyscall(const DecodedInsn& d);
+  bool EmitSysret(const DecodedInsn& d);
   // Compatibility mode (emit_compat.cpp): push/pop/leave on the 32-bit
   // stack, and near call/ret/indirect jmp with a 32-bit EIP.
   bool EmitCompatStack(const DecodedInsn& d, uint32_t flags_live);

@@ -157,6 +157,26 @@ bool IsControlRegisterRead(const DecodedInsn& d) {
          DecodeGpr(d.ops[0].reg.value, &g) && g.size == 8 && g.index != kRsp && g.index != kR15;
 }
 
+// Whether `d` may change the x87 state (the x87 registers, control, status
+// or tag word; MMX aliases them): the exit stub then saves it in full
+// (BtContext::x87_dirty).
+bool TouchesX87(const DecodedInsn& d) {
+  switch (d.insn.meta.isa_ext) {
+    case ZYDIS_ISA_EXT_X87: case ZYDIS_ISA_EXT_MMX: case ZYDIS_ISA_EXT_AMD3DNOW: return true;
+    default: break;
+  }
+  for (unsigned i = 0; i < d.insn.operand_count; ++i) {
+    if (d.ops[i].type != ZYDIS_OPERAND_TYPE_REGISTER) continue;
+    const ZydisRegister r = d.ops[i].reg.value;
+    const ZydisRegisterClass rc = ZydisRegisterGetClass(r);
+    if (rc == ZYDIS_REGCLASS_X87 || rc == ZYDIS_REGCLASS_MMX || r == ZYDIS_REGISTER_X87CONTROL ||
+        r == ZYDIS_REGISTER_X87STATUS || r == ZYDIS_REGISTER_X87TAG) {
+      return true;
+    }
+  }
+  return false;
+}
+
 // Whether the block ends with `d`: control transfers, and sti (an
 // interrupt may wait for it).
 bool EndsBlock(const DecodedInsn& d) {
@@ -371,10 +391,15 @@ BuildResult BuildBlock(CodeCache& cache, const BlockKey& key, const FetchFn& fet
   auto emit_insns = [&](BlockEmitter& e, asmjit::x86::Assembler& a) -> bool {
     records.clear();
     emitted = 0;
+    bool x87_marked = false;
     for (size_t i = 0; i < insns.size(); ++i) {
       const DecodedInsn& d = insns[i];
       InsnLabel rec{a.newLabel(), 0xffff, false, d.rip};
       a.bind(rec.label);
+      if (!x87_marked && d.cls == InsnClass::kIdent && TouchesX87(d)) {
+        e.MarkX87Dirty();
+        x87_marked = true;
+      }
       // Flags the probe must keep: those live before this instruction.
       uint32_t keep = live_in[i];
       uint16_t ahead = 0;

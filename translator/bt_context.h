@@ -92,6 +92,9 @@ struct alignas(64) BtContext {
   uint64_t slow_addr = 0;      // the guest address a slow path asks about
   uint64_t slow_info = 0;      // its size and access kind (emitter.h)
   uint64_t call_save[16] = {};  // host registers the helper stubs keep across a call
+  alignas(16) uint8_t helper_xmm[16 * 16] = {};  // and XMM0-15
+  uint32_t helper_mxcsr = 0;                     // and MXCSR
+  uint32_t pad_helper = 0;
   uint64_t host_rsp = 0;       // the monitor's RSP at entry
   uint64_t shadow_floor = 0;   // host_rsp - kShadowBytes: calls below it make no host frame
   uint64_t helper_rsp = 0;     // RSP around a helper call made 16-byte aligned
@@ -99,6 +102,16 @@ struct alignas(64) BtContext {
   uint64_t entry_target = 0;   // where the entry trampoline jumps
   uint32_t host_mxcsr = 0x1f80;
   uint16_t host_fcw = 0x37f;
+  // The x87 state across exits (code_cache.cpp, the entry and exit stubs):
+  // translated code that may change it sets x87_dirty (the exit then saves
+  // it in full, and sets x87_saved); x87_held is the image's x87 part
+  // (FXSAVE bytes 0..159) as the FPU holds it; x87_reload asks the entry
+  // to load it.
+  uint8_t x87_dirty = 0;
+  uint8_t x87_saved = 1;  // (nothing loaded yet)
+  uint8_t x87_reload = 1;
+  uint8_t pad_x87 = 0;
+  alignas(16) uint8_t x87_held[160] = {};
   uint16_t pad0 = 0;
   BlockExit exit_reason = BlockExit::kNext;
   uint32_t pad1 = 0;

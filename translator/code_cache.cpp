@@ -21,6 +21,10 @@ namespace {
 constexpr int kLiveGprs[] = {kRax, kRcx, kRdx, kRbx, kRbp, kRsi, kRdi,
                              kR8,  kR9,  kR10, kR11, kR12, kR13, kR14};
 constexpr uint64_t kHostFlagsMask = rflags::kArith | rflags::kDF | rflags::kFixed1;
+// The guest's FXSAVE image in CpuState, and its MXCSR and XMM0 (SDM Vol. 1
+// Table 10-2).
+constexpr int32_t kXsaveOffset = static_cast<int32_t>(offsetof(CpuState, xsave));
+constexpr int32_t kMxcsrImage = kXsaveOffset + 24, kXmmImage = kXsaveOffset + 160;
 
 // Copies finished code to `dst`, which the holder was initialised for.
 size_t Place(CodeHolder& code, uint8_t* dst, size_t room) {
@@ -74,8 +78,18 @@ void CodeCache::BuildTrampolines() {
   a.mov(CtxPtr(offsetof(BtContext, shadow_floor), 8), x86::rax);
   a.mov(CtxPtr(offsetof(BtContext, entry_target), 8), x86::rsi);
   a.stmxcsr(CtxPtr(offsetof(BtContext, host_mxcsr), 4));
+  // The guest's x87 state is loaded only if the FPU does not hold it
+  // already (x87_reload, CodeCache::Enter); XMM0-15 and MXCSR always.
+  Label x87_held = a.newLabel(), fpu_loaded = a.newLabel();
+  a.cmp(CtxPtr(offsetof(BtContext, x87_reload), 1), 0);
+  a.je(x87_held);
   a.fnstcw(CtxPtr(offsetof(BtContext, host_fcw), 2));
-  a.fxrstor64(CtxPtr(static_cast<int32_t>(offsetof(CpuState, xsave))));
+  a.fxrstor64(CtxPtr(kXsaveOffset));
+  a.jmp(fpu_loaded);
+  a.bind(x87_held);
+  for (int x = 0; x < 16; ++x) a.movaps(x86::xmm(x), CtxPtr(kXmmImage + 16 * x, 16));
+  a.ldmxcsr(CtxPtr(kMxcsrImage, 4));
+  a.bind(fpu_loaded);
   a.mov(x86::rax, CtxPtr(offsetof(BtContext, host_flags), 8));
   a.and_(x86::rax, static_cast<int32_t>(kHostFlagsMask));
   a.push(x86::rax);
@@ -93,13 +107,29 @@ void CodeCache::BuildTrampolines() {
   a.pop(CtxPtr(offsetof(BtContext, host_flags), 8));
   // The fault exit: the host-fault handler already stored GPRs and flags.
   a.bind(fault_exit);
-  a.fxsave64(CtxPtr(static_cast<int32_t>(offsetof(CpuState, xsave))));
+  // Guest code that may have changed the x87 state (x87_dirty) has it all
+  // saved; else only XMM0-15 and MXCSR, and the x87 state stays in the
+  // FPU for the next entry: the runtime uses no x87 instruction (btvm has
+  // no long double), so it cannot disturb it, and an fxsave and fxrstor
+  // cost some 200 cycles an exit.
+  Label x87_saved = a.newLabel(), fpu_saved = a.newLabel();
+  a.cmp(CtxPtr(offsetof(BtContext, x87_dirty), 1), 0);
+  a.jne(x87_saved);
+  for (int x = 0; x < 16; ++x) a.movaps(CtxPtr(kXmmImage + 16 * x, 16), x86::xmm(x));
+  a.stmxcsr(CtxPtr(kMxcsrImage, 4));
+  a.jmp(fpu_saved);
+  a.bind(x87_saved);
+  a.fxsave64(CtxPtr(kXsaveOffset));
   // A pending unmasked x87 exception stays in the guest's saved status
-  // word; the monitor's FPU must not raise it (fldcw would).
+  // word; the monitor's FPU must not raise it (fldcw would). The FPU then
+  // holds the monitor's control word: the next entry reloads it all.
   a.fnclex();
+  a.fldcw(CtxPtr(offsetof(BtContext, host_fcw), 2));
+  a.mov(CtxPtr(offsetof(BtContext, x87_dirty), 1), 0);
+  a.mov(CtxPtr(offsetof(BtContext, x87_saved), 1), 1);
+  a.bind(fpu_saved);
   a.cld();
   a.ldmxcsr(CtxPtr(offsetof(BtContext, host_mxcsr), 4));
-  a.fldcw(CtxPtr(offsetof(BtContext, host_fcw), 2));
   a.mov(x86::rsp, CtxPtr(offsetof(BtContext, host_rsp), 8));
   a.add(x86::rsp, 8);
   a.pop(x86::r15);
@@ -111,10 +141,16 @@ void CodeCache::BuildTrampolines() {
   a.ret();
 
   // Helper stubs, called from blocks' slow paths: they keep every host
-  // register, the flags and the FPU/SSE state as they were, and call a C++
-  // helper with the context (result in slow_result).
+  // register, the flags and the SSE state as they were, and call a C++
+  // helper with the context (result in slow_result). The x87 state stays
+  // in the FPU untouched: the helpers (helpers.cpp, BtStringOp, and the
+  // MMU code they call) use no x87 instruction, as nothing in btvm does
+  // (no long double). Keeping XMM0-15 and MXCSR by hand costs about a
+  // tenth of an fxsave and fxrstor (some 200 cycles), on every soft-TLB
+  // miss.
   auto helper_stub = [&](Label label, uint64_t fn) {
     constexpr int kCallerSaved[] = {kRax, kRcx, kRdx, kRsi, kRdi, kR8, kR9, kR10, kR11};
+    const int32_t xmm_save = static_cast<int32_t>(offsetof(BtContext, helper_xmm));
     a.align(AlignMode::kCode, 16);
     a.bind(label);
     a.pushfq();
@@ -122,8 +158,8 @@ void CodeCache::BuildTrampolines() {
       a.mov(CtxPtr(static_cast<int32_t>(offsetof(BtContext, call_save) + 8 * h), 8),
             x86::gpq(h));
     }
-    a.fxsave64(CtxPtr(static_cast<int32_t>(offsetof(CpuState, xsave))));
-    a.fnclex();
+    for (int x = 0; x < 16; ++x) a.movaps(CtxPtr(xmm_save + 16 * x, 16), x86::xmm(x));
+    a.stmxcsr(CtxPtr(offsetof(BtContext, helper_mxcsr), 4));
     a.cld();
     a.ldmxcsr(CtxPtr(offsetof(BtContext, host_mxcsr), 4));
     a.mov(CtxPtr(GprOffset(kRsp), 8), x86::gpq(kGuestRspHost));  // current for the helper
@@ -135,7 +171,8 @@ void CodeCache::BuildTrampolines() {
     a.call(x86::rax);
     a.mov(x86::rsp, CtxPtr(offsetof(BtContext, helper_rsp), 8));
     a.mov(CtxPtr(offsetof(BtContext, slow_result), 8), x86::rax);
-    a.fxrstor64(CtxPtr(static_cast<int32_t>(offsetof(CpuState, xsave))));
+    for (int x = 0; x < 16; ++x) a.movaps(x86::xmm(x), CtxPtr(xmm_save + 16 * x, 16));
+    a.ldmxcsr(CtxPtr(offsetof(BtContext, helper_mxcsr), 4));
     for (int h : kCallerSaved) {
       a.mov(x86::gpq(h),
             CtxPtr(static_cast<int32_t>(offsetof(BtContext, call_save) + 8 * h), 8));
@@ -231,6 +268,8 @@ namespace {
 // The context this thread's GS base points at (nothing else in the
 // process uses GS).
 thread_local const BtContext* t_gs_context = nullptr;
+// The context whose guest x87 state this thread's FPU holds, if any.
+thread_local const BtContext* t_x87_context = nullptr;
 }  // namespace
 
 void CodeCache::Enter(BtContext* ctx, const Block& b) {
@@ -238,6 +277,20 @@ void CodeCache::Enter(BtContext* ctx, const Block& b) {
     BTVM_CHECK(syscall(SYS_arch_prctl, ARCH_SET_GS, reinterpret_cast<uintptr_t>(ctx)) == 0);
     t_gs_context = ctx;
   }
+  // The FPU holds the guest's x87 state from the last entry unless the
+  // last exit saved it in full (and restored the monitor's control word)
+  // or the runtime changed it in the image since (an emulated fxrstor or
+  // xrstor, a run of user code in the direct engine's child, a new
+  // CpuState), or another context ran on this thread since. MXCSR (bytes
+  // 24..31) is loaded anyway.
+  const uint8_t* image = reinterpret_cast<const uint8_t*>(&ctx->cpu.xsave);
+  uint8_t* held = ctx->x87_held;
+  const bool changed = std::memcmp(image, held, 24) != 0 ||
+                       std::memcmp(image + 32, held + 32, sizeof(ctx->x87_held) - 32) != 0;
+  ctx->x87_reload = ctx->x87_saved || changed || t_x87_context != ctx;
+  t_x87_context = ctx;
+  if (ctx->x87_reload) std::memcpy(held, image, sizeof(ctx->x87_held));
+  ctx->x87_saved = 0;
   // The sentinel of b's MmuIndex: an inline syscall or sysret, the only
   // changes of CPL in translated code, swaps in the other's.
   enter_(ctx, b.code, underflow_[b.key.mmu_index]);

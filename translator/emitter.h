@@ -123,6 +123,10 @@ class BlockEmitter {
   // is linked past the target's entry check, unless `checked` (calls).
   void EmitJumpTo(uint64_t target, asmjit::InstId jcc = asmjit::x86::Inst::kIdNone,
                   uint32_t target_flags = 0, bool checked = false);
+  // Before the block's first instruction that may change the x87 state:
+  // the exit saves it in full (BtContext::x87_dirty). No register or flag
+  // changes.
+  void MarkX87Dirty() { a_.mov(CtxPtr(offsetof(BtContext, x87_dirty), 1), 1); }
   // At block entry: return to the runtime if it asked (exit_request).
   // Forward chained jumps enter past it (Block::unchecked_offset): a chain
   // of them cannot loop, as RIP grows along it. Everything else that can

@@ -104,6 +104,11 @@ class BtEngine final : public Engine {
   // measures user code's traps by. Counted by the loop and by inline
   // syscalls and sysrets (BtContext::user_entries).
   uint64_t user_entries() const { return ctx_->user_entries; }
+  // Whether inline syscalls and sysrets time user mode (with a user
+  // runner; BtContext::count_user_time). Untimed, a syscall ends the
+  // current stretch and a sysret begins none, so only stretches that the
+  // loop begins are timed.
+  void set_inline_user_timing(bool on) { ctx_->count_user_time = on && user_ != nullptr; }
   uint64_t user_tsc(uint64_t now_tsc) const {
     return ctx_->user_tsc + (ctx_->user_since ? now_tsc - ctx_->user_since : 0);
   }

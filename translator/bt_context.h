@@ -148,11 +148,11 @@ struct alignas(64) BtContext {
   uint64_t smc_size = 0;
 
   // System calls inline (emit_syscall.cpp). User time, counted for the
-  // direct engine's policy (BtEngine::user_tsc) when count_user_time: the
-  // returns to user mode, the host TSC when the current stretch of user
-  // mode began (0 in kernel mode), and the TSC cycles of the stretches
-  // before it. The runtime's loop keeps them across the changes of CPL it
-  // makes itself; an inline syscall or sysret keeps them too.
+  // direct engine's policy (BtEngine::user_tsc): the returns to user mode,
+  // the host TSC when the current stretch of user mode began (0 in kernel
+  // mode, or untimed), and the TSC cycles of the stretches before it. The
+  // runtime's loop keeps them across the changes of CPL it makes itself;
+  // an inline syscall or sysret keeps them too when count_user_time.
   uint64_t user_entries = 0;
   uint64_t user_since = 0;
   uint64_t user_tsc = 0;

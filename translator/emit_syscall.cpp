@@ -25,7 +25,8 @@
 //   - drops the host call frames (a return across the change of privilege
 //     must not land in a continuation of the other mode) and puts the new
 //     MmuIndex's sentinel in place of the old (bt_context.h, calls);
-//   - keeps the user-time count of BtContext (count_user_time);
+//   - keeps the user-time count of BtContext when count_user_time (a
+//     syscall ends the stretch either way; untimed, a sysret begins none);
 //   - after sysret, returns to the runtime instead if IF is set while an
 //     interrupt waits (kIrqWindow), or if the direct engine may want the
 //     user code (user_chain_any, user_chain_cr3).
@@ -148,15 +149,17 @@ bool BlockEmitter::EmitSyscall(const DecodedInsn& d) {
   a_.add(x86::ax, 8);
   StoreFlatSegment(a_, kSs, x86::rax, 0xc093);
   a_.mov(CtxPtr(kSaveRdx, 8), x86::rdx);
-  // The end of this stretch of user mode.
+  // The end of this stretch of user mode (timed if it began timed).
   Label uncounted = a_.newLabel();
   a_.cmp(CtxPtr(offsetof(BtContext, count_user_time), 1), 0);
+  a_.je(uncounted);
+  a_.cmp(CtxPtr(offsetof(BtContext, user_since), 8), 0);
   a_.je(uncounted);
   ReadTsc(a_);
   a_.sub(x86::rax, CtxPtr(offsetof(BtContext, user_since), 8));
   a_.add(CtxPtr(offsetof(BtContext, user_tsc), 8), x86::rax);
-  a_.mov(CtxPtr(offsetof(BtContext, user_since), 8), 0);
   a_.bind(uncounted);
+  a_.mov(CtxPtr(offsetof(BtContext, user_since), 8), 0);
   a_.mov(x86::rcx, d.NextRip());
   a_.mov(x86::rax, CtxPtr(MsrOffset(offsetof(MsrState, lstar)), 8));
   a_.mov(CtxPtr(kRipOffset, 8), x86::rax);

@@ -83,6 +83,7 @@ void DirectEngine::PrintStats(std::FILE* out) const {
       {"adaptive: address spaces moved back", stats_.to_translated},
       {"adaptive: moved to the child by a translated #UD", stats_.ud_to_child},
       {"adaptive: new processes at a reused CR3", stats_.new_processes},
+      {"adaptive: dense windows, then untimed system calls", stats_.rests},
       {"code pages dropped for a write from the child", stats_.code_pages_dropped},
       {"children (address spaces with a shadow)", spaces_.size()},
       {"  runs in another child than the last", stats_.space_switches},
@@ -391,10 +392,23 @@ bool DirectEngine::Promote(Policy& policy, uint64_t cr3) {
   last_policy_ = &policy;  // (references into an unordered_map stay valid)
   last_user_tsc_ = user_tsc;
   last_entries_ = entries;
+  const uint64_t now = __rdtsc();
+  if (now < policy.rest_until_tsc) {
+    // Resting: what was timed is a part only; the next window starts
+    // when the rest ends.
+    policy.window_tsc = policy.window_entries = 0;
+    bt_.set_inline_user_timing(false);
+    return false;
+  }
+  bt_.set_inline_user_timing(true);
   if (policy.window_tsc < window_tsc_) return false;
   const bool sparse = policy.window_tsc > policy.window_entries * sparse_tsc_;
   policy.window_tsc = policy.window_entries = 0;
   policy.sparse_windows = sparse ? policy.sparse_windows + 1 : 0;
+  if (!sparse) {
+    policy.rest_until_tsc = now + kRestWindows * window_tsc_;
+    ++stats_.rests;
+  }
   if (policy.sparse_windows < 2) return false;
   policy.sparse_windows = 0;
   policy.in_child = true;

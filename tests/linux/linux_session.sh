@@ -2,7 +2,8 @@
 # Runs one Linux console session (session.py) on btvm:
 #   linux_session.sh PYTHON SESSION_PY BTVM BENCH_NATIVE IMAGE_DIR LOG_DIR KIND KERNEL [BTVM ARGS...]
 # KIND: session (the scripted session), boot (to the prompt and
-# reboot), date (the clock after 60 s), pages (70,000 fresh pages touched). KERNEL: cloud, generic, or default
+# reboot), date (the clock after 60 s), pages (70,000 fresh pages touched),
+# policy (the direct engine's adaptive policy, with --stats). KERNEL: cloud, generic, or default
 # (`btvm run` with no arguments, which boots the cloud kernel).
 # Exit status 77 (skipped) when the guest image has not been built.
 set -u
@@ -50,6 +51,24 @@ case $kind in
     "$python" "$session" --forbid-linux-errors --timeout 280 --log "$log" \
       --step 'btvm-bench pagefault 70000' "^btvm-bench pagefault 70000: $expect," \
       --step 'reboot -f' '' -- $run "$@"
+    ;;
+  policy)
+    # The direct engine's adaptive policy (run with --stats): a process
+    # whose system calls come densely stays translated and rests its
+    # timing; one that computes moves to the child.
+    expect=$("$bench" compute 20000 | sed -n 's/.*\(result 0x[0-9a-f]*\).*/\1/p')
+    [ -n "$expect" ] || { echo "FAIL: btvm-bench did not run natively"; exit 1; }
+    "$python" "$session" --forbid-linux-errors --timeout 280 --log "$log" \
+      --step 'btvm-bench syscall 300000' '^btvm-bench syscall 300000: result ' \
+      --step 'btvm-bench compute 20000' "^btvm-bench compute 20000: $expect," \
+      --step 'reboot -f' '' -- $run "$@" || { echo "(the console log: $log)"; exit 1; }
+    stat() { sed -n "s/^ *adaptive: $1  *\([0-9][0-9]*\)\$/\1/p" "$log"; }
+    moved=$(stat 'address spaces moved to the child')
+    rests=$(stat 'dense windows, then untimed system calls')
+    echo "policy: $moved address spaces moved to the child, $rests rests"
+    [ "${moved:-0}" -ge 1 ] && [ "${rests:-0}" -ge 1 ] ||
+      { echo "FAIL: the policy moved no computing process or rested no dense one (log: $log)"; exit 1; }
+    exit 0
     ;;
   boot)
     "$python" "$session" --forbid-linux-errors --timeout 280 --log "$log" \

@@ -98,20 +98,20 @@ class BtEngine final : public Engine {
     ctx_->user_chain_cr3 = kNoChainCr3;
   }
   // With a user runner: how many times the guest has gone from kernel to
-  // user mode (CPL 0..2 to 3), and the time it has spent in user mode up
-  // to `now_tsc`, in host TSC cycles (rdtsc: cheaper than a clock read on
-  // every change of CPL): what the direct engine's adaptive policy
-  // measures user code's traps by. Counted by the loop and by inline
-  // syscalls and sysrets (BtContext::user_entries).
+  // user mode (CPL 0..2 to 3), and the time it has spent in user mode in
+  // stretches that have ended (a stretch still running, or one that an
+  // untimed syscall ended, is not in it: the sum never goes back), in host
+  // TSC cycles (rdtsc: cheaper than a clock read on every change of CPL):
+  // what the direct engine's adaptive policy measures user code's traps
+  // by. Counted by the loop and by inline syscalls and sysrets
+  // (BtContext::user_entries).
   uint64_t user_entries() const { return ctx_->user_entries; }
+  uint64_t user_tsc() const { return ctx_->user_tsc; }
   // Whether inline syscalls and sysrets time user mode (with a user
   // runner; BtContext::count_user_time). Untimed, a syscall ends the
   // current stretch and a sysret begins none, so only stretches that the
   // loop begins are timed.
   void set_inline_user_timing(bool on) { ctx_->count_user_time = on && user_ != nullptr; }
-  uint64_t user_tsc(uint64_t now_tsc) const {
-    return ctx_->user_tsc + (ctx_->user_since ? now_tsc - ctx_->user_since : 0);
-  }
 
  private:
   // Returns false with *exit set when the run must end.

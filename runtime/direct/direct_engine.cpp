@@ -382,31 +382,30 @@ bool DirectEngine::TakeInvalidOpcode(const CpuState& cpu) {
 }
 
 bool DirectEngine::Promote(Policy& policy, uint64_t cr3) {
-  const uint64_t user_tsc = bt_.user_tsc(__rdtsc()), entries = bt_.user_entries();
-  // The user code that ran since the last call was the last address
-  // space's (every stretch of user code begins with a call here); this
-  // call is a return to user mode of this one.
+  const uint64_t user_tsc = bt_.user_tsc(), entries = bt_.user_entries();
+  // The user code that ran (and ended) since the last call was the last
+  // address space's (every stretch of user code in another address space
+  // begins with a call here); this call is a return to user mode of this
+  // one.
   if (last_cr3_ != ~0ull) last_policy_->window_tsc += user_tsc - last_user_tsc_;
   policy.window_entries += cr3 == last_cr3_ ? entries - last_entries_ : 1;
   last_cr3_ = cr3;
   last_policy_ = &policy;  // (references into an unordered_map stay valid)
   last_user_tsc_ = user_tsc;
   last_entries_ = entries;
+  // Resting, only the stretches the loop begins are timed (and counted):
+  // enough to see a process that has started computing.
   const uint64_t now = __rdtsc();
-  if (now < policy.rest_until_tsc) {
-    // Resting: what was timed is a part only; the next window starts
-    // when the rest ends.
-    policy.window_tsc = policy.window_entries = 0;
-    bt_.set_inline_user_timing(false);
-    return false;
-  }
-  bt_.set_inline_user_timing(true);
+  bt_.set_inline_user_timing(now >= policy.rest_until_tsc);
   if (policy.window_tsc < window_tsc_) return false;
   const bool sparse = policy.window_tsc > policy.window_entries * sparse_tsc_;
   policy.window_tsc = policy.window_entries = 0;
   policy.sparse_windows = sparse ? policy.sparse_windows + 1 : 0;
-  if (!sparse) {
-    policy.rest_until_tsc = now + kRestWindows * window_tsc_;
+  if (sparse) {
+    policy.rest_windows = kMinRestWindows;
+  } else {
+    policy.rest_until_tsc = now + policy.rest_windows * window_tsc_;
+    policy.rest_windows = std::min(2 * policy.rest_windows, kMaxRestWindows);
     ++stats_.rests;
   }
   if (policy.sparse_windows < 2) return false;

@@ -41,12 +41,13 @@
 // stale shadow none of whose writable pages survive validation (or no
 // page, if it had no writable one) is taken for a new process at a reused
 // CR3: its address space starts translated again. After a window that
-// was not sparse the address space rests for kRestWindows windows' worth
-// of time: the inline syscalls and sysrets of its translated code do not
-// read the TSC (about 18 ns a read on these hosts, twice a system call),
-// so only stretches of user code that begin in the runtime (after an
-// interrupt or a fault) are timed meanwhile. The decisions show in
-// --stats.
+// was not sparse the address space rests for kMinRestWindows windows'
+// worth of time, doubling with each such window in a row up to
+// kMaxRestWindows: the inline syscalls and sysrets of its translated code
+// do not read the TSC (about 18 ns a read on these hosts, twice a system
+// call), so only stretches of user code that begin in the runtime (after
+// an interrupt or a fault) are timed meanwhile, which is enough to see a
+// process that has started computing. The decisions show in --stats.
 //
 // Not yet: the translated kernel inside the child (no process switch per
 // trap), compatibility-mode user code (it runs translated).
@@ -123,7 +124,8 @@ class DirectEngine final : public Engine, private UserRunner, private MmuObserve
  private:
   // The adaptive policy's state of one guest address space (by CR3).
   static constexpr uint64_t kWindowNs = 1'000'000, kSparseNs = 100'000, kDenseRunNs = 60'000,
-                            kMinPinNs = 5'000'000, kMaxPinNs = 1'000'000'000;
+                            kMinPinNs = 5'000'000, kMaxPinNs = 1'000'000'000,
+                            kMinRestWindows = 16, kMaxRestWindows = 256;
   struct Policy {
     bool in_child = false;
     uint64_t window_tsc = 0;      // translated: its user code's time in this window (TSC)
@@ -133,8 +135,8 @@ class DirectEngine final : public Engine, private UserRunner, private MmuObserve
     uint64_t pinned_until_ns = 0;  // in the child at least until then (a translated #UD)
     uint64_t pin_ns = kMinPinNs;   // the next pin's length
     uint64_t rest_until_tsc = 0;   // translated: inline system calls untimed until then
+    uint64_t rest_windows = kMinRestWindows;  // the next rest's length, in windows
   };
-  static constexpr uint64_t kRestWindows = 16;
 
   // UserRunner
   Outcome RunUser(CpuState& cpu, uint8_t* exit_request, GuestException* exception,

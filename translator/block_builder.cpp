@@ -287,7 +287,7 @@ BuildResult BuildBlock(CodeCache& cache, const BlockKey& key, const FetchFn& fet
       }
       return r;
     }
-    // cli, sti, pushfq, swapgs, rdtsc and reads of CR0/2/3/4 of
+    // cli, sti, pushfq, swapgs, rdtsc(p) and reads of CR0/2/3/4 of
     // supervisor code go inline (emit_system.cpp): Linux's irq
     // save/restore would otherwise leave translated code at every
     // spin_lock_irqsave, its system-call entry and exit at two swapgs and
@@ -296,7 +296,8 @@ BuildResult BuildBlock(CodeCache& cache, const BlockKey& key, const FetchFn& fet
     if (d.cls == InsnClass::kRuntime && !single && !compat && key.mmu_index == kMmuKernel &&
         (d.insn.mnemonic == ZYDIS_MNEMONIC_CLI || d.insn.mnemonic == ZYDIS_MNEMONIC_STI ||
          d.insn.mnemonic == ZYDIS_MNEMONIC_PUSHFQ || d.insn.mnemonic == ZYDIS_MNEMONIC_SWAPGS ||
-         d.insn.mnemonic == ZYDIS_MNEMONIC_RDTSC || IsControlRegisterRead(d))) {
+         d.insn.mnemonic == ZYDIS_MNEMONIC_RDTSC || d.insn.mnemonic == ZYDIS_MNEMONIC_RDTSCP ||
+         IsControlRegisterRead(d))) {
       d.cls = InsnClass::kSystem;
     }
     // And the system call itself, both ways (emit_syscall.cpp): syscall

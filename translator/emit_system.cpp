@@ -1,5 +1,5 @@
-// cli, sti, pushfq, swapgs, rdtsc and reads of CR0, CR2, CR3 and CR4 of
-// 64-bit supervisor code, inline (InsnClass::kSystem). syscall and sysret
+// cli, sti, pushfq, swapgs, rdtsc, rdtscp and reads of CR0, CR2, CR3 and
+// CR4 of 64-bit supervisor code, inline (InsnClass::kSystem). syscall and sysret
 // are kSystem too, in emit_syscall.cpp.
 // Guest IF is virtual: it lives in CpuState's RFLAGS, which translated code
 // can read and write like any memory. Linux saves and restores the
@@ -22,12 +22,14 @@
 //          GS-relative address, so the next access sees the new one.
 //   rdtsc  EDX:EAX := the host TSC + CpuState's TSC offset, the virtual
 //          TSC the runtime's rdtsc gives (runtime/emulate.h, GuestTsc).
+//   rdtscp the same, and ECX := IA32_TSC_AUX (Linux's ordered clock
+//          reads: a timer tick makes some 18 of them).
 //   mov r64, CRn (n = 0, 2, 3, 4): the register from CpuState (SDM Vol. 2
 //          MOV—Move to/from Control Registers; the block builder takes
 //          only registers other than RSP and R15).
 //
 // cli and sti are legal at CPL 0 always (and at CPL <= IOPL), swapgs at
-// CPL 0 only (and the reads of control registers), rdtsc at CPL 0 always
+// CPL 0 only (and the reads of control registers), rdtsc(p) at CPL 0 always
 // (and elsewhere unless CR4.TSD): the
 // block checks CS.RPL and, if it is not 0 (a ring 1 or 2 guest), leaves
 // with kAlone for the runtime to emulate the instruction with its checks.
@@ -48,6 +50,8 @@ constexpr int32_t kKernelGsBaseOffset =
     static_cast<int32_t>(offsetof(CpuState, msr) + offsetof(MsrState, kernel_gs_base));
 constexpr int32_t kTscOffsetOffset =
     static_cast<int32_t>(offsetof(CpuState, msr) + offsetof(MsrState, tsc_offset));
+constexpr int32_t kTscAuxOffset =
+    static_cast<int32_t>(offsetof(CpuState, msr) + offsetof(MsrState, tsc_aux));
 }  // namespace
 
 bool BlockEmitter::EmitSystem(const DecodedInsn& d, uint32_t live_after) {
@@ -56,7 +60,7 @@ bool BlockEmitter::EmitSystem(const DecodedInsn& d, uint32_t live_after) {
   if (m == ZYDIS_MNEMONIC_SYSCALL) return EmitSyscall(d);
   if (m == ZYDIS_MNEMONIC_SYSRET) return EmitSysret(d);
   if (m != ZYDIS_MNEMONIC_CLI && m != ZYDIS_MNEMONIC_STI && m != ZYDIS_MNEMONIC_SWAPGS &&
-      m != ZYDIS_MNEMONIC_RDTSC && m != ZYDIS_MNEMONIC_MOV) {
+      m != ZYDIS_MNEMONIC_RDTSC && m != ZYDIS_MNEMONIC_RDTSCP && m != ZYDIS_MNEMONIC_MOV) {
     return Fail("not inline: " + FormatInsn(d));
   }
 
@@ -96,12 +100,19 @@ bool BlockEmitter::EmitSystem(const DecodedInsn& d, uint32_t live_after) {
     a_.mov(x86::gpq(g.index), CtxPtr(offset, 8));
     return true;
   }
-  if (m == ZYDIS_MNEMONIC_RDTSC) {
-    // RAX and RDX in their host registers (it writes both).
+  if (m == ZYDIS_MNEMONIC_RDTSC || m == ZYDIS_MNEMONIC_RDTSCP) {
+    // RAX and RDX (and RCX) in their host registers (it writes them).
+    const bool aux = m == ZYDIS_MNEMONIC_RDTSCP;
     Plan p;
-    p.used = (1u << kRax) | (1u << kRdx);
+    p.used = (1u << kRax) | (1u << kRdx) | (aux ? 1u << kRcx : 0u);
     TakeRegisters(&p);
     SpillPlan(p);
+    if (aux) {
+      // It waits for the instructions before it, as lfence does (the
+      // host may lack rdtscp: the virtual CPU has it regardless).
+      a_.lfence();
+      a_.mov(x86::ecx, CtxPtr(kTscAuxOffset, 4));
+    }
     a_.rdtsc();
     a_.shl(x86::rdx, 32);
     a_.or_(x86::rax, x86::rdx);

@@ -397,7 +397,11 @@ bool DirectEngine::Promote(Policy& policy, uint64_t cr3) {
   // enough to see a process that has started computing.
   const uint64_t now = __rdtsc();
   bt_.set_inline_user_timing(now >= policy.rest_until_tsc);
-  if (policy.window_tsc < window_tsc_) return false;
+  // A window ends after kWindowNs of user time, or sooner, dense, after
+  // kDenseEntries returns to user mode in less (it could not be sparse
+  // before 100 times kSparseNs): a process of dense system calls then
+  // starts resting within a timer tick or so, not after 20,000 of them.
+  if (policy.window_tsc < window_tsc_ && policy.window_entries < kDenseEntries) return false;
   const bool sparse = policy.window_tsc > policy.window_entries * sparse_tsc_;
   policy.window_tsc = policy.window_entries = 0;
   policy.sparse_windows = sparse ? policy.sparse_windows + 1 : 0;

@@ -27,7 +27,8 @@
 // processes), so an address space starts translated and moves to the
 // child once its user code traps sparsely: over two windows in a row of
 // kWindowNs of its user code's time each (translation excluded), runs of
-// kSparseNs or more on average between returns to user mode. In the
+// kSparseNs or more on average between returns to user mode (a window
+// with kDenseEntries returns in less time ends early, dense). In the
 // child, an address space whose runs average under kDenseRunNs between
 // stops (transport and hidden faults included) goes back to translation
 // and is measured afresh (a new process often gets the CR3 of one that
@@ -125,7 +126,7 @@ class DirectEngine final : public Engine, private UserRunner, private MmuObserve
   // The adaptive policy's state of one guest address space (by CR3).
   static constexpr uint64_t kWindowNs = 1'000'000, kSparseNs = 100'000, kDenseRunNs = 60'000,
                             kMinPinNs = 5'000'000, kMaxPinNs = 1'000'000'000,
-                            kMinRestWindows = 16, kMaxRestWindows = 256;
+                            kMinRestWindows = 16, kMaxRestWindows = 256, kDenseEntries = 100;
   struct Policy {
     bool in_child = false;
     uint64_t window_tsc = 0;      // translated: its user code's time in this window (TSC)

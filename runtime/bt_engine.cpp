@@ -1,12 +1,12 @@
 #include "runtime/bt_engine.h"
 
-#include <time.h>
 #include <x86intrin.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 
+#include "devices/clock.h"
 #include "translator/block_builder.h"
 #include "translator/host_fault.h"
 
@@ -20,12 +20,6 @@ std::string Hex(uint64_t v) {
   char buf[32];
   std::snprintf(buf, sizeof(buf), "%#llx", static_cast<unsigned long long>(v));
   return buf;
-}
-
-uint64_t MonotonicNs() {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
 }
 
 }  // namespace
@@ -82,7 +76,7 @@ void BtEngine::TimerThread() {
       timer_cv_.wait(lock);
       continue;
     }
-    uint64_t now = MonotonicNs();
+    uint64_t now = HostClock().NowNs();
     if (now >= timer_deadline_) {
       timer_deadline_ = UINT64_MAX;
       Kick();
@@ -159,7 +153,7 @@ bool BtEngine::Halt(EngineExit* exit) {
       return true;
     }
     // Input may arrive without a deadline: look again every 10 ms.
-    uint64_t now = MonotonicNs();
+    uint64_t now = HostClock().NowNs();
     irq_->WaitUntil(std::min(irq_->NextDeadlineNs(), now + 10'000'000));
   }
   return true;

@@ -147,7 +147,6 @@ btvm_stub_handler:
         lea rsi, [rbx + GS_BASE]
         mov eax, 158
         syscall
-        // Stopped: wake the monitor, sleep until it says go on.
         // Stopped: wake the monitor if it sleeps (it may still be
         // spinning), then wait until it says go on: spinning for
         // SPIN_PAUSES pause instructions first (a wake-up from sleep

@@ -229,7 +229,9 @@ class CodeCache final : public MmuObserver {
     Block* to;
   };
   std::vector<SpanningLink> spanning_links_;  // links into blocks that reach into a second page
-  static constexpr size_t kRecentFinds = 4096;
+  // (65,536: a Linux fork+exec runs through more blocks than 4,096 slots
+  // hold apart, and each miss walks the hash map's cold nodes.)
+  static constexpr size_t kRecentFinds = 65536;
   Block*& RecentSlot(const BlockKey& key) const {
     return recent_[(key.rip ^ (key.rip >> 12) ^ key.flags) & (kRecentFinds - 1)];
   }

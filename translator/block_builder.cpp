@@ -340,8 +340,9 @@ BuildResult BuildBlock(CodeCache& cache, const BlockKey& key, const FetchFn& fet
                     op.type == ZYDIS_OPERAND_TYPE_IMMEDIATE && op.imm.is_relative;
     uint64_t target = relative ? last.NextRip() + op.imm.value.u : 0;
     if (compat) target &= 0xffffffff;
-    if (EndsBlock(last) && last.cls == InsnClass::kSystem) {
-      live = kArithFlags;  // (syscall puts them in R11; the others go elsewhere)
+    if (last.cls == InsnClass::kSystem && (last.insn.mnemonic == ZYDIS_MNEMONIC_SYSCALL ||
+                                           last.insn.mnemonic == ZYDIS_MNEMONIC_SYSRET)) {
+      live = kArithFlags;  // the other mode's code (and syscall's R11) gets them
     } else if (last.cls != InsnClass::kBranch) {
       live = at(pc);
     } else if (relative && IsJcc(last.insn.mnemonic)) {

@@ -130,9 +130,9 @@ void SetZf(CpuState& cpu, bool zf) {
 //   predictors, which neither a guest's verw nor its branch thunks reach
 //   here: guest kernel code runs as translated host code, and guest user
 //   code in the direct engine's child is a host process like any other,
-//   under the host kernel's own mitigations. Linux would
-//   otherwise run verw on every return to user mode (an exit to the
-//   runtime per system call) and route every return through a thunk.
+//   under the host kernel's own mitigations. Linux would otherwise run
+//   verw on every return to user mode (an exit to the runtime per system
+//   call) and route every return through a thunk.
 // - Leaves above the maximum return the highest basic leaf, as Intel CPUs
 //   do; 0x40000000 names the hypervisor ("btvmbtvmbtvm", no further leaves).
 

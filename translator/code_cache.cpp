@@ -58,6 +58,13 @@ void CodeCache::BuildTrampolines() {
   code.init(env_, reinterpret_cast<uint64_t>(region_));
   x86::Assembler a(&code);
   Label exit = a.newLabel(), fault_exit = a.newLabel();
+  // XMM0-15 to or from 16 aligned slots of the context at `offset`.
+  const auto save_xmm = [&a](int32_t offset) {
+    for (int x = 0; x < 16; ++x) a.movaps(CtxPtr(offset + 16 * x, 16), x86::xmm(x));
+  };
+  const auto load_xmm = [&a](int32_t offset) {
+    for (int x = 0; x < 16; ++x) a.movaps(x86::xmm(x), CtxPtr(offset + 16 * x, 16));
+  };
 
   // void Enter(BtContext* ctx /*rdi*/, const void* code /*rsi*/,
   //            const void* sentinel /*rdx*/), with GS base = ctx already
@@ -87,7 +94,7 @@ void CodeCache::BuildTrampolines() {
   a.fxrstor64(CtxPtr(kXsaveOffset));
   a.jmp(fpu_loaded);
   a.bind(x87_held);
-  for (int x = 0; x < 16; ++x) a.movaps(x86::xmm(x), CtxPtr(kXmmImage + 16 * x, 16));
+  load_xmm(kXmmImage);
   a.ldmxcsr(CtxPtr(kMxcsrImage, 4));
   a.bind(fpu_loaded);
   a.mov(x86::rax, CtxPtr(offsetof(BtContext, host_flags), 8));
@@ -115,7 +122,7 @@ void CodeCache::BuildTrampolines() {
   Label x87_saved = a.newLabel(), fpu_saved = a.newLabel();
   a.cmp(CtxPtr(offsetof(BtContext, x87_dirty), 1), 0);
   a.jne(x87_saved);
-  for (int x = 0; x < 16; ++x) a.movaps(CtxPtr(kXmmImage + 16 * x, 16), x86::xmm(x));
+  save_xmm(kXmmImage);
   a.stmxcsr(CtxPtr(kMxcsrImage, 4));
   a.jmp(fpu_saved);
   a.bind(x87_saved);
@@ -158,7 +165,7 @@ void CodeCache::BuildTrampolines() {
       a.mov(CtxPtr(static_cast<int32_t>(offsetof(BtContext, call_save) + 8 * h), 8),
             x86::gpq(h));
     }
-    for (int x = 0; x < 16; ++x) a.movaps(CtxPtr(xmm_save + 16 * x, 16), x86::xmm(x));
+    save_xmm(xmm_save);
     a.stmxcsr(CtxPtr(offsetof(BtContext, helper_mxcsr), 4));
     a.cld();
     a.ldmxcsr(CtxPtr(offsetof(BtContext, host_mxcsr), 4));
@@ -171,7 +178,7 @@ void CodeCache::BuildTrampolines() {
     a.call(x86::rax);
     a.mov(x86::rsp, CtxPtr(offsetof(BtContext, helper_rsp), 8));
     a.mov(CtxPtr(offsetof(BtContext, slow_result), 8), x86::rax);
-    for (int x = 0; x < 16; ++x) a.movaps(x86::xmm(x), CtxPtr(xmm_save + 16 * x, 16));
+    load_xmm(xmm_save);
     a.ldmxcsr(CtxPtr(offsetof(BtContext, helper_mxcsr), 4));
     for (int h : kCallerSaved) {
       a.mov(x86::gpq(h),

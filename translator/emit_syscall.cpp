@@ -65,9 +65,15 @@ void StoreFlatSegment(x86::Assembler& a, int seg, const x86::Gp& sel, uint16_t a
   a.mov(CtxPtr(SegOffset(seg, offsetof(SegmentReg, limit)), 4), 0xffffffffu);
   a.mov(CtxPtr(SegOffset(seg, offsetof(SegmentReg, base)), 8), 0);
 }
-}  // namespace
 
-namespace {
+// Guest RAX and RDX back from sys_save, and the new host flags.
+void RestoreSaved(x86::Assembler& a) {
+  a.mov(x86::rax, CtxPtr(kSaveRax, 8));
+  a.mov(x86::rdx, CtxPtr(kSaveRdx, 8));
+  a.push(CtxPtr(kSaveFlags, 8));
+  a.popfq();
+}
+
 // Common tail: with the new state in CpuState (RIP included) and the new
 // host flags in sys_save[2], guest RAX and RDX in sys_save and RAX = the
 // target: drop the host frames for `to`'s sentinel, then the jump cache of
@@ -83,20 +89,14 @@ void EmitSwitchTail(x86::Assembler& a, const EmitEnv& env, unsigned to, Label ru
   a.jne(runtime);
   a.mov(x86::rax, CtxPtr(x86::rdx, 0, jc + 8, 8));
   a.mov(CtxPtr(offsetof(BtContext, jump_target), 8), x86::rax);
-  a.mov(x86::rax, CtxPtr(kSaveRax, 8));
-  a.mov(x86::rdx, CtxPtr(kSaveRdx, 8));
-  a.push(CtxPtr(kSaveFlags, 8));
-  a.popfq();
+  RestoreSaved(a);
   a.jmp(CtxPtr(offsetof(BtContext, jump_target), 8));
 }
 
 // Leaves for the runtime with RIP already in CpuState, from the state the
 // tail's jumps to the runtime come with.
 void EmitSwitchExit(x86::Assembler& a, const EmitEnv& env, BlockExit reason) {
-  a.mov(x86::rax, CtxPtr(kSaveRax, 8));
-  a.mov(x86::rdx, CtxPtr(kSaveRdx, 8));
-  a.push(CtxPtr(kSaveFlags, 8));
-  a.popfq();
+  RestoreSaved(a);
   a.mov(CtxPtr(offsetof(BtContext, exit_reason), 4), static_cast<uint32_t>(reason));
   a.jmp(Imm(env.exit_stub));
 }

@@ -46,16 +46,21 @@ constexpr uint64_t kSharedBytes = UserChild::kStubBytes - kPage;
 // several microseconds here (an idle virtual CPU halts), more than most
 // guest runs between traps and most of the monitor's work on a trap.
 constexpr uint64_t kSpinCycles = 50'000;
+// The handler spins longer: while it waits, the child's CPU has nothing
+// else to do, and the monitor's work on a guest timer interrupt (the guest
+// kernel's tick, translated) takes about 100 µs here, after which a
+// sleeping child would cost another wake-up. About 160 µs.
+constexpr uint64_t kChildSpinCycles = 400'000;
 
-// The pause instructions that take about kSpinCycles (the child cannot
-// read the TSC: rdtsc faults there), measured once.
+// The pause instructions that take about kChildSpinCycles (the child
+// cannot read the TSC: rdtsc faults there), measured once.
 uint64_t SpinPauses() {
   static const uint64_t pauses = [] {
     constexpr uint64_t kProbe = 20'000;
     const uint64_t start = __rdtsc();
     for (uint64_t i = 0; i < kProbe; ++i) _mm_pause();
     const uint64_t cycles = std::max<uint64_t>(__rdtsc() - start, 1);
-    return std::clamp<uint64_t>(kSpinCycles * kProbe / cycles, 16, 100'000);
+    return std::clamp<uint64_t>(kChildSpinCycles * kProbe / cycles, 16, 100'000);
   }();
   return pauses;
 }

@@ -42,14 +42,24 @@ struct JumpCacheEntry {
   uint64_t rip;
   uint64_t code;
 };
-inline constexpr unsigned kJumpCacheBits = 10;
+// 8,192 entries a table: a Linux timer tick alone goes through ~150
+// indirect branch targets, and with 1,024 slots about six pairs of them
+// shared a slot and evicted each other every tick (the birthday bound).
+// Clearing visits only the slots filled since the last clear
+// (BtContext::filled), so the size costs a TLB flush nothing.
+inline constexpr unsigned kJumpCacheBits = 13;
 inline constexpr unsigned kJumpCacheEntries = 1u << kJumpCacheBits;
 // BtContext::user_chain_cr3 when no address space is translated for sure
 // (bits 52..63 of CR3 are reserved: no CR3 equals it).
 inline constexpr uint64_t kNoChainCr3 = ~0ull;
 inline constexpr uint64_t kNoRip = 0x8000000000000000ull;
+// Fibonacci hashing of RIP's low 32 bits: the top bits of the product
+// depend on all of them. (XOR-folding bits 10..19 onto 0..9 made pairs of
+// functions a Linux timer tick calls share a slot and evict each other on
+// every tick.)
+inline constexpr uint32_t kJumpCacheMultiplier = 0x9e3779b1;
 inline constexpr unsigned JumpCacheIndex(uint64_t rip) {
-  return static_cast<unsigned>((rip ^ (rip >> kJumpCacheBits)) & (kJumpCacheEntries - 1));
+  return (static_cast<uint32_t>(rip) * kJumpCacheMultiplier) >> (32 - kJumpCacheBits);
 }
 
 // Calls and returns. A guest call pushes the guest return address and then
@@ -167,6 +177,12 @@ struct alignas(64) BtContext {
   uint64_t sys_save[3] = {};  // guest RAX, RDX and new host flags around the sequence
 
   alignas(64) JumpCacheEntry jump_cache[2][kJumpCacheEntries];
+  // The slots of each table the runtime filled since it was last cleared
+  // (repeats allowed), up to kFilledMax; past that, a clear or a page's
+  // invalidation visits the whole table.
+  static constexpr uint32_t kFilledMax = 2048;
+  uint32_t filled_count[2] = {kFilledMax + 1, kFilledMax + 1};  // (all: unknown)
+  uint16_t filled[2][kFilledMax];
   // Set by the runtime when a kernel jump-cache entry may name code from a
   // page that is not global.
   uint8_t kernel_local_lookups = 0;
@@ -187,11 +203,36 @@ struct alignas(64) BtContext {
     if (kernel_local_lookups) keep_global = false;
     if (jump_cache_used) {
       for (unsigned i = keep_global ? 1 : 0; i < 2; ++i) {
-        for (auto& e : jump_cache[i]) e = {kNoRip, 0};
+        if (filled_count[i] > kFilledMax) {
+          for (auto& e : jump_cache[i]) e = {kNoRip, 0};
+        } else {
+          for (uint32_t k = 0; k < filled_count[i]; ++k) jump_cache[i][filled[i][k]] = {kNoRip, 0};
+        }
+        filled_count[i] = 0;
       }
       if (!keep_global) jump_cache_used = false;
     }
     if (!keep_global) kernel_local_lookups = 0;
+  }
+  // Records a lookup the runtime makes (CodeCache::RememberLookup).
+  void FillLookup(unsigned table, uint64_t rip, uint64_t code) {
+    const unsigned slot = JumpCacheIndex(rip);
+    jump_cache[table][slot] = {rip, code};
+    jump_cache_used = true;
+    if (filled_count[table] < kFilledMax) {
+      filled[table][filled_count[table]++] = static_cast<uint16_t>(slot);
+    } else {
+      filled_count[table] = kFilledMax + 1;
+    }
+  }
+  // Calls f on every entry of `table` that may be filled.
+  template <typename F>
+  void ForEachLookup(unsigned table, F f) {
+    if (filled_count[table] > kFilledMax) {
+      for (auto& e : jump_cache[table]) f(e);
+    } else {
+      for (uint32_t k = 0; k < filled_count[table]; ++k) f(jump_cache[table][filled[table][k]]);
+    }
   }
   bool jump_cache_used = true;  // entries may be filled (the runtime fills them)
 };

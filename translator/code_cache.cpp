@@ -437,10 +437,7 @@ void CodeCache::RememberLookup(const Block& b) {
   if (b.key.mmu_index == kMmuKernel && !(b.key.flags & kBlockGlobal)) {
     ctx_->kernel_local_lookups = 1;
   }
-  JumpCacheEntry& e = ctx_->jump_cache[b.key.mmu_index][JumpCacheIndex(b.key.rip)];
-  ctx_->jump_cache_used = true;
-  e.rip = b.key.rip;
-  e.code = reinterpret_cast<uint64_t>(b.code);
+  ctx_->FillLookup(b.key.mmu_index, b.key.rip, reinterpret_cast<uint64_t>(b.code));
 }
 
 void CodeCache::Invalidate(Block* b) {
@@ -553,10 +550,10 @@ void CodeCache::OnTlbFlushPage(GuestVirt page) {
   // Lookups that go to code in that page, or in the page before it (a
   // block there may reach into this one).
   const uint64_t vpn = page.value >> 12;
-  for (auto& jc : ctx_->jump_cache) {
-    for (auto& e : jc) {
+  for (unsigned table = 0; table < 2; ++table) {
+    ctx_->ForEachLookup(table, [vpn](JumpCacheEntry& e) {
       if ((e.rip >> 12) == vpn || (e.rip >> 12) + 1 == vpn) e = {kNoRip, 0};
-    }
+    });
   }
   UnlinkSpanning(vpn, false);
 }

@@ -55,10 +55,8 @@ void EmitRestoreArith(x86::Assembler& a, int32_t slot) {
 }
 
 void EmitJumpCacheSlot(x86::Assembler& a, const x86::Gp& rip, const x86::Gp& out) {
-  a.mov(out, rip);
-  a.shr(out, kJumpCacheBits);
-  a.xor_(out, rip);
-  a.and_(out, kJumpCacheEntries - 1);
+  a.imul(out.r32(), rip.r32(), static_cast<int32_t>(kJumpCacheMultiplier));
+  a.shr(out.r32(), 32 - kJumpCacheBits);
   a.shl(out, 4);  // sizeof(JumpCacheEntry)
 }
 

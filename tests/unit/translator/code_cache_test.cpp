@@ -230,7 +230,7 @@ TEST_F(CodeCacheTest, KernelLookupsOfGlobalCodeSurviveCr3Writes) {
       << "code from a page that is not global: dropped";
   cache_.RememberLookup(*global.block);
   EXPECT_EQ(ctx_.jump_cache[0][JumpCacheIndex(kBase)].rip, kBase);
-  ctx_.jump_cache[1][JumpCacheIndex(kBase)] = {kBase, 1};
+  ctx_.FillLookup(1, kBase, 1);
   cache_.OnTlbFlush(/*keep_global=*/true);
   EXPECT_EQ(ctx_.jump_cache[0][JumpCacheIndex(kBase)].rip, kBase);
   EXPECT_EQ(ctx_.jump_cache[1][JumpCacheIndex(kBase)].rip, kNoRip);

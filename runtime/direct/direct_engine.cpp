@@ -135,6 +135,7 @@ UserRunner::Outcome DirectEngine::RunUser(CpuState& cpu, uint8_t* exit_request,
   if (space != current_) {
     ++stats_.space_switches;
     last_fill_page_ = ~0ull;
+    if (current_) current_->child->Park();
     current_ = space;
   }
   space->last_use = ++uses_;

@@ -44,6 +44,7 @@
         .set MONITOR_SLEEPS, 104        // 1 while the monitor sleeps on STATE
         .set CHILD_SLEEPS, 108          // 1 while the handler sleeps on STATE
         .set SPIN_PAUSES, 112           // how long the handler spins before it sleeps (> 0)
+        .set SPIN_STOP, 120             // nonzero: sleep at once (the monitor runs another child)
         .set OPS, 256
         .set STUB_BYTES, 0x10000        // UserChild::kStubBytes
 
@@ -163,6 +164,8 @@ btvm_stub_handler:
 5:      mov r14, [rbx + SPIN_PAUSES]    // (no rdtsc here: it faults in the child)
 6:      cmp dword ptr [rbx + STATE], 1
         jne 4f
+        cmp dword ptr [rbx + SPIN_STOP], 0
+        jne 3f
         pause
         dec r14
         jnz 6b

@@ -629,6 +629,7 @@ Result<Trap> UserChild::RunSeccomp(CpuState& cpu) {
   control_->es = cpu.seg[kEs].selector;
 
   const uint64_t count = control_->count;
+  std::atomic_ref<uint32_t>(control_->spin_stop).store(0, std::memory_order_relaxed);
   Status s = Handover(StubControl::kRun);
   control_->count = 0;
   if (!s) return s.error();

@@ -24,6 +24,7 @@
 #include <sys/types.h>
 #include <ucontext.h>
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -64,12 +65,16 @@ struct StubControl {
   uint64_t gs_base;
   uint16_t ds, es, fs, gs;  // and its data segment selectors
   // Each side spins a while before it sleeps on `state` (the handler for
-  // spin_pauses pause instructions, about as long as the monitor's spin),
-  // and says so here: the other wakes it only then.
+  // spin_pauses pause instructions, longer than the monitor's spin), and
+  // says so here: the other wakes it only then. The monitor sets
+  // spin_stop when it goes on with another child: the handler then sleeps
+  // at once instead of taking a CPU the other child may need.
   uint32_t monitor_sleeps;
   uint32_t child_sleeps;
   uint64_t spin_pauses;
-  uint64_t reserved[17];
+  uint32_t spin_stop;
+  uint32_t reserved32;
+  uint64_t reserved[16];
   StubOp ops[(4096 - 256) / sizeof(StubOp)];
 };
 static_assert(offsetof(StubControl, count) == 0 && offsetof(StubControl, error) == 8 &&
@@ -82,6 +87,7 @@ static_assert(offsetof(StubControl, count) == 0 && offsetof(StubControl, error) 
               offsetof(StubControl, monitor_sleeps) == 104 &&
               offsetof(StubControl, child_sleeps) == 108 &&
               offsetof(StubControl, spin_pauses) == 112 &&
+              offsetof(StubControl, spin_stop) == 120 &&
               offsetof(StubControl, ops) == 256 && sizeof(StubControl) == 4096);
 
 // How the child's traps reach the monitor (see the top of this file).
@@ -172,6 +178,9 @@ class UserChild {
   // An error means the child is gone or refused the state: the monitor's
   // problem, not the guest's.
   Result<Trap> Run(CpuState& cpu);
+  // The seccomp transport: the stopped child stops spinning and sleeps
+  // (the monitor goes on with another child); Run undoes it.
+  void Park() { std::atomic_ref<uint32_t>(control_->spin_stop).store(1, std::memory_order_relaxed); }
 
  private:
   UserChild(pid_t pid, Transport transport, uint64_t stub_base, StubControl* control)

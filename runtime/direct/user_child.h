@@ -24,6 +24,7 @@
 #include <sys/types.h>
 #include <ucontext.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
@@ -181,6 +182,13 @@ class UserChild {
   // The seccomp transport: the stopped child stops spinning and sleeps
   // (the monitor goes on with another child); Run undoes it.
   void Park() { std::atomic_ref<uint32_t>(control_->spin_stop).store(1, std::memory_order_relaxed); }
+  // The seccomp transport: whether the stopped handler sleeps on the futex
+  // (it spins first); and how long it spins, in pause instructions (for
+  // tests: the default is measured at start, about 160 µs).
+  bool HandlerSleeps() const {
+    return std::atomic_ref<uint32_t>(control_->child_sleeps).load(std::memory_order_seq_cst) != 0;
+  }
+  void set_spin_pauses(uint64_t pauses) { control_->spin_pauses = std::max<uint64_t>(pauses, 1); }
 
  private:
   UserChild(pid_t pid, Transport transport, uint64_t stub_base, StubControl* control)

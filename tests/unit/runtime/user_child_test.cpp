@@ -349,6 +349,32 @@ TEST_P(UserChildTest, FaultsComeWithTheirErrorCodeOverSeccomp) {
   }
 }
 
+TEST_P(UserChildTest, AParkedHandlerSleepsAtOnceAndRunsAgain) {
+  if (GetParam() != Transport::kSeccomp) GTEST_SKIP() << "the seccomp transport's handler";
+  MapProgram();
+  // A spin that would outlast the test: only Park sends the handler to
+  // sleep.
+  child_->set_spin_pauses(uint64_t{1} << 60);
+  cpu_.gpr[7] = 0x100;
+  cpu_.seg[kFs].base = kData;
+  ASSERT_EQ(RunAt(0).kind, Trap::Kind::kSyscall);
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  EXPECT_FALSE(child_->HandlerSleeps());
+  child_->Park();
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (!child_->HandlerSleeps() && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  EXPECT_TRUE(child_->HandlerSleeps());
+  // Woken, it runs the guest as before (and Run has cleared the park).
+  cpu_.gpr[7] = 0x100;
+  Trap t = RunAt(0);
+  EXPECT_EQ(t.kind, Trap::Kind::kSyscall);
+  EXPECT_EQ(cpu_.gpr[3], 0x1211u);
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  EXPECT_FALSE(child_->HandlerSleeps());
+}
+
 TEST_P(UserChildTest, NoHostSyscallRunsForTheGuestNotEvenFromTheStubsPage) {
   if (GetParam() != Transport::kSeccomp) GTEST_SKIP() << "ptrace stops at every syscall";
   MapProgram();

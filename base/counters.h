@@ -11,6 +11,8 @@ namespace btvm {
   X(blocks_translated, "guest blocks translated")                     \
   X(guest_insns_translated, "guest instructions translated")          \
   X(host_code_bytes, "host code bytes emitted")                       \
+  X(host_main_bytes, "  in the blocks' main paths")                  \
+  X(host_cold_bytes, "  after them (slow paths, exit stubs)")         \
   X(block_entries, "block entries from the dispatcher")               \
   X(tlb_hits, "soft-TLB hits inline (counted with --stats)")         \
   X(tlb_misses, "soft-TLB misses (slow path calls)")                  \

@@ -325,6 +325,8 @@ bool BtEngine::FetchBlock(bool single, bool plain_stack, Block** block, EngineEx
   }
   counters_.guest_insns_translated += r.guest_insns;
   counters_.host_code_bytes += r.host_bytes;
+  counters_.host_main_bytes += r.host_main_bytes;
+  counters_.host_cold_bytes += r.host_bytes - r.host_main_bytes;
   *block = r.block;
   return true;
 }

@@ -502,6 +502,8 @@ BuildResult BuildBlock(CodeCache& cache, const BlockKey& key, const FetchFn& fet
     r.message = e.why();
     return r;
   }
+  asmjit::Label cold = a.newLabel();  // where the slow paths and exit stubs begin
+  a.bind(cold);
   e.EmitOutOfLine();
 
   block->guest_insns = static_cast<uint32_t>(emitted);
@@ -544,6 +546,7 @@ BuildResult BuildBlock(CodeCache& cache, const BlockKey& key, const FetchFn& fet
   r.block = b;
   r.guest_insns = static_cast<unsigned>(emitted);
   r.host_bytes = b->code_size;
+  r.host_main_bytes = code.labelOffsetFromBase(cold);
   return r;
 }
 

@@ -24,6 +24,7 @@ struct BuildResult {
   std::string message;       // kUnsupported
   unsigned guest_insns = 0;
   size_t host_bytes = 0;
+  size_t host_main_bytes = 0;  // the part before the slow paths and exit stubs
 };
 
 // Reads guest code at rip; returns bytes read, or fewer with *fault set.

@@ -51,6 +51,22 @@ class CodeCacheTest : public ::testing::Test {
   std::vector<uint8_t> code_;
 };
 
+TEST_F(CodeCacheTest, SaysHowMuchOfABlockIsItsMainPath) {
+  // A load has a slow path and the ret an exit stub: both come after the
+  // main path, which holds the probe and the load.
+  Put(kBase, {0x48, 0x8b, 0x06, 0xc3});  // mov rax, [rsi]; ret
+  BuildResult r = Build(kBase);
+  ASSERT_EQ(r.kind, BuildResult::kOk);
+  EXPECT_GT(r.host_main_bytes, 0u);
+  EXPECT_LT(r.host_main_bytes, r.host_bytes);
+  // Without memory access or exit beyond the block's own jumps, what
+  // follows the main path is smaller.
+  Put(kBase + 0x100, {0x48, 0x01, 0xd8, 0xc3});  // add rax, rbx; ret
+  BuildResult plain = Build(kBase + 0x100);
+  ASSERT_EQ(plain.kind, BuildResult::kOk);
+  EXPECT_LT(plain.host_bytes - plain.host_main_bytes, r.host_bytes - r.host_main_bytes);
+}
+
 TEST_F(CodeCacheTest, ReadingAheadWatchesTheSuccessor) {
   Put(kBase, {0x48, 0x01, 0xd8, 0xeb, 0x10});  // add rax, rbx; jmp +0x10
   Put(kBase + 0x15, {0x48, 0xff, 0xc0, 0xc3}); // inc rax (leaves CF); ret

@@ -493,6 +493,17 @@ out:
 }
 
 void BtEngine::PrintStats(std::FILE* out) const {
+  if (const uint64_t n = cache_.executed_insns()) {
+    std::fprintf(out, "  %-48s %14llu\n", "guest instructions run translated (block entries)",
+                 static_cast<unsigned long long>(n));
+  }
+  if (std::vector<const Block*> hot = cache_.HottestBlocks(10); !hot.empty()) {
+    std::fprintf(out, "  hottest blocks (guest RIP: instructions x entries):\n");
+    for (const Block* b : hot) {
+      std::fprintf(out, "    %-28s %5u x %14llu\n", Hex(b->key.rip).c_str(), b->guest_insns,
+                   static_cast<unsigned long long>(b->executions));
+    }
+  }
   std::fprintf(out, "  %-48s %14zu\n", "code cache bytes in use", cache_.used_bytes());
   std::fprintf(out, "  %-48s %14zu\n", "code cache capacity", cache_.capacity());
   std::vector<std::pair<uint64_t, int>> top;

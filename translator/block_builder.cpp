@@ -487,6 +487,7 @@ BuildResult BuildBlock(CodeCache& cache, const BlockKey& key, const FetchFn& fet
   } else if (!single) {
     e.EmitEntryCheck(live_in.empty() ? true : live_in[0] != 0);
     a.bind(unchecked);
+    e.EmitCountExecution();
     if (!compat && !(key.flags & kBlockPlainStack) && !loop) {
       StackWindowPlan plan = PlanStackWindow(insns);
       uint16_t all_names = 0;
@@ -496,6 +497,8 @@ BuildResult BuildBlock(CodeCache& cache, const BlockKey& key, const FetchFn& fet
         window = std::move(plan);
       }
     }
+  } else {
+    e.EmitCountExecution();
   }
   if (!emit_insns(e, a)) {
     r.kind = BuildResult::kUnsupported;

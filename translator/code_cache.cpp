@@ -517,8 +517,28 @@ void CodeCache::InvalidateRange(uint64_t phys, uint64_t size) {
   }
 }
 
+uint64_t CodeCache::executed_insns() const {
+  uint64_t n = flushed_insns_;
+  for (const auto& b : order_) n += b->executions * b->guest_insns;
+  return n;
+}
+
+std::vector<const Block*> CodeCache::HottestBlocks(size_t n) const {
+  std::vector<const Block*> all;
+  for (const auto& b : order_) {
+    if (b->executions) all.push_back(b.get());
+  }
+  auto weight = [](const Block* b) { return b->executions * b->guest_insns; };
+  n = std::min(n, all.size());
+  std::partial_sort(all.begin(), all.begin() + n, all.end(),
+                    [&](const Block* x, const Block* y) { return weight(x) > weight(y); });
+  all.resize(n);
+  return all;
+}
+
 void CodeCache::Flush() {
   ++flushes_;
+  flushed_insns_ = executed_insns();
   blocks_.clear();
   pages_.clear();
   order_.clear();

@@ -59,6 +59,9 @@ struct Block {
   uint32_t unchecked_offset = 0;
   uint32_t guest_size = 0;   // guest bytes [key.rip, key.rip + guest_size)
   uint32_t guest_insns = 0;
+  // How many times it was entered (with --stats: CodeCache::count_hits;
+  // a loop block counts each pass through its head).
+  uint64_t executions = 0;
   // Page offsets, in its first page, of the guest bytes the translation
   // relies on (its own, and successors it looked at): a store there
   // invalidates it.
@@ -171,6 +174,13 @@ class CodeCache final : public MmuObserver {
 
   size_t block_count() const { return blocks_.size(); }
   size_t used_bytes() const { return static_cast<size_t>(next_ - blocks_start_); }
+  // Guest instructions run in translated blocks, counted as each block's
+  // instructions at each of its entries (with count_tlb_hits, else 0; a
+  // block left early by an exception or an exit still counts whole).
+  uint64_t executed_insns() const;
+  // The blocks (in the cache now) that ran the most guest instructions,
+  // most first, at most n.
+  std::vector<const Block*> HottestBlocks(size_t n) const;
   size_t capacity() const { return capacity_; }
   uint64_t flushes() const { return flushes_; }
 
@@ -218,6 +228,7 @@ class CodeCache final : public MmuObserver {
   uint8_t* underflow_[2] = {};      // the entry sentinels, per MmuIndex
   uint64_t flushes_ = 0;
   bool count_tlb_hits_ = false;
+  uint64_t flushed_insns_ = 0;  // executed_insns() of blocks a flush dropped
 
   std::vector<std::unique_ptr<Block>> order_;  // every block with code, in address order
   std::vector<std::unique_ptr<Block>> emulated_;  // code-less blocks

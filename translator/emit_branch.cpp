@@ -155,6 +155,22 @@ void BlockEmitter::EnterLoop(uint16_t regs, bool flags_live) {
   loop_head_ = a_.newLabel();
   a_.bind(loop_head_);
   EmitEntryCheck(flags_live);
+  EmitCountExecution();
+}
+
+void BlockEmitter::EmitCountExecution() {
+  if (!env_.count_hits || !env_.block) return;
+  // RAX and RCX (guest values or a loop's scratch) through the context's
+  // save slots, free between instructions, and lea, which leaves the
+  // flags alone.
+  a_.mov(CtxPtr(offsetof(BtContext, rax_save), 8), x86::rax);
+  a_.mov(CtxPtr(offsetof(BtContext, rcx_save), 8), x86::rcx);
+  a_.mov(x86::rcx, reinterpret_cast<uint64_t>(&env_.block->executions));
+  a_.mov(x86::rax, x86::qword_ptr(x86::rcx));
+  a_.lea(x86::rax, x86::qword_ptr(x86::rax, 1));
+  a_.mov(x86::qword_ptr(x86::rcx), x86::rax);
+  a_.mov(x86::rcx, CtxPtr(offsetof(BtContext, rcx_save), 8));
+  a_.mov(x86::rax, CtxPtr(offsetof(BtContext, rax_save), 8));
 }
 
 void BlockEmitter::EmitBackEdge(InstId jcc) {

@@ -181,6 +181,9 @@ class BlockEmitter {
   // `regs` are taken as scratch once, before the loop head, and stay taken
   // around the back edge; the exit_request check moves to the loop head.
   void EnterLoop(uint16_t regs, bool flags_live);
+  // With count_hits: one more execution of the block (Block::executions),
+  // keeping every register and flag.
+  void EmitCountExecution();
   // The scratch registers taken when the block's back edge was reached
   // (what EnterLoop should take on a second translation).
   uint16_t back_edge_borrowed() const { return back_edge_borrowed_; }

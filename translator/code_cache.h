@@ -59,8 +59,9 @@ struct Block {
   uint32_t unchecked_offset = 0;
   uint32_t guest_size = 0;   // guest bytes [key.rip, key.rip + guest_size)
   uint32_t guest_insns = 0;
-  // How many times it was entered (with --stats: CodeCache::count_hits;
-  // a loop block counts each pass through its head).
+  // How many times it was entered, counted by its code only with
+  // set_count_tlb_hits (--stats); a loop block counts each pass through
+  // its head.
   uint64_t executions = 0;
   // Page offsets, in its first page, of the guest bytes the translation
   // relies on (its own, and successors it looked at): a store there

@@ -203,11 +203,7 @@ struct alignas(64) BtContext {
     if (kernel_local_lookups) keep_global = false;
     if (jump_cache_used) {
       for (unsigned i = keep_global ? 1 : 0; i < 2; ++i) {
-        if (filled_count[i] > kFilledMax) {
-          for (auto& e : jump_cache[i]) e = {kNoRip, 0};
-        } else {
-          for (uint32_t k = 0; k < filled_count[i]; ++k) jump_cache[i][filled[i][k]] = {kNoRip, 0};
-        }
+        ForEachLookup(i, [](JumpCacheEntry& e) { e = {kNoRip, 0}; });
         filled_count[i] = 0;
       }
       if (!keep_global) jump_cache_used = false;

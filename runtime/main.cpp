@@ -1,6 +1,6 @@
 // btvm's command line: `btvm run [--engine bt|direct] [--memory SIZE] [--kernel FILE]
 // [--initrd FILE] [--append TEXT] [--decompress host|guest] [--demo]
-// [--code-cache SIZE] [--stats]`.
+// [--code-cache SIZE] [--stats]`, and `btvm bench` (runtime/bench/).
 // Exit status: the guest's, as QEMU gives it ((v << 1) | 1 for a write of v
 // to isa-debug-exit; 0 for a guest reset or power-off); 2 for a bad command
 // line; 125 when btvm cannot run the guest (bad kernel file, an instruction
@@ -16,6 +16,7 @@
 #include <string>
 #include <string_view>
 
+#include "runtime/bench/bench_command.h"
 #include "runtime/console.h"
 #include "runtime/linux_boot.h"
 #include "runtime/loader.h"
@@ -62,19 +63,28 @@ void PrintUsage(std::FILE* out) {
       "\n"
       "Without --kernel: the Linux guest image if it has been built (the\n"
       "guest-image target, next to this binary's build), else the demo guest.\n"
-      "The console is COM1 on the terminal; C-a x quits, C-a h lists the escapes.\n",
+      "The console is COM1 on the terminal; C-a x quits, C-a h lists the escapes.\n"
+      "\n"
+      "       btvm bench [--reps N] [--workloads LIST] [--configs LIST] ...\n"
+      "  the Linux guest's workloads natively, on btvm's engines and under QEMU,\n"
+      "  side by side (btvm bench --help)\n",
       out);
+}
+
+// The build directory this binary is in (build, for build/runtime/btvm).
+std::string BuildDir() {
+  char exe[PATH_MAX];
+  ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+  if (n <= 0) return ".";
+  std::string dir(exe, static_cast<size_t>(n));
+  dir = dir.substr(0, dir.rfind('/'));
+  return dir.substr(0, dir.rfind('/'));
 }
 
 // The guest image the guest-image target builds (build/guest-image, this
 // binary being build/runtime/btvm): sets *kernel and *initrd if it is there.
 bool FindGuestImage(std::string* kernel, std::string* initrd) {
-  char exe[PATH_MAX];
-  ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
-  if (n <= 0) return false;
-  std::string dir(exe, static_cast<size_t>(n));
-  dir = dir.substr(0, dir.rfind('/'));
-  dir = dir.substr(0, dir.rfind('/')) + "/guest-image/";
+  const std::string dir = BuildDir() + "/guest-image/";
   const std::string k = dir + "vmlinuz-cloud", i = dir + "initramfs.cpio.gz";
   if (access(k.c_str(), R_OK) != 0 || access(i.c_str(), R_OK) != 0) return false;
   *kernel = k;
@@ -247,9 +257,15 @@ int main(int argc, char** argv) {
     btvm::PrintUsage(stdout);
     return 0;
   }
+  if (cmd == "bench") {
+    btvm::bench::Defaults defaults;
+    btvm::FindGuestImage(&defaults.kernel, &defaults.initrd);
+    defaults.native = btvm::BuildDir() + "/tests/linux/btvm_bench_native";
+    return btvm::bench::RunBenchCommand(argc - 1, argv + 1, defaults);
+  }
   if (cmd != "run") {
-    return btvm::Fail(btvm::kUsageError,
-                      "unknown command '" + std::string(cmd) + "' (try: btvm run --help)");
+    return btvm::Fail(btvm::kUsageError, "unknown command '" + std::string(cmd) +
+                                             "' (try: btvm run --help, btvm bench --help)");
   }
   return btvm::Run(argc, argv);
 }

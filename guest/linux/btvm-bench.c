@@ -13,16 +13,24 @@
  *   btvm-bench forkexec N    N fork() + execve("/bin/true") + waitpid()
  *   btvm-bench pingpong N    N round trips of a byte between two processes
  *                            over two pipes (two context switches each)
+ *   btvm-bench fsmix N       N rounds of file-system work in memory: 16
+ *                            files created, written, listed, stat-ed,
+ *                            renamed, read back and removed (a kernel-heavy
+ *                            mix; in the guest's initramfs, natively under
+ *                            /dev/shm)
  *
  * The same source runs natively on the host for the comparison columns.
  */
 #define _GNU_SOURCE
+#include <dirent.h>
+#include <fcntl.h>
 #include <sched.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -164,9 +172,61 @@ static uint64_t pingpong(long n) {
   return sum;
 }
 
+/* The result sums the sizes stat() saw and the bytes read back, so a
+   round that lost a file or a write shows. */
+static uint64_t fsmix(long n) {
+  enum { kFiles = 16 };
+  char dir[] = "/dev/shm/btvm-bench-XXXXXX";
+  char* made = mkdtemp(dir);
+  if (!made) made = mkdtemp(strcpy(dir, "/tmp/btvm-bench-XXXXXX"));
+  must(made != NULL, "btvm-bench: mkdtemp");
+  char block[512];
+  for (int i = 0; i < (int)sizeof block; i++) block[i] = (char)(i * 7);
+  uint64_t sum = 0;
+  char path[320], path2[320];
+  for (long r = 0; r < n; r++) {
+    for (int f = 0; f < kFiles; f++) {
+      snprintf(path, sizeof path, "%s/f%02d", dir, f);
+      int fd = open(path, O_CREAT | O_WRONLY | O_TRUNC, 0644);
+      must(fd >= 0, "btvm-bench: open");
+      must(write(fd, block, (size_t)(64 + f * 28)) == 64 + f * 28, "btvm-bench: write");
+      close(fd);
+    }
+    DIR* d = opendir(dir);
+    must(d != NULL, "btvm-bench: opendir");
+    for (struct dirent* e; (e = readdir(d)) != NULL;) {
+      if (e->d_name[0] == '.') continue;
+      struct stat st;
+      snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+      must(stat(path, &st) == 0, "btvm-bench: stat");
+      sum += (uint64_t)st.st_size;
+    }
+    closedir(d);
+    for (int f = 0; f < kFiles; f += 2) {
+      snprintf(path, sizeof path, "%s/f%02d", dir, f);
+      snprintf(path2, sizeof path2, "%s/g%02d", dir, f);
+      must(rename(path, path2) == 0, "btvm-bench: rename");
+    }
+    for (int f = 0; f < kFiles; f++) {
+      snprintf(path, sizeof path, "%s/%c%02d", dir, f % 2 ? 'f' : 'g', f);
+      int fd = open(path, O_RDONLY);
+      must(fd >= 0, "btvm-bench: open to read");
+      char back[sizeof block];
+      ssize_t got = read(fd, back, sizeof back);
+      must(got == 64 + f * 28, "btvm-bench: read");
+      sum += (uint64_t)(unsigned char)back[got - 1];
+      close(fd);
+      must(unlink(path) == 0, "btvm-bench: unlink");
+    }
+  }
+  must(rmdir(dir) == 0, "btvm-bench: rmdir");
+  return sum;
+}
+
 int main(int argc, char** argv) {
   if (argc != 3) {
-    fprintf(stderr, "usage: btvm-bench spin|compute|syscall|pagefault|forkwait|forkexec|pingpong N\n");
+    fprintf(stderr,
+            "usage: btvm-bench spin|compute|syscall|pagefault|forkwait|forkexec|pingpong|fsmix N\n");
     return 2;
   }
   const char* what = argv[1];
@@ -190,6 +250,8 @@ int main(int argc, char** argv) {
     result = forks(n, 1);
   } else if (strcmp(what, "pingpong") == 0) {
     result = pingpong(n);
+  } else if (strcmp(what, "fsmix") == 0) {
+    result = fsmix(n);
   } else {
     fprintf(stderr, "btvm-bench: unknown workload %s\n", what);
     return 2;

@@ -48,6 +48,12 @@ expect_error "memory garbage" run --memory lots
 expect_error "memory unaligned" run --memory 3K
 expect_error "memory overflow" run --memory 99999999999999999999999G
 expect_error "code cache too small" run --code-cache 4K
+expect_error "bench: zero repetitions" bench --reps 0
+expect_error "bench: unknown configuration" bench --configs bt,vmware
+expect_error "bench: unknown workload" bench --workloads spin,,nothing
+expect_error "bench: no value" bench --scale
+expect_error "bench: unknown flag" bench --fast
+expect_error "bench: output directory not makeable" bench --out /proc/btvm-bench-results
 expect_error "code cache too large" run --code-cache 2G
 expect_error "code cache garbage" run --code-cache big
 expect_error "unknown engine" run --engine qemu

@@ -10,6 +10,7 @@
 
 #include "runtime/bt_engine.h"
 #include "runtime/direct/direct_engine.h"
+#include "runtime/kvm/kvm_engine.h"
 #include "runtime/loader.h"
 
 namespace btvm {
@@ -85,8 +86,8 @@ Machine::Machine(GuestMemory memory, const MachineConfig& config)
 Machine::~Machine() = default;
 
 Result<std::unique_ptr<Machine>> Machine::Create(const MachineConfig& config) {
-  if (config.engine != "bt" && config.engine != "direct") {
-    return MakeError("unknown engine '" + config.engine + "' (this build has: bt, direct)");
+  if (config.engine != "bt" && config.engine != "direct" && config.engine != "kvm") {
+    return MakeError("unknown engine '" + config.engine + "' (this build has: bt, direct, kvm)");
   }
   Result<GuestMemory> memory = GuestMemory::Create(config.memory);
   if (!memory) return memory.error();
@@ -134,7 +135,14 @@ Result<std::unique_ptr<Machine>> Machine::Create(const MachineConfig& config) {
     Status w = m->memory_.Write(kAcpiTablesBase, tables.bytes);
     if (!w) return w.error();
   }
-  if (config.engine == "direct") {
+  if (config.engine == "kvm") {
+    // A host whose KVM cannot run a guest says so here, in one line.
+    if (Status probe = KvmEngine::Probe(); !probe) return probe.error();
+    Result<std::unique_ptr<KvmEngine>> engine = KvmEngine::Create(
+        m->memory_, m->pio_, m->mmio_, m->stop_, m->counters_, m.get(), m.get());
+    if (!engine) return engine.error();
+    m->engine_ = std::move(engine.value());
+  } else if (config.engine == "direct") {
     auto engine = std::make_unique<DirectEngine>(m->memory_, m->pio_, m->mmio_, m->stop_,
                                                  m->counters_, m.get(), config.code_cache);
     engine->bt().set_count_tlb_hits(config.stats);

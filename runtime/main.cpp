@@ -32,7 +32,7 @@ constexpr uint64_t kMaxCodeCache = uint64_t{1} << 30;
 
 void PrintUsage(std::FILE* out) {
   std::fputs(
-      "usage: btvm run [--engine bt|direct] [--memory SIZE] [--kernel FILE] [--initrd FILE]\n"
+      "usage: btvm run [--engine bt|direct|kvm] [--memory SIZE] [--kernel FILE] [--initrd FILE]\n"
       "                [--append TEXT] [--decompress host|guest] [--demo]\n"
       "                [--code-cache SIZE] [--direct-transport seccomp|ptrace]\n"
       "                [--direct-policy adaptive|child] [--direct-check-maps] [--stats]\n"
@@ -40,6 +40,8 @@ void PrintUsage(std::FILE* out) {
       "  --engine bt      translate every guest instruction (the default)\n"
       "  --engine direct  translate guest kernel code, run 64-bit guest user code\n"
       "                   directly in a child process (in progress)\n"
+      "  --engine kvm     the host's KVM runs the guest (hardware assist), with\n"
+      "                   btvm's devices and interrupt controllers\n"
       "  --memory SIZE    guest RAM: a number of MiB, or with a suffix K, M, G\n"
       "                   (2M to 64G; default 128M)\n"
       "  --kernel FILE    a Linux bzImage, or an ELF64 guest kernel with a btvm\n"
@@ -143,9 +145,9 @@ int Run(int argc, char** argv) {
       if (!v) return Fail(kUsageError, std::string(arg) + " needs a value");
       if (arg == "--engine") {
         config.engine = v;
-        if (config.engine != "bt" && config.engine != "direct") {
+        if (config.engine != "bt" && config.engine != "direct" && config.engine != "kvm") {
           return Fail(kUsageError,
-                      "unknown engine '" + config.engine + "' (this build has: bt, direct)");
+                      "unknown engine '" + config.engine + "' (this build has: bt, direct, kvm)");
         }
       } else if (arg == "--memory") {
         Result<uint64_t> size = ParseSize(v, "memory size");

@@ -294,8 +294,8 @@ void Bench::Prepare() {
         c.command = {btvm, "run", "--engine", c.name, "--memory", memory + "M", "--kernel",
                      o_.kernel, "--initrd", o_.initrd, "--append", o_.append};
       } else if (c.name == "kvm") {
-        c.ran = false;
-        c.why = "this btvm has no kvm engine yet";
+        c.command = {btvm, "run", "--engine", "kvm", "--memory", memory + "M", "--kernel",
+                     o_.kernel, "--initrd", o_.initrd, "--append", o_.append};
       } else if (qemu.empty()) {
         c.ran = false;
         c.why = o_.qemu + " not found";
@@ -362,11 +362,13 @@ void Bench::RunGuest(Configuration& c, int rep) {
     return;
   }
   ConsoleProcess& p = started.value();
-  if (c.name == "qemu-kvm" && !p.AnyOutput(start + std::chrono::seconds(20))) {
-    // A KVM that cannot run the guest (the PVM module, say) may leave
-    // QEMU silent instead of failing.
+  const bool on_kvm = c.name == "kvm" || c.name == "qemu-kvm";
+  const std::string who = c.name == "kvm" ? "btvm's kvm engine" : "QEMU with KVM";
+  if (on_kvm && !p.AnyOutput(start + std::chrono::seconds(20))) {
+    // A KVM that cannot run the guest (the PVM module, say) may leave the
+    // guest silent instead of failing.
     c.ran = false;
-    c.why = "QEMU with KVM printed nothing in 20 s" + KvmNote();
+    c.why = who + " printed nothing in 20 s" + KvmNote();
     return;
   }
   std::string text;
@@ -375,9 +377,9 @@ void Bench::RunGuest(Configuration& c, int rep) {
     const std::string what = got == ConsoleProcess::Read::kTimeout ? "no shell prompt in time"
                                                                     : "it ended before the prompt";
     const std::string last = LastLine(p.output());
-    if (rep == 1 && c.name == "qemu-kvm") {
+    if (rep == 1 && on_kvm) {
       c.ran = false;
-      c.why = "QEMU with KVM did not boot the guest: " + what +
+      c.why = who + " did not boot the guest: " + what +
               (last.empty() ? "" : " (it said: " + last + ")") + KvmNote();
     } else {
       r_.problems.push_back(c.name + " (repetition " + std::to_string(rep) + "): " + what +

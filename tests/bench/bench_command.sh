@@ -1,7 +1,8 @@
 #!/bin/sh
 # `btvm bench` in small (one repetition, two workloads, counts scaled down):
-# the table, results.json and report.html are there and say what ran and
-# why kvm did not; with a browser, its rendering shows every bar.
+# the table, results.json and report.html are there and say what ran, and
+# for what did not (kvm where the host's KVM cannot boot the guest), why;
+# with a browser, its rendering shows every bar.
 #
 #   bench_command.sh BTVM IMAGE_DIR OUT_DIR [BROWSER]
 #
@@ -26,8 +27,8 @@ status=$?
 cat "$out.table" "$out.progress"
 [ "$status" -eq 0 ] || { echo "FAIL: btvm bench exited with $status"; exit 1; }
 grep -q '^compute    bt ' "$out.table" || { echo "FAIL: no compute row for bt in the table"; exit 1; }
-grep -q '^  kvm       this btvm has no kvm engine yet' "$out.table" ||
-  { echo "FAIL: the table does not say why kvm did not run"; exit 1; }
+grep -q '^  kvm       \|^compute    kvm ' "$out.table" ||
+  { echo "FAIL: the table says nothing of kvm"; exit 1; }
 shot=
 if [ -n "$browser" ]; then
   shot=$out/report.png
@@ -35,5 +36,5 @@ if [ -n "$browser" ]; then
     --screenshot="$shot" --window-size=900,1400 "file://$(cd "$out" && pwd)/report.html" \
     >/dev/null 2>&1 || { echo "FAIL: $browser could not render the report"; exit 1; }
 fi
-exec python3 "$here/check_report.py" "$out" --ran "$ran" --not-run kvm \
+exec python3 "$here/check_report.py" "$out" --ran "$ran" \
   --workloads compute,syscall ${shot:+--screenshot "$shot"}

@@ -3,8 +3,11 @@
 --screenshot, that a browser's rendering of the report shows its charts:
 the bars of every configuration that ran, in their colours.
 
-  check_report.py DIR --ran native,bt --not-run kvm --workloads a,b
+  check_report.py DIR --ran native,bt [--not-run kvm] --workloads a,b
                   [--screenshot PNG]
+
+Every configuration that did not run must say why, in the results and the
+report.
 """
 import argparse
 import json
@@ -81,6 +84,9 @@ def main():
         c = configs.get(name)
         if not c or c["ran"] or not c["why"]:
             failures.append("%s: expected 'did not run' with a reason, got %r" % (name, c))
+    for c in results["configurations"]:
+        if not c["ran"] and not c["why"]:
+            failures.append("%s did not run and the results do not say why" % c["name"])
     for w in workloads:
         for name in ran:
             if name == "native" and w == "boot":
@@ -99,9 +105,10 @@ def main():
     if html.count("<svg") != len(workloads):
         failures.append("%d charts in the report for %d workloads" % (html.count("<svg"),
                                                                        len(workloads)))
-    for name in not_run:
-        if configs.get(name) and configs[name]["why"].replace('"', "&quot;") not in html:
-            failures.append("the report does not say why %s did not run" % name)
+    for c in results["configurations"]:
+        why = c["why"].replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+        if not c["ran"] and why.replace('"', "&quot;") not in html:
+            failures.append("the report does not say why %s did not run" % c["name"])
 
     if args.screenshot:
         width, height, rows, bpp = read_png(args.screenshot)

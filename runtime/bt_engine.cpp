@@ -3,7 +3,6 @@
 #include <x86intrin.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cstdio>
 
 #include "devices/clock.h"
@@ -39,52 +38,17 @@ BtEngine::BtEngine(GuestMemory& memory, PioBus& pio, MmioBus& mmio,
   ctx_->cache = &cache_;
   ctx_->counters = &counters_;
   InstallHostFaultHandlers();
-  if (irq_) timer_ = std::thread([this] { TimerThread(); });
+  if (irq_) timer_ = std::make_unique<DeadlineTimer>([this] { Kick(); });
 }
 
-BtEngine::~BtEngine() {
-  if (timer_.joinable()) {
-    {
-      std::lock_guard<std::mutex> lock(timer_mu_);
-      timer_quit_ = true;
-    }
-    timer_cv_.notify_all();
-    timer_.join();
-  }
-}
+BtEngine::~BtEngine() = default;
 
 void BtEngine::Kick() {
   std::atomic_ref<uint8_t>(ctx_->exit_request).store(1, std::memory_order_seq_cst);
   if (UserRunner* u = user_.load()) u->Interrupt();
 }
 
-void BtEngine::ArmTimer() {
-  uint64_t deadline = irq_->NextDeadlineNs();
-  std::lock_guard<std::mutex> lock(timer_mu_);
-  if (deadline != timer_deadline_) {
-    timer_deadline_ = deadline;
-    timer_cv_.notify_all();
-  }
-}
-
-// Sleeps until the armed deadline, then makes translated code come back so
-// the loop looks at the interrupt controller.
-void BtEngine::TimerThread() {
-  std::unique_lock<std::mutex> lock(timer_mu_);
-  while (!timer_quit_) {
-    if (timer_deadline_ == UINT64_MAX) {
-      timer_cv_.wait(lock);
-      continue;
-    }
-    uint64_t now = HostClock().NowNs();
-    if (now >= timer_deadline_) {
-      timer_deadline_ = UINT64_MAX;
-      Kick();
-      continue;
-    }
-    timer_cv_.wait_for(lock, std::chrono::nanoseconds(timer_deadline_ - now));
-  }
-}
+void BtEngine::ArmTimer() { timer_->Arm(irq_->NextDeadlineNs()); }
 
 bool BtEngine::Deliver(const GuestException& e, EventSource source, EngineExit* exit,
                        uint64_t insn_rip, bool from_runner) {

@@ -9,14 +9,12 @@
 
 #include <array>
 #include <atomic>
-#include <condition_variable>
 #include <memory>
-#include <mutex>
-#include <thread>
 
 #include "base/counters.h"
 #include "devices/bus.h"
 #include "mmu/mmu.h"
+#include "runtime/deadline_timer.h"
 #include "runtime/emulate.h"
 #include "runtime/engine.h"
 #include "runtime/interrupts.h"
@@ -134,7 +132,6 @@ class BtEngine final : public Engine {
   // Reads guest code at rip; returns bytes read, fewer with *fault set.
   size_t FetchCode(uint64_t rip, uint8_t* buf, size_t len, GuestException* fault);
   void ArmTimer();
-  void TimerThread();
 
   std::unique_ptr<BtContext> ctx_;
   Mmu mmu_;
@@ -151,12 +148,9 @@ class BtEngine final : public Engine {
   bool check_irq_ = true;     // something may have changed INTR or IF
   bool irq_shadow_ = false;   // sti / mov ss: no interrupt before the next instruction
 
-  // Deadline thread: sets exit_request when the next timer event is due.
-  std::mutex timer_mu_;
-  std::condition_variable timer_cv_;
-  uint64_t timer_deadline_ = UINT64_MAX;
-  bool timer_quit_ = false;
-  std::thread timer_;
+  // Sets exit_request when the next timer event is due (with an interrupt
+  // source only). Last: it goes first, before what Kick touches.
+  std::unique_ptr<DeadlineTimer> timer_;
 };
 
 }  // namespace btvm

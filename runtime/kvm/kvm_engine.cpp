@@ -12,7 +12,6 @@
 #include <algorithm>
 #include <cstddef>
 #include <cerrno>
-#include <chrono>
 #include <cstring>
 #include <vector>
 
@@ -264,14 +263,7 @@ Result<std::unique_ptr<KvmEngine>> KvmEngine::Create(GuestMemory& memory, PioBus
 }
 
 KvmEngine::~KvmEngine() {
-  if (timer_.joinable()) {
-    {
-      std::lock_guard<std::mutex> lock(timer_mu_);
-      timer_quit_ = true;
-    }
-    timer_cv_.notify_one();
-    timer_.join();
-  }
+  timer_.reset();  // no kick after this
   if (run_) munmap(run_, run_size_);
   for (int fd : {vcpu_, vm_, kvm_}) {
     if (fd >= 0) close(fd);
@@ -579,31 +571,6 @@ bool KvmEngine::Halt(EngineExit* exit) {
   return true;
 }
 
-void KvmEngine::TimerThread() {
-  std::unique_lock<std::mutex> lock(timer_mu_);
-  while (!timer_quit_) {
-    if (timer_deadline_ == UINT64_MAX) {
-      timer_cv_.wait(lock);
-      continue;
-    }
-    const uint64_t now = HostClock().NowNs();
-    if (now >= timer_deadline_) {
-      timer_deadline_ = UINT64_MAX;
-      pthread_kill(vcpu_thread_, kKickSignal);
-      continue;
-    }
-    timer_cv_.wait_for(lock, std::chrono::nanoseconds(timer_deadline_ - now));
-  }
-}
-
-void KvmEngine::ArmTimer(uint64_t deadline_ns) {
-  std::lock_guard<std::mutex> lock(timer_mu_);
-  if (deadline_ns == timer_deadline_) return;
-  const bool sooner = deadline_ns < timer_deadline_;
-  timer_deadline_ = deadline_ns;
-  if (sooner) timer_cv_.notify_one();
-}
-
 EngineExit KvmEngine::Run(CpuState& cpu) {
   EngineExit exit;
   if (Status s = LoadState(cpu); !s) return {EngineExit::kError, s.error().message};
@@ -612,7 +579,9 @@ EngineExit KvmEngine::Run(CpuState& cpu) {
   sigaction(kKickSignal, &sa, nullptr);
   tls_run = run_;
   vcpu_thread_ = pthread_self();
-  if (!timer_.joinable()) timer_ = std::thread([this] { TimerThread(); });
+  if (!timer_) {
+    timer_ = std::make_unique<DeadlineTimer>([this] { pthread_kill(vcpu_thread_, kKickSignal); });
+  }
 
   while (!stop_.load(std::memory_order_relaxed)) {
     if (Status s = OfferInterrupt(); !s) {
@@ -621,7 +590,7 @@ EngineExit KvmEngine::Run(CpuState& cpu) {
     }
     if (irq_) {
       // The next timer event, and a look at console input every 10 ms.
-      ArmTimer(std::min(irq_->NextDeadlineNs(), HostClock().NowNs() + 10'000'000));
+      timer_->Arm(std::min(irq_->NextDeadlineNs(), HostClock().NowNs() + 10'000'000));
     }
     if (platform_) {
       last_cr8_ = platform_->ReadCr8();

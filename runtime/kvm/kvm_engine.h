@@ -17,16 +17,17 @@
 // that only runs paravirtualized kernels, such as the PVM module) are told
 // apart by Probe(), which runs a few instructions in 64-bit kernel mode.
 
+#include <pthread.h>
+
 #include <atomic>
-#include <condition_variable>
 #include <cstdint>
-#include <mutex>
-#include <thread>
+#include <memory>
 
 #include "base/counters.h"
 #include "base/result.h"
 #include "devices/bus.h"
 #include "mmu/guest_memory.h"
+#include "runtime/deadline_timer.h"
 #include "runtime/emulate.h"
 #include "runtime/engine.h"
 
@@ -67,8 +68,6 @@ class KvmEngine final : public Engine {
   bool HandleMsr(bool write);
   // hlt: waits for an interrupt; false (with *exit) when none can come.
   bool Halt(EngineExit* exit);
-  void TimerThread();
-  void ArmTimer(uint64_t deadline_ns);
 
   GuestMemory& memory_;
   PioBus& pio_;
@@ -88,13 +87,9 @@ class KvmEngine final : public Engine {
            exits_kick_ = 0, exits_other_ = 0, injected_ = 0;
 
   // The kick at the machine's next deadline: a signal to the vCPU thread,
-  // whose handler sets kvm_run.immediate_exit.
-  std::thread timer_;
-  std::mutex timer_mu_;
-  std::condition_variable timer_cv_;
-  uint64_t timer_deadline_ = UINT64_MAX;
-  bool timer_quit_ = false;
+  // whose handler sets kvm_run.immediate_exit. Last: it goes first.
   pthread_t vcpu_thread_{};
+  std::unique_ptr<DeadlineTimer> timer_;
 };
 
 }  // namespace btvm

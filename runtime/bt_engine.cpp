@@ -99,27 +99,9 @@ bool BtEngine::TakeInterrupt(EngineExit* exit) {
 }
 
 bool BtEngine::Halt(EngineExit* exit) {
-  CpuState& c = ctx_->cpu;
-  if (!(c.rflags & rflags::kIF)) {
-    exit->kind = EngineExit::kHalt;
-    exit->message = "guest halted with interrupts disabled";
-    return false;
-  }
-  if (!irq_) {
-    exit->kind = EngineExit::kHalt;
-    exit->message = "guest halted; this machine has no interrupt sources";
-    return false;
-  }
+  if (!HaltUntilInterrupt(ctx_->cpu.rflags & rflags::kIF, irq_, stop_, exit)) return false;
   ++counters_.exits_hlt;
-  while (!stop_.load(std::memory_order_relaxed)) {
-    if (irq_->InterruptPending()) {
-      check_irq_ = true;
-      return true;
-    }
-    // Input may arrive without a deadline: look again every 10 ms.
-    uint64_t now = HostClock().NowNs();
-    irq_->WaitUntil(std::min(irq_->NextDeadlineNs(), now + 10'000'000));
-  }
+  check_irq_ = true;
   return true;
 }
 

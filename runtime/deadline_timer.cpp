@@ -1,10 +1,31 @@
 #include "runtime/deadline_timer.h"
 
+#include <algorithm>
 #include <chrono>
 
 #include "devices/clock.h"
 
 namespace btvm {
+
+bool HaltUntilInterrupt(bool interrupts_on, InterruptSource* irq, const std::atomic<bool>& stop,
+                        EngineExit* exit) {
+  if (!interrupts_on) {
+    exit->kind = EngineExit::kHalt;
+    exit->message = "guest halted with interrupts disabled";
+    return false;
+  }
+  if (!irq) {
+    exit->kind = EngineExit::kHalt;
+    exit->message = "guest halted; this machine has no interrupt sources";
+    return false;
+  }
+  while (!stop.load(std::memory_order_relaxed) && !irq->InterruptPending()) {
+    // Input may arrive without a deadline: look again every 10 ms.
+    const uint64_t now = HostClock().NowNs();
+    irq->WaitUntil(std::min(irq->NextDeadlineNs(), now + 10'000'000));
+  }
+  return true;
+}
 
 DeadlineTimer::DeadlineTimer(std::function<void()> kick)
     : kick_(std::move(kick)), thread_([this] { Loop(); }) {}

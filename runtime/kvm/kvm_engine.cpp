@@ -552,23 +552,7 @@ bool KvmEngine::HandleMsr(bool write) {
 bool KvmEngine::Halt(EngineExit* exit) {
   ++exits_hlt_;
   ++counters_.exits_hlt;
-  if (!run_->if_flag) {
-    exit->kind = EngineExit::kHalt;
-    exit->message = "guest halted with interrupts disabled";
-    return false;
-  }
-  if (!irq_) {
-    exit->kind = EngineExit::kHalt;
-    exit->message = "guest halted; this machine has no interrupt sources";
-    return false;
-  }
-  while (!stop_.load(std::memory_order_relaxed)) {
-    if (irq_->InterruptPending()) return true;
-    // Input may arrive without a deadline: look again every 10 ms.
-    const uint64_t now = HostClock().NowNs();
-    irq_->WaitUntil(std::min(irq_->NextDeadlineNs(), now + 10'000'000));
-  }
-  return true;
+  return HaltUntilInterrupt(run_->if_flag, irq_, stop_, exit);
 }
 
 EngineExit KvmEngine::Run(CpuState& cpu) {

@@ -238,13 +238,19 @@ bool BtEngine::FetchBlock(bool single, bool plain_stack, Block** block, EngineEx
   // Translating user code is not user code's time (user_tsc): a process
   // that runs new code is not computing.
   const uint64_t build_start = ctx_->user_since ? __rdtsc() : 0;
-  BuildResult r = BuildBlock(cache_, key, fetch, phys_of);
+  const bool traced = tracer_ && tracer_->WantsBlock(c.rip, c.Cpl());
+  BlockNotes notes;
+  BuildResult r = BuildBlock(cache_, key, fetch, phys_of, traced ? &notes : nullptr);
   if (r.kind == BuildResult::kCacheFull) {
     cache_.Flush();
     ++counters_.cache_flushes;
-    r = BuildBlock(cache_, key, fetch, phys_of);
+    r = BuildBlock(cache_, key, fetch, phys_of, traced ? &notes : nullptr);
   }
   if (build_start) ctx_->user_since += __rdtsc() - build_start;
+  if (traced && r.kind == BuildResult::kOk) {
+    tracer_->Block(*r.block, notes, cache_.EmitEnvFor(key.mmu_index), r.host_main_bytes, c.Cpl());
+  }
+  if (traced && r.kind == BuildResult::kEmulate) tracer_->Emulated(r.emulate, c.Cpl());
   switch (r.kind) {
     case BuildResult::kOk: break;
     case BuildResult::kEmulate:

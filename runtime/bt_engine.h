@@ -18,6 +18,7 @@
 #include "runtime/emulate.h"
 #include "runtime/engine.h"
 #include "runtime/interrupts.h"
+#include "runtime/trace.h"
 #include "translator/bt_context.h"
 #include "translator/code_cache.h"
 
@@ -78,6 +79,8 @@ class BtEngine final : public Engine {
   void set_count_tlb_hits(bool on) { cache_.set_count_tlb_hits(on); }
   // Device-held CPU state (APIC MSRs, CR8): runtime/emulate.h.
   void set_platform(CpuPlatform* platform) { emulator_.set_platform(platform); }
+  // Traces blocks as they are translated (runtime/trace.h); null: none.
+  void set_tracer(Tracer* tracer) { tracer_ = tracer; }
 
   // Thread-safe: makes translated code return to the loop soon.
   void Kick();
@@ -140,6 +143,7 @@ class BtEngine final : public Engine {
   Counters& counters_;
   InterruptSource* irq_;
   std::atomic<UserRunner*> user_{nullptr};
+  Tracer* tracer_ = nullptr;
   CodeCache cache_;
   Emulator emulator_;
   Decoder decoder_;

@@ -135,7 +135,9 @@ Result<std::unique_ptr<Machine>> Machine::Create(const MachineConfig& config) {
     Status w = m->memory_.Write(kAcpiTablesBase, tables.bytes);
     if (!w) return w.error();
   }
+  if (config.trace.blocks) m->tracer_ = std::make_unique<Tracer>(config.trace, config.trace_out);
   if (config.engine == "kvm") {
+    if (m->tracer_) return MakeError("--trace shows translation: it needs --engine bt or direct");
     // A host whose KVM cannot run a guest says so here, in one line.
     if (Status probe = KvmEngine::Probe(); !probe) return probe.error();
     Result<std::unique_ptr<KvmEngine>> engine = KvmEngine::Create(
@@ -147,6 +149,7 @@ Result<std::unique_ptr<Machine>> Machine::Create(const MachineConfig& config) {
                                                  m->counters_, m.get(), config.code_cache);
     engine->bt().set_count_tlb_hits(config.stats);
     engine->bt().set_platform(m.get());
+    engine->bt().set_tracer(m->tracer_.get());
     engine->set_transport(config.direct_transport == "ptrace" ? direct::Transport::kPtrace
                                                               : direct::Transport::kSeccomp);
     engine->set_check_maps(config.direct_check_maps);
@@ -158,6 +161,7 @@ Result<std::unique_ptr<Machine>> Machine::Create(const MachineConfig& config) {
                                              m->counters_, m.get(), config.code_cache);
     engine->set_count_tlb_hits(config.stats);
     engine->set_platform(m.get());
+    engine->set_tracer(m->tracer_.get());
     m->engine_ = std::move(engine);
   }
   return m;

@@ -29,6 +29,7 @@
 #include "runtime/console.h"
 #include "runtime/emulate.h"
 #include "runtime/engine.h"
+#include "runtime/trace.h"
 #include "runtime/linux_boot.h"
 
 namespace btvm {
@@ -49,6 +50,8 @@ struct MachineConfig {
   std::FILE* console_out = stdout;
   uint64_t code_cache = uint64_t{64} << 20;  // bytes of translated code before a flush
   bool stats = false;           // count what --stats reports (inline TLB hits cost a little)
+  TraceOptions trace;           // what --trace shows (runtime/trace.h), into trace_out
+  std::FILE* trace_out = stderr;
 };
 
 // How a run ended, as the process exit status tells it.
@@ -109,6 +112,7 @@ class Machine final : public SystemControl, public IrqSink, public InterruptSour
   Counters counters_;
   CpuState cpu_;
   std::atomic<bool> stop_{false};
+  std::unique_ptr<Tracer> tracer_;  // with --trace
   RunOutcome stop_outcome_;
   uint16_t irq_levels_ = 0;
   bool console_open_ = true;

@@ -13,6 +13,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <string>
 #include <string_view>
 
@@ -36,6 +37,7 @@ void PrintUsage(std::FILE* out) {
       "                [--append TEXT] [--decompress host|guest] [--demo]\n"
       "                [--code-cache SIZE] [--direct-transport seccomp|ptrace]\n"
       "                [--direct-policy adaptive|child] [--direct-check-maps] [--stats]\n"
+      "                [--trace blocks] [--trace-file F] [--trace-range LO-HI] [--trace-cpl N]\n"
       "\n"
       "  --engine bt      translate every guest instruction (the default)\n"
       "  --engine direct  translate guest kernel code, run 64-bit guest user code\n"
@@ -62,6 +64,11 @@ void PrintUsage(std::FILE* out) {
       "                   child maps nothing the guest's page tables do not (slow;\n"
       "                   for tests)\n"
       "  --stats          print counters to stderr when the run ends\n"
+      "  --trace blocks   show each block as it is translated: guest instructions\n"
+      "                   beside the host code they became, and how (runtime/trace.h)\n"
+      "  --trace-file F   the trace into F (default: stderr)\n"
+      "  --trace-range LO-HI  only blocks that start at guest addresses LO..HI\n"
+      "  --trace-cpl 0|3  only blocks translated at that CPL\n"
       "\n"
       "Without --kernel: the Linux guest image if it has been built (the\n"
       "guest-image target, next to this binary's build), else the demo guest.\n"
@@ -129,7 +136,7 @@ Result<uint64_t> ParseSize(std::string_view text, std::string_view what) {
 
 int Run(int argc, char** argv) {
   MachineConfig config;
-  std::string kernel_path, initrd_path;
+  std::string kernel_path, initrd_path, trace_path;
   bool stats = false, demo = false, have_append = false;
   for (int i = 2; i < argc; ++i) {
     std::string_view arg = argv[i];
@@ -140,7 +147,8 @@ int Run(int argc, char** argv) {
     };
     if (arg == "--engine" || arg == "--memory" || arg == "--kernel" || arg == "--code-cache" ||
         arg == "--initrd" || arg == "--append" || arg == "--decompress" ||
-        arg == "--direct-transport" || arg == "--direct-policy") {
+        arg == "--direct-transport" || arg == "--direct-policy" || arg == "--trace" ||
+        arg == "--trace-file" || arg == "--trace-range" || arg == "--trace-cpl") {
       const char* v = value(argv[i]);
       if (!v) return Fail(kUsageError, std::string(arg) + " needs a value");
       if (arg == "--engine") {
@@ -173,6 +181,13 @@ int Run(int argc, char** argv) {
                       "--direct-policy takes adaptive or child, not '" + std::string(v) + "'");
         }
         config.direct_always_child = std::string_view(v) == "child";
+      } else if (arg == "--trace" || arg == "--trace-range" || arg == "--trace-cpl") {
+        Status t = arg == "--trace"         ? ParseTraceKinds(v, &config.trace)
+                   : arg == "--trace-range" ? ParseTraceRange(v, &config.trace)
+                                            : ParseTraceCpl(v, &config.trace);
+        if (!t) return Fail(kUsageError, t.error().message);
+      } else if (arg == "--trace-file") {
+        trace_path = v;
       } else if (arg == "--initrd") {
         initrd_path = v;
       } else if (arg == "--append") {
@@ -226,6 +241,22 @@ int Run(int argc, char** argv) {
   }
   if (IsBzImage(config.kernel) && !have_append && config.cmdline.empty()) {
     config.cmdline = "console=ttyS0";
+  }
+
+  if (!trace_path.empty() && !config.trace.blocks) {
+    return Fail(kUsageError, "--trace-file needs --trace");
+  }
+  if (config.trace.blocks && config.engine == "kvm") {
+    return Fail(kUsageError, "--trace shows translation: it needs --engine bt or direct");
+  }
+  // The trace file (stderr by default), closed at exit.
+  std::unique_ptr<std::FILE, int (*)(std::FILE*)> trace_file(nullptr, std::fclose);
+  if (!trace_path.empty()) {
+    trace_file.reset(std::fopen(trace_path.c_str(), "w"));
+    if (!trace_file) {
+      return Fail(kRunError, "cannot write the trace file " + trace_path + ": " + std::strerror(errno));
+    }
+    config.trace_out = trace_file.get();
   }
 
   Result<std::unique_ptr<Machine>> machine = Machine::Create(config);

@@ -259,7 +259,7 @@ StackWindowPlan PlanStackWindow(const std::vector<DecodedInsn>& insns) {
 }  // namespace
 
 BuildResult BuildBlock(CodeCache& cache, const BlockKey& key, const FetchFn& fetch,
-                       const PhysFn& phys_of) {
+                       const PhysFn& phys_of, BlockNotes* notes) {
   BuildResult r;
   const uint64_t rip = key.rip;
   const bool single = key.flags & kBlockSingle;
@@ -546,6 +546,14 @@ BuildResult BuildBlock(CodeCache& cache, const BlockKey& key, const FetchFn& fet
             [](const Block::InsnRecord& x, const Block::InsnRecord& y) {
               return x.host_offset < y.host_offset;
             });
+  if (notes) {
+    notes->insns.assign(insns.begin(), insns.begin() + static_cast<ptrdiff_t>(emitted));
+    notes->in_window.clear();
+    for (size_t i = 0; i < emitted; ++i) {
+      notes->in_window.push_back(!window.offsets.empty() && window.offsets[i] >= 0);
+    }
+    notes->loop = loop_regs != 0;
+  }
   r.block = b;
   r.guest_insns = static_cast<unsigned>(emitted);
   r.host_bytes = b->code_size;

@@ -27,6 +27,15 @@ struct BuildResult {
   size_t host_main_bytes = 0;  // the part before the slow paths and exit stubs
 };
 
+// What a trace shows of a block (runtime/trace.h): its guest instructions
+// as translated, and which of them the stack window served. Filled only
+// when asked for.
+struct BlockNotes {
+  std::vector<DecodedInsn> insns;  // in order; the class is the one emitted
+  std::vector<bool> in_window;     // per instruction: its stack access used the window
+  bool loop = false;               // translated as a loop (registers held across the back edge)
+};
+
 // Reads guest code at rip; returns bytes read, or fewer with *fault set.
 using FetchFn = std::function<size_t(uint64_t rip, uint8_t* buf, size_t len, GuestException* fault)>;
 
@@ -36,6 +45,6 @@ using PhysFn = std::function<uint64_t(uint64_t vpage)>;
 // Translates the block `key` names (key.flags & kBlockSingle: one
 // instruction). kCacheFull: the caller flushes the cache and asks again.
 BuildResult BuildBlock(CodeCache& cache, const BlockKey& key, const FetchFn& fetch,
-                       const PhysFn& phys_of);
+                       const PhysFn& phys_of, BlockNotes* notes = nullptr);
 
 }  // namespace btvm

@@ -50,8 +50,31 @@ void BtEngine::Kick() {
 
 void BtEngine::ArmTimer() { timer_->Arm(irq_->NextDeadlineNs()); }
 
+void BtEngine::TraceExit() {
+  static const char* const kWhy[] = {
+      "next block: a lookup, or a direct exit linked now",  // kNext
+      "guest exception",                                    // kException
+      "store into translated code",                         // kSmc
+      "sti with an interrupt waiting",                      // kSti
+      "an instruction the runtime runs alone",              // kAlone
+      "sysret with an interrupt waiting",                   // kIrqWindow
+  };
+  const auto reason = static_cast<size_t>(trace_exit_.reason);
+  const uint64_t ns = (__rdtsc() - trace_exit_.tsc) * 1'000'000 / HostTscKhz();
+  tracer_->Exit(trace_exit_.rip, trace_exit_.cpl, reason < std::size(kWhy) ? kWhy[reason] : "?",
+                ns);
+  trace_exit_.pending = false;
+}
+
 bool BtEngine::Deliver(const GuestException& e, EventSource source, EngineExit* exit,
                        uint64_t insn_rip, bool from_runner) {
+  if (tracer_ && tracer_->WantsFault(ctx_->cpu.rip, ctx_->cpu.Cpl())) {
+    const char* what = source == EventSource::kExternal   ? "interrupt"
+                       : source == EventSource::kSoftware ? "software interrupt"
+                                                          : "exception";
+    tracer_->Event(ctx_->cpu.rip, ctx_->cpu.Cpl(), what, e.vector, e.has_error_code,
+                   e.error_code, e.vector == kPF ? e.cr2 : 0);
+  }
   if (e.vector == kUD && source == EventSource::kException && !from_runner) {
     if (UserRunner* u = user_.load(std::memory_order_relaxed);
         u && ctx_->cpu.Cpl() == 3 && u->TakeInvalidOpcode(ctx_->cpu)) {
@@ -331,6 +354,7 @@ EngineExit BtEngine::Run(CpuState& cpu) {
       }
     }
     if (u && !single && user && c.LongMode() && c.seg[kCs].Long()) {
+      if (trace_exit_.pending) TraceExit();
       std::string error;
       GuestException exception;
       const UserRunner::Outcome o = u->RunUser(c, &ctx.exit_request, &exception, &error);
@@ -393,8 +417,12 @@ EngineExit BtEngine::Run(CpuState& cpu) {
     // Invariant: b's code lies in the cache and leaves it only through the
     // exit stubs; it reaches memory only through soft-TLB entries into
     // guest RAM.
+    if (trace_exit_.pending) TraceExit();
     cache_.Enter(&ctx, *b);
     ++counters_.exits_to_runtime;
+    if (tracer_ && tracer_->WantsExit(c.rip, c.Cpl())) {
+      trace_exit_ = {true, ctx.exit_reason, c.rip, c.Cpl(), __rdtsc()};
+    }
     after_block = ctx.exit_reason == BlockExit::kNext;
     c.rflags = (c.rflags & ~kHostFlags) | (ctx.host_flags & kHostFlags) | rflags::kFixed1;
     switch (ctx.exit_reason) {
@@ -432,6 +460,7 @@ EngineExit BtEngine::Run(CpuState& cpu) {
     }
   }
 out:
+  if (trace_exit_.pending) TraceExit();
   counters_.tlb_hits += ctx.tlb_hits;
   ctx.tlb_hits = 0;
   counters_.ret_misses += ctx.ret_misses;

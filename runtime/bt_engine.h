@@ -81,6 +81,7 @@ class BtEngine final : public Engine {
   void set_platform(CpuPlatform* platform) { emulator_.set_platform(platform); }
   // Traces blocks as they are translated (runtime/trace.h); null: none.
   void set_tracer(Tracer* tracer) { tracer_ = tracer; }
+  Tracer* tracer() const { return tracer_; }
 
   // Thread-safe: makes translated code return to the loop soon.
   void Kick();
@@ -144,6 +145,16 @@ class BtEngine final : public Engine {
   InterruptSource* irq_;
   std::atomic<UserRunner*> user_{nullptr};
   Tracer* tracer_ = nullptr;
+  // --trace exits: the last exit, printed with its cost when translated
+  // code runs again.
+  struct {
+    bool pending = false;
+    BlockExit reason = BlockExit::kNext;
+    uint64_t rip = 0;
+    unsigned cpl = 0;
+    uint64_t tsc = 0;
+  } trace_exit_;
+  void TraceExit();
   CodeCache cache_;
   Emulator emulator_;
   Decoder decoder_;

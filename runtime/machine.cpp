@@ -135,7 +135,7 @@ Result<std::unique_ptr<Machine>> Machine::Create(const MachineConfig& config) {
     Status w = m->memory_.Write(kAcpiTablesBase, tables.bytes);
     if (!w) return w.error();
   }
-  if (config.trace.blocks) m->tracer_ = std::make_unique<Tracer>(config.trace, config.trace_out);
+  if (config.trace.any()) m->tracer_ = std::make_unique<Tracer>(config.trace, config.trace_out);
   if (config.engine == "kvm") {
     if (m->tracer_) return MakeError("--trace shows translation: it needs --engine bt or direct");
     // A host whose KVM cannot run a guest says so here, in one line.

@@ -37,7 +37,8 @@ void PrintUsage(std::FILE* out) {
       "                [--append TEXT] [--decompress host|guest] [--demo]\n"
       "                [--code-cache SIZE] [--direct-transport seccomp|ptrace]\n"
       "                [--direct-policy adaptive|child] [--direct-check-maps] [--stats]\n"
-      "                [--trace blocks] [--trace-file F] [--trace-range LO-HI] [--trace-cpl N]\n"
+      "                [--trace blocks,exits,faults] [--trace-file F] [--trace-range LO-HI]\n"
+      "                [--trace-cpl N]\n"
       "\n"
       "  --engine bt      translate every guest instruction (the default)\n"
       "  --engine direct  translate guest kernel code, run 64-bit guest user code\n"
@@ -64,8 +65,11 @@ void PrintUsage(std::FILE* out) {
       "                   child maps nothing the guest's page tables do not (slow;\n"
       "                   for tests)\n"
       "  --stats          print counters to stderr when the run ends\n"
-      "  --trace blocks   show each block as it is translated: guest instructions\n"
-      "                   beside the host code they became, and how (runtime/trace.h)\n"
+      "  --trace KINDS    blocks: each block as it is translated, guest instructions\n"
+      "                   beside the host code they became, and how; exits: every\n"
+      "                   exit to the runtime, why and its cost; faults: every event\n"
+      "                   delivered to the guest and every trap of the direct\n"
+      "                   engine's child (runtime/trace.h)\n"
       "  --trace-file F   the trace into F (default: stderr)\n"
       "  --trace-range LO-HI  only blocks that start at guest addresses LO..HI\n"
       "  --trace-cpl 0|3  only blocks translated at that CPL\n"
@@ -243,10 +247,10 @@ int Run(int argc, char** argv) {
     config.cmdline = "console=ttyS0";
   }
 
-  if (!trace_path.empty() && !config.trace.blocks) {
+  if (!trace_path.empty() && !config.trace.any()) {
     return Fail(kUsageError, "--trace-file needs --trace");
   }
-  if (config.trace.blocks && config.engine == "kvm") {
+  if (config.trace.any() && config.engine == "kvm") {
     return Fail(kUsageError, "--trace shows translation: it needs --engine bt or direct");
   }
   // The trace file (stderr by default), closed at exit.

@@ -124,9 +124,13 @@ Status ParseTraceKinds(const std::string& text, TraceOptions* o) {
     const std::string kind = text.substr(start, end - start);
     if (kind == "blocks") {
       o->blocks = true;
+    } else if (kind == "exits") {
+      o->exits = true;
+    } else if (kind == "faults") {
+      o->faults = true;
     } else {
-      return MakeError("--trace takes blocks (exits and faults are not traced yet), not '" +
-                       kind + "'");
+      return MakeError("--trace takes blocks, exits and faults (comma-separated), not '" + kind +
+                       "'");
     }
     start = end + 1;
   }
@@ -190,7 +194,8 @@ void Tracer::Block(const btvm::Block& b, const BlockNotes& notes, const EmitEnv&
                "block %llu  guest %s  cpl %u  %u instructions, %u bytes%s  host %s  %u bytes "
                "(%zu main path, %zu slow paths and exit stubs)\n",
                static_cast<unsigned long long>(blocks_), Hex(b.key.rip).c_str(), cpl,
-               b.guest_insns, b.guest_size, notes.loop ? ", a loop" : "",
+               b.guest_insns, b.guest_size,
+               notes.loop ? ", a loop" : (b.key.flags & kBlockSingle) ? ", alone" : "",
                Hex(reinterpret_cast<uint64_t>(code)).c_str(), b.code_size, main_bytes,
                b.code_size - main_bytes);
   // Each guest instruction's main-path host code: from its record to the
@@ -236,6 +241,24 @@ void Tracer::Block(const btvm::Block& b, const BlockNotes& notes, const EmitEnv&
                            : "direct: chained to the target once it is translated");
   }
   std::fprintf(out_, "end block %llu\n", static_cast<unsigned long long>(blocks_));
+}
+
+void Tracer::Exit(uint64_t rip, unsigned cpl, const char* why, uint64_t ns) {
+  std::fprintf(out_, "runtime  guest %s  cpl %u  %s  %llu ns\n", Hex(rip).c_str(), cpl, why,
+               static_cast<unsigned long long>(ns));
+}
+
+void Tracer::Event(uint64_t rip, unsigned cpl, const char* source, uint8_t vector,
+                   bool has_error_code, uint32_t error_code, uint64_t cr2) {
+  std::fprintf(out_, "event  guest %s  cpl %u  %s  vector %u", Hex(rip).c_str(), cpl, source,
+               vector);
+  if (has_error_code) std::fprintf(out_, "  error code %s", Hex(error_code).c_str());
+  if (vector == 14) std::fprintf(out_, "  cr2 %s", Hex(cr2).c_str());
+  std::fputc('\n', out_);
+}
+
+void Tracer::Trap(uint64_t rip, const std::string& what) {
+  std::fprintf(out_, "trap  guest %s  cpl 3  %s\n", Hex(rip).c_str(), what.c_str());
 }
 
 void Tracer::Emulated(const DecodedInsn& d, unsigned cpl) {

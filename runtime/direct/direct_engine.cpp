@@ -181,18 +181,26 @@ UserRunner::Outcome DirectEngine::RunInChild(CpuState& cpu, uint8_t* exit_reques
     }
     ++stats_.runs;
     if (!TakeSelectors(*t, cpu, error)) return Outcome::kError;
+    Tracer* const tracer = bt_.tracer();
+    const bool traced = tracer && tracer->WantsFault(cpu.rip, 3);
+    const auto trace = [&](const std::string& what) {
+      if (traced) tracer->Trap(cpu.rip, what);
+    };
     if (t->kind == direct::Trap::Kind::kSyscall) {
       // syscall, sysenter and int 0x80 are two bytes long: the bt engine
       // runs the instruction itself (RCX and R11, which the host's syscall
       // overwrote, are what the guest's sets them to anyway).
       ++stats_.syscalls;
       cpu.rip -= 2;
+      trace("syscall: to the guest kernel, translated");
     } else if (t->signal == kInterruptSignal) {
       ++stats_.interrupted;
+      trace("stopped for an interrupt or request");
       return Outcome::kInterrupted;
     } else if (t->signal == SIGSEGV && (t->code == SEGV_MAPERR || t->code == SEGV_ACCERR)) {
       if (Fill(cpu, *t, error)) {
         ++stats_.hidden_faults;
+        trace("hidden fault at " + Hex(t->address) + ": shadow page filled, the guest sees nothing");
         continue;
       }
       if (!error->empty()) return Outcome::kError;
@@ -207,12 +215,15 @@ UserRunner::Outcome DirectEngine::RunInChild(CpuState& cpu, uint8_t* exit_reques
       Mmu::Lookup l = bt_.mmu().Translate(cpu, GuestVirt(t->address), access, kMmuUser);
       if (l.kind == Mmu::Lookup::kFault) {
         ++stats_.page_faults;
+        trace("page fault at " + Hex(t->address) + ": the guest's own, delivered (error code " +
+              Hex(l.fault.error_code) + ")");
         *exception = l.fault;
         return Outcome::kException;
       }
     } else if (t->signal == SIGTRAP && t->code == TRAP_TRACE) {
       // popf set TF, and the instruction after it completed: #DB. (User
       // code that starts with TF set runs translated.)
+      trace("single step: #DB delivered");
       return Outcome::kSingleStep;
     } else if (t->signal == SIGTRAP) {
       // int3 (CC) and int 3 (CD 03) trap after themselves: back to the
@@ -236,9 +247,11 @@ UserRunner::Outcome DirectEngine::RunInChild(CpuState& cpu, uint8_t* exit_reques
       // virtual CPU is a subset of the host's): delivered without the bt
       // engine, which may not know the instruction (AVX, chosen by the
       // host's CPUID where cpuid does not fault).
+      trace("#UD delivered");
       *exception = GuestException::Ud();
       return Outcome::kException;
     } else if (t->signal == SIGFPE && (t->code == FPE_INTDIV || t->code == FPE_INTOVF)) {
+      trace("#DE delivered");
       *exception = GuestException{kDE, false, 0, 0};
       return Outcome::kException;
     }
@@ -247,6 +260,9 @@ UserRunner::Outcome DirectEngine::RunInChild(CpuState& cpu, uint8_t* exit_reques
     // guest's tables allow but the child cannot make) stops with RIP at
     // the instruction, which the bt engine runs.
     ++stats_.translated;
+    if (t->kind != direct::Trap::Kind::kSyscall) {
+      trace("signal " + std::to_string(t->signal) + ": the instruction runs translated");
+    }
     return Outcome::kTranslateOne;
   }
 }

@@ -48,7 +48,7 @@ expect_error "memory garbage" run --memory lots
 expect_error "memory unaligned" run --memory 3K
 expect_error "memory overflow" run --memory 99999999999999999999999G
 expect_error "code cache too small" run --code-cache 4K
-expect_error "trace: a kind not traced yet" run --trace exits
+expect_error "trace: an unknown kind" run --trace blocks,jumps
 expect_error "trace: cpl 2" run --trace blocks --trace-cpl 2
 expect_error "trace: an empty range" run --trace blocks --trace-range 0x2000-0x1000
 expect_error "trace: a file without --trace" run --trace-file "$tmp/trace"

@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
-"""Checks a `btvm run --trace blocks` file against the run's --stats:
-every translated block is there, whole (its guest instructions, each with
-how it was translated and, unless it emitted no code, the host code it
-became), in the documented line format (runtime/trace.h).
+"""Checks a `btvm run --trace KINDS` file against the run's --stats: every
+translated block is there, whole (its guest instructions, each with how it
+was translated and, unless it emitted no code, the host code it became);
+every exit to the runtime, every event delivered and every trap of the
+direct engine's child has its line; all in the documented line format
+(runtime/trace.h).
 
-  check_trace.py TRACE STATS [--cpl N] [--range LO-HI]
+  check_trace.py TRACE STATS [--kinds blocks,exits,faults] [--cpl N] [--range LO-HI]
 """
 import re
 import sys
@@ -13,18 +15,32 @@ ANNOTATIONS = ("ident", "nop: no host code", "stack sequence", "string: helper c
                "sensitive, inline against CpuState", "branch:", "conditional branch:",
                "indirect branch:", "call:", "indirect call:", "ret:")
 BLOCK = re.compile(r"^block (\d+)  guest (0x[0-9a-f]+)  cpl (\d)  (\d+) instructions, (\d+) bytes"
-                   r"(, a loop)?  host (0x[0-9a-f]+)  (\d+) bytes \((\d+) main path, (\d+) slow "
+                   r"(, a loop|, alone)?  host (0x[0-9a-f]+)  (\d+) bytes \((\d+) main path, (\d+) slow "
                    r"paths and exit stubs\)$")
 GUEST = re.compile(r"^  guest  (0x[0-9a-f]+)  ([0-9a-f]{2}(?: [0-9a-f]{2})*)  +(.+?)  +(\S.*)$")
 HOST = re.compile(r"^    (host|slow)  (0x[0-9a-f]+)  (\S.*)$")
 EXIT = re.compile(r"^  exit  guest (0x[0-9a-f]+)  jmp at host (0x[0-9a-f]+)  direct")
 END = re.compile(r"^end block (\d+)$")
 EMULATE = re.compile(r"^emulate  guest (0x[0-9a-f]+)  cpl (\d)  ")
+RUNTIME = re.compile(r"^runtime  guest (0x[0-9a-f]+)  cpl (\d)  (\S.*\S)  (\d+) ns$")
+EVENT = re.compile(r"^event  guest (0x[0-9a-f]+)  cpl (\d)  (exception|interrupt|software interrupt)"
+                   r"  vector (\d+)(  error code 0x[0-9a-f]+)?(  cr2 0x[0-9a-f]+)?$")
+TRAP = re.compile(r"^trap  guest (0x[0-9a-f]+)  cpl 3  (\S.*)$")
+
+
+def stat(stats, text):
+    m = re.search(re.escape(text) + r"[^\n]*?\s(\d+)\n", stats)
+    return int(m.group(1)) if m else None
 
 
 def main():
     args = sys.argv[1:]
     cpl = rng = None
+    kinds = {"blocks"}
+    if "--kinds" in args:
+        i = args.index("--kinds")
+        kinds = set(args[i + 1].split(","))
+        del args[i:i + 2]
     if "--cpl" in args:
         i = args.index("--cpl")
         cpl = int(args[i + 1])
@@ -40,6 +56,7 @@ def main():
     translated = int(m.group(1)) if m else None
     failures = []
     blocks, guest_lines, host_lines = 0, 0, 0
+    counts = {"runtime": 0, "event": 0, "trap": 0}
     cur = None  # (number, expected instructions, instructions seen, last guest had host code)
     pending_nop_ok = True
     for n, line in enumerate(trace, 1):
@@ -93,22 +110,48 @@ def main():
         elif EMULATE.match(line):
             if cur:
                 bad("an emulated instruction inside a block")
+        elif RUNTIME.match(line) or EVENT.match(line) or TRAP.match(line):
+            if cur:
+                bad("a runtime line inside a block")
+            kind = line.split(" ", 1)[0]
+            counts[kind] += 1
+            r = int(line.split()[2], 16)
+            c = int(line.split()[4])
+            if (cpl is not None and c != cpl) or (rng and not rng[0] <= r <= rng[1]):
+                bad("outside what --trace-cpl or --trace-range select")
         else:
             bad("not a trace line")
     if cur:
         failures.append("the trace ends inside block %d" % cur[0])
-    if cpl is None and rng is None:
-        if translated is None:
-            failures.append("no 'guest blocks translated' in the stats")
-        elif translated != blocks:
-            failures.append("%d blocks traced, %d translated" % (blocks, translated))
-    elif blocks == 0:
-        failures.append("no block traced")
+    expected = {"blocks": ("guest blocks translated", blocks),
+                "runtime": ("exits from translated code to the runtime", counts["runtime"]),
+                "event": ("guest exceptions delivered", counts["event"]),
+                "trap": ("user code runs in a child", counts["trap"])}
+    wanted = {"blocks": "blocks" in kinds, "runtime": "exits" in kinds,
+              "event": "faults" in kinds, "trap": "faults" in kinds}
+    for key, (text, seen) in expected.items():
+        if not wanted[key]:
+            if seen:
+                failures.append("%d %s lines, not asked for" % (seen, key))
+            continue
+        if cpl is None and rng is None:
+            want = stat(stats, text)
+            if key == "blocks" and want is not None:
+                want += stat(stats, "one-instruction blocks") or 0
+            if want is None and key == "trap":
+                want = 0  # the bt engine has no child
+            if want is None:
+                failures.append("no '%s' in the stats" % text)
+            elif want != seen:
+                failures.append("%d %s lines, the stats say %s: %d" % (seen, key, text, want))
+        elif key == "blocks" and seen == 0:
+            failures.append("no block traced")
     for f in failures[:20]:
         print("FAIL: " + f)
     if not failures:
-        print("PASS: %d blocks, %d guest instructions, %d host instructions" %
-              (blocks, guest_lines, host_lines))
+        print("PASS: %d blocks, %d guest instructions, %d host instructions; %d exits, %d events,"
+              " %d traps" % (blocks, guest_lines, host_lines, counts["runtime"], counts["event"],
+                             counts["trap"]))
     return 1 if failures else 0
 
 

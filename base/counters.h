@@ -42,6 +42,18 @@ struct Counters {
 #undef BTVM_DECLARE_COUNTER
   uint64_t vectors[256] = {};  // exceptions and interrupts delivered, by vector
 
+  // Where the time went (host TSC cycles), measured only with --stats:
+  // each part excludes the ones listed after it that happen inside it.
+  struct Time {
+    uint64_t kernel_code = 0;  // translated guest code at CPL 0-2
+    uint64_t user_code = 0;    // translated guest code at CPL 3
+    uint64_t child = 0;        // guest user code run directly (the direct engine's child)
+    uint64_t translator = 0;   // decoding and emitting blocks
+    uint64_t mmu = 0;          // soft-TLB misses: page walks, fills (the slow path)
+    uint64_t devices = 0;      // port I/O and MMIO handled by the devices
+    uint64_t idle = 0;         // hlt: waiting for an interrupt
+  } time;
+
   void Print(std::FILE* out) const {
 #define BTVM_PRINT_COUNTER(name, text) \
   std::fprintf(out, "  %-48s %14llu\n", text, static_cast<unsigned long long>(name));

@@ -1,5 +1,7 @@
 #include "devices/bus.h"
 
+#include <x86intrin.h>
+
 #include <cstdio>
 #include <iterator>
 #include <utility>
@@ -7,6 +9,21 @@
 #include "base/check.h"
 
 namespace btvm {
+namespace {
+// Times an access into *busy when the bus is timed (--stats).
+class BusyTime {
+ public:
+  explicit BusyTime(uint64_t* busy) : busy_(busy), start_(busy ? __rdtsc() : 0) {}
+  ~BusyTime() {
+    if (busy_) *busy_ += __rdtsc() - start_;
+  }
+
+ private:
+  uint64_t* busy_;
+  uint64_t start_;
+};
+}  // namespace
+
 namespace {
 
 constexpr uint32_t kPioSpace = 0x10000;  // ports 0..0xffff
@@ -80,6 +97,7 @@ const PioBus::Range* PioBus::Find(uint16_t port, uint16_t* offset) const {
 // the bytes beyond its end mean.
 uint32_t PioBus::Read(uint16_t port, unsigned size) {
   BTVM_CHECK(ValidPioSize(size));
+  BusyTime busy(busy_);
   const auto mask = static_cast<uint32_t>(OnesMask(size));
   uint16_t offset = 0;
   const Range* r = Find(port, &offset);
@@ -89,6 +107,7 @@ uint32_t PioBus::Read(uint16_t port, unsigned size) {
 
 void PioBus::Write(uint16_t port, unsigned size, uint32_t value) {
   BTVM_CHECK(ValidPioSize(size));
+  BusyTime busy(busy_);
   uint16_t offset = 0;
   const Range* r = Find(port, &offset);
   if (!r) return;
@@ -138,6 +157,7 @@ const MmioBus::Range* MmioBus::Find(GuestPhys addr, uint64_t* offset) const {
 
 uint64_t MmioBus::Read(GuestPhys addr, unsigned size) {
   BTVM_CHECK(ValidMmioSize(size));
+  BusyTime busy(busy_);
   const uint64_t mask = OnesMask(size);
   uint64_t offset = 0;
   const Range* r = Find(addr, &offset);
@@ -147,6 +167,7 @@ uint64_t MmioBus::Read(GuestPhys addr, unsigned size) {
 
 void MmioBus::Write(GuestPhys addr, unsigned size, uint64_t value) {
   BTVM_CHECK(ValidMmioSize(size));
+  BusyTime busy(busy_);
   uint64_t offset = 0;
   const Range* r = Find(addr, &offset);
   if (!r) return;

@@ -37,6 +37,8 @@ class PioBus {
   Status Register(uint16_t base, uint16_t length, PioDevice* device, std::string name);
   uint32_t Read(uint16_t port, unsigned size);
   void Write(uint16_t port, unsigned size, uint32_t value);
+  // Adds the host TSC cycles the devices take to *busy (null: not timed).
+  void set_busy_counter(uint64_t* busy) { busy_ = busy; }
 
  private:
   struct Range {
@@ -46,6 +48,7 @@ class PioBus {
   };
   const Range* Find(uint16_t port, uint16_t* offset) const;
   boost::container::flat_map<uint32_t, Range> ranges_;  // keyed by base
+  uint64_t* busy_ = nullptr;
 };
 
 // The MMIO bus, keyed by guest-physical address. Unclaimed reads return all
@@ -56,6 +59,8 @@ class MmioBus {
   uint64_t Read(GuestPhys addr, unsigned size);
   void Write(GuestPhys addr, unsigned size, uint64_t value);
   bool Claimed(GuestPhys addr) const;
+  // Adds the host TSC cycles the devices take to *busy (null: not timed).
+  void set_busy_counter(uint64_t* busy) { busy_ = busy; }
 
  private:
   struct Range {
@@ -65,6 +70,7 @@ class MmioBus {
   };
   const Range* Find(GuestPhys addr, uint64_t* offset) const;
   boost::container::flat_map<uint64_t, Range> ranges_;
+  uint64_t* busy_ = nullptr;
 };
 
 // An interrupt line as a device sees it: raise or lower a level. The

@@ -122,7 +122,10 @@ bool BtEngine::TakeInterrupt(EngineExit* exit) {
 }
 
 bool BtEngine::Halt(EngineExit* exit) {
-  if (!HaltUntilInterrupt(ctx_->cpu.rflags & rflags::kIF, irq_, stop_, exit)) return false;
+  const uint64_t start = ctx_->timed ? __rdtsc() : 0;
+  const bool go_on = HaltUntilInterrupt(ctx_->cpu.rflags & rflags::kIF, irq_, stop_, exit);
+  if (start) counters_.time.idle += __rdtsc() - start;
+  if (!go_on) return false;
   ++counters_.exits_hlt;
   check_irq_ = true;
   return true;
@@ -262,6 +265,7 @@ bool BtEngine::FetchBlock(bool single, bool plain_stack, Block** block, EngineEx
   // that runs new code is not computing.
   const uint64_t build_start = ctx_->user_since ? __rdtsc() : 0;
   const bool traced = tracer_ && tracer_->WantsBlock(c.rip, c.Cpl());
+  const uint64_t translate_start = ctx_->timed ? __rdtsc() : 0;
   BlockNotes notes;
   BuildResult r = BuildBlock(cache_, key, fetch, phys_of, traced ? &notes : nullptr);
   if (r.kind == BuildResult::kCacheFull) {
@@ -270,6 +274,7 @@ bool BtEngine::FetchBlock(bool single, bool plain_stack, Block** block, EngineEx
     r = BuildBlock(cache_, key, fetch, phys_of, traced ? &notes : nullptr);
   }
   if (build_start) ctx_->user_since += __rdtsc() - build_start;
+  if (translate_start) counters_.time.translator += __rdtsc() - translate_start;
   if (traced && r.kind == BuildResult::kOk) {
     tracer_->Block(*r.block, notes, cache_.EmitEnvFor(key.mmu_index), r.host_main_bytes, c.Cpl());
   }
@@ -418,7 +423,17 @@ EngineExit BtEngine::Run(CpuState& cpu) {
     // exit stubs; it reaches memory only through soft-TLB entries into
     // guest RAM.
     if (trace_exit_.pending) TraceExit();
-    cache_.Enter(&ctx, *b);
+    if (ctx.timed) {
+      // Translated code's time, without the slow paths' and devices' in it.
+      Counters::Time& t = counters_.time;
+      const uint64_t start = __rdtsc(), inside = t.mmu + t.devices;
+      const bool kernel = c.Cpl() != 3;
+      cache_.Enter(&ctx, *b);
+      const uint64_t spent = __rdtsc() - start - (t.mmu + t.devices - inside);
+      (kernel ? t.kernel_code : t.user_code) += spent;
+    } else {
+      cache_.Enter(&ctx, *b);
+    }
     ++counters_.exits_to_runtime;
     if (tracer_ && tracer_->WantsExit(c.rip, c.Cpl())) {
       trace_exit_ = {true, ctx.exit_reason, c.rip, c.Cpl(), __rdtsc()};
@@ -473,6 +488,38 @@ out:
   return exit;
 }
 
+bool BtEngine::NotesOf(const Block& b, BlockNotes* notes) const {
+  // Its guest bytes as they are now, from the page(s) it was translated
+  // from; decoded again in its mode.
+  std::vector<uint8_t> bytes(b.guest_size);
+  const uint64_t first = std::min<uint64_t>(b.guest_size, kPageSize - (b.key.phys & (kPageSize - 1)));
+  const GuestMemory& memory = const_cast<Mmu&>(mmu_).memory();
+  const uint8_t* p = memory.HostPointer(GuestPhys{b.key.phys}, first);
+  if (!p) return false;
+  std::memcpy(bytes.data(), p, first);
+  if (first < b.guest_size) {
+    const uint8_t* q = memory.HostPointer(GuestPhys{b.phys2}, b.guest_size - first);
+    if (!q) return false;
+    std::memcpy(bytes.data() + first, q, b.guest_size - first);
+  }
+  const Decoder decoder((b.key.flags & kBlockCompat) ? CodeMode::kCompat32 : CodeMode::k64);
+  size_t at = 0;
+  for (uint32_t i = 0; i < b.guest_insns; ++i) {
+    DecodedInsn d;
+    if (at >= bytes.size() || !decoder.Decode(bytes.data() + at, bytes.size() - at, b.key.rip + at, &d)) {
+      return false;
+    }
+    // Inside a block, an instruction the runtime would emulate alone ran
+    // inline (the block builder chose so).
+    if (d.cls == InsnClass::kRuntime) d.cls = InsnClass::kSystem;
+    at += d.insn.length;
+    notes->insns.push_back(d);
+    notes->in_window.push_back(i < 64 && ((b.window_insns >> i) & 1));
+  }
+  notes->loop = b.loop;
+  return at == b.guest_size;
+}
+
 void BtEngine::PrintStats(std::FILE* out) const {
   if (const uint64_t n = cache_.executed_insns()) {
     std::fprintf(out, "  %-48s %14llu\n", "guest instructions run translated (block entries)",
@@ -483,6 +530,18 @@ void BtEngine::PrintStats(std::FILE* out) const {
     for (const Block* b : hot) {
       std::fprintf(out, "    %-28s %5u x %14llu\n", Hex(b->key.rip).c_str(), b->guest_insns,
                    static_cast<unsigned long long>(b->executions));
+    }
+    // And their code, as --trace blocks shows it.
+    Tracer code_of(TraceOptions{}, out);
+    for (const Block* b : hot) {
+      std::fprintf(out, "  hottest block %s, entered %llu times:\n", Hex(b->key.rip).c_str(),
+                   static_cast<unsigned long long>(b->executions));
+      if (BlockNotes notes; NotesOf(*b, &notes)) {
+        code_of.Block(*b, notes, cache_.EmitEnvFor(b->key.mmu_index), b->main_bytes,
+                      b->key.mmu_index == kMmuUser ? 3 : 0);
+      } else {
+        std::fprintf(out, "    (its guest code has changed since)\n");
+      }
     }
   }
   std::fprintf(out, "  %-48s %14zu\n", "code cache bytes in use", cache_.used_bytes());

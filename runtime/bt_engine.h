@@ -76,12 +76,19 @@ class BtEngine final : public Engine {
   EngineExit Run(CpuState& cpu) override;
   void PrintStats(std::FILE* out) const override;
   // Count inline soft-TLB hits (a little slower; for --stats).
-  void set_count_tlb_hits(bool on) { cache_.set_count_tlb_hits(on); }
+  // (--stats: also times where the run goes, Counters::Time.)
+  void set_count_tlb_hits(bool on) {
+    cache_.set_count_tlb_hits(on);
+    ctx_->timed = on;
+  }
   // Device-held CPU state (APIC MSRs, CR8): runtime/emulate.h.
   void set_platform(CpuPlatform* platform) { emulator_.set_platform(platform); }
   // Traces blocks as they are translated (runtime/trace.h); null: none.
   void set_tracer(Tracer* tracer) { tracer_ = tracer; }
   Tracer* tracer() const { return tracer_; }
+  // --stats' time split (Counters::Time): on, and where it adds up.
+  bool timed() const { return ctx_->timed; }
+  Counters::Time& time() { return counters_.time; }
 
   // Thread-safe: makes translated code return to the loop soon.
   void Kick();
@@ -155,6 +162,9 @@ class BtEngine final : public Engine {
     uint64_t tsc = 0;
   } trace_exit_;
   void TraceExit();
+  // What --trace blocks would have shown of `b`, from its guest bytes as
+  // they are now; false if they no longer decode to what it translated.
+  bool NotesOf(const Block& b, BlockNotes* notes) const;
   CodeCache cache_;
   Emulator emulator_;
   Decoder decoder_;

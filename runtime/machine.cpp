@@ -3,7 +3,6 @@
 #include <poll.h>
 #include <time.h>
 #include <unistd.h>
-
 #include <x86intrin.h>
 
 #include <algorithm>
@@ -135,6 +134,10 @@ Result<std::unique_ptr<Machine>> Machine::Create(const MachineConfig& config) {
     Status w = m->memory_.Write(kAcpiTablesBase, tables.bytes);
     if (!w) return w.error();
   }
+  if (config.stats) {
+    m->pio_.set_busy_counter(&m->counters_.time.devices);
+    m->mmio_.set_busy_counter(&m->counters_.time.devices);
+  }
   if (config.trace.any()) m->tracer_ = std::make_unique<Tracer>(config.trace, config.trace_out);
   if (config.engine == "kvm") {
     if (m->tracer_) return MakeError("--trace shows translation: it needs --engine bt or direct");
@@ -198,7 +201,9 @@ void Machine::PollConsoleInput() {
 }
 
 RunOutcome Machine::Run() {
+  const uint64_t start = __rdtsc();
   EngineExit e = engine_->Run(cpu_);
+  run_tsc_ += __rdtsc() - start;
   std::fflush(config_.console_out);
   if (stop_.load()) return stop_outcome_;
   RunOutcome o;
@@ -206,6 +211,62 @@ RunOutcome Machine::Run() {
   o.status = 125;
   o.message = e.message;
   return o;
+}
+
+void Machine::PrintStats(std::FILE* out) const {
+  const Counters& c = counters_;
+  const double khz = static_cast<double>(HostTscKhz());
+  std::fprintf(out, "btvm: summary (engine %s, %.2f s)\n", config_.engine.c_str(),
+               static_cast<double>(run_tsc_) / khz / 1e3);
+  const Counters::Time& t = c.time;
+  const uint64_t parts = t.kernel_code + t.user_code + t.child + t.translator + t.mmu +
+                         t.devices + t.idle;
+  const std::pair<const char*, uint64_t> rows[] = {
+      {"translated kernel code", t.kernel_code},
+      {"translated user code", t.user_code},
+      {"user code in the child (hand-overs included)", t.child},
+      {"translating blocks", t.translator},
+      {"soft-TLB misses (the MMU's slow path)", t.mmu},
+      {"devices (port I/O and MMIO)", t.devices},
+      {"idle in hlt", t.idle},
+      {"the rest of the runtime", run_tsc_ > parts ? run_tsc_ - parts : 0},
+  };
+  std::fprintf(out, "  where the time went:\n");
+  for (const auto& [what, tsc] : rows) {
+    if (config_.engine == "kvm" && tsc == 0) continue;
+    std::fprintf(out, "    %-46s %6.1f%%  %10.3f s\n", what,
+                 run_tsc_ ? 100.0 * static_cast<double>(tsc) / static_cast<double>(run_tsc_) : 0,
+                 static_cast<double>(tsc) / khz / 1e3);
+  }
+  if (c.guest_insns_translated) {
+    std::fprintf(out,
+                 "  %llu blocks translated (%llu guest instructions): %.1f host bytes per guest "
+                 "instruction, %.1f in the main paths\n",
+                 static_cast<unsigned long long>(c.blocks_translated + c.single_blocks),
+                 static_cast<unsigned long long>(c.guest_insns_translated),
+                 static_cast<double>(c.host_code_bytes) / c.guest_insns_translated,
+                 static_cast<double>(c.host_main_bytes) / c.guest_insns_translated);
+  }
+  if (const uint64_t probes = c.tlb_hits + c.tlb_misses) {
+    std::fprintf(out, "  soft TLB: %.2f%% of probes hit (%llu misses, %llu page walks)\n",
+                 100.0 * static_cast<double>(c.tlb_hits) / static_cast<double>(probes),
+                 static_cast<unsigned long long>(c.tlb_misses),
+                 static_cast<unsigned long long>(c.page_walks));
+  }
+  std::fprintf(out,
+               "  exits to the runtime %llu; instructions emulated there %llu (port I/O %llu, "
+               "hlt %llu); events delivered %llu; blocks found by a lookup after an exit %llu; "
+               "code-cache flushes %llu\n",
+               static_cast<unsigned long long>(c.exits_to_runtime),
+               static_cast<unsigned long long>(c.exits_sensitive),
+               static_cast<unsigned long long>(c.exits_io),
+               static_cast<unsigned long long>(c.exits_hlt),
+               static_cast<unsigned long long>(c.exceptions_delivered),
+               static_cast<unsigned long long>(c.exits_lookup + c.exits_unlinked),
+               static_cast<unsigned long long>(c.cache_flushes));
+  std::fprintf(out, "btvm: statistics (engine %s)\n", config_.engine.c_str());
+  c.Print(out);
+  engine_->PrintStats(out);
 }
 
 void Machine::RequestExit(int status) {

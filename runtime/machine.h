@@ -70,6 +70,9 @@ class Machine final : public SystemControl, public IrqSink, public InterruptSour
   RunOutcome Run();
 
   const Counters& counters() const { return counters_; }
+  // --stats: a summary (where the time went, translation, the soft TLB,
+  // exits), then every counter and the engine's own.
+  void PrintStats(std::FILE* out) const;
   CpuState& cpu() { return cpu_; }
   GuestMemory& memory() { return memory_; }
   PioBus& pio() { return pio_; }
@@ -113,6 +116,7 @@ class Machine final : public SystemControl, public IrqSink, public InterruptSour
   CpuState cpu_;
   std::atomic<bool> stop_{false};
   std::unique_ptr<Tracer> tracer_;  // with --trace
+  uint64_t run_tsc_ = 0;            // host TSC cycles in Run
   RunOutcome stop_outcome_;
   uint16_t irq_levels_ = 0;
   bool console_open_ = true;

@@ -273,9 +273,7 @@ int Run(int argc, char** argv) {
     o = machine.value()->Run();
   }
   if (stats) {
-    std::fprintf(stderr, "btvm: statistics (engine %s)\n", config.engine.c_str());
-    machine.value()->counters().Print(stderr);
-    machine.value()->engine().PrintStats(stderr);
+    machine.value()->PrintStats(stderr);
   }
   if (!o.ok) return Fail(kRunError, o.message);
   return o.status;

@@ -546,6 +546,11 @@ BuildResult BuildBlock(CodeCache& cache, const BlockKey& key, const FetchFn& fet
             [](const Block::InsnRecord& x, const Block::InsnRecord& y) {
               return x.host_offset < y.host_offset;
             });
+  b->main_bytes = static_cast<uint32_t>(code.labelOffsetFromBase(cold));
+  b->loop = loop_regs != 0;
+  for (size_t i = 0; i < emitted && i < 64; ++i) {
+    if (!window.offsets.empty() && window.offsets[i] >= 0) b->window_insns |= uint64_t{1} << i;
+  }
   if (notes) {
     notes->insns.assign(insns.begin(), insns.begin() + static_cast<ptrdiff_t>(emitted));
     notes->in_window.clear();

@@ -190,6 +190,8 @@ struct alignas(64) BtContext {
   Mmu* mmu = nullptr;
   CodeCache* cache = nullptr;
   Counters* counters = nullptr;
+  // --stats: the slow path times itself into counters->time.mmu.
+  bool timed = false;
 
   BtContext() { ClearLookups(); }
   // Translated code and `self` know it by its address.

@@ -59,6 +59,9 @@ struct Block {
   uint32_t unchecked_offset = 0;
   uint32_t guest_size = 0;   // guest bytes [key.rip, key.rip + guest_size)
   uint32_t guest_insns = 0;
+  uint32_t main_bytes = 0;   // host code before the slow paths and exit stubs
+  bool loop = false;         // translated as a loop
+  uint64_t window_insns = 0;  // bit i: instruction i's stack access used the stack window
   // How many times it was entered, counted by its code only with
   // set_count_tlb_hits (--stats); a loop block counts each pass through
   // its head.

@@ -2,6 +2,8 @@
 // of a bounce buffer. Both run on the monitor's stack with the guest state
 // parked in BtContext (emit_memory.cpp, CallHelper).
 
+#include <x86intrin.h>
+
 #include <cstring>
 
 #include "base/counters.h"
@@ -43,7 +45,22 @@ bool StoresIntoCode(BtContext* ctx, const Mmu::Lookup& l, uint64_t size) {
 
 // Returns the host address the access may use, or nullptr after recording
 // the guest exception in ctx->exception.
+namespace {
+uint8_t* MemSlowPath(BtContext* ctx);
+}  // namespace
+
+// --stats times the slow path (without the device accesses it makes).
 extern "C" uint8_t* BtMemSlowPath(BtContext* ctx) {
+  if (!ctx->timed || !ctx->counters) return MemSlowPath(ctx);
+  Counters::Time& t = ctx->counters->time;
+  const uint64_t start = __rdtsc(), devices = t.devices;
+  uint8_t* r = MemSlowPath(ctx);
+  t.mmu += __rdtsc() - start - (t.devices - devices);
+  return r;
+}
+
+namespace {
+uint8_t* MemSlowPath(BtContext* ctx) {
   Mmu& mmu = *ctx->mmu;
   const uint64_t addr = ctx->slow_addr;
   const unsigned size = ctx->slow_info & 0xff;
@@ -88,6 +105,7 @@ extern "C" uint8_t* BtMemSlowPath(BtContext* ctx) {
   ctx->bounce_active = 1;
   return data;
 }
+}  // namespace
 
 extern "C" void BtBounceCommit(BtContext* ctx) {
   if (!ctx->bounce_active) return;

@@ -173,7 +173,9 @@ UserRunner::Outcome DirectEngine::RunInChild(CpuState& cpu, uint8_t* exit_reques
       running_.store(0);
       return Outcome::kError;
     }
+    const uint64_t run_start = bt_.timed() ? __rdtsc() : 0;
     Result<direct::Trap> t = current_->child->Run(cpu);
+    if (run_start) bt_.time().child += __rdtsc() - run_start;
     running_.store(0);
     if (!t) {
       *error = t.error().message;

@@ -17,7 +17,7 @@ for name in smc strings exceptions paging usermode insns calls; do
     grep -E '^(FAIL|SUMMARY|btvm:)' <<<"$out"
     fail=1
   fi
-  n=$(awk '/code-cache flushes/ {print $NF}' <<<"$out")
+  n=$(awk '/^  code-cache flushes +[0-9]+$/ {print $NF}' <<<"$out")
   total=$((total + ${n:-0}))
 done
 echo "small_code_cache: $total flushes"

@@ -48,6 +48,11 @@ void BtEngine::Kick() {
   if (UserRunner* u = user_.load()) u->Interrupt();
 }
 
+void BtEngine::set_gdb(GdbStub* gdb) {
+  gdb_ = gdb;
+  if (gdb_) gdb_->set_kick([this] { Kick(); });
+}
+
 void BtEngine::ArmTimer() { timer_->Arm(irq_->NextDeadlineNs()); }
 
 void BtEngine::TraceExit() {
@@ -343,6 +348,34 @@ EngineExit BtEngine::Run(CpuState& cpu) {
     }
     store_alone = false;
 
+    // gdb: stop here if it is due; while breakpoints are set, nothing
+    // chains, so every block boundary comes through here.
+    if (gdb_) {
+      if (gdb_->TakeBreakpointsChanged()) {
+        cache_.Flush();
+        ++counters_.cache_flushes;
+        link_from = nullptr;
+      }
+      if (gdb_->ShouldStop(c.rip)) {
+        const GdbStub::Resume r = gdb_->Stopped(c, mmu_, [this](uint64_t phys, uint64_t len) {
+          cache_.InvalidateRange(phys, len);
+        });
+        if (r == GdbStub::Resume::kKill) {
+          exit = {EngineExit::kError, "the run was ended from gdb"};
+          break;
+        }
+        store_alone = r == GdbStub::Resume::kStep;  // one instruction, alone
+        link_from = nullptr;
+        after_block = false;
+        if (gdb_->TakeBreakpointsChanged()) {
+          cache_.Flush();
+          ++counters_.cache_flushes;
+        }
+        mmu_.FlushTlb();  // gdb may have written page tables or registers
+        continue;
+      }
+    }
+
     const bool user = c.Cpl() == 3;
     UserRunner* const u = user_.load(std::memory_order_relaxed);
     if (u && user != (ctx.user_since != 0)) {
@@ -358,7 +391,8 @@ EngineExit BtEngine::Run(CpuState& cpu) {
         ctx.user_since = 0;
       }
     }
-    if (u && !single && user && c.LongMode() && c.seg[kCs].Long()) {
+    if (u && !single && user && c.LongMode() && c.seg[kCs].Long() &&
+        !(gdb_ && gdb_->attached())) {
       if (trace_exit_.pending) TraceExit();
       std::string error;
       GuestException exception;
@@ -396,11 +430,18 @@ EngineExit BtEngine::Run(CpuState& cpu) {
                              link_from->exits[link_exit].target == c.rip;
     Block* b = nullptr;
     if (!FetchBlock(single, plain_stack, &b, &exit)) break;
+    if (b && !single && gdb_ && gdb_->has_breakpoints() &&
+        gdb_->BreakpointIn(b->key.rip + 1, b->key.rip + b->guest_size)) {
+      // A breakpoint inside: one instruction at a time up to it.
+      single = true;
+      if (!FetchBlock(true, plain_stack, &b, &exit)) break;
+    }
     if (!b) {
       link_from = nullptr;
       continue;
     }
-    if (link_from && link_epoch == cache_.flushes() && link_from->valid &&
+    const bool debugging = gdb_ && gdb_->has_breakpoints();
+    if (link_from && !debugging && link_epoch == cache_.flushes() && link_from->valid &&
         link_from->exits[link_exit].target == b->key.rip &&
         CodeCache::CanLink(*link_from, link_exit, *b)) {
       cache_.Link(link_from, link_exit, b);
@@ -412,7 +453,7 @@ EngineExit BtEngine::Run(CpuState& cpu) {
     }
     after_block = false;
     link_from = nullptr;
-    cache_.RememberLookup(*b);
+    if (!debugging) cache_.RememberLookup(*b);
 
     ++counters_.block_entries;
     const bool tf = c.rflags & rflags::kTF;

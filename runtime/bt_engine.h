@@ -16,6 +16,7 @@
 #include "mmu/mmu.h"
 #include "runtime/deadline_timer.h"
 #include "runtime/emulate.h"
+#include "runtime/gdb_stub.h"
 #include "runtime/engine.h"
 #include "runtime/interrupts.h"
 #include "runtime/trace.h"
@@ -85,6 +86,9 @@ class BtEngine final : public Engine {
   void set_platform(CpuPlatform* platform) { emulator_.set_platform(platform); }
   // Traces blocks as they are translated (runtime/trace.h); null: none.
   void set_tracer(Tracer* tracer) { tracer_ = tracer; }
+  // A debugger attached through the GDB stub (runtime/gdb_stub.h); null:
+  // none.
+  void set_gdb(GdbStub* gdb);
   Tracer* tracer() const { return tracer_; }
   // --stats' time split (Counters::Time): on, and where it adds up.
   bool timed() const { return ctx_->timed; }
@@ -152,6 +156,7 @@ class BtEngine final : public Engine {
   InterruptSource* irq_;
   std::atomic<UserRunner*> user_{nullptr};
   Tracer* tracer_ = nullptr;
+  GdbStub* gdb_ = nullptr;
   // --trace exits: the last exit, printed with its cost when translated
   // code runs again.
   struct {

@@ -141,6 +141,7 @@ Result<std::unique_ptr<Machine>> Machine::Create(const MachineConfig& config) {
   if (config.trace.any()) m->tracer_ = std::make_unique<Tracer>(config.trace, config.trace_out);
   if (config.engine == "kvm") {
     if (m->tracer_) return MakeError("--trace shows translation: it needs --engine bt or direct");
+    if (config.gdb) return MakeError("--gdb needs --engine bt or direct");
     // A host whose KVM cannot run a guest says so here, in one line.
     if (Status probe = KvmEngine::Probe(); !probe) return probe.error();
     Result<std::unique_ptr<KvmEngine>> engine = KvmEngine::Create(
@@ -153,6 +154,7 @@ Result<std::unique_ptr<Machine>> Machine::Create(const MachineConfig& config) {
     engine->bt().set_count_tlb_hits(config.stats);
     engine->bt().set_platform(m.get());
     engine->bt().set_tracer(m->tracer_.get());
+    engine->bt().set_gdb(config.gdb);
     engine->set_transport(config.direct_transport == "ptrace" ? direct::Transport::kPtrace
                                                               : direct::Transport::kSeccomp);
     engine->set_check_maps(config.direct_check_maps);
@@ -165,6 +167,7 @@ Result<std::unique_ptr<Machine>> Machine::Create(const MachineConfig& config) {
     engine->set_count_tlb_hits(config.stats);
     engine->set_platform(m.get());
     engine->set_tracer(m->tracer_.get());
+    engine->set_gdb(config.gdb);
     m->engine_ = std::move(engine);
   }
   return m;
@@ -205,6 +208,7 @@ RunOutcome Machine::Run() {
   EngineExit e = engine_->Run(cpu_);
   run_tsc_ += __rdtsc() - start;
   std::fflush(config_.console_out);
+  if (config_.gdb) config_.gdb->Exited(stop_.load() ? stop_outcome_.status : 125);
   if (stop_.load()) return stop_outcome_;
   RunOutcome o;
   o.ok = false;

@@ -29,6 +29,7 @@
 #include "runtime/console.h"
 #include "runtime/emulate.h"
 #include "runtime/engine.h"
+#include "runtime/gdb_stub.h"
 #include "runtime/trace.h"
 #include "runtime/linux_boot.h"
 
@@ -51,6 +52,7 @@ struct MachineConfig {
   uint64_t code_cache = uint64_t{64} << 20;  // bytes of translated code before a flush
   bool stats = false;           // count what --stats reports (inline TLB hits cost a little)
   TraceOptions trace;           // what --trace shows (runtime/trace.h), into trace_out
+  GdbStub* gdb = nullptr;       // --gdb: a debugger may attach (runtime/gdb_stub.h)
   std::FILE* trace_out = stderr;
 };
 

@@ -38,7 +38,7 @@ void PrintUsage(std::FILE* out) {
       "                [--code-cache SIZE] [--direct-transport seccomp|ptrace]\n"
       "                [--direct-policy adaptive|child] [--direct-check-maps] [--stats]\n"
       "                [--trace blocks,exits,faults] [--trace-file F] [--trace-range LO-HI]\n"
-      "                [--trace-cpl N]\n"
+      "                [--trace-cpl N] [--gdb tcp::PORT] [--gdb-wait]\n"
       "\n"
       "  --engine bt      translate every guest instruction (the default)\n"
       "  --engine direct  translate guest kernel code, run 64-bit guest user code\n"
@@ -65,6 +65,8 @@ void PrintUsage(std::FILE* out) {
       "                   child maps nothing the guest's page tables do not (slow;\n"
       "                   for tests)\n"
       "  --stats          print counters to stderr when the run ends\n"
+      "  --gdb tcp::PORT  a GDB remote stub on PORT (tcp:HOST:PORT; 0: any free port)\n"
+      "  --gdb-wait       wait for gdb before the guest runs its first instruction\n"
       "  --trace KINDS    blocks: each block as it is translated, guest instructions\n"
       "                   beside the host code they became, and how; exits: every\n"
       "                   exit to the runtime, why and its cost; faults: every event\n"
@@ -140,8 +142,8 @@ Result<uint64_t> ParseSize(std::string_view text, std::string_view what) {
 
 int Run(int argc, char** argv) {
   MachineConfig config;
-  std::string kernel_path, initrd_path, trace_path;
-  bool stats = false, demo = false, have_append = false;
+  std::string kernel_path, initrd_path, trace_path, gdb_spec;
+  bool stats = false, demo = false, have_append = false, gdb_wait = false;
   for (int i = 2; i < argc; ++i) {
     std::string_view arg = argv[i];
     auto value = [&](const char* name) -> const char* {
@@ -152,7 +154,8 @@ int Run(int argc, char** argv) {
     if (arg == "--engine" || arg == "--memory" || arg == "--kernel" || arg == "--code-cache" ||
         arg == "--initrd" || arg == "--append" || arg == "--decompress" ||
         arg == "--direct-transport" || arg == "--direct-policy" || arg == "--trace" ||
-        arg == "--trace-file" || arg == "--trace-range" || arg == "--trace-cpl") {
+        arg == "--trace-file" || arg == "--trace-range" || arg == "--trace-cpl" ||
+        arg == "--gdb") {
       const char* v = value(argv[i]);
       if (!v) return Fail(kUsageError, std::string(arg) + " needs a value");
       if (arg == "--engine") {
@@ -192,6 +195,8 @@ int Run(int argc, char** argv) {
         if (!t) return Fail(kUsageError, t.error().message);
       } else if (arg == "--trace-file") {
         trace_path = v;
+      } else if (arg == "--gdb") {
+        gdb_spec = v;
       } else if (arg == "--initrd") {
         initrd_path = v;
       } else if (arg == "--append") {
@@ -208,6 +213,8 @@ int Run(int argc, char** argv) {
       } else {
         kernel_path = v;
       }
+    } else if (arg == "--gdb-wait") {
+      gdb_wait = true;
     } else if (arg == "--direct-check-maps") {
       config.direct_check_maps = true;
     } else if (arg == "--demo") {
@@ -263,8 +270,25 @@ int Run(int argc, char** argv) {
     config.trace_out = trace_file.get();
   }
 
+  if (gdb_wait && gdb_spec.empty()) return Fail(kUsageError, "--gdb-wait needs --gdb");
+  if (!gdb_spec.empty() && config.engine == "kvm") {
+    return Fail(kUsageError, "--gdb needs --engine bt or direct");
+  }
+  std::unique_ptr<GdbStub> gdb;
+  if (!gdb_spec.empty()) {
+    Result<std::unique_ptr<GdbStub>> listening = GdbStub::Listen(gdb_spec);
+    if (!listening) return Fail(kUsageError, listening.error().message);
+    gdb = std::move(listening.value());
+    config.gdb = gdb.get();
+  }
+
   Result<std::unique_ptr<Machine>> machine = Machine::Create(config);
   if (!machine) return Fail(kRunError, machine.error().message);
+  if (gdb && gdb_wait) {
+    // The port too, for --gdb tcp::0 (any free port).
+    std::fprintf(stderr, "btvm: waiting for gdb on port %u\n", gdb->port());
+    if (Status s = gdb->Accept(); !s) return Fail(kRunError, s.error().message);
+  }
   RunOutcome o;
   {
     // A terminal on stdin is in raw mode while the guest runs (qemu

@@ -22,8 +22,9 @@ build=${BTVM_BUILD_DIR:-$root/build}
 packages="g++ cmake ninja-build binutils libzydis-dev libasmjit-dev libboost-dev
           libgtest-dev libbenchmark-dev zlib1g-dev liblzma-dev liblz4-dev libzstd-dev
           qemu-system-x86 cpio python3"
-# The tests also render `btvm bench`'s report in a headless browser.
-[ "$mode" = test ] && packages="$packages chromium"
+# The tests also render `btvm bench`'s report in a headless browser and
+# drive the GDB stub with gdb.
+[ "$mode" = test ] && packages="$packages chromium gdb"
 missing=
 for p in $packages; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||

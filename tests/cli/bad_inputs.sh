@@ -54,6 +54,11 @@ expect_error "trace: an empty range" run --trace blocks --trace-range 0x2000-0x1
 expect_error "trace: a file without --trace" run --trace-file "$tmp/trace"
 expect_error "trace: on kvm" run --trace blocks --engine kvm
 expect_error "trace: an unwritable file" run --trace blocks --trace-file "$tmp/no/such/dir"
+expect_error "gdb: not tcp" run --gdb /dev/ttyS0
+expect_error "gdb: a bad port" run --gdb tcp::99999
+expect_error "gdb: a bad host" run --gdb tcp:not-an-address:1234
+expect_error "gdb: --gdb-wait alone" run --gdb-wait
+expect_error "gdb: on kvm" run --gdb tcp::0 --engine kvm
 expect_error "bench: zero repetitions" bench --reps 0
 expect_error "bench: unknown configuration" bench --configs bt,vmware
 expect_error "bench: unknown workload" bench --workloads spin,,nothing

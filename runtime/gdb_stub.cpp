@@ -9,8 +9,10 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstddef>
 #include <cstdio>
 #include <cstring>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -19,17 +21,144 @@
 namespace btvm {
 namespace {
 
-// gdb's amd64 register numbers 0-15 against CpuState's x86 encoding order.
-constexpr int kGdbGpr[16] = {kRax, kRbx, kRcx, kRdx, kRsi, kRdi, kRbp, kRsp,
-                             kR8,  kR9,  kR10, kR11, kR12, kR13, kR14, kR15};
-// Then rip (16), eflags (17), cs ss ds es fs gs (18-23): the part of gdb's
-// default amd64 'g' packet btvm fills; gdb takes the rest as unavailable.
-constexpr int kGdbSeg[6] = {kCs, kSs, kDs, kEs, kFs, kGs};
-constexpr int kGdbRegs = 24;
+// The registers btvm shows gdb, in the order of its target description
+// (TargetXml) and of the 'g' packet: gdb's amd64 core, SSE and segment-base
+// features, then the system registers. Each is `bytes` wide on the wire,
+// little-endian, at `offset` in CpuState (x87 and SSE ones in the FXSAVE
+// image of CpuState::xsave); `writable` ones gdb may set.
+struct GdbReg {
+  const char* name;
+  const char* feature;  // org.gnu.gdb.i386.<feature>, or org.btvm.<feature>
+  const char* type;
+  unsigned bytes;       // on the wire
+  unsigned size;        // in CpuState (<= bytes; the rest reads as 0)
+  size_t offset;
+  bool writable;
+};
+
+constexpr size_t Gpr(int i) { return offsetof(CpuState, gpr) + 8 * static_cast<size_t>(i); }
+constexpr size_t Sel(int i) {
+  return offsetof(CpuState, seg) + sizeof(SegmentReg) * static_cast<size_t>(i) +
+         offsetof(SegmentReg, selector);
+}
+constexpr size_t Fx(size_t at) { return offsetof(CpuState, xsave) + at; }  // FXSAVE layout
+constexpr size_t Base(int i) {
+  return offsetof(CpuState, seg) + sizeof(SegmentReg) * static_cast<size_t>(i) +
+         offsetof(SegmentReg, base);
+}
+
+// (The x87 instruction and data pointers in 64-bit FXSAVE format: fioff and
+// fooff are their low halves; fiseg, foseg read as 0.)
+constexpr GdbReg kRegs[] = {
+    {"rax", "core", "int64", 8, 8, Gpr(kRax), true},
+    {"rbx", "core", "int64", 8, 8, Gpr(kRbx), true},
+    {"rcx", "core", "int64", 8, 8, Gpr(kRcx), true},
+    {"rdx", "core", "int64", 8, 8, Gpr(kRdx), true},
+    {"rsi", "core", "int64", 8, 8, Gpr(kRsi), true},
+    {"rdi", "core", "int64", 8, 8, Gpr(kRdi), true},
+    {"rbp", "core", "data_ptr", 8, 8, Gpr(kRbp), true},
+    {"rsp", "core", "data_ptr", 8, 8, Gpr(kRsp), true},
+    {"r8", "core", "int64", 8, 8, Gpr(kR8), true},
+    {"r9", "core", "int64", 8, 8, Gpr(kR9), true},
+    {"r10", "core", "int64", 8, 8, Gpr(kR10), true},
+    {"r11", "core", "int64", 8, 8, Gpr(kR11), true},
+    {"r12", "core", "int64", 8, 8, Gpr(kR12), true},
+    {"r13", "core", "int64", 8, 8, Gpr(kR13), true},
+    {"r14", "core", "int64", 8, 8, Gpr(kR14), true},
+    {"r15", "core", "int64", 8, 8, Gpr(kR15), true},
+    {"rip", "core", "code_ptr", 8, 8, offsetof(CpuState, rip), true},
+    {"eflags", "core", "int32", 4, 4, offsetof(CpuState, rflags), true},
+    {"cs", "core", "int32", 4, 2, Sel(kCs), false},
+    {"ss", "core", "int32", 4, 2, Sel(kSs), false},
+    {"ds", "core", "int32", 4, 2, Sel(kDs), false},
+    {"es", "core", "int32", 4, 2, Sel(kEs), false},
+    {"fs", "core", "int32", 4, 2, Sel(kFs), false},
+    {"gs", "core", "int32", 4, 2, Sel(kGs), false},
+    {"st0", "core", "i387_ext", 10, 10, Fx(32), true},
+    {"st1", "core", "i387_ext", 10, 10, Fx(48), true},
+    {"st2", "core", "i387_ext", 10, 10, Fx(64), true},
+    {"st3", "core", "i387_ext", 10, 10, Fx(80), true},
+    {"st4", "core", "i387_ext", 10, 10, Fx(96), true},
+    {"st5", "core", "i387_ext", 10, 10, Fx(112), true},
+    {"st6", "core", "i387_ext", 10, 10, Fx(128), true},
+    {"st7", "core", "i387_ext", 10, 10, Fx(144), true},
+    {"fctrl", "core", "int", 4, 2, Fx(0), true},
+    {"fstat", "core", "int", 4, 2, Fx(2), true},
+    {"ftag", "core", "int", 4, 0, Fx(4), false},  // abridged in FXSAVE: FtagWord()
+    {"fiseg", "core", "int", 4, 0, Fx(12), false},
+    {"fioff", "core", "int", 4, 4, Fx(8), false},
+    {"foseg", "core", "int", 4, 0, Fx(20), false},
+    {"fooff", "core", "int", 4, 4, Fx(16), false},
+    {"fop", "core", "int", 4, 2, Fx(6), false},
+    {"xmm0", "sse", "uint128", 16, 16, Fx(160), true},
+    {"xmm1", "sse", "uint128", 16, 16, Fx(176), true},
+    {"xmm2", "sse", "uint128", 16, 16, Fx(192), true},
+    {"xmm3", "sse", "uint128", 16, 16, Fx(208), true},
+    {"xmm4", "sse", "uint128", 16, 16, Fx(224), true},
+    {"xmm5", "sse", "uint128", 16, 16, Fx(240), true},
+    {"xmm6", "sse", "uint128", 16, 16, Fx(256), true},
+    {"xmm7", "sse", "uint128", 16, 16, Fx(272), true},
+    {"xmm8", "sse", "uint128", 16, 16, Fx(288), true},
+    {"xmm9", "sse", "uint128", 16, 16, Fx(304), true},
+    {"xmm10", "sse", "uint128", 16, 16, Fx(320), true},
+    {"xmm11", "sse", "uint128", 16, 16, Fx(336), true},
+    {"xmm12", "sse", "uint128", 16, 16, Fx(352), true},
+    {"xmm13", "sse", "uint128", 16, 16, Fx(368), true},
+    {"xmm14", "sse", "uint128", 16, 16, Fx(384), true},
+    {"xmm15", "sse", "uint128", 16, 16, Fx(400), true},
+    {"mxcsr", "sse", "int", 4, 4, Fx(24), true},
+    {"fs_base", "segments", "int64", 8, 8, Base(kFs), true},
+    {"gs_base", "segments", "int64", 8, 8, Base(kGs), true},
+    {"cr0", "system", "int64", 8, 8, offsetof(CpuState, cr0), false},
+    {"cr2", "system", "int64", 8, 8, offsetof(CpuState, cr2), false},
+    {"cr3", "system", "int64", 8, 8, offsetof(CpuState, cr3), false},
+    {"cr4", "system", "int64", 8, 8, offsetof(CpuState, cr4), false},
+    {"cr8", "system", "int64", 8, 8, offsetof(CpuState, cr8), false},
+    {"efer", "system", "int64", 8, 8, offsetof(CpuState, efer), false},
+};
+constexpr int kGdbRegs = static_cast<int>(std::size(kRegs));
+constexpr int kFtag = 34;  // kRegs' index of ftag
+static_assert(std::string_view(kRegs[kFtag].name) == "ftag");
 
 // What Handle returns instead of a reply when gdb lets the guest go on.
 constexpr char kResume[] = "\x01" "resume";
 constexpr char kDetach[] = "\x01" "detach";
+
+// The target description gdb reads (qXfer:features:read): the registers
+// above, by feature.
+std::string TargetXml() {
+  std::string x =
+      "<?xml version=\"1.0\"?><!DOCTYPE target SYSTEM \"gdb-target.dtd\"><target version=\"1.0\">"
+      "<architecture>i386:x86-64</architecture>";
+  const char* open = nullptr;
+  for (const GdbReg& r : kRegs) {
+    if (!open || std::strcmp(open, r.feature) != 0) {
+      if (open) x += "</feature>";
+      open = r.feature;
+      x += std::string("<feature name=\"") +
+           (std::strcmp(r.feature, "system") == 0 ? "org.btvm." : "org.gnu.gdb.i386.") +
+           r.feature + "\">";
+    }
+    x += std::string("<reg name=\"") + r.name + "\" bitsize=\"" + std::to_string(r.bytes * 8) +
+         "\" type=\"" + r.type + "\"" +
+         (std::strcmp(r.feature, "core") == 0 && r.name[0] == 'f' && r.name[1] != 's'
+              ? " group=\"float\""
+              : "") +
+         "/>";
+  }
+  return x + "</feature></target>";
+}
+
+// The full x87 tag word from FXSAVE's abridged one (1: valid): empty is
+// 11b; a valid register shows as 00b (valid), the class not told apart.
+uint16_t FtagWord(const CpuState& cpu) {
+  const uint8_t abridged = cpu.xsave.bytes[4];
+  uint16_t tag = 0;
+  for (int i = 0; i < 8; ++i) {
+    if (!(abridged >> i & 1)) tag |= static_cast<uint16_t>(3u << (2 * i));
+  }
+  return tag;
+}
 
 std::string Hex2(const uint8_t* p, size_t n) {
   static const char kDigits[] = "0123456789abcdef";
@@ -70,43 +199,24 @@ bool ParseHex(std::string_view s, uint64_t* v) {
   return true;
 }
 
-// Register `n` of gdb's numbering: its bytes (little-endian) in CpuState.
-uint8_t* RegisterBytes(CpuState& cpu, int n, size_t* size) {
-  if (n < 16) {
-    *size = 8;
-    return reinterpret_cast<uint8_t*>(&cpu.gpr[kGdbGpr[n]]);
+std::string ReadRegister(const CpuState& cpu, int n) {
+  const GdbReg& r = kRegs[n];
+  uint8_t bytes[16] = {};
+  const auto* base = reinterpret_cast<const uint8_t*>(&cpu);
+  std::memcpy(bytes, base + r.offset, r.size);
+  if (n == kFtag) {
+    const uint16_t tag = FtagWord(cpu);
+    std::memcpy(bytes, &tag, 2);
   }
-  if (n == 16) {
-    *size = 8;
-    return reinterpret_cast<uint8_t*>(&cpu.rip);
-  }
-  if (n == 17) {
-    *size = 4;
-    return reinterpret_cast<uint8_t*>(&cpu.rflags);
-  }
-  if (n < kGdbRegs) {
-    *size = 2;  // of 4 in the packet: selectors are 16 bits, the rest is 0
-    return reinterpret_cast<uint8_t*>(&cpu.seg[kGdbSeg[n - 18]].selector);
-  }
-  return nullptr;
-}
-
-std::string ReadRegister(CpuState& cpu, int n) {
-  size_t size = 0;
-  const uint8_t* p = RegisterBytes(cpu, n, &size);
-  if (!p) return "";
-  std::string s = Hex2(p, size);
-  if (n >= 18) s += "0000";
-  return s;
+  return Hex2(bytes, r.bytes);
 }
 
 bool WriteRegister(CpuState& cpu, int n, const std::vector<uint8_t>& bytes) {
-  size_t size = 0;
-  uint8_t* p = RegisterBytes(cpu, n, &size);
-  if (!p || bytes.size() < size) return false;
-  if (n >= 18) return true;  // segment selectors: loading one is the guest's business
-  std::memcpy(p, bytes.data(), size);
-  if (n == 17) cpu.rflags |= rflags::kFixed1;
+  const GdbReg& r = kRegs[n];
+  if (bytes.size() < r.bytes) return false;
+  if (!r.writable) return true;  // as on hardware for gdb: read-only here, not an error
+  std::memcpy(reinterpret_cast<uint8_t*>(&cpu) + r.offset, bytes.data(), r.size);
+  if (r.offset == offsetof(CpuState, rflags)) cpu.rflags |= rflags::kFixed1;
   return true;
 }
 
@@ -331,9 +441,7 @@ std::string GdbStub::Handle(const std::string& p, CpuState& cpu, Mmu& mmu,
       if (!FromHex(std::string_view(p).substr(1), &bytes)) return "E01";
       size_t at = 0;
       for (int n = 0; n < kGdbRegs && at < bytes.size(); ++n) {
-        size_t size = 0;
-        RegisterBytes(cpu, n, &size);
-        const size_t wire = n >= 18 ? 4 : size;
+        const size_t wire = kRegs[n].bytes;
         if (at + wire > bytes.size()) break;
         WriteRegister(cpu, n, std::vector<uint8_t>(bytes.begin() + at, bytes.begin() + at + wire));
         at += wire;
@@ -426,7 +534,23 @@ std::string GdbStub::Handle(const std::string& p, CpuState& cpu, Mmu& mmu,
     case 'H':
     case 'T': return "OK";
     case 'q':
-      if (p.rfind("qSupported", 0) == 0) return "PacketSize=4000;swbreak+;hwbreak+";
+      if (p.rfind("qSupported", 0) == 0) {
+        return "PacketSize=4000;swbreak+;hwbreak+;qXfer:features:read+";
+      }
+      if (p.rfind("qXfer:features:read:target.xml:", 0) == 0) {
+        // offset,length of the document: m (more follows) or l (the last).
+        const std::string args = p.substr(std::strlen("qXfer:features:read:target.xml:"));
+        const size_t comma = args.find(',');
+        uint64_t offset, length;
+        if (comma == std::string::npos || !ParseHex(args.substr(0, comma), &offset) ||
+            !ParseHex(args.substr(comma + 1), &length)) {
+          return "E01";
+        }
+        const std::string xml = TargetXml();
+        if (offset >= xml.size()) return "l";
+        const std::string part = xml.substr(offset, length);
+        return (offset + part.size() < xml.size() ? "m" : "l") + part;
+      }
       if (p == "qAttached") return "1";
       if (p == "qC") return "QC1";
       if (p == "qfThreadInfo") return "m1";

@@ -1,7 +1,9 @@
 #pragma once
 // A GDB remote stub (`btvm run --gdb tcp::PORT [--gdb-wait]`): gdb's remote
 // serial protocol over TCP, as QEMU's -gdb gives it. What it offers:
-// general, segment and flags registers (read and write), memory by
+// general, segment, flags, x87, SSE and segment-base registers (read and
+// write) and the control registers and EFER (read), described to gdb by a
+// target description (qXfer:features:read); memory by
 // guest-virtual address (through the guest's page tables), software and
 // hardware breakpoints (both kept by btvm: guest memory is not patched),
 // single-step, continue, Ctrl-C, and the guest's exit status.

@@ -1,7 +1,8 @@
 #!/bin/bash
 # The GDB stub with the real gdb (`gdb -batch`): on the bt engine, break at
-# a symbol of the hello guest, read registers and memory, step one
-# instruction, continue to the guest's exit; on the direct engine, the same
+# a symbol of the hello guest, read general, control and x87 registers and
+# memory, write a register, step one instruction, continue to the guest's
+# exit; on the direct engine, the same
 # at a user-mode function of the usermode guest (CPL 3 shows in CS). The
 # expected values come from the guests' code (objdump) and output.
 #
@@ -48,12 +49,21 @@ expect() {  # NAME FILE REGEX
 }
 
 session bt bt hello 'break serial_putc' 'continue' 'info registers rip' 'stepi' \
-  'info registers rip' 'x/3xb $rip' 'print/x $rdx' 'delete' 'continue'
+  'info registers rip' 'x/3xb $rip' 'print/x $rdx' 'print ($cr0 & 0x80000001) == 0x80000001' \
+  'print/x $efer & 0x500' 'print/x $fctrl' 'set var $rbx = 0x1234' 'print/x $rbx' 'delete' \
+  'continue'
 expect bt "$tmp/gdb" "^Breakpoint 1, serial_putc \(c=72 'H'\)"
 expect bt "$tmp/gdb" '^rip +0x101050 '
 expect bt "$tmp/gdb" '^rip +0x101055 '
 expect bt "$tmp/gdb" '^0x101055 <serial_putc\+5>:\s+0x0f\s+0x1f\s+0x00$'
 expect bt "$tmp/gdb" '^\$1 = 0x3fd$'
+# Control registers (btvm's target description): paging and long mode on;
+# the x87 control word as the guest left it (untouched: 0x37f); a register
+# written from gdb reads back.
+expect bt "$tmp/gdb" '^\$2 = 1$'
+expect bt "$tmp/gdb" '^\$3 = 0x500$'
+expect bt "$tmp/gdb" '^\$4 = 0x37f$'
+expect bt "$tmp/gdb" '^\$5 = 0x1234$'
 expect bt "$tmp/gdb" 'exited with code 01\]'
 expect bt "$tmp/status" '^1$'
 expect bt "$tmp/out" '^Hello from the btvm guest kit!'

@@ -50,7 +50,7 @@ expect() {  # NAME FILE REGEX
 
 session bt bt hello 'break serial_putc' 'continue' 'info registers rip' 'stepi' \
   'info registers rip' 'x/3xb $rip' 'print/x $rdx' 'print ($cr0 & 0x80000001) == 0x80000001' \
-  'print/x $efer & 0x500' 'print/x $fctrl' 'set var $rbx = 0x1234' 'print/x $rbx' 'delete' \
+  'print/x $efer & 0x500' 'print/x $fctrl' 'set var $rax = 0x1234' 'print/x $rax' 'delete' \
   'continue'
 expect bt "$tmp/gdb" "^Breakpoint 1, serial_putc \(c=72 'H'\)"
 expect bt "$tmp/gdb" '^rip +0x101050 '
@@ -59,7 +59,8 @@ expect bt "$tmp/gdb" '^0x101055 <serial_putc\+5>:\s+0x0f\s+0x1f\s+0x00$'
 expect bt "$tmp/gdb" '^\$1 = 0x3fd$'
 # Control registers (btvm's target description): paging and long mode on;
 # the x87 control word as the guest left it (untouched: 0x37f); a register
-# written from gdb reads back.
+# written from gdb reads back (RAX: serial_putc overwrites it before it
+# reads it, so the guest's output stays whole).
 expect bt "$tmp/gdb" '^\$2 = 1$'
 expect bt "$tmp/gdb" '^\$3 = 0x500$'
 expect bt "$tmp/gdb" '^\$4 = 0x37f$'

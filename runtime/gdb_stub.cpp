@@ -355,7 +355,7 @@ void GdbStub::Send(const std::string& payload) {
 void GdbStub::Watch() {
   while (watching_.load()) {
     pollfd p{fd_, POLLIN, 0};
-    if (poll(&p, 1, 50) <= 0) continue;
+    if (poll(&p, 1, 10) <= 0) continue;  // (10 ms: how long a stop waits for this thread)
     char buf[256];
     const ssize_t n = read(fd_, buf, sizeof buf);
     if (n <= 0) {

@@ -3,8 +3,9 @@
 # a symbol of the hello guest, read general, control and x87 registers and
 # memory, write a register, step one instruction, continue to the guest's
 # exit; on the direct engine, the same
-# at a user-mode function of the usermode guest (CPL 3 shows in CS). The
-# expected values come from the guests' code (objdump) and output.
+# at a user-mode function of the usermode guest (CPL 3 shows in CS); and
+# Ctrl-C stops a running guest (gdb_interrupt.py). The expected values come
+# from the guests' code (objdump) and output.
 #
 #   gdb.sh BTVM GUEST_DIR
 #
@@ -76,4 +77,20 @@ expect direct "$tmp/gdb" '^cs +0x33 '
 expect direct "$tmp/gdb" '^rip +0x104003 '
 expect direct "$tmp/gdb" 'exited with code 01\]'
 expect direct "$tmp/out" '^SUMMARY: 10 tests, 0 failures'
+# Ctrl-C at the protocol level, on a loop of 3e9 rounds (~6 s unless stopped).
+rm -f "$tmp/err" "$tmp/status"
+(printf '\n3000000000\n' | "$btvm" run --kernel "$guests/bench_loop_reg.elf" --gdb tcp::0 \
+   --gdb-wait >"$tmp/out" 2>"$tmp/err"; echo $? >"$tmp/status") &
+port=
+for _ in $(seq 100); do
+  port=$(sed -n 's/^btvm: waiting for gdb on port \([0-9]*\)$/\1/p' "$tmp/err" 2>/dev/null)
+  [ -n "$port" ] && break
+  sleep 0.05
+done
+if [ -z "$port" ] || ! python3 "$(dirname "$0")/gdb_interrupt.py" "$port"; then
+  echo "FAIL: Ctrl-C"
+  failures=$((failures + 1))
+fi
+wait
+expect "Ctrl-C" "$tmp/err" '^btvm: error: the run was ended from gdb$'
 [ "$failures" -eq 0 ]

@@ -46,6 +46,8 @@ class Engine {
   virtual EngineExit Run(CpuState& cpu) = 0;
   // Engine-specific statistics for --stats (after the shared counters).
   virtual void PrintStats(std::FILE* /*out*/) const {}
+  // Engine-specific lines for --stats' summary (before the counters).
+  virtual void PrintSummary(std::FILE* /*out*/) const {}
 };
 
 }  // namespace btvm

@@ -268,6 +268,7 @@ void Machine::PrintStats(std::FILE* out) const {
                static_cast<unsigned long long>(c.exceptions_delivered),
                static_cast<unsigned long long>(c.exits_lookup + c.exits_unlinked),
                static_cast<unsigned long long>(c.cache_flushes));
+  engine_->PrintSummary(out);
   std::fprintf(out, "btvm: statistics (engine %s)\n", config_.engine.c_str());
   c.Print(out);
   engine_->PrintStats(out);

@@ -65,6 +65,24 @@ DirectEngine::~DirectEngine() {
 
 EngineExit DirectEngine::Run(CpuState& cpu) { return bt_.Run(cpu); }
 
+void DirectEngine::PrintSummary(std::FILE* out) const {
+  std::fprintf(out,
+               "  user code in the child: %llu runs, ended by %llu syscalls, %llu interrupts or "
+               "requests, %llu page faults delivered to the guest and %llu other instructions "
+               "left to translation; %llu faults hidden (shadow pages filled); %llu address "
+               "spaces moved to the child, %llu back\n",
+               static_cast<unsigned long long>(stats_.runs),
+               static_cast<unsigned long long>(stats_.syscalls),
+               static_cast<unsigned long long>(stats_.interrupted),
+               static_cast<unsigned long long>(stats_.page_faults),
+               static_cast<unsigned long long>(stats_.translated > stats_.syscalls
+                                                   ? stats_.translated - stats_.syscalls
+                                                   : 0),
+               static_cast<unsigned long long>(stats_.hidden_faults),
+               static_cast<unsigned long long>(stats_.to_child),
+               static_cast<unsigned long long>(stats_.to_translated));
+}
+
 void DirectEngine::PrintStats(std::FILE* out) const {
   bt_.PrintStats(out);
   const std::pair<const char*, uint64_t> rows[] = {

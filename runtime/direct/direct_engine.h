@@ -93,6 +93,7 @@ class DirectEngine final : public Engine, private UserRunner, private MmuObserve
   void set_placement(Placement p) { placement_ = p; }
   EngineExit Run(CpuState& cpu) override;
   void PrintStats(std::FILE* out) const override;
+  void PrintSummary(std::FILE* out) const override;
   BtEngine& bt() { return bt_; }
 
   // What the child did, for --stats and tests.

@@ -73,18 +73,18 @@ void BtEngine::TraceExit() {
 
 bool BtEngine::Deliver(const GuestException& e, EventSource source, EngineExit* exit,
                        uint64_t insn_rip, bool from_runner) {
+  if (e.vector == kUD && source == EventSource::kException && !from_runner) {
+    if (UserRunner* u = user_.load(std::memory_order_relaxed);
+        u && ctx_->cpu.Cpl() == 3 && u->TakeInvalidOpcode(ctx_->cpu)) {
+      return true;
+    }
+  }
   if (tracer_ && tracer_->WantsFault(ctx_->cpu.rip, ctx_->cpu.Cpl())) {
     const char* what = source == EventSource::kExternal   ? "interrupt"
                        : source == EventSource::kSoftware ? "software interrupt"
                                                           : "exception";
     tracer_->Event(ctx_->cpu.rip, ctx_->cpu.Cpl(), what, e.vector, e.has_error_code,
                    e.error_code, e.vector == kPF ? e.cr2 : 0);
-  }
-  if (e.vector == kUD && source == EventSource::kException && !from_runner) {
-    if (UserRunner* u = user_.load(std::memory_order_relaxed);
-        u && ctx_->cpu.Cpl() == 3 && u->TakeInvalidOpcode(ctx_->cpu)) {
-      return true;
-    }
   }
   ++counters_.exceptions_delivered;
   ++counters_.vectors[e.vector];
@@ -281,7 +281,7 @@ bool BtEngine::FetchBlock(bool single, bool plain_stack, Block** block, EngineEx
   if (build_start) ctx_->user_since += __rdtsc() - build_start;
   if (translate_start) counters_.time.translator += __rdtsc() - translate_start;
   if (traced && r.kind == BuildResult::kOk) {
-    tracer_->Block(*r.block, notes, cache_.EmitEnvFor(key.mmu_index), r.host_main_bytes, c.Cpl());
+    tracer_->Block(*r.block, notes, cache_.EmitEnvFor(key.mmu_index), c.Cpl());
   }
   if (traced && r.kind == BuildResult::kEmulate) tracer_->Emulated(r.emulate, c.Cpl());
   switch (r.kind) {
@@ -367,12 +367,8 @@ EngineExit BtEngine::Run(CpuState& cpu) {
         store_alone = r == GdbStub::Resume::kStep;  // one instruction, alone
         link_from = nullptr;
         after_block = false;
-        if (gdb_->TakeBreakpointsChanged()) {
-          cache_.Flush();
-          ++counters_.cache_flushes;
-        }
         mmu_.FlushTlb();  // gdb may have written page tables or registers
-        continue;
+        continue;  // (breakpoints it changed flush the cache up there)
       }
     }
 
@@ -555,9 +551,7 @@ bool BtEngine::NotesOf(const Block& b, BlockNotes* notes) const {
     if (d.cls == InsnClass::kRuntime) d.cls = InsnClass::kSystem;
     at += d.insn.length;
     notes->insns.push_back(d);
-    notes->in_window.push_back(i < 64 && ((b.window_insns >> i) & 1));
   }
-  notes->loop = b.loop;
   return at == b.guest_size;
 }
 
@@ -578,7 +572,7 @@ void BtEngine::PrintStats(std::FILE* out) const {
       std::fprintf(out, "  hottest block %s, entered %llu times:\n", Hex(b->key.rip).c_str(),
                    static_cast<unsigned long long>(b->executions));
       if (BlockNotes notes; NotesOf(*b, &notes)) {
-        code_of.Block(*b, notes, cache_.EmitEnvFor(b->key.mmu_index), b->main_bytes,
+        code_of.Block(*b, notes, cache_.EmitEnvFor(b->key.mmu_index),
                       b->key.mmu_index == kMmuUser ? 3 : 0);
       } else {
         std::fprintf(out, "    (its guest code has changed since)\n");

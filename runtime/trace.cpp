@@ -187,7 +187,8 @@ std::string HowTranslated(const DecodedInsn& d, bool in_window) {
 }
 
 void Tracer::Block(const btvm::Block& b, const BlockNotes& notes, const EmitEnv& env,
-                   size_t main_bytes, unsigned cpl) {
+                   unsigned cpl) {
+  const size_t main_bytes = b.main_bytes;
   ++blocks_;
   const uint8_t* code = b.code;
   std::fprintf(out_,
@@ -195,7 +196,7 @@ void Tracer::Block(const btvm::Block& b, const BlockNotes& notes, const EmitEnv&
                "(%zu main path, %zu slow paths and exit stubs)\n",
                static_cast<unsigned long long>(blocks_), Hex(b.key.rip).c_str(), cpl,
                b.guest_insns, b.guest_size,
-               notes.loop ? ", a loop" : (b.key.flags & kBlockSingle) ? ", alone" : "",
+               b.loop ? ", a loop" : (b.key.flags & kBlockSingle) ? ", alone" : "",
                Hex(reinterpret_cast<uint64_t>(code)).c_str(), b.code_size, main_bytes,
                b.code_size - main_bytes);
   // Each guest instruction's main-path host code: from its record to the
@@ -209,7 +210,7 @@ void Tracer::Block(const btvm::Block& b, const BlockNotes& notes, const EmitEnv&
     const DecodedInsn& d = notes.insns[i];
     std::fprintf(out_, "  guest  %s  %-30s  %-36s  %s\n", Hex(d.rip).c_str(),
                  Bytes(d.bytes, d.insn.length).c_str(), Format(d.insn, d.ops, d.rip).c_str(),
-                 HowTranslated(d, i < notes.in_window.size() && notes.in_window[i]).c_str());
+                 HowTranslated(d, i < 64 && (b.window_insns >> i & 1)).c_str());
     uint32_t from = UINT32_MAX, to = static_cast<uint32_t>(main_bytes);
     for (size_t k = 0; k < starts.size(); ++k) {
       if (starts[k].second != d.rip || from != UINT32_MAX) continue;

@@ -66,8 +66,7 @@ class Tracer {
   // A trap of the direct engine's child at `rip`.
   void Trap(uint64_t rip, const std::string& what);
   // `env`: the shared code the block calls (named in the disassembly).
-  void Block(const Block& b, const BlockNotes& notes, const EmitEnv& env, size_t main_bytes,
-             unsigned cpl);
+  void Block(const Block& b, const BlockNotes& notes, const EmitEnv& env, unsigned cpl);
   // An instruction the runtime emulates (no block).
   void Emulated(const DecodedInsn& d, unsigned cpl);
 

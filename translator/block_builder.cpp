@@ -551,18 +551,11 @@ BuildResult BuildBlock(CodeCache& cache, const BlockKey& key, const FetchFn& fet
   for (size_t i = 0; i < emitted && i < 64; ++i) {
     if (!window.offsets.empty() && window.offsets[i] >= 0) b->window_insns |= uint64_t{1} << i;
   }
-  if (notes) {
-    notes->insns.assign(insns.begin(), insns.begin() + static_cast<ptrdiff_t>(emitted));
-    notes->in_window.clear();
-    for (size_t i = 0; i < emitted; ++i) {
-      notes->in_window.push_back(!window.offsets.empty() && window.offsets[i] >= 0);
-    }
-    notes->loop = loop_regs != 0;
-  }
+  if (notes) notes->insns.assign(insns.begin(), insns.begin() + static_cast<ptrdiff_t>(emitted));
   r.block = b;
   r.guest_insns = static_cast<unsigned>(emitted);
   r.host_bytes = b->code_size;
-  r.host_main_bytes = code.labelOffsetFromBase(cold);
+  r.host_main_bytes = b->main_bytes;
   return r;
 }
 

@@ -27,13 +27,10 @@ struct BuildResult {
   size_t host_main_bytes = 0;  // the part before the slow paths and exit stubs
 };
 
-// What a trace shows of a block (runtime/trace.h): its guest instructions
-// as translated, and which of them the stack window served. Filled only
-// when asked for.
+// What a trace shows of a block (runtime/trace.h) besides the Block itself:
+// its guest instructions as translated. Filled only when asked for.
 struct BlockNotes {
   std::vector<DecodedInsn> insns;  // in order; the class is the one emitted
-  std::vector<bool> in_window;     // per instruction: its stack access used the window
-  bool loop = false;               // translated as a loop (registers held across the back edge)
 };
 
 // Reads guest code at rip; returns bytes read, or fewer with *fault set.

@@ -116,6 +116,11 @@ bool Mmu::ReadVirt(const CpuState& cpu, GuestVirt addr, void* out, uint64_t size
   return true;
 }
 
+void Mmu::NoteWrite(GuestPhys phys, uint64_t size) {
+  if (!IsCodePage(phys)) return;
+  for (MmuObserver* o : observers_) o->OnCodeWrite(phys, size);
+}
+
 bool Mmu::WriteVirt(const CpuState& cpu, GuestVirt addr, const void* in, uint64_t size,
                     MmuIndex index, GuestException* fault) {
   // Translate every page first so that a fault leaves memory untouched.
@@ -144,9 +149,7 @@ bool Mmu::WriteVirt(const CpuState& cpu, GuestVirt addr, const void* in, uint64_
     uint64_t chunk = p == 0 ? first : size - first;
     if (pages[p].kind == Lookup::kRam) {
       std::memcpy(pages[p].host, src + done, chunk);
-      if (IsCodePage(pages[p].phys)) {
-        for (MmuObserver* o : observers_) o->OnCodeWrite(pages[p].phys, chunk);
-      }
+      NoteWrite(pages[p].phys, chunk);
     } else {
       WriteMmio(pages[p].phys, src + done, chunk);
     }

@@ -69,6 +69,10 @@ class Mmu {
   bool WriteVirt(const CpuState& cpu, GuestVirt addr, const void* in, uint64_t size,
                  MmuIndex index, GuestException* fault);
 
+  // After a write into guest RAM at `phys` made around the MMU (a
+  // debugger's): the observers hear of it if translated code lies there.
+  void NoteWrite(GuestPhys phys, uint64_t size);
+
   void ReadMmio(GuestPhys phys, uint8_t* dst, uint64_t size);
   void WriteMmio(GuestPhys phys, const uint8_t* src, uint64_t size);
 

@@ -357,9 +357,7 @@ EngineExit BtEngine::Run(CpuState& cpu) {
         link_from = nullptr;
       }
       if (gdb_->ShouldStop(c.rip)) {
-        const GdbStub::Resume r = gdb_->Stopped(c, mmu_, [this](uint64_t phys, uint64_t len) {
-          cache_.InvalidateRange(phys, len);
-        });
+        const GdbStub::Resume r = gdb_->Stopped(c, mmu_);
         if (r == GdbStub::Resume::kKill) {
           exit = {EngineExit::kError, "the run was ended from gdb"};
           break;

@@ -376,8 +376,7 @@ void GdbStub::StopWatching() {
   if (watcher_.joinable()) watcher_.join();
 }
 
-GdbStub::Resume GdbStub::Stopped(CpuState& cpu, Mmu& mmu,
-                                 const std::function<void(uint64_t, uint64_t)>& invalidate) {
+GdbStub::Resume GdbStub::Stopped(CpuState& cpu, Mmu& mmu) {
   StopWatching();
   in_.erase(std::remove(in_.begin(), in_.end(), '\x03'), in_.end());
   if (stopped_before_) Send("S05");  // (the first stop is the attach: gdb asks with '?')
@@ -385,7 +384,7 @@ GdbStub::Resume GdbStub::Stopped(CpuState& cpu, Mmu& mmu,
   std::string packet;
   while (ReadPacket(&packet)) {
     Resume resume;
-    const std::string reply = Handle(packet, cpu, mmu, invalidate, &resume);
+    const std::string reply = Handle(packet, cpu, mmu, &resume);
     if (reply == kResume) {
       if (resume == Resume::kKill && packet[0] == 'v') Send("OK");
       step_ = resume == Resume::kStep ? 2 : 0;
@@ -424,9 +423,7 @@ void GdbStub::Exited(int status) {
   fd_ = -1;
 }
 
-std::string GdbStub::Handle(const std::string& p, CpuState& cpu, Mmu& mmu,
-                            const std::function<void(uint64_t, uint64_t)>& invalidate,
-                            Resume* resume) {
+std::string GdbStub::Handle(const std::string& p, CpuState& cpu, Mmu& mmu, Resume* resume) {
   if (p.empty()) return "";
   switch (p[0]) {
     case '\x03':
@@ -499,7 +496,7 @@ std::string GdbStub::Handle(const std::string& p, CpuState& cpu, Mmu& mmu,
           out += Hex2(host, chunk);
         } else {
           std::memcpy(host, data.data() + done, chunk);
-          invalidate(l.phys.value, chunk);
+          mmu.NoteWrite(l.phys, chunk);
         }
         done += chunk;
       }

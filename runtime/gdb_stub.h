@@ -52,11 +52,11 @@ class GdbStub {
   // Whether the engine must stop before running the instruction at `rip`
   // (the step it was asked for is done, a breakpoint, Ctrl-C).
   bool ShouldStop(uint64_t rip);
-  // The engine stopped: talks to gdb until it resumes. `memory` reads and
-  // writes guest memory; `invalidate` drops translations of a guest-physical
-  // range gdb wrote. Returns how to go on.
+  // The engine stopped: talks to gdb until it resumes; guest memory goes
+  // through `mmu` (whose observers drop code gdb writes over). Returns how
+  // to go on.
   enum class Resume { kContinue, kStep, kKill };
-  Resume Stopped(CpuState& cpu, Mmu& mmu, const std::function<void(uint64_t, uint64_t)>& invalidate);
+  Resume Stopped(CpuState& cpu, Mmu& mmu);
   // The guest ended (status as btvm exits with): gdb hears W.
   void Exited(int status);
   // Breakpoints changed since the engine last asked (it drops its links).
@@ -70,8 +70,7 @@ class GdbStub {
   void Send(const std::string& payload);
   void Watch();  // while the guest runs: Ctrl-C
   void StopWatching();
-  std::string Handle(const std::string& p, CpuState& cpu, Mmu& mmu,
-                     const std::function<void(uint64_t, uint64_t)>& invalidate, Resume* resume);
+  std::string Handle(const std::string& p, CpuState& cpu, Mmu& mmu, Resume* resume);
 
   int listen_fd_ = -1, fd_ = -1;
   uint16_t port_ = 0;

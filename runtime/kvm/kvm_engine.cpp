@@ -171,6 +171,20 @@ Status OpenKvm(int* fd) {
   return Ok{};
 }
 
+// vCPU 0 of `vm` and its kvm_run mapping.
+Status CreateVcpu(int kvm, int vm, int* vcpu, kvm_run** run, size_t* run_size) {
+  *vcpu = ioctl(vm, KVM_CREATE_VCPU, 0);
+  if (*vcpu < 0) return Errno("KVM_CREATE_VCPU");
+  const int size = ioctl(kvm, KVM_GET_VCPU_MMAP_SIZE, 0);
+  if (size <= 0) return Errno("KVM_GET_VCPU_MMAP_SIZE");
+  void* mapped = mmap(nullptr, static_cast<size_t>(size), PROT_READ | PROT_WRITE, MAP_SHARED,
+                      *vcpu, 0);
+  if (mapped == MAP_FAILED) return Errno("mmap of kvm_run");
+  *run = static_cast<kvm_run*>(mapped);
+  *run_size = static_cast<size_t>(size);
+  return Ok{};
+}
+
 }  // namespace
 
 Status KvmEngine::Probe() {
@@ -184,12 +198,7 @@ Status KvmEngine::Probe() {
   p.mem = static_cast<uint8_t*>(mem);
   kvm_userspace_memory_region region{0, 0, 0, p.bytes, reinterpret_cast<uint64_t>(p.mem)};
   if (ioctl(p.vm, KVM_SET_USER_MEMORY_REGION, &region) != 0) return Errno("guest memory");
-  p.vcpu = ioctl(p.vm, KVM_CREATE_VCPU, 0);
-  if (p.vcpu < 0) return Errno("KVM_CREATE_VCPU");
-  p.run_size = static_cast<size_t>(ioctl(p.kvm, KVM_GET_VCPU_MMAP_SIZE, 0));
-  void* run = mmap(nullptr, p.run_size, PROT_READ | PROT_WRITE, MAP_SHARED, p.vcpu, 0);
-  if (run == MAP_FAILED) return Errno("mmap of kvm_run");
-  p.run = static_cast<kvm_run*>(run);
+  if (Status s = CreateVcpu(p.kvm, p.vm, &p.vcpu, &p.run, &p.run_size); !s) return s;
 
   // 64-bit kernel mode on a 2 MiB identity page: mov al, 0x42; out 0xf4, al;
   // hlt.
@@ -301,15 +310,7 @@ Status KvmEngine::Setup() {
   }
   if (ioctl(vm_, KVM_X86_SET_MSR_FILTER, &filter) != 0) return Errno("KVM_X86_SET_MSR_FILTER");
 
-  vcpu_ = ioctl(vm_, KVM_CREATE_VCPU, 0);
-  if (vcpu_ < 0) return Errno("KVM_CREATE_VCPU");
-  const int size = ioctl(kvm_, KVM_GET_VCPU_MMAP_SIZE, 0);
-  if (size <= 0) return Errno("KVM_GET_VCPU_MMAP_SIZE");
-  run_size_ = static_cast<size_t>(size);
-  void* run = mmap(nullptr, run_size_, PROT_READ | PROT_WRITE, MAP_SHARED, vcpu_, 0);
-  if (run == MAP_FAILED) return Errno("mmap of kvm_run");
-  run_ = static_cast<kvm_run*>(run);
-  return Ok{};
+  return CreateVcpu(kvm_, vm_, &vcpu_, &run_, &run_size_);
 }
 
 Status KvmEngine::SetCpuid(const CpuState& cpu) {

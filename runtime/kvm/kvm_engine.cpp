@@ -575,7 +575,14 @@ EngineExit KvmEngine::Run(CpuState& cpu) {
     }
     if (irq_) {
       // The next timer event, and a look at console input every 10 ms.
-      timer_->Arm(std::min(irq_->NextDeadlineNs(), HostClock().NowNs() + 10'000'000));
+      // Re-armed only for a sooner kick or once the armed one is due: an
+      // exit does not move the 10 ms mark (nor wake the timer thread).
+      const uint64_t now = HostClock().NowNs();
+      const uint64_t due = std::min(irq_->NextDeadlineNs(), now + 10'000'000);
+      if (due < armed_ns_ || now >= armed_ns_) {
+        timer_->Arm(due);
+        armed_ns_ = due;
+      }
     }
     if (platform_) {
       last_cr8_ = platform_->ReadCr8();

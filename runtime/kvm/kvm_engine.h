@@ -89,6 +89,7 @@ class KvmEngine final : public Engine {
   // The kick at the machine's next deadline: a signal to the vCPU thread,
   // whose handler sets kvm_run.immediate_exit. Last: it goes first.
   pthread_t vcpu_thread_{};
+  uint64_t armed_ns_ = 0;  // the kick timer_ was last armed for
   std::unique_ptr<DeadlineTimer> timer_;
 };
 
